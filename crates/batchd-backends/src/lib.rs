@@ -1,0 +1,111 @@
+//! Model backends: the [`ModelBackend`] trait (chat and embeddings over the neutral types of
+//! `batchd-formats`) and its implementations, with errors classified for retry.
+//!
+//! - [`openai`]: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama).
+//!
+//! Backends know nothing of jobs, records or files: the engine owns retries, timeouts and
+//! concurrency, deciding from [`BackendError::is_retryable`], never from message text.
+
+pub mod openai;
+
+use std::time::Duration;
+
+use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
+
+/// What went wrong, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 429: the backend asks us to slow down. Retryable.
+    RateLimited,
+    /// 5xx. Retryable.
+    Server,
+    /// No answer in time. Retryable.
+    Timeout,
+    /// Could not connect or the connection broke. Retryable.
+    Connect,
+    /// Any other 4xx: the request itself is wrong. Not retryable.
+    Client,
+    /// The request carries something this backend cannot express. Not retryable.
+    Unsupported,
+    /// The backend answered 2xx with a body we could not understand. Not retryable.
+    Protocol,
+}
+
+/// A failed backend call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    pub kind: ErrorKind,
+    /// HTTP status when the backend answered.
+    pub status: Option<u16>,
+    pub message: String,
+    /// The backend's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+impl BackendError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, status: None, message: message.into(), retry_after: None }
+    }
+
+    /// Classifies an HTTP error status: 429 and 5xx are retryable, other 4xx are not.
+    pub fn from_status(status: u16, message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        let kind = match status {
+            429 => ErrorKind::RateLimited,
+            500..=599 => ErrorKind::Server,
+            408 => ErrorKind::Timeout,
+            _ => ErrorKind::Client,
+        };
+        Self { kind, status: Some(status), message: message.into(), retry_after }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::RateLimited | ErrorKind::Server | ErrorKind::Timeout | ErrorKind::Connect
+        )
+    }
+
+    /// The `errorCode` of the record's error line: the backend's status where it answered,
+    /// else a status that describes the failure.
+    pub fn error_code(&self) -> u16 {
+        if let Some(status) = self.status {
+            return status;
+        }
+        match self.kind {
+            ErrorKind::RateLimited => 429,
+            ErrorKind::Server | ErrorKind::Protocol => 500,
+            ErrorKind::Timeout => 408,
+            ErrorKind::Connect => 503,
+            ErrorKind::Client | ErrorKind::Unsupported => 400,
+        }
+    }
+}
+
+/// A model server batchd sends records to.
+#[async_trait::async_trait]
+pub trait ModelBackend: Send + Sync {
+    /// One chat completion.
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError>;
+
+    /// Embeddings for one or more texts, one vector per input in order.
+    async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_for_retry() {
+        for (status, retryable) in [(429, true), (500, true), (502, true), (503, true), (400, false), (404, false), (422, false)] {
+            let e = BackendError::from_status(status, "x", None);
+            assert_eq!(e.is_retryable(), retryable, "{status}");
+            assert_eq!(e.error_code(), status);
+        }
+        assert!(BackendError::new(ErrorKind::Connect, "refused").is_retryable());
+        assert!(BackendError::new(ErrorKind::Timeout, "slow").is_retryable());
+        assert!(!BackendError::new(ErrorKind::Unsupported, "video").is_retryable());
+        assert_eq!(BackendError::new(ErrorKind::Timeout, "slow").error_code(), 408);
+    }
+}

@@ -1,0 +1,31 @@
+//! Domain vocabulary of batchd: job ids and ARNs, the ten job statuses and their legal
+//! transitions, record counters, generated record ids and the invocation type.
+//!
+//! This crate does no IO and depends on no runtime, HTTP or JSON crate (ARCHITECTURE.md,
+//! invariant 1), so every other crate can share these types without pulling anything in.
+
+mod ids;
+mod status;
+
+pub use ids::{IdError, JobArn, JobId, generated_record_id, stable_hash64};
+pub use status::{InvocationType, JobStatus, StatusError};
+
+/// Live and final record counts of a job; the manifest's six fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Records found in the input (known once validation has read every line).
+    pub total: u64,
+    /// Records finished, successfully or with an error line.
+    pub processed: u64,
+    pub success: u64,
+    pub error: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Counters {
+    /// Records not yet processed.
+    pub fn remaining(&self) -> u64 {
+        self.total.saturating_sub(self.processed)
+    }
+}

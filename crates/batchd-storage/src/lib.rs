@@ -1,0 +1,327 @@
+//! Where records come from and where output goes: local paths and `s3://bucket/key` URIs on
+//! `object_store`, a streaming JSONL line reader, and output writers.
+//!
+//! - [`StorageUri`]: a parsed local path or `s3://` URI.
+//! - [`Storage`]: built once from [`StorageConfig`]; lists `*.jsonl` inputs, opens
+//!   [`LineReader`]s, creates [`OutputWriter`]s, puts small objects (the manifest).
+//!
+//! With no S3 endpoint configured, `s3://bucket/key` is the local file
+//! `<data-dir>/buckets/bucket/key`, so a single machine needs nothing but its disk.
+
+mod lines;
+mod uri;
+
+pub use lines::LineReader;
+pub use uri::StorageUri;
+
+use std::collections::HashMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{uri}: {reason}")]
+    BadUri { uri: String, reason: String },
+    #[error("{uri}: no such file or prefix")]
+    NotFound { uri: String },
+    #[error("{uri}: no *.jsonl files found under this prefix")]
+    NoInputFiles { uri: String },
+    #[error("{uri}: {source}")]
+    Store {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{uri}: {source}")]
+    Io {
+        uri: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{uri}: line {line} is longer than {limit} bytes")]
+    LineTooLong { uri: String, line: u64, limit: usize },
+}
+
+/// Storage settings, read from config and the environment once at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct StorageConfig {
+    /// Root of local state; `s3://` URIs map below `<data_dir>/buckets/` when no endpoint is set.
+    pub data_dir: PathBuf,
+    /// An S3 or S3-compatible endpoint (`http://127.0.0.1:9000`, `https://s3.amazonaws.com`).
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    pub s3_session_token: Option<String>,
+}
+
+/// One input file of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    pub uri: StorageUri,
+    /// Path relative to the input prefix (the file name when the input is one file); the
+    /// output file is `<out>/<jobId>/<relative>.out`.
+    pub relative: String,
+    pub size: u64,
+}
+
+/// Object stores by location, built once and shared.
+pub struct Storage {
+    config: StorageConfig,
+    local: Arc<LocalFileSystem>,
+    s3: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Bytes of output buffered before an upload part is sent (S3's minimum part size).
+const OUTPUT_PART_BYTES: usize = 5 * 1024 * 1024;
+
+impl Storage {
+    pub fn new(config: StorageConfig) -> Self {
+        Self { config, local: Arc::new(LocalFileSystem::new()), s3: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    /// The store that holds `uri` and the object path inside it.
+    fn resolve(&self, uri: &StorageUri) -> Result<(Arc<dyn ObjectStore>, ObjectPath), StorageError> {
+        match uri {
+            StorageUri::Local(path) => Ok((self.local.clone(), local_object_path(path, uri)?)),
+            StorageUri::S3 { bucket, key } => match &self.config.s3_endpoint {
+                None => {
+                    let path = self.config.data_dir.join("buckets").join(bucket).join(key);
+                    Ok((self.local.clone(), local_object_path(&path, uri)?))
+                }
+                Some(endpoint) => {
+                    let store = self.s3_store(bucket, endpoint, uri)?;
+                    let path = ObjectPath::parse(key.trim_end_matches('/')).map_err(|e| {
+                        StorageError::BadUri { uri: uri.to_string(), reason: e.to_string() }
+                    })?;
+                    Ok((store, path))
+                }
+            },
+        }
+    }
+
+    fn s3_store(
+        &self,
+        bucket: &str,
+        endpoint: &str,
+        uri: &StorageUri,
+    ) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        let mut stores = self.s3.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(store) = stores.get(bucket) {
+            return Ok(store.clone());
+        }
+        let c = &self.config;
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(endpoint)
+            .with_region(c.s3_region.clone().unwrap_or_else(|| "us-east-1".into()))
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+        if let Some(v) = &c.s3_access_key_id {
+            builder = builder.with_access_key_id(v);
+        }
+        if let Some(v) = &c.s3_secret_access_key {
+            builder = builder.with_secret_access_key(v);
+        }
+        if let Some(v) = &c.s3_session_token {
+            builder = builder.with_token(v);
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|source| {
+            StorageError::Store { uri: uri.to_string(), source }
+        })?);
+        stores.insert(bucket.to_owned(), store.clone());
+        Ok(store)
+    }
+
+    /// The input files of a job: `uri` itself when it is one object, else every `*.jsonl`
+    /// below it as a prefix, sorted by path.
+    pub async fn list_inputs(&self, uri: &StorageUri) -> Result<Vec<InputFile>, StorageError> {
+        let (store, path) = self.resolve(uri)?;
+        let store_err = |source| StorageError::Store { uri: uri.to_string(), source };
+        if !uri.is_dir_like() {
+            match store.head(&path).await {
+                Ok(meta) => {
+                    return Ok(vec![InputFile {
+                        uri: uri.clone(),
+                        relative: uri.file_name().unwrap_or("input.jsonl").to_owned(),
+                        size: meta.size,
+                    }]);
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                // A local directory answers head() with an error other than NotFound.
+                Err(_) if matches!(uri, StorageUri::Local(p) if p.is_dir()) => {}
+                Err(e) if !matches!(uri, StorageUri::Local(_)) => return Err(store_err(e)),
+                Err(_) => {}
+            }
+        }
+        let mut metas: Vec<_> = store.list(Some(&path)).try_collect().await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.to_string() },
+            e => store_err(e),
+        })?;
+        if metas.is_empty() && !prefix_exists(uri) {
+            return Err(StorageError::NotFound { uri: uri.to_string() });
+        }
+        metas.retain(|m| m.location.as_ref().ends_with(".jsonl"));
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        if metas.is_empty() {
+            return Err(StorageError::NoInputFiles { uri: uri.to_string() });
+        }
+        let prefix_parts = path.parts().count();
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let relative: Vec<String> =
+                    m.location.parts().skip(prefix_parts).map(|p| p.as_ref().to_owned()).collect();
+                let relative = relative.join("/");
+                InputFile { uri: uri.join(&relative), relative, size: m.size }
+            })
+            .collect())
+    }
+
+    /// Opens a streaming line reader: memory stays bounded by the longest line.
+    pub async fn read_lines(
+        &self,
+        uri: &StorageUri,
+        max_line_bytes: usize,
+    ) -> Result<LineReader, StorageError> {
+        let (store, path) = self.resolve(uri)?;
+        let result = store.get(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.to_string() },
+            source => StorageError::Store { uri: uri.to_string(), source },
+        })?;
+        Ok(LineReader::new(uri.to_string(), result.into_stream(), max_line_bytes))
+    }
+
+    /// Starts a streamed upload of `uri`; the object appears when [`OutputWriter::finish`]
+    /// succeeds.
+    pub fn create(&self, uri: &StorageUri) -> Result<OutputWriter, StorageError> {
+        let (store, path) = self.resolve(uri)?;
+        if let StorageUri::Local(_) = uri {
+            create_parent_dirs(&path, uri)?;
+        } else if self.config.s3_endpoint.is_none() {
+            create_parent_dirs(&path, uri)?;
+        }
+        let writer = BufWriter::with_capacity(store, path, OUTPUT_PART_BYTES).with_max_concurrency(2);
+        Ok(OutputWriter { uri: uri.to_string(), writer, bytes: 0 })
+    }
+
+    /// Writes a whole small object at once (the manifest).
+    pub async fn put(&self, uri: &StorageUri, bytes: Bytes) -> Result<(), StorageError> {
+        let (store, path) = self.resolve(uri)?;
+        if self.config.s3_endpoint.is_none() || matches!(uri, StorageUri::Local(_)) {
+            create_parent_dirs(&path, uri)?;
+        }
+        store
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|source| StorageError::Store { uri: uri.to_string(), source })
+    }
+
+    /// Reads a whole small object (the manifest, test fixtures).
+    pub async fn get(&self, uri: &StorageUri) -> Result<Bytes, StorageError> {
+        let (store, path) = self.resolve(uri)?;
+        let err = |e| match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.to_string() },
+            source => StorageError::Store { uri: uri.to_string(), source },
+        };
+        store.get(&path).await.map_err(err)?.bytes().await.map_err(err)
+    }
+}
+
+/// Whether a local prefix exists even if it holds no objects (an empty folder is "no
+/// input files", a missing one is "not found").
+fn prefix_exists(uri: &StorageUri) -> bool {
+    match uri {
+        StorageUri::Local(p) => p.exists(),
+        StorageUri::S3 { .. } => true,
+    }
+}
+
+fn local_object_path(path: &FsPath, uri: &StorageUri) -> Result<ObjectPath, StorageError> {
+    let absolute = std::path::absolute(path)
+        .map_err(|source| StorageError::Io { uri: uri.to_string(), source })?;
+    ObjectPath::from_absolute_path(normalize_lexically(&absolute))
+        .map_err(|e| StorageError::BadUri { uri: uri.to_string(), reason: e.to_string() })
+}
+
+/// Resolves `.` and `..` without touching the disk: outputs do not exist yet, so the path
+/// cannot be canonicalized, and object paths reject `..` segments.
+fn normalize_lexically(path: &FsPath) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn create_parent_dirs(path: &ObjectPath, uri: &StorageUri) -> Result<(), StorageError> {
+    let fs_path = PathBuf::from(format!("/{}", path.as_ref()));
+    if let Some(parent) = fs_path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| StorageError::Io { uri: uri.to_string(), source })?;
+    }
+    Ok(())
+}
+
+/// A streamed upload of one output file.
+pub struct OutputWriter {
+    uri: String,
+    writer: BufWriter,
+    bytes: u64,
+}
+
+impl OutputWriter {
+    /// Appends bytes (whole lines).
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.bytes += data.len() as u64;
+        self.writer
+            .write_all(data)
+            .await
+            .map_err(|source| StorageError::Io { uri: self.uri.clone(), source })
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Completes the upload; only now is the object visible.
+    pub async fn finish(mut self) -> Result<(), StorageError> {
+        self.writer
+            .shutdown()
+            .await
+            .map_err(|source| StorageError::Io { uri: self.uri.clone(), source })
+    }
+
+    /// Abandons the upload, leaving no object behind.
+    pub async fn abort(mut self) {
+        let _ = self.writer.abort().await;
+    }
+}

@@ -1,0 +1,66 @@
+//! Storage against the local disk: listing folders and s3:// URIs mapped under the data dir.
+
+use batchd_storage::{Storage, StorageConfig, StorageError, StorageUri};
+use bytes::Bytes;
+
+fn storage(data_dir: &std::path::Path) -> Storage {
+    Storage::new(StorageConfig { data_dir: data_dir.to_path_buf(), ..Default::default() })
+}
+
+#[tokio::test]
+async fn lists_jsonl_below_a_folder_sorted_with_relative_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(input.join("b/deep")).unwrap();
+    std::fs::create_dir_all(input.join("a")).unwrap();
+    std::fs::write(input.join("b/deep/two.jsonl"), "x\n").unwrap();
+    std::fs::write(input.join("a/one.jsonl"), "xy\n").unwrap();
+    std::fs::write(input.join("a/notes.txt"), "ignored").unwrap();
+    let s = storage(dir.path());
+    let uri = StorageUri::parse(input.to_str().unwrap()).unwrap();
+    let files = s.list_inputs(&uri).await.unwrap();
+    let rel: Vec<_> = files.iter().map(|f| (f.relative.as_str(), f.size)).collect();
+    assert_eq!(rel, vec![("a/one.jsonl", 3), ("b/deep/two.jsonl", 2)]);
+    assert_eq!(files[1].uri, StorageUri::Local(input.join("b/deep/two.jsonl")));
+}
+
+#[tokio::test]
+async fn single_file_and_missing_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.jsonl");
+    std::fs::write(&file, "a\nb\n").unwrap();
+    let s = storage(dir.path());
+    let files = s.list_inputs(&StorageUri::Local(file.clone())).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].relative, "one.jsonl");
+    let missing = s.list_inputs(&StorageUri::Local(dir.path().join("nope"))).await.unwrap_err();
+    assert!(matches!(missing, StorageError::NotFound { .. }), "{missing}");
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let empty = s.list_inputs(&StorageUri::Local(dir.path().join("empty"))).await.unwrap_err();
+    assert!(matches!(empty, StorageError::NoInputFiles { .. }), "{empty}");
+}
+
+#[tokio::test]
+async fn s3_uris_without_endpoint_live_under_data_dir_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = storage(dir.path());
+    let out = StorageUri::parse("s3://my-bucket/out/job1/a.jsonl.out").unwrap();
+    let mut w = s.create(&out).unwrap();
+    w.write(b"line1\n").await.unwrap();
+    w.write(b"line2\n").await.unwrap();
+    w.finish().await.unwrap();
+    let on_disk = dir.path().join("buckets/my-bucket/out/job1/a.jsonl.out");
+    assert_eq!(std::fs::read_to_string(on_disk).unwrap(), "line1\nline2\n");
+
+    let manifest = StorageUri::parse("s3://my-bucket/out/job1/manifest.json.out").unwrap();
+    s.put(&manifest, Bytes::from_static(b"{}")).await.unwrap();
+    assert_eq!(s.get(&manifest).await.unwrap(), Bytes::from_static(b"{}"));
+
+    let files = s.list_inputs(&StorageUri::parse("s3://my-bucket/out/").unwrap()).await;
+    assert!(matches!(files, Err(StorageError::NoInputFiles { .. })));
+
+    let mut lines = s.read_lines(&out, 1024).await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().unwrap().0, 1);
+    assert_eq!(&lines.next_line().await.unwrap().unwrap().1[..], b"line2");
+    assert!(lines.next_line().await.unwrap().is_none());
+}
