@@ -1,0 +1,352 @@
+//! The job store: jobs, their status, counters and timestamps in SQLite through `sqlx`, with
+//! the schema made by embedded migrations.
+//!
+//! Status changes go through [`JobStore::transition`], which checks the legal transitions of
+//! `batchd-core` and applies them as a compare-and-set, so two writers never both win.
+//! (A Postgres store for several machines will implement the same methods; the trait is
+//! extracted when the second implementation lands.)
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use batchd_core::{Counters, InvocationType, JobId, JobStatus, StatusError};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlSafeStr, SqlitePool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job store database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("job store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error("job {job}: {source}")]
+    Transition {
+        job: JobId,
+        #[source]
+        source: StatusError,
+    },
+    #[error("job store holds a bad value in {column}: {value:?}")]
+    Corrupt { column: &'static str, value: String },
+}
+
+/// What a new job needs.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub arn: String,
+    pub name: String,
+    pub model_id: String,
+    pub role_arn: Option<String>,
+    pub client_request_token: Option<String>,
+    pub invocation_type: InvocationType,
+    pub input_uri: String,
+    pub output_uri: String,
+    pub timeout_hours: Option<u32>,
+    pub job_expiration_ms: Option<i64>,
+    pub request_json: Option<String>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub arn: String,
+    pub name: String,
+    pub model_id: String,
+    pub role_arn: Option<String>,
+    pub client_request_token: Option<String>,
+    pub invocation_type: InvocationType,
+    pub input_uri: String,
+    pub output_uri: String,
+    pub status: JobStatus,
+    pub message: Option<String>,
+    pub timeout_hours: Option<u32>,
+    pub submit_time_ms: i64,
+    pub last_modified_ms: i64,
+    pub end_time_ms: Option<i64>,
+    pub job_expiration_ms: Option<i64>,
+    pub counters: Counters,
+    pub request_json: Option<String>,
+}
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "jobs", include_str!("../migrations/0001_jobs.sql"))];
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect(),
+    )
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Jobs in SQLite.
+#[derive(Debug, Clone)]
+pub struct JobStore {
+    pool: SqlitePool,
+}
+
+impl JobStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL survives a process crash (not a power loss) without an fsync per commit.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// An in-memory store (tests, and `batchd run` with no data dir to keep).
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // One connection: each in-memory connection would otherwise be its own database.
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Inserts a job in `Submitted`.
+    pub async fn create(&self, job: NewJob) -> Result<JobRecord, StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO jobs (job_id, job_arn, job_name, model_id, role_arn, client_request_token,
+                invocation_type, input_uri, output_uri, status, timeout_hours, submit_time_ms,
+                last_modified_ms, job_expiration_ms, request_json)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(job.id.as_str())
+        .bind(&job.arn)
+        .bind(&job.name)
+        .bind(&job.model_id)
+        .bind(&job.role_arn)
+        .bind(&job.client_request_token)
+        .bind(job.invocation_type.as_str())
+        .bind(&job.input_uri)
+        .bind(&job.output_uri)
+        .bind(JobStatus::Submitted.as_str())
+        .bind(job.timeout_hours.map(i64::from))
+        .bind(now)
+        .bind(now)
+        .bind(job.job_expiration_ms)
+        .bind(&job.request_json)
+        .execute(&self.pool)
+        .await?;
+        self.get(&job.id).await?.ok_or(StoreError::NotFound(job.id))
+    }
+
+    pub async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE job_id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_job).transpose()
+    }
+
+    /// Jobs in the given statuses, oldest first (the scheduler's and resume's view).
+    pub async fn list_in_status(&self, statuses: &[JobStatus]) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY submit_time_ms, job_id")
+            .fetch_all(&self.pool)
+            .await?;
+        let jobs = rows.iter().map(row_to_job).collect::<Result<Vec<_>, _>>()?;
+        Ok(jobs.into_iter().filter(|j| statuses.contains(&j.status)).collect())
+    }
+
+    /// Moves a job to `to` if that is legal from its current status; sets `message` when
+    /// given, and `end_time` when `to` is terminal. Compare-and-set: a concurrent change
+    /// makes it re-check against the new status.
+    pub async fn transition(
+        &self,
+        id: &JobId,
+        to: JobStatus,
+        message: Option<&str>,
+    ) -> Result<JobRecord, StoreError> {
+        loop {
+            let job = self.get(id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            job.status
+                .transition(to)
+                .map_err(|source| StoreError::Transition { job: id.clone(), source })?;
+            let now = now_ms();
+            let end_time = to.is_terminal().then_some(now);
+            let done = sqlx::query(
+                "UPDATE jobs SET status = ?, message = COALESCE(?, message), last_modified_ms = ?,
+                    end_time_ms = COALESCE(?, end_time_ms)
+                 WHERE job_id = ? AND status = ?",
+            )
+            .bind(to.as_str())
+            .bind(message)
+            .bind(now)
+            .bind(end_time)
+            .bind(id.as_str())
+            .bind(job.status.as_str())
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                return self.get(id).await?.ok_or_else(|| StoreError::NotFound(id.clone()));
+            }
+        }
+    }
+
+    /// Records the live counters of a running job.
+    pub async fn update_counters(&self, id: &JobId, c: &Counters) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET total_records = ?, processed_records = ?, success_records = ?,
+                error_records = ?, input_tokens = ?, output_tokens = ?, last_modified_ms = ?
+             WHERE job_id = ?",
+        )
+        .bind(to_i64(c.total))
+        .bind(to_i64(c.processed))
+        .bind(to_i64(c.success))
+        .bind(to_i64(c.error))
+        .bind(to_i64(c.input_tokens))
+        .bind(to_i64(c.output_tokens))
+        .bind(now_ms())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Sets the job's message without changing its status.
+    pub async fn set_message(&self, id: &JobId, message: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET message = ?, last_modified_ms = ? WHERE job_id = ?")
+            .bind(message)
+            .bind(now_ms())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the pool, flushing SQLite's WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn row_to_job(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+    let id: String = row.try_get("job_id")?;
+    let status: String = row.try_get("status")?;
+    let invocation_type: String = row.try_get("invocation_type")?;
+    let timeout_hours: Option<i64> = row.try_get("timeout_hours")?;
+    Ok(JobRecord {
+        id: JobId::parse(&id).map_err(|_| StoreError::Corrupt { column: "job_id", value: id.clone() })?,
+        arn: row.try_get("job_arn")?,
+        name: row.try_get("job_name")?,
+        model_id: row.try_get("model_id")?,
+        role_arn: row.try_get("role_arn")?,
+        client_request_token: row.try_get("client_request_token")?,
+        invocation_type: invocation_type
+            .parse()
+            .map_err(|_| StoreError::Corrupt { column: "invocation_type", value: invocation_type.clone() })?,
+        input_uri: row.try_get("input_uri")?,
+        output_uri: row.try_get("output_uri")?,
+        status: status.parse().map_err(|_| StoreError::Corrupt { column: "status", value: status.clone() })?,
+        message: row.try_get("message")?,
+        timeout_hours: timeout_hours.and_then(|h| u32::try_from(h).ok()),
+        submit_time_ms: row.try_get("submit_time_ms")?,
+        last_modified_ms: row.try_get("last_modified_ms")?,
+        end_time_ms: row.try_get("end_time_ms")?,
+        job_expiration_ms: row.try_get("job_expiration_ms")?,
+        counters: Counters {
+            total: to_u64(row.try_get("total_records")?),
+            processed: to_u64(row.try_get("processed_records")?),
+            success: to_u64(row.try_get("success_records")?),
+            error: to_u64(row.try_get("error_records")?),
+            input_tokens: to_u64(row.try_get("input_tokens")?),
+            output_tokens: to_u64(row.try_get("output_tokens")?),
+        },
+        request_json: row.try_get("request_json")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_job(id: &str) -> NewJob {
+        NewJob {
+            id: JobId::parse(id).unwrap(),
+            arn: format!("arn:aws:bedrock:us-east-1:000000000000:model-invocation-job/{id}"),
+            name: "job".into(),
+            model_id: "m".into(),
+            role_arn: None,
+            client_request_token: Some(format!("tok-{id}")),
+            invocation_type: InvocationType::Converse,
+            input_uri: "in".into(),
+            output_uri: "out".into(),
+            timeout_hours: Some(24),
+            job_expiration_ms: None,
+            request_json: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_move_only_through_legal_transitions() {
+        let store = JobStore::in_memory().await.unwrap();
+        let job = store.create(new_job("aaaaaaaaaaaa")).await.unwrap();
+        assert_eq!(job.status, JobStatus::Submitted);
+        assert_eq!(job.end_time_ms, None);
+        let err = store.transition(&job.id, JobStatus::InProgress, None).await.unwrap_err();
+        assert!(matches!(err, StoreError::Transition { .. }), "{err}");
+        for to in [JobStatus::Validating, JobStatus::Scheduled, JobStatus::InProgress] {
+            assert_eq!(store.transition(&job.id, to, None).await.unwrap().status, to);
+        }
+        let done = store.transition(&job.id, JobStatus::Completed, Some("all done")).await.unwrap();
+        assert_eq!(done.message.as_deref(), Some("all done"));
+        assert!(done.end_time_ms.is_some());
+        assert!(store.transition(&job.id, JobStatus::Stopping, None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn counters_and_jobs_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db/batchd.sqlite");
+        let id = JobId::parse("bbbbbbbbbbbb").unwrap();
+        {
+            let store = JobStore::open(&path).await.unwrap();
+            store.create(new_job(id.as_str())).await.unwrap();
+            store.transition(&id, JobStatus::Validating, None).await.unwrap();
+            let c = Counters { total: 10, processed: 4, success: 3, error: 1, input_tokens: 40, output_tokens: 50 };
+            store.update_counters(&id, &c).await.unwrap();
+            store.close().await;
+        }
+        let store = JobStore::open(&path).await.unwrap();
+        let job = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Validating);
+        assert_eq!(job.counters.processed, 4);
+        assert_eq!(job.counters.output_tokens, 50);
+        assert_eq!(job.client_request_token.as_deref(), Some("tok-bbbbbbbbbbbb"));
+        let running = store.list_in_status(&[JobStatus::Validating]).await.unwrap();
+        assert_eq!(running.len(), 1);
+        assert!(store.get(&JobId::parse("cccccccccccc").unwrap()).await.unwrap().is_none());
+    }
+}
