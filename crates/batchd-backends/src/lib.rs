@@ -45,18 +45,32 @@ pub struct BackendError {
 
 impl BackendError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, status: None, message: message.into(), retry_after: None }
+        Self {
+            kind,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// Classifies an HTTP error status: 429 and 5xx are retryable, other 4xx are not.
-    pub fn from_status(status: u16, message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+    pub fn from_status(
+        status: u16,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
         let kind = match status {
             429 => ErrorKind::RateLimited,
             500..=599 => ErrorKind::Server,
             408 => ErrorKind::Timeout,
             _ => ErrorKind::Client,
         };
-        Self { kind, status: Some(status), message: message.into(), retry_after }
+        Self {
+            kind,
+            status: Some(status),
+            message: message.into(),
+            retry_after,
+        }
     }
 
     pub fn is_retryable(&self) -> bool {
@@ -98,7 +112,15 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_for_retry() {
-        for (status, retryable) in [(429, true), (500, true), (502, true), (503, true), (400, false), (404, false), (422, false)] {
+        for (status, retryable) in [
+            (429, true),
+            (500, true),
+            (502, true),
+            (503, true),
+            (400, false),
+            (404, false),
+            (422, false),
+        ] {
             let e = BackendError::from_status(status, "x", None);
             assert_eq!(e.is_retryable(), retryable, "{status}");
             assert_eq!(e.error_code(), status);
@@ -106,6 +128,9 @@ mod tests {
         assert!(BackendError::new(ErrorKind::Connect, "refused").is_retryable());
         assert!(BackendError::new(ErrorKind::Timeout, "slow").is_retryable());
         assert!(!BackendError::new(ErrorKind::Unsupported, "video").is_retryable());
-        assert_eq!(BackendError::new(ErrorKind::Timeout, "slow").error_code(), 408);
+        assert_eq!(
+            BackendError::new(ErrorKind::Timeout, "slow").error_code(),
+            408
+        );
     }
 }

@@ -19,7 +19,10 @@ pub struct JobId(String);
 
 impl JobId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        if s.len() == 12 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        if s.len() == 12
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             Ok(Self(s.to_owned()))
         } else {
             Err(IdError::BadJobId(s.to_owned()))
@@ -58,34 +61,56 @@ pub struct JobArn {
 
 impl JobArn {
     pub fn new(region: &str, account: &str, id: JobId) -> Self {
-        Self { partition: "aws".into(), region: region.into(), account: account.into(), id }
+        Self {
+            partition: "aws".into(),
+            region: region.into(),
+            account: account.into(),
+            id,
+        }
     }
 
     /// Parses a full job ARN.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let bad = || IdError::BadIdentifier(s.to_owned());
         let mut parts = s.splitn(6, ':');
-        let (Some("arn"), Some(partition), Some("bedrock"), Some(region), Some(account), Some(rest)) = (
+        let (
+            Some("arn"),
+            Some(partition),
+            Some("bedrock"),
+            Some(region),
+            Some(account),
+            Some(rest),
+        ) = (
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
-        ) else {
+        )
+        else {
             return Err(bad());
         };
         let partition_ok = partition == "aws"
-            || partition.strip_prefix("aws-").is_some_and(|p| !p.is_empty());
+            || partition
+                .strip_prefix("aws-")
+                .is_some_and(|p| !p.is_empty());
         let region_ok = (1..=20).contains(&region.len())
-            && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         let account_ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
         let id = rest.strip_prefix("model-invocation-job/").ok_or_else(bad)?;
         if !(partition_ok && region_ok && account_ok) {
             return Err(bad());
         }
         let id = JobId::parse(id).map_err(|_| bad())?;
-        Ok(Self { partition: partition.into(), region: region.into(), account: account.into(), id })
+        Ok(Self {
+            partition: partition.into(),
+            region: region.into(),
+            account: account.into(),
+            id,
+        })
     }
 
     /// Parses a `jobIdentifier`: a full ARN or a bare 12-character id. Returns the id.
@@ -144,7 +169,13 @@ mod tests {
     #[test]
     fn job_id_accepts_only_twelve_lower_alnum() {
         assert!(JobId::parse("abc123def456").is_ok());
-        for bad in ["abc123def45", "abc123def4567", "ABC123DEF456", "abc123def45-", ""] {
+        for bad in [
+            "abc123def45",
+            "abc123def4567",
+            "ABC123DEF456",
+            "abc123def45-",
+            "",
+        ] {
             assert!(JobId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -163,11 +194,15 @@ mod tests {
         let id = JobId::parse("abc123def456").unwrap();
         let arn = JobArn::new("us-east-1", "123456789012", id.clone());
         let text = arn.to_string();
-        assert_eq!(text, "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123def456");
+        assert_eq!(
+            text,
+            "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123def456"
+        );
         assert_eq!(JobArn::parse(&text).unwrap(), arn);
         assert_eq!(JobArn::parse_identifier(&text).unwrap(), id);
         assert_eq!(JobArn::parse_identifier("abc123def456").unwrap(), id);
-        let gov = "arn:aws-us-gov:bedrock:us-gov-west-1:123456789012:model-invocation-job/abc123def456";
+        let gov =
+            "arn:aws-us-gov:bedrock:us-gov-west-1:123456789012:model-invocation-job/abc123def456";
         assert_eq!(JobArn::parse_identifier(gov).unwrap(), id);
         for bad in [
             "arn:aws:bedrock:us-east-1:12345:model-invocation-job/abc123def456",
@@ -183,7 +218,10 @@ mod tests {
     fn generated_record_ids_are_stable_eleven_upper_alnum() {
         let a = generated_record_id("abc123def456", "in/a.jsonl", 4);
         assert_eq!(a.len(), 11);
-        assert!(a.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        );
         assert_eq!(a, generated_record_id("abc123def456", "in/a.jsonl", 4));
         assert_ne!(a, generated_record_id("abc123def456", "in/a.jsonl", 5));
         assert_ne!(a, generated_record_id("abc123def456", "in/b.jsonl", 4));

@@ -61,7 +61,11 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::Completed | Self::PartiallyCompleted | Self::Failed | Self::Stopped | Self::Expired
+            Self::Completed
+                | Self::PartiallyCompleted
+                | Self::Failed
+                | Self::Stopped
+                | Self::Expired
         )
     }
 

@@ -6,10 +6,12 @@
 //! - [`converse`]: Converse body → [`neutral::ChatRequest`] or a list of [`Defect`]s;
 //!   [`neutral::ChatResponse`] → Converse response body.
 //! - [`neutral`]: the format-independent request/response.
+//! - [`manifest`]: the `manifest.json.out` counters.
 //!
 //! Only this crate (and later the API crate) knows Bedrock's JSON shapes.
 
 pub mod converse;
+pub mod manifest;
 pub mod neutral;
 pub mod record;
 
@@ -25,7 +27,10 @@ pub struct Defect {
 
 impl Defect {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 

@@ -32,18 +32,37 @@ pub struct ChatMessage {
 pub enum ContentPart {
     Text(String),
     /// Inline image bytes, base64 as they came in the record. `format` is png|jpeg|gif|webp.
-    Image { format: String, data_base64: String },
+    Image {
+        format: String,
+        data_base64: String,
+    },
     /// A document whose content is text (Converse `source.text` / `source.content`).
-    Document { name: String, format: Option<String>, text: String },
+    Document {
+        name: String,
+        format: Option<String>,
+        text: String,
+    },
     /// A tool call the assistant made (or makes, in a response).
-    ToolUse { id: String, name: String, input: Value },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
     /// The result of a tool call, sent back by the user.
-    ToolResult { tool_use_id: String, content: Vec<ToolResultPart>, is_error: bool },
+    ToolResult {
+        tool_use_id: String,
+        content: Vec<ToolResultPart>,
+        is_error: bool,
+    },
     /// Model reasoning text carried in a conversation.
-    Reasoning { text: String },
+    Reasoning {
+        text: String,
+    },
     /// A part the request may legally carry but the neutral form does not model (video,
     /// audio, bytes documents, s3Location sources, ...). `kind` names it for error messages.
-    Unsupported { kind: String },
+    Unsupported {
+        kind: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

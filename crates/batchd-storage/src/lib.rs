@@ -48,7 +48,11 @@ pub enum StorageError {
         source: std::io::Error,
     },
     #[error("{uri}: line {line} is longer than {limit} bytes")]
-    LineTooLong { uri: String, line: u64, limit: usize },
+    LineTooLong {
+        uri: String,
+        line: u64,
+        limit: usize,
+    },
 }
 
 /// Storage settings, read from config and the environment once at start-up.
@@ -83,7 +87,9 @@ pub struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Storage")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,7 +98,11 @@ const OUTPUT_PART_BYTES: usize = 5 * 1024 * 1024;
 
 impl Storage {
     pub fn new(config: StorageConfig) -> Self {
-        Self { config, local: Arc::new(LocalFileSystem::new()), s3: Mutex::new(HashMap::new()) }
+        Self {
+            config,
+            local: Arc::new(LocalFileSystem::new()),
+            s3: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -100,7 +110,10 @@ impl Storage {
     }
 
     /// The store that holds `uri` and the object path inside it.
-    fn resolve(&self, uri: &StorageUri) -> Result<(Arc<dyn ObjectStore>, ObjectPath), StorageError> {
+    fn resolve(
+        &self,
+        uri: &StorageUri,
+    ) -> Result<(Arc<dyn ObjectStore>, ObjectPath), StorageError> {
         match uri {
             StorageUri::Local(path) => Ok((self.local.clone(), local_object_path(path, uri)?)),
             StorageUri::S3 { bucket, key } => match &self.config.s3_endpoint {
@@ -111,7 +124,10 @@ impl Storage {
                 Some(endpoint) => {
                     let store = self.s3_store(bucket, endpoint, uri)?;
                     let path = ObjectPath::parse(key.trim_end_matches('/')).map_err(|e| {
-                        StorageError::BadUri { uri: uri.to_string(), reason: e.to_string() }
+                        StorageError::BadUri {
+                            uri: uri.to_string(),
+                            reason: e.to_string(),
+                        }
                     })?;
                     Ok((store, path))
                 }
@@ -125,7 +141,10 @@ impl Storage {
         endpoint: &str,
         uri: &StorageUri,
     ) -> Result<Arc<dyn ObjectStore>, StorageError> {
-        let mut stores = self.s3.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stores = self
+            .s3
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(store) = stores.get(bucket) {
             return Ok(store.clone());
         }
@@ -145,9 +164,11 @@ impl Storage {
         if let Some(v) = &c.s3_session_token {
             builder = builder.with_token(v);
         }
-        let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|source| {
-            StorageError::Store { uri: uri.to_string(), source }
-        })?);
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(builder.build().map_err(|source| StorageError::Store {
+                uri: uri.to_string(),
+                source,
+            })?);
         stores.insert(bucket.to_owned(), store.clone());
         Ok(store)
     }
@@ -156,7 +177,10 @@ impl Storage {
     /// below it as a prefix, sorted by path.
     pub async fn list_inputs(&self, uri: &StorageUri) -> Result<Vec<InputFile>, StorageError> {
         let (store, path) = self.resolve(uri)?;
-        let store_err = |source| StorageError::Store { uri: uri.to_string(), source };
+        let store_err = |source| StorageError::Store {
+            uri: uri.to_string(),
+            source,
+        };
         if !uri.is_dir_like() {
             match store.head(&path).await {
                 Ok(meta) => {
@@ -173,26 +197,45 @@ impl Storage {
                 Err(_) => {}
             }
         }
-        let mut metas: Vec<_> = store.list(Some(&path)).try_collect().await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.to_string() },
-            e => store_err(e),
-        })?;
+        let mut metas: Vec<_> =
+            store
+                .list(Some(&path))
+                .try_collect()
+                .await
+                .map_err(|e| match e {
+                    object_store::Error::NotFound { .. } => StorageError::NotFound {
+                        uri: uri.to_string(),
+                    },
+                    e => store_err(e),
+                })?;
         if metas.is_empty() && !prefix_exists(uri) {
-            return Err(StorageError::NotFound { uri: uri.to_string() });
+            return Err(StorageError::NotFound {
+                uri: uri.to_string(),
+            });
         }
         metas.retain(|m| m.location.as_ref().ends_with(".jsonl"));
         metas.sort_by(|a, b| a.location.cmp(&b.location));
         if metas.is_empty() {
-            return Err(StorageError::NoInputFiles { uri: uri.to_string() });
+            return Err(StorageError::NoInputFiles {
+                uri: uri.to_string(),
+            });
         }
         let prefix_parts = path.parts().count();
         Ok(metas
             .into_iter()
             .map(|m| {
-                let relative: Vec<String> =
-                    m.location.parts().skip(prefix_parts).map(|p| p.as_ref().to_owned()).collect();
+                let relative: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(prefix_parts)
+                    .map(|p| p.as_ref().to_owned())
+                    .collect();
                 let relative = relative.join("/");
-                InputFile { uri: uri.join(&relative), relative, size: m.size }
+                InputFile {
+                    uri: uri.join(&relative),
+                    relative,
+                    size: m.size,
+                }
             })
             .collect())
     }
@@ -205,10 +248,19 @@ impl Storage {
     ) -> Result<LineReader, StorageError> {
         let (store, path) = self.resolve(uri)?;
         let result = store.get(&path).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.to_string() },
-            source => StorageError::Store { uri: uri.to_string(), source },
+            object_store::Error::NotFound { .. } => StorageError::NotFound {
+                uri: uri.to_string(),
+            },
+            source => StorageError::Store {
+                uri: uri.to_string(),
+                source,
+            },
         })?;
-        Ok(LineReader::new(uri.to_string(), result.into_stream(), max_line_bytes))
+        Ok(LineReader::new(
+            uri.to_string(),
+            result.into_stream(),
+            max_line_bytes,
+        ))
     }
 
     /// Starts a streamed upload of `uri`; the object appears when [`OutputWriter::finish`]
@@ -220,8 +272,13 @@ impl Storage {
         } else if self.config.s3_endpoint.is_none() {
             create_parent_dirs(&path, uri)?;
         }
-        let writer = BufWriter::with_capacity(store, path, OUTPUT_PART_BYTES).with_max_concurrency(2);
-        Ok(OutputWriter { uri: uri.to_string(), writer, bytes: 0 })
+        let writer =
+            BufWriter::with_capacity(store, path, OUTPUT_PART_BYTES).with_max_concurrency(2);
+        Ok(OutputWriter {
+            uri: uri.to_string(),
+            writer,
+            bytes: 0,
+        })
     }
 
     /// Writes a whole small object at once (the manifest).
@@ -234,17 +291,31 @@ impl Storage {
             .put(&path, PutPayload::from_bytes(bytes))
             .await
             .map(|_| ())
-            .map_err(|source| StorageError::Store { uri: uri.to_string(), source })
+            .map_err(|source| StorageError::Store {
+                uri: uri.to_string(),
+                source,
+            })
     }
 
     /// Reads a whole small object (the manifest, test fixtures).
     pub async fn get(&self, uri: &StorageUri) -> Result<Bytes, StorageError> {
         let (store, path) = self.resolve(uri)?;
         let err = |e| match e {
-            object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.to_string() },
-            source => StorageError::Store { uri: uri.to_string(), source },
+            object_store::Error::NotFound { .. } => StorageError::NotFound {
+                uri: uri.to_string(),
+            },
+            source => StorageError::Store {
+                uri: uri.to_string(),
+                source,
+            },
         };
-        store.get(&path).await.map_err(err)?.bytes().await.map_err(err)
+        store
+            .get(&path)
+            .await
+            .map_err(err)?
+            .bytes()
+            .await
+            .map_err(err)
     }
 }
 
@@ -258,10 +329,16 @@ fn prefix_exists(uri: &StorageUri) -> bool {
 }
 
 fn local_object_path(path: &FsPath, uri: &StorageUri) -> Result<ObjectPath, StorageError> {
-    let absolute = std::path::absolute(path)
-        .map_err(|source| StorageError::Io { uri: uri.to_string(), source })?;
-    ObjectPath::from_absolute_path(normalize_lexically(&absolute))
-        .map_err(|e| StorageError::BadUri { uri: uri.to_string(), reason: e.to_string() })
+    let absolute = std::path::absolute(path).map_err(|source| StorageError::Io {
+        uri: uri.to_string(),
+        source,
+    })?;
+    ObjectPath::from_absolute_path(normalize_lexically(&absolute)).map_err(|e| {
+        StorageError::BadUri {
+            uri: uri.to_string(),
+            reason: e.to_string(),
+        }
+    })
 }
 
 /// Resolves `.` and `..` without touching the disk: outputs do not exist yet, so the path
@@ -284,8 +361,10 @@ fn normalize_lexically(path: &FsPath) -> PathBuf {
 fn create_parent_dirs(path: &ObjectPath, uri: &StorageUri) -> Result<(), StorageError> {
     let fs_path = PathBuf::from(format!("/{}", path.as_ref()));
     if let Some(parent) = fs_path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|source| StorageError::Io { uri: uri.to_string(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| StorageError::Io {
+            uri: uri.to_string(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -304,7 +383,10 @@ impl OutputWriter {
         self.writer
             .write_all(data)
             .await
-            .map_err(|source| StorageError::Io { uri: self.uri.clone(), source })
+            .map_err(|source| StorageError::Io {
+                uri: self.uri.clone(),
+                source,
+            })
     }
 
     /// Bytes written so far.
@@ -317,7 +399,10 @@ impl OutputWriter {
         self.writer
             .shutdown()
             .await
-            .map_err(|source| StorageError::Io { uri: self.uri.clone(), source })
+            .map_err(|source| StorageError::Io {
+                uri: self.uri.clone(),
+                source,
+            })
     }
 
     /// Abandons the upload, leaving no object behind.

@@ -79,7 +79,10 @@ impl LineReader {
             match self.stream.next().await {
                 Some(Ok(chunk)) => self.chunk = chunk,
                 Some(Err(source)) => {
-                    return Err(StorageError::Store { uri: self.uri.clone(), source });
+                    return Err(StorageError::Store {
+                        uri: self.uri.clone(),
+                        source,
+                    });
                 }
                 None => self.done = true,
             }
@@ -106,8 +109,12 @@ impl LineReader {
 mod tests {
     use super::*;
 
-    async fn collect(chunks: Vec<&'static [u8]>, max: usize) -> Result<Vec<(u64, String)>, StorageError> {
-        let stream = futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c)))).boxed();
+    async fn collect(
+        chunks: Vec<&'static [u8]>,
+        max: usize,
+    ) -> Result<Vec<(u64, String)>, StorageError> {
+        let stream =
+            futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c)))).boxed();
         let mut reader = LineReader::new("t".into(), stream, max);
         let mut out = Vec::new();
         while let Some((n, line)) = reader.next_line().await? {
@@ -118,7 +125,9 @@ mod tests {
 
     #[tokio::test]
     async fn splits_lines_across_chunks() {
-        let got = collect(vec![b"ab", b"c\nde", b"f\r\n\ng", b"h"], 100).await.unwrap();
+        let got = collect(vec![b"ab", b"c\nde", b"f\r\n\ng", b"h"], 100)
+            .await
+            .unwrap();
         let want = [(1, "abc"), (2, "def"), (3, ""), (4, "gh")];
         assert_eq!(got, want.map(|(n, s)| (n, s.to_string())));
     }
@@ -132,7 +141,12 @@ mod tests {
 
     #[tokio::test]
     async fn overlong_line_is_an_error_naming_the_line() {
-        let err = collect(vec![b"ok\n", b"0123456789", b"0123456789\n"], 15).await.unwrap_err();
-        assert!(matches!(err, StorageError::LineTooLong { line: 2, .. }), "{err}");
+        let err = collect(vec![b"ok\n", b"0123456789", b"0123456789\n"], 15)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StorageError::LineTooLong { line: 2, .. }),
+            "{err}"
+        );
     }
 }

@@ -15,13 +15,16 @@ pub enum StorageUri {
 impl StorageUri {
     /// `s3://bucket/key`, `file:///path`, or a plain path.
     pub fn parse(s: &str) -> Result<Self, StorageError> {
-        let bad = |reason: &str| StorageError::BadUri { uri: s.to_owned(), reason: reason.into() };
+        let bad = |reason: &str| StorageError::BadUri {
+            uri: s.to_owned(),
+            reason: reason.into(),
+        };
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
             let bucket_ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                })
                 && !bucket.starts_with(['-', '.'])
                 && !bucket.ends_with(['-', '.']);
             if !bucket_ok {
@@ -30,10 +33,15 @@ impl StorageUri {
             if key.split('/').any(|seg| seg == "." || seg == "..") {
                 return Err(bad("key must not contain '.' or '..' segments"));
             }
-            return Ok(Self::S3 { bucket: bucket.to_owned(), key: key.to_owned() });
+            return Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            });
         }
         if s.contains("://") && !s.starts_with("file://") {
-            return Err(bad("only local paths, file:// and s3:// URIs are supported"));
+            return Err(bad(
+                "only local paths, file:// and s3:// URIs are supported",
+            ));
         }
         let path = s.strip_prefix("file://").unwrap_or(s);
         if path.is_empty() {
@@ -55,21 +63,32 @@ impl StorageUri {
     pub fn file_name(&self) -> Option<&str> {
         match self {
             Self::Local(p) => p.file_name().and_then(|n| n.to_str()),
-            Self::S3 { key, .. } => key.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()),
+            Self::S3 { key, .. } => key
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .filter(|s| !s.is_empty()),
         }
     }
 
     /// `self/relative` (relative uses `/` separators).
     pub fn join(&self, relative: &str) -> Self {
         match self {
-            Self::Local(p) => Self::Local(relative.split('/').fold(p.clone(), |acc, seg| acc.join(seg))),
+            Self::Local(p) => Self::Local(
+                relative
+                    .split('/')
+                    .fold(p.clone(), |acc, seg| acc.join(seg)),
+            ),
             Self::S3 { bucket, key } => {
                 let key = if key.is_empty() || key.ends_with('/') {
                     format!("{key}{relative}")
                 } else {
                     format!("{key}/{relative}")
                 };
-                Self::S3 { bucket: bucket.clone(), key }
+                Self::S3 {
+                    bucket: bucket.clone(),
+                    key,
+                }
             }
         }
     }
@@ -92,15 +111,33 @@ mod tests {
     fn parses_s3_and_local() {
         assert_eq!(
             StorageUri::parse("s3://my-bucket/in/a.jsonl").unwrap(),
-            StorageUri::S3 { bucket: "my-bucket".into(), key: "in/a.jsonl".into() }
+            StorageUri::S3 {
+                bucket: "my-bucket".into(),
+                key: "in/a.jsonl".into()
+            }
         );
         assert_eq!(
             StorageUri::parse("s3://my-bucket").unwrap(),
-            StorageUri::S3 { bucket: "my-bucket".into(), key: "".into() }
+            StorageUri::S3 {
+                bucket: "my-bucket".into(),
+                key: "".into()
+            }
         );
-        assert_eq!(StorageUri::parse("data/x.jsonl").unwrap(), StorageUri::Local("data/x.jsonl".into()));
-        assert_eq!(StorageUri::parse("file:///tmp/x").unwrap(), StorageUri::Local("/tmp/x".into()));
-        for bad in ["s3://A_B/x", "s3://ab/x", "s3://bucket/../x", "http://x/y", ""] {
+        assert_eq!(
+            StorageUri::parse("data/x.jsonl").unwrap(),
+            StorageUri::Local("data/x.jsonl".into())
+        );
+        assert_eq!(
+            StorageUri::parse("file:///tmp/x").unwrap(),
+            StorageUri::Local("/tmp/x".into())
+        );
+        for bad in [
+            "s3://A_B/x",
+            "s3://ab/x",
+            "s3://bucket/../x",
+            "http://x/y",
+            "",
+        ] {
             assert!(StorageUri::parse(bad).is_err(), "{bad}");
         }
     }
@@ -108,12 +145,23 @@ mod tests {
     #[test]
     fn joins_and_names() {
         let s3 = StorageUri::parse("s3://bucket/out").unwrap();
-        assert_eq!(s3.join("job/a.jsonl.out").to_string(), "s3://bucket/out/job/a.jsonl.out");
+        assert_eq!(
+            s3.join("job/a.jsonl.out").to_string(),
+            "s3://bucket/out/job/a.jsonl.out"
+        );
         let s3 = StorageUri::parse("s3://bucket/out/").unwrap();
         assert!(s3.is_dir_like());
         assert_eq!(s3.join("a").to_string(), "s3://bucket/out/a");
-        assert_eq!(StorageUri::parse("s3://bucket/in/x.jsonl").unwrap().file_name(), Some("x.jsonl"));
+        assert_eq!(
+            StorageUri::parse("s3://bucket/in/x.jsonl")
+                .unwrap()
+                .file_name(),
+            Some("x.jsonl")
+        );
         let local = StorageUri::parse("/tmp/out").unwrap();
-        assert_eq!(local.join("j/sub/a.out"), StorageUri::Local("/tmp/out/j/sub/a.out".into()));
+        assert_eq!(
+            local.join("j/sub/a.out"),
+            StorageUri::Local("/tmp/out/j/sub/a.out".into())
+        );
     }
 }

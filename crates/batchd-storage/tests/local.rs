@@ -4,7 +4,10 @@ use batchd_storage::{Storage, StorageConfig, StorageError, StorageUri};
 use bytes::Bytes;
 
 fn storage(data_dir: &std::path::Path) -> Storage {
-    Storage::new(StorageConfig { data_dir: data_dir.to_path_buf(), ..Default::default() })
+    Storage::new(StorageConfig {
+        data_dir: data_dir.to_path_buf(),
+        ..Default::default()
+    })
 }
 
 #[tokio::test]
@@ -19,9 +22,15 @@ async fn lists_jsonl_below_a_folder_sorted_with_relative_paths() {
     let s = storage(dir.path());
     let uri = StorageUri::parse(input.to_str().unwrap()).unwrap();
     let files = s.list_inputs(&uri).await.unwrap();
-    let rel: Vec<_> = files.iter().map(|f| (f.relative.as_str(), f.size)).collect();
+    let rel: Vec<_> = files
+        .iter()
+        .map(|f| (f.relative.as_str(), f.size))
+        .collect();
     assert_eq!(rel, vec![("a/one.jsonl", 3), ("b/deep/two.jsonl", 2)]);
-    assert_eq!(files[1].uri, StorageUri::Local(input.join("b/deep/two.jsonl")));
+    assert_eq!(
+        files[1].uri,
+        StorageUri::Local(input.join("b/deep/two.jsonl"))
+    );
 }
 
 #[tokio::test]
@@ -30,14 +39,29 @@ async fn single_file_and_missing_inputs() {
     let file = dir.path().join("one.jsonl");
     std::fs::write(&file, "a\nb\n").unwrap();
     let s = storage(dir.path());
-    let files = s.list_inputs(&StorageUri::Local(file.clone())).await.unwrap();
+    let files = s
+        .list_inputs(&StorageUri::Local(file.clone()))
+        .await
+        .unwrap();
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].relative, "one.jsonl");
-    let missing = s.list_inputs(&StorageUri::Local(dir.path().join("nope"))).await.unwrap_err();
-    assert!(matches!(missing, StorageError::NotFound { .. }), "{missing}");
+    let missing = s
+        .list_inputs(&StorageUri::Local(dir.path().join("nope")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StorageError::NotFound { .. }),
+        "{missing}"
+    );
     std::fs::create_dir_all(dir.path().join("empty")).unwrap();
-    let empty = s.list_inputs(&StorageUri::Local(dir.path().join("empty"))).await.unwrap_err();
-    assert!(matches!(empty, StorageError::NoInputFiles { .. }), "{empty}");
+    let empty = s
+        .list_inputs(&StorageUri::Local(dir.path().join("empty")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(empty, StorageError::NoInputFiles { .. }),
+        "{empty}"
+    );
 }
 
 #[tokio::test]
@@ -56,7 +80,9 @@ async fn s3_uris_without_endpoint_live_under_data_dir_buckets() {
     s.put(&manifest, Bytes::from_static(b"{}")).await.unwrap();
     assert_eq!(s.get(&manifest).await.unwrap(), Bytes::from_static(b"{}"));
 
-    let files = s.list_inputs(&StorageUri::parse("s3://my-bucket/out/").unwrap()).await;
+    let files = s
+        .list_inputs(&StorageUri::parse("s3://my-bucket/out/").unwrap())
+        .await;
     assert!(matches!(files, Err(StorageError::NoInputFiles { .. })));
 
     let mut lines = s.read_lines(&out, 1024).await.unwrap();

@@ -12,7 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use batchd_core::{Counters, InvocationType, JobId, JobStatus, StatusError};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlSafeStr, SqlitePool};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,21 +75,30 @@ pub struct JobRecord {
     pub request_json: Option<String>,
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "jobs", include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "jobs", include_str!("../migrations/0001_jobs.sql"))];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
             .map(|&(version, description, sql)| {
-                Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
             })
             .collect(),
     )
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Jobs in SQLite.
@@ -109,7 +120,10 @@ impl JobStore {
             // WAL + NORMAL survives a process crash (not a power loss) without an fsync per commit.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
         migrator().run(&pool).await?;
         Ok(Self { pool })
     }
@@ -118,7 +132,10 @@ impl JobStore {
     pub async fn in_memory() -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
         // One connection: each in-memory connection would otherwise be its own database.
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
         migrator().run(&pool).await?;
         Ok(Self { pool })
     }
@@ -161,12 +178,18 @@ impl JobStore {
     }
 
     /// Jobs in the given statuses, oldest first (the scheduler's and resume's view).
-    pub async fn list_in_status(&self, statuses: &[JobStatus]) -> Result<Vec<JobRecord>, StoreError> {
+    pub async fn list_in_status(
+        &self,
+        statuses: &[JobStatus],
+    ) -> Result<Vec<JobRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM jobs ORDER BY submit_time_ms, job_id")
             .fetch_all(&self.pool)
             .await?;
         let jobs = rows.iter().map(row_to_job).collect::<Result<Vec<_>, _>>()?;
-        Ok(jobs.into_iter().filter(|j| statuses.contains(&j.status)).collect())
+        Ok(jobs
+            .into_iter()
+            .filter(|j| statuses.contains(&j.status))
+            .collect())
     }
 
     /// Moves a job to `to` if that is legal from its current status; sets `message` when
@@ -179,10 +202,16 @@ impl JobStore {
         message: Option<&str>,
     ) -> Result<JobRecord, StoreError> {
         loop {
-            let job = self.get(id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let job = self
+                .get(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
             job.status
                 .transition(to)
-                .map_err(|source| StoreError::Transition { job: id.clone(), source })?;
+                .map_err(|source| StoreError::Transition {
+                    job: id.clone(),
+                    source,
+                })?;
             let now = now_ms();
             let end_time = to.is_terminal().then_some(now);
             let done = sqlx::query(
@@ -199,7 +228,10 @@ impl JobStore {
             .execute(&self.pool)
             .await?;
             if done.rows_affected() == 1 {
-                return self.get(id).await?.ok_or_else(|| StoreError::NotFound(id.clone()));
+                return self
+                    .get(id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(id.clone()));
             }
         }
     }
@@ -258,18 +290,25 @@ fn row_to_job(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let invocation_type: String = row.try_get("invocation_type")?;
     let timeout_hours: Option<i64> = row.try_get("timeout_hours")?;
     Ok(JobRecord {
-        id: JobId::parse(&id).map_err(|_| StoreError::Corrupt { column: "job_id", value: id.clone() })?,
+        id: JobId::parse(&id).map_err(|_| StoreError::Corrupt {
+            column: "job_id",
+            value: id.clone(),
+        })?,
         arn: row.try_get("job_arn")?,
         name: row.try_get("job_name")?,
         model_id: row.try_get("model_id")?,
         role_arn: row.try_get("role_arn")?,
         client_request_token: row.try_get("client_request_token")?,
-        invocation_type: invocation_type
-            .parse()
-            .map_err(|_| StoreError::Corrupt { column: "invocation_type", value: invocation_type.clone() })?,
+        invocation_type: invocation_type.parse().map_err(|_| StoreError::Corrupt {
+            column: "invocation_type",
+            value: invocation_type.clone(),
+        })?,
         input_uri: row.try_get("input_uri")?,
         output_uri: row.try_get("output_uri")?,
-        status: status.parse().map_err(|_| StoreError::Corrupt { column: "status", value: status.clone() })?,
+        status: status.parse().map_err(|_| StoreError::Corrupt {
+            column: "status",
+            value: status.clone(),
+        })?,
         message: row.try_get("message")?,
         timeout_hours: timeout_hours.and_then(|h| u32::try_from(h).ok()),
         submit_time_ms: row.try_get("submit_time_ms")?,
@@ -315,15 +354,33 @@ mod tests {
         let job = store.create(new_job("aaaaaaaaaaaa")).await.unwrap();
         assert_eq!(job.status, JobStatus::Submitted);
         assert_eq!(job.end_time_ms, None);
-        let err = store.transition(&job.id, JobStatus::InProgress, None).await.unwrap_err();
+        let err = store
+            .transition(&job.id, JobStatus::InProgress, None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Transition { .. }), "{err}");
-        for to in [JobStatus::Validating, JobStatus::Scheduled, JobStatus::InProgress] {
-            assert_eq!(store.transition(&job.id, to, None).await.unwrap().status, to);
+        for to in [
+            JobStatus::Validating,
+            JobStatus::Scheduled,
+            JobStatus::InProgress,
+        ] {
+            assert_eq!(
+                store.transition(&job.id, to, None).await.unwrap().status,
+                to
+            );
         }
-        let done = store.transition(&job.id, JobStatus::Completed, Some("all done")).await.unwrap();
+        let done = store
+            .transition(&job.id, JobStatus::Completed, Some("all done"))
+            .await
+            .unwrap();
         assert_eq!(done.message.as_deref(), Some("all done"));
         assert!(done.end_time_ms.is_some());
-        assert!(store.transition(&job.id, JobStatus::Stopping, None).await.is_err());
+        assert!(
+            store
+                .transition(&job.id, JobStatus::Stopping, None)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -334,8 +391,18 @@ mod tests {
         {
             let store = JobStore::open(&path).await.unwrap();
             store.create(new_job(id.as_str())).await.unwrap();
-            store.transition(&id, JobStatus::Validating, None).await.unwrap();
-            let c = Counters { total: 10, processed: 4, success: 3, error: 1, input_tokens: 40, output_tokens: 50 };
+            store
+                .transition(&id, JobStatus::Validating, None)
+                .await
+                .unwrap();
+            let c = Counters {
+                total: 10,
+                processed: 4,
+                success: 3,
+                error: 1,
+                input_tokens: 40,
+                output_tokens: 50,
+            };
             store.update_counters(&id, &c).await.unwrap();
             store.close().await;
         }
@@ -344,9 +411,21 @@ mod tests {
         assert_eq!(job.status, JobStatus::Validating);
         assert_eq!(job.counters.processed, 4);
         assert_eq!(job.counters.output_tokens, 50);
-        assert_eq!(job.client_request_token.as_deref(), Some("tok-bbbbbbbbbbbb"));
-        let running = store.list_in_status(&[JobStatus::Validating]).await.unwrap();
+        assert_eq!(
+            job.client_request_token.as_deref(),
+            Some("tok-bbbbbbbbbbbb")
+        );
+        let running = store
+            .list_in_status(&[JobStatus::Validating])
+            .await
+            .unwrap();
         assert_eq!(running.len(), 1);
-        assert!(store.get(&JobId::parse("cccccccccccc").unwrap()).await.unwrap().is_none());
+        assert!(
+            store
+                .get(&JobId::parse("cccccccccccc").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

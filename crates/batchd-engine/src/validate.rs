@@ -1,0 +1,334 @@
+//! The validation pass: every line of every input file is read and checked before any record
+//! runs. Memory stays flat: one line at a time, plus 8 bytes per record for the duplicate
+//! `recordId` check (a second, targeted pass confirms suspected duplicates).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use batchd_core::{InvocationType, generated_record_id};
+use batchd_formats::Defect;
+use batchd_formats::converse::{ConverseOptions, parse_converse};
+use batchd_formats::record::parse_record_line;
+use batchd_storage::{InputFile, StorageError, StorageUri};
+use bytes::Bytes;
+
+use crate::{BlankLines, Engine, EngineError, JobSpec};
+
+/// One defect of one input line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineDefect {
+    /// The file as the user knows it (its URI).
+    pub file: String,
+    /// Index of the file in the job's sorted input list (for ordering).
+    pub file_index: usize,
+    /// 1-based line number.
+    pub line: u64,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for LineDefect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file, self.line, self.field, self.reason
+        )
+    }
+}
+
+/// What the validation pass found.
+#[derive(Debug, Clone)]
+pub struct ValidationReport {
+    pub files: Vec<InputFile>,
+    /// Valid records (non-blank lines without defects).
+    pub total_records: u64,
+    /// Defects in file and line order, at most the number asked for.
+    pub defects: Vec<LineDefect>,
+    /// All defects found, including those not kept.
+    pub defect_count: u64,
+}
+
+impl ValidationReport {
+    pub fn is_valid(&self) -> bool {
+        self.defect_count == 0
+    }
+
+    /// The failed job's message: a count, then the first `max` defects, one per line.
+    pub fn failure_message(&self, max: usize) -> String {
+        let mut message = format!(
+            "validation failed: {} defect{} in the input",
+            self.defect_count,
+            if self.defect_count == 1 { "" } else { "s" }
+        );
+        let shown = self.defects.len().min(max);
+        if (shown as u64) < self.defect_count {
+            message.push_str(&format!(" (first {shown} shown)"));
+        }
+        for defect in &self.defects[..shown] {
+            message.push('\n');
+            message.push_str(&defect.to_string());
+        }
+        message
+    }
+}
+
+/// What a line is, once checked.
+enum Checked<'a> {
+    Blank,
+    Record {
+        record_id: std::borrow::Cow<'a, str>,
+    },
+}
+
+struct Pass<'a> {
+    job_id: &'a str,
+    invocation_type: InvocationType,
+    converse: &'a ConverseOptions,
+    blank_lines: BlankLines,
+}
+
+impl Pass<'_> {
+    /// Checks one line; pushes its defects. Returns the record id when the line has one.
+    fn check<'l>(
+        &self,
+        file: &InputFile,
+        line_no: u64,
+        line: &'l [u8],
+        defects: &mut Vec<Defect>,
+    ) -> Option<Checked<'l>> {
+        let Ok(text) = std::str::from_utf8(line) else {
+            defects.push(Defect::new("line", "not valid UTF-8"));
+            return None;
+        };
+        if text.trim().is_empty() {
+            if self.blank_lines == BlankLines::Reject {
+                defects.push(Defect::new("line", "blank line"));
+            }
+            return Some(Checked::Blank);
+        }
+        let record = match parse_record_line(text) {
+            Ok(record) => record,
+            Err(defect) => {
+                defects.push(defect);
+                return None;
+            }
+        };
+        if self.invocation_type == InvocationType::Converse
+            && let Err(found) = parse_converse(record.model_input.get(), self.converse)
+        {
+            defects.extend(found);
+        }
+        let record_id = match record.record_id {
+            Some(id) => std::borrow::Cow::Owned(id),
+            None => {
+                std::borrow::Cow::Owned(generated_record_id(self.job_id, &file.relative, line_no))
+            }
+        };
+        Some(Checked::Record { record_id })
+    }
+}
+
+fn id_hash(id: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+impl Engine {
+    /// The input files of all inputs, in order. Two files that would write the same output
+    /// file (same path relative to their prefixes) are an error.
+    pub async fn list_inputs(&self, inputs: &[StorageUri]) -> Result<Vec<InputFile>, EngineError> {
+        let mut files: Vec<InputFile> = Vec::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for input in inputs {
+            for file in self.storage.list_inputs(input).await? {
+                if let Some(other) = seen.insert(file.relative.clone(), file.uri.to_string()) {
+                    return Err(EngineError::Input(format!(
+                        "{} and {} would both write the output file {}.out; run them as separate jobs",
+                        other, file.uri, file.relative
+                    )));
+                }
+                files.push(file);
+            }
+        }
+        Ok(files)
+    }
+
+    /// Validates a job's input, keeping the first `max_defects_in_message` defects.
+    pub async fn validate(&self, spec: &JobSpec) -> Result<ValidationReport, EngineError> {
+        self.validate_input(
+            &spec.inputs,
+            spec.invocation_type,
+            &spec.converse,
+            spec.job_id.as_str(),
+            self.config.max_defects_in_message,
+        )
+        .await
+    }
+
+    /// Validates every line of every input file under `inputs`, keeping at most `keep`
+    /// defects (all are counted). `job_id` seeds the ids generated for records without one.
+    pub async fn validate_input(
+        &self,
+        inputs: &[StorageUri],
+        invocation_type: InvocationType,
+        converse: &ConverseOptions,
+        job_id: &str,
+        keep: usize,
+    ) -> Result<ValidationReport, EngineError> {
+        if invocation_type == InvocationType::InvokeModel {
+            return Err(EngineError::Input(
+                "InvokeModel record bodies are not supported yet; write records in the Converse format \
+                 (--invocation-type converse)"
+                    .into(),
+            ));
+        }
+        let files = self.list_inputs(inputs).await?;
+        let pass = Pass {
+            job_id,
+            invocation_type,
+            converse,
+            blank_lines: self.config.blank_lines,
+        };
+        let mut report = ValidationReport {
+            files: files.clone(),
+            total_records: 0,
+            defects: Vec::new(),
+            defect_count: 0,
+        };
+        let mut id_hashes: Vec<u64> = Vec::new();
+        let mut line_defects = Vec::new();
+
+        for (file_index, file) in files.iter().enumerate() {
+            let mut reader = self
+                .storage
+                .read_lines(&file.uri, self.config.max_line_bytes)
+                .await?;
+            loop {
+                let (line_no, line) = match reader.next_line().await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break,
+                    Err(StorageError::LineTooLong { line, limit, .. }) => {
+                        // The rest of this file cannot be read line by line; the job fails anyway.
+                        let defect = Defect::new("line", format!("longer than {limit} bytes"));
+                        record_defects(&mut report, keep, file, file_index, line, vec![defect]);
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                line_defects.clear();
+                match pass.check(file, line_no, &line, &mut line_defects) {
+                    Some(Checked::Blank) => {}
+                    Some(Checked::Record { record_id }) => {
+                        id_hashes.push(id_hash(&record_id));
+                        if line_defects.is_empty() {
+                            report.total_records += 1;
+                        }
+                    }
+                    None => {}
+                }
+                if !line_defects.is_empty() {
+                    let found = std::mem::take(&mut line_defects);
+                    record_defects(&mut report, keep, file, file_index, line_no, found);
+                }
+            }
+        }
+
+        id_hashes.sort_unstable();
+        let suspects: HashSet<u64> = id_hashes
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        drop(id_hashes);
+        if !suspects.is_empty() {
+            self.report_duplicates(&files, &pass, &suspects, &mut report, keep)
+                .await?;
+        }
+        report.defects.sort_by_key(|d| (d.file_index, d.line));
+        report.defects.truncate(keep);
+        Ok(report)
+    }
+
+    /// The second pass: for the few ids whose hashes collided, find the real duplicates.
+    async fn report_duplicates(
+        &self,
+        files: &[InputFile],
+        pass: &Pass<'_>,
+        suspects: &HashSet<u64>,
+        report: &mut ValidationReport,
+        keep: usize,
+    ) -> Result<(), EngineError> {
+        let mut first_seen: HashMap<String, (String, u64)> = HashMap::new();
+        let mut scratch = Vec::new();
+        for (file_index, file) in files.iter().enumerate() {
+            let mut reader = self
+                .storage
+                .read_lines(&file.uri, self.config.max_line_bytes)
+                .await?;
+            while let Some((line_no, line)) = next_or_stop(&mut reader).await? {
+                scratch.clear();
+                let Some(Checked::Record { record_id }) =
+                    pass.check(file, line_no, &line, &mut scratch)
+                else {
+                    continue;
+                };
+                if !suspects.contains(&id_hash(&record_id)) {
+                    continue;
+                }
+                match first_seen.get(record_id.as_ref()) {
+                    Some((first_file, first_line)) => {
+                        let defect = Defect::new(
+                            "recordId",
+                            format!(
+                                "duplicate {record_id:?}, first used at {first_file}:{first_line}"
+                            ),
+                        );
+                        // Room for `keep` more: the merge below sorts and cuts back to `keep`.
+                        let cap = keep.saturating_mul(2);
+                        record_defects(report, cap, file, file_index, line_no, vec![defect]);
+                    }
+                    None => {
+                        first_seen.insert(record_id.into_owned(), (file.uri.to_string(), line_no));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next line, or None at the end or at an over-long line (already reported).
+async fn next_or_stop(
+    reader: &mut batchd_storage::LineReader,
+) -> Result<Option<(u64, Bytes)>, EngineError> {
+    match reader.next_line().await {
+        Ok(next) => Ok(next),
+        Err(StorageError::LineTooLong { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn record_defects(
+    report: &mut ValidationReport,
+    keep: usize,
+    file: &InputFile,
+    file_index: usize,
+    line: u64,
+    defects: Vec<Defect>,
+) {
+    for defect in defects {
+        report.defect_count += 1;
+        if report.defects.len() < keep {
+            report.defects.push(LineDefect {
+                file: file.uri.to_string(),
+                file_index,
+                line,
+                field: defect.field,
+                reason: defect.reason,
+            });
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Record lines: parse one input JSONL line (`{"recordId", "modelInput"}`) without copying
+//! its body, and write output lines (`modelOutput` or `error`) that echo `modelInput` byte
+//! for byte (spec A3, A4).
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::Defect;
+
+/// One parsed input line, borrowing from it.
+#[derive(Debug, Clone)]
+pub struct RecordLine<'a> {
+    /// None when the line has no recordId (the engine generates one).
+    pub record_id: Option<String>,
+    /// The modelInput object, untouched (so output can echo it byte for byte).
+    pub model_input: &'a RawValue,
+}
+
+/// The wire line. Both members are taken raw: their types are checked by hand so defects
+/// can name the field and the JSON type found, and modelInput is never materialised.
+#[derive(Deserialize)]
+struct WireLine<'a> {
+    #[serde(rename = "recordId", borrow, default, deserialize_with = "present")]
+    record_id: Option<&'a RawValue>,
+    #[serde(rename = "modelInput", borrow, default, deserialize_with = "present")]
+    model_input: Option<&'a RawValue>,
+}
+
+/// Some(raw) for any member that is present, `null` included (serde's Option would turn
+/// `null` into None, hiding `"modelInput": null` behind "missing").
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// Parses one JSONL line. Unknown top-level keys are ignored (as Bedrock does).
+pub fn parse_record_line(line: &str) -> Result<RecordLine<'_>, Defect> {
+    // A UTF-8 byte order mark can only start line 1; it is not JSON, so skip it.
+    let line = line.strip_prefix('\u{feff}').unwrap_or(line);
+    let trimmed = line.trim_ascii_start();
+    if trimmed.trim_ascii_end().is_empty() {
+        return Err(Defect::new("line", "blank line"));
+    }
+    if !trimmed.starts_with('{') {
+        // Not an object: tell a broken line from a well-formed non-object.
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(line) {
+            Ok(_) => Defect::new(
+                "line",
+                format!("expected a JSON object, found {}", raw_kind(trimmed)),
+            ),
+            Err(e) => Defect::new("line", json_error_reason(&e)),
+        });
+    }
+    let wire: WireLine<'_> =
+        serde_json::from_str(line).map_err(|e| Defect::new("line", json_error_reason(&e)))?;
+
+    let record_id = match wire.record_id {
+        None => None,
+        Some(raw) => match raw.get().as_bytes().first() {
+            Some(b'n') => None, // `"recordId": null` counts as absent
+            Some(b'"') => {
+                let id: String = serde_json::from_str(raw.get())
+                    .map_err(|e| Defect::new("recordId", json_error_reason(&e)))?;
+                if id.is_empty() {
+                    return Err(Defect::new("recordId", "must not be empty"));
+                }
+                Some(id)
+            }
+            _ => {
+                let reason = format!("must be a string, found {}", raw_kind(raw.get()));
+                return Err(Defect::new("recordId", reason));
+            }
+        },
+    };
+    let Some(model_input) = wire.model_input else {
+        return Err(Defect::new("modelInput", "missing"));
+    };
+    if !model_input.get().starts_with('{') {
+        let reason = format!("must be an object, found {}", raw_kind(model_input.get()));
+        return Err(Defect::new("modelInput", reason));
+    }
+    Ok(RecordLine {
+        record_id,
+        model_input,
+    })
+}
+
+/// Appends `{"recordId":..,"modelInput":<raw>,"modelOutput":<output>}` + '\n' to buf.
+pub fn write_success_line(
+    buf: &mut Vec<u8>,
+    record_id: &str,
+    model_input: &RawValue,
+    model_output: &serde_json::Value,
+) {
+    buf.extend_from_slice(b"{\"recordId\":");
+    push_json(buf, record_id);
+    buf.extend_from_slice(b",\"modelInput\":");
+    push_raw(buf, model_input);
+    buf.extend_from_slice(b",\"modelOutput\":");
+    push_json(buf, model_output);
+    buf.extend_from_slice(b"}\n");
+}
+
+/// Appends `{"recordId":..,"modelInput":<raw>,"error":{"errorCode":<int>,"errorMessage":".."}}`
+/// + '\n' to buf.
+pub fn write_error_line(
+    buf: &mut Vec<u8>,
+    record_id: &str,
+    model_input: &RawValue,
+    error_code: u16,
+    error_message: &str,
+) {
+    buf.extend_from_slice(b"{\"recordId\":");
+    push_json(buf, record_id);
+    buf.extend_from_slice(b",\"modelInput\":");
+    push_raw(buf, model_input);
+    buf.extend_from_slice(b",\"error\":{\"errorCode\":");
+    buf.extend_from_slice(error_code.to_string().as_bytes());
+    buf.extend_from_slice(b",\"errorMessage\":");
+    push_json(buf, error_message);
+    buf.extend_from_slice(b"}}\n");
+}
+
+fn push_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
+    // Cannot fail: writing to a Vec does no I/O, and strings and Values always serialize.
+    let _ = serde_json::to_writer(&mut *buf, value);
+}
+
+/// Copies the raw JSON verbatim. A raw value parsed from one line holds no newline; one
+/// built from pretty-printed JSON could, and would split the output line, so such
+/// whitespace (never inside a string: JSON strings cannot hold raw newlines) becomes a space.
+fn push_raw(buf: &mut Vec<u8>, raw: &RawValue) {
+    let text = raw.get().as_bytes();
+    if text.iter().any(|&b| b == b'\n' || b == b'\r') {
+        buf.extend(
+            text.iter()
+                .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+        );
+    } else {
+        buf.extend_from_slice(text);
+    }
+}
+
+/// The JSON type of raw, well-formed JSON text, from its first byte.
+fn raw_kind(raw: &str) -> &'static str {
+    match raw.trim_ascii_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// `invalid JSON: <what> at column N` for syntax errors; serde's own words for shape errors
+/// (such as a duplicate `recordId`).
+fn json_error_reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let what = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(what, _)| what);
+    match e.classify() {
+        serde_json::error::Category::Data => what.to_owned(),
+        _ if e.line() > 1 => {
+            format!(
+                "invalid JSON: {what} at line {} column {}",
+                e.line(),
+                e.column()
+            )
+        }
+        _ => format!("invalid JSON: {what} at column {}", e.column()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn defect(line: &str) -> Defect {
+        match parse_record_line(line) {
+            Ok(r) => panic!("expected a defect for {line:?}, got {r:?}"),
+            Err(d) => d,
+        }
+    }
+
+    fn parsed(line: &str) -> RecordLine<'_> {
+        match parse_record_line(line) {
+            Ok(r) => r,
+            Err(d) => panic!("unexpected defect for {line:?}: {d}"),
+        }
+    }
+
+    #[test]
+    fn parses_and_borrows_model_input_verbatim() {
+        let line = r#"{"recordId": "CALL0000001", "extra": [1, {"a": 2}], "modelInput": {"messages" : [ ] , "x":"\u00e9"}}"#;
+        let r = parsed(line);
+        assert_eq!(r.record_id.as_deref(), Some("CALL0000001"));
+        assert_eq!(r.model_input.get(), r#"{"messages" : [ ] , "x":"\u00e9"}"#);
+        // Borrowed from the line, not copied.
+        let start = r.model_input.get().as_ptr() as usize;
+        let range = line.as_ptr() as usize..line.as_ptr() as usize + line.len();
+        assert!(range.contains(&start));
+    }
+
+    #[test]
+    fn record_id_escapes_are_decoded() {
+        let r = parsed(r#"{"recordId": "a\"b\u00e9", "modelInput": {}}"#);
+        assert_eq!(r.record_id.as_deref(), Some("a\"bé"));
+    }
+
+    #[test]
+    fn missing_or_null_record_id_is_none() {
+        assert_eq!(parsed(r#"{"modelInput": {}}"#).record_id, None);
+        assert_eq!(
+            parsed(r#"{"recordId": null, "modelInput": {}}"#).record_id,
+            None
+        );
+    }
+
+    #[test]
+    fn tolerates_crlf_and_bom() {
+        let r = parsed("\u{feff}{\"recordId\":\"a\",\"modelInput\":{}}\r");
+        assert_eq!(r.record_id.as_deref(), Some("a"));
+        assert_eq!(r.model_input.get(), "{}");
+    }
+
+    #[test]
+    fn invalid_json_names_column() {
+        let d = defect(r#"{"recordId": "trunc", "modelInput": {"messages": ["#);
+        assert_eq!(d.field, "line");
+        assert_eq!(
+            d.reason,
+            "invalid JSON: EOF while parsing a list at column 50"
+        );
+        let d = defect(r#"{"recordId": "x", "modelInput": {}} trailing"#);
+        assert_eq!(d.field, "line");
+        assert!(
+            d.reason
+                .starts_with("invalid JSON: trailing characters at column"),
+            "{d}"
+        );
+        let d = defect("[1, 2");
+        assert_eq!(d.field, "line");
+        assert!(
+            d.reason
+                .starts_with("invalid JSON: EOF while parsing a list"),
+            "{d}"
+        );
+        let d = defect("nope");
+        assert!(d.reason.starts_with("invalid JSON: "), "{d}");
+    }
+
+    #[test]
+    fn non_object_lines_name_the_type() {
+        for (line, kind) in [
+            (r#"["not", "an", "object"]"#, "an array"),
+            (r#""text""#, "a string"),
+            ("42", "a number"),
+            ("-1.5", "a number"),
+            ("true", "a boolean"),
+            ("null", "null"),
+        ] {
+            let d = defect(line);
+            assert_eq!(
+                d,
+                Defect::new("line", format!("expected a JSON object, found {kind}"))
+            );
+        }
+    }
+
+    #[test]
+    fn blank_line_is_a_defect() {
+        assert_eq!(defect(""), Defect::new("line", "blank line"));
+        assert_eq!(defect("  \t\r"), Defect::new("line", "blank line"));
+    }
+
+    #[test]
+    fn model_input_missing_or_wrong_type() {
+        assert_eq!(
+            defect(r#"{"recordId": "a"}"#),
+            Defect::new("modelInput", "missing")
+        );
+        assert_eq!(
+            defect(r#"{"recordId": "a", "modelInput": "hi"}"#),
+            Defect::new("modelInput", "must be an object, found a string")
+        );
+        assert_eq!(
+            defect(r#"{"recordId": "a", "modelInput": null}"#),
+            Defect::new("modelInput", "must be an object, found null")
+        );
+        assert_eq!(
+            defect(r#"{"recordId": "a", "modelInput": [1]}"#),
+            Defect::new("modelInput", "must be an object, found an array")
+        );
+    }
+
+    #[test]
+    fn record_id_wrong_type_or_empty() {
+        assert_eq!(
+            defect(r#"{"recordId": 12345, "modelInput": {}}"#),
+            Defect::new("recordId", "must be a string, found a number")
+        );
+        assert_eq!(
+            defect(r#"{"recordId": ["a"], "modelInput": {}}"#),
+            Defect::new("recordId", "must be a string, found an array")
+        );
+        assert_eq!(
+            defect(r#"{"recordId": "", "modelInput": {}}"#),
+            Defect::new("recordId", "must not be empty")
+        );
+    }
+
+    #[test]
+    fn duplicate_top_level_key_is_a_line_defect() {
+        let d = defect(r#"{"recordId": "a", "recordId": "b", "modelInput": {}}"#);
+        assert_eq!(d, Defect::new("line", "duplicate field `recordId`"));
+    }
+
+    fn parse_output(buf: &[u8]) -> Value {
+        let text = std::str::from_utf8(buf).expect("utf-8");
+        assert!(text.ends_with('\n'));
+        assert_eq!(text.matches('\n').count(), 1, "exactly one line: {text:?}");
+        serde_json::from_str(text).expect("valid JSON line")
+    }
+
+    /// The text of modelInput inside an output line, found by re-parsing it raw.
+    fn echoed_input(buf: &[u8]) -> String {
+        let text = std::str::from_utf8(buf).expect("utf-8");
+        let line = parse_record_line(text.trim_end()).expect("output line parses as a record");
+        line.model_input.get().to_owned()
+    }
+
+    #[test]
+    fn success_line_round_trip() {
+        let input_line = r#"{"recordId":"x","modelInput":{"messages" : [{"role":"user","content":[{"text":"h\u00e9\n\"q\""}]}], "n": 1.50}}"#;
+        let input = parsed(input_line).model_input;
+        let id = "id \"quoted\"\nnew line é 🦀 \u{1}";
+        let output = json!({"output": {"message": {"role": "assistant", "content": [{"text": "ok\n\"x\""}]}}});
+        let mut buf = b"previous\n".to_vec();
+        let start = buf.len();
+        write_success_line(&mut buf, id, input, &output);
+        let line = buf.get(start..).expect("appended");
+        let v = parse_output(line);
+        let obj = v.as_object().expect("object");
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 3);
+        assert_eq!(v["recordId"], json!(id));
+        assert_eq!(v["modelOutput"], output);
+        assert_eq!(echoed_input(line), input.get());
+        assert!(buf.starts_with(b"previous\n"));
+    }
+
+    #[test]
+    fn error_line_round_trip() {
+        let input = parsed(r#"{"modelInput": {"a": "b\u2028"}}"#).model_input;
+        let message = "bad \"request\"\n\tline two ✓ \u{7f}";
+        let mut buf = Vec::new();
+        write_error_line(&mut buf, "ü-1", input, 400, message);
+        let v = parse_output(&buf);
+        assert_eq!(v.as_object().map(|o| o.len()), Some(3));
+        assert_eq!(v["recordId"], json!("ü-1"));
+        assert_eq!(
+            v["error"],
+            json!({"errorCode": 400, "errorMessage": message})
+        );
+        assert!(v["error"]["errorCode"].is_u64());
+        assert_eq!(echoed_input(&buf), input.get());
+    }
+
+    #[test]
+    fn multi_line_raw_input_stays_on_one_line() {
+        let raw = RawValue::from_string("{\n  \"a\": 1\r\n}".to_owned()).expect("raw");
+        let mut buf = Vec::new();
+        write_error_line(&mut buf, "r", &raw, 500, "boom");
+        let v = parse_output(&buf);
+        assert_eq!(v["modelInput"], json!({"a": 1}));
+    }
+}

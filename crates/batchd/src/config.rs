@@ -1,0 +1,267 @@
+//! `batchd.toml`: storage, engine defaults and the models jobs may name. Read once at
+//! start-up, together with the few environment variables batchd uses.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use batchd_engine::{BlankLines, EngineConfig, RetryPolicy};
+use batchd_storage::StorageConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Local state: the job database and `s3://` buckets when no endpoint is set.
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub engine: EngineSection,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// S3 or S3-compatible endpoint; credentials and region come from `AWS_*` variables.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Records in flight per model, unless the model sets `max_concurrency`.
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub attempt_timeout_secs: f64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub retry_after_max_secs: f64,
+    pub max_line_bytes: usize,
+    /// "skip" (default) or "reject".
+    pub blank_lines: String,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let retry = RetryPolicy::default();
+        Self {
+            concurrency: 16,
+            max_attempts: retry.max_attempts,
+            attempt_timeout_secs: retry.attempt_timeout.as_secs_f64(),
+            backoff_base_ms: retry.base_backoff.as_millis() as u64,
+            backoff_max_ms: retry.max_backoff.as_millis() as u64,
+            retry_after_max_secs: retry.max_retry_after.as_secs_f64(),
+            max_line_bytes: EngineConfig::default().max_line_bytes,
+            blank_lines: "skip".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Region and account that job ARNs carry.
+    pub region: String,
+    pub account_id: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+        }
+    }
+}
+
+/// A model id jobs may name, and the backend that serves it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The Bedrock model id jobs name.
+    pub id: String,
+    /// openai | embedded | bedrock.
+    pub backend: String,
+    /// The OpenAI-compatible server's base URL (`http://host:port/v1`).
+    pub base_url: Option<String>,
+    /// The model name the server knows; defaults to `id`.
+    pub model: Option<String>,
+    pub max_concurrency: Option<usize>,
+    /// Name of the environment variable holding the API key, if the server needs one.
+    pub api_key_env: Option<String>,
+    /// Whether Converse records with `toolConfig` are accepted (default true).
+    pub allow_tool_config: Option<bool>,
+}
+
+impl Config {
+    /// Reads `path`, or returns the defaults when there is no file.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
+        config
+            .check()
+            .with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let mut seen = HashMap::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if let Some(first) = seen.insert(m.id.as_str(), i) {
+                bail!(
+                    "models[{i}]: id {:?} is already used by models[{first}]",
+                    m.id
+                );
+            }
+            match m.backend.as_str() {
+                "openai" => {
+                    if m.base_url.is_none() {
+                        bail!("models[{i}] ({}): backend \"openai\" needs base_url", m.id);
+                    }
+                }
+                "embedded" | "bedrock" => {}
+                other => bail!(
+                    "models[{i}] ({}): unknown backend {other:?} (expected openai, embedded or bedrock)",
+                    m.id
+                ),
+            }
+            if m.max_concurrency == Some(0) {
+                bail!("models[{i}] ({}): max_concurrency must be at least 1", m.id);
+            }
+        }
+        if self.engine.concurrency == 0 {
+            bail!("engine.concurrency must be at least 1");
+        }
+        if self.engine.max_attempts == 0 {
+            bail!("engine.max_attempts must be at least 1");
+        }
+        if !self.engine.attempt_timeout_secs.is_finite() || self.engine.attempt_timeout_secs <= 0.0
+        {
+            bail!("engine.attempt_timeout_secs must be positive");
+        }
+        if !matches!(self.engine.blank_lines.as_str(), "skip" | "reject") {
+            bail!("engine.blank_lines must be \"skip\" or \"reject\"");
+        }
+        Ok(())
+    }
+
+    /// The model entry for `id`: the user's config first, then built-in models.
+    pub fn model(&self, id: &str) -> anyhow::Result<&ModelConfig> {
+        if let Some(m) = self.models.iter().find(|m| m.id == id) {
+            return Ok(m);
+        }
+        let known: Vec<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
+        if known.is_empty() {
+            bail!(
+                "unknown model id {id:?}: no models are configured; add a [[models]] entry with this id \
+                 to the config file (--config)"
+            );
+        }
+        bail!(
+            "unknown model id {id:?}; configured models: {}",
+            known.join(", ")
+        )
+    }
+
+    pub fn data_dir(&self, flag: Option<&Path>) -> PathBuf {
+        flag.map(Path::to_path_buf)
+            .or_else(|| self.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("batchd-data"))
+    }
+
+    /// Storage settings; credentials and region come from the usual `AWS_*` variables.
+    pub fn storage_config(&self, data_dir: &Path) -> StorageConfig {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        StorageConfig {
+            data_dir: data_dir.to_path_buf(),
+            s3_endpoint: self
+                .storage
+                .s3_endpoint
+                .clone()
+                .or_else(|| env("AWS_ENDPOINT_URL_S3")),
+            s3_region: self
+                .storage
+                .s3_region
+                .clone()
+                .or_else(|| env("AWS_REGION"))
+                .or_else(|| env("AWS_DEFAULT_REGION")),
+            s3_access_key_id: env("AWS_ACCESS_KEY_ID"),
+            s3_secret_access_key: env("AWS_SECRET_ACCESS_KEY"),
+            s3_session_token: env("AWS_SESSION_TOKEN"),
+        }
+    }
+
+    pub fn engine_config(&self, max_attempts: Option<u32>) -> EngineConfig {
+        let e = &self.engine;
+        EngineConfig {
+            retry: RetryPolicy {
+                max_attempts: max_attempts.unwrap_or(e.max_attempts).max(1),
+                attempt_timeout: Duration::from_secs_f64(e.attempt_timeout_secs),
+                base_backoff: Duration::from_millis(e.backoff_base_ms),
+                max_backoff: Duration::from_millis(e.backoff_max_ms),
+                max_retry_after: Duration::from_secs_f64(e.retry_after_max_secs.max(0.0)),
+            },
+            max_line_bytes: e.max_line_bytes,
+            blank_lines: if e.blank_lines == "reject" {
+                BlankLines::Reject
+            } else {
+                BlankLines::Skip
+            },
+            ..EngineConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_model_entry() {
+        let config: Config = toml::from_str(
+            r#"
+            [[models]]
+            id = "anthropic.claude-3-haiku-20240307-v1:0"
+            backend = "openai"
+            base_url = "http://127.0.0.1:8000/v1"
+            model = "name-the-server-knows"
+            max_concurrency = 64
+            "#,
+        )
+        .unwrap();
+        config.check().unwrap();
+        let m = config
+            .model("anthropic.claude-3-haiku-20240307-v1:0")
+            .unwrap();
+        assert_eq!(m.max_concurrency, Some(64));
+        assert_eq!(m.model.as_deref(), Some("name-the-server-knows"));
+        let err = config.model("nope").unwrap_err().to_string();
+        assert!(err.contains("unknown model id \"nope\""), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_entries_with_their_index() {
+        let config: Config = toml::from_str(
+            "[[models]]\nid = \"a\"\nbackend = \"openai\"\n[[models]]\nid = \"b\"\nbackend = \"tgi\"\n",
+        )
+        .unwrap();
+        let err = config.check().unwrap_err().to_string();
+        assert!(
+            err.contains("models[0] (a): backend \"openai\" needs base_url"),
+            "{err}"
+        );
+        assert!(toml::from_str::<Config>("[engine]\nconcurency = 3\n").is_err());
+    }
+}

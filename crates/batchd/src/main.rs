@@ -1,0 +1,431 @@
+//! The batchd binary: `batchd run` runs one batch job in-process, `batchd validate` checks
+//! input files. Config, storage, backends and the job store are built here, once.
+
+mod config;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use batchd_backends::ModelBackend;
+use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
+use batchd_core::{InvocationType, JobArn, JobId, JobStatus};
+use batchd_engine::{Engine, JobSpec, Progress};
+use batchd_formats::converse::ConverseOptions;
+use batchd_storage::{Storage, StorageUri};
+use batchd_store::{JobStore, NewJob};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ModelConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "batchd",
+    version,
+    about = "Self-hosted batch inference in Amazon Bedrock's batch format"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum InvocationArg {
+    Converse,
+    InvokeModel,
+}
+
+impl From<InvocationArg> for InvocationType {
+    fn from(a: InvocationArg) -> Self {
+        match a {
+            InvocationArg::Converse => InvocationType::Converse,
+            InvocationArg::InvokeModel => InvocationType::InvokeModel,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one batch job in this process and print a summary.
+    Run {
+        /// Input `.jsonl` files or folders/prefixes (local paths or s3://bucket/key).
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// The model id the records run on (a [[models]] entry of the config).
+        #[arg(long)]
+        model_id: String,
+        /// Output folder or s3:// prefix; the job writes to <out>/<jobId>/.
+        #[arg(long)]
+        out: Option<String>,
+        /// Format of the records' modelInput.
+        #[arg(long, value_enum, default_value = "converse")]
+        invocation_type: InvocationArg,
+        /// Records in flight at once (default: the model's max_concurrency, else 16).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Attempts per record for retryable errors (default 5).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Local state: the job database and s3:// buckets without an endpoint.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Name recorded for the job.
+        #[arg(long)]
+        job_name: Option<String>,
+        /// Print no progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Check input files; print every defect as file:line: field: reason.
+    Validate {
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        #[arg(long, value_enum, default_value = "converse")]
+        invocation_type: InvocationArg,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BATCHD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One TLS provider for every HTTPS client (S3, remote backends).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            inputs,
+            model_id,
+            out,
+            invocation_type,
+            concurrency,
+            max_attempts,
+            config,
+            data_dir,
+            job_name,
+            quiet,
+        } => {
+            let args = RunArgs {
+                inputs,
+                model_id,
+                out,
+                invocation_type: invocation_type.into(),
+                concurrency,
+                max_attempts,
+                config,
+                data_dir,
+                job_name,
+                quiet,
+            };
+            run(args).await
+        }
+        Command::Validate {
+            inputs,
+            invocation_type,
+            config,
+            data_dir,
+        } => validate(inputs, invocation_type.into(), config, data_dir).await,
+    }
+}
+
+struct RunArgs {
+    inputs: Vec<String>,
+    model_id: String,
+    out: Option<String>,
+    invocation_type: InvocationType,
+    concurrency: Option<usize>,
+    max_attempts: Option<u32>,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    job_name: Option<String>,
+    quiet: bool,
+}
+
+fn parse_uris(inputs: &[String]) -> anyhow::Result<Vec<StorageUri>> {
+    inputs
+        .iter()
+        .map(|s| StorageUri::parse(s).map_err(anyhow::Error::from))
+        .collect()
+}
+
+fn build_backend(model: &ModelConfig, concurrency: usize) -> anyhow::Result<Arc<dyn ModelBackend>> {
+    match model.backend.as_str() {
+        "openai" => {
+            let api_key = match &model.api_key_env {
+                Some(var) => Some(std::env::var(var).with_context(|| {
+                    format!("model {}: api_key_env {var} is not set", model.id)
+                })?),
+                None => None,
+            };
+            let backend = OpenAiBackend::new(OpenAiConfig {
+                base_url: model.base_url.clone().unwrap_or_default(),
+                model: model.model.clone().unwrap_or_else(|| model.id.clone()),
+                api_key,
+                max_connections: concurrency,
+            })
+            .with_context(|| format!("model {}: cannot build the openai backend", model.id))?;
+            Ok(Arc::new(backend))
+        }
+        other => bail!(
+            "model {}: backend {other:?} is not available in this build yet",
+            model.id
+        ),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
+    let model = config.model(&args.model_id)?;
+    let concurrency = args
+        .concurrency
+        .or(model.max_concurrency)
+        .unwrap_or(config.engine.concurrency)
+        .max(1);
+    let inputs = parse_uris(&args.inputs)?;
+    let data_dir = config.data_dir(args.data_dir.as_deref());
+    let out = match &args.out {
+        Some(out) => StorageUri::parse(out)?,
+        None => StorageUri::Local(data_dir.join("output")),
+    };
+    let backend = build_backend(model, concurrency)?;
+    let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
+    let engine = Engine::new(storage, config.engine_config(args.max_attempts));
+    let store = JobStore::open(&data_dir.join("batchd.sqlite"))
+        .await
+        .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
+
+    let job_id =
+        JobId::from_random((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)));
+    let arn = JobArn::new(
+        &config.server.region,
+        &config.server.account_id,
+        job_id.clone(),
+    );
+    let job_name = args
+        .job_name
+        .clone()
+        .unwrap_or_else(|| format!("batchd-run-{job_id}"));
+    store
+        .create(NewJob {
+            id: job_id.clone(),
+            arn: arn.to_string(),
+            name: job_name,
+            model_id: args.model_id.clone(),
+            role_arn: None,
+            client_request_token: None,
+            invocation_type: args.invocation_type,
+            input_uri: args.inputs.join("\n"),
+            output_uri: out.to_string(),
+            timeout_hours: None,
+            job_expiration_ms: None,
+            request_json: None,
+        })
+        .await?;
+    let spec = JobSpec {
+        job_id: job_id.clone(),
+        inputs,
+        output: out,
+        invocation_type: args.invocation_type,
+        converse: ConverseOptions {
+            allow_tool_config: model.allow_tool_config.unwrap_or(true),
+        },
+        concurrency,
+    };
+
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+    let (progress_tx, progress_rx) = watch::channel(Progress {
+        status: JobStatus::Submitted,
+        counters: Default::default(),
+    });
+    let show_bar = !args.quiet && std::io::stderr().is_terminal();
+    let bar_task = tokio::spawn(show_progress(progress_rx, show_bar));
+    eprintln!(
+        "job {job_id}: {} on model {} ({} in flight)",
+        args.inputs.join(" "),
+        args.model_id,
+        concurrency
+    );
+    let outcome = engine
+        .run_job(&spec, backend, &store, &progress_tx, &cancel)
+        .await;
+    drop(progress_tx);
+    let _ = bar_task.await;
+    store.close().await;
+    let outcome = outcome?;
+
+    let c = outcome.counters;
+    let secs = outcome.elapsed.as_secs_f64();
+    println!("job:       {job_id} ({arn})");
+    println!("status:    {}", outcome.status);
+    if outcome.status == JobStatus::Failed {
+        if let Some(message) = &outcome.message {
+            println!("{message}");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "records:   {} total, {} processed, {} succeeded, {} failed",
+        c.total, c.processed, c.success, c.error
+    );
+    println!(
+        "tokens:    {} input, {} output",
+        c.input_tokens, c.output_tokens
+    );
+    println!(
+        "elapsed:   {secs:.2} s ({:.1} records/s)",
+        if secs > 0.0 {
+            c.processed as f64 / secs
+        } else {
+            0.0
+        }
+    );
+    println!("output:    {}", outcome.output_dir);
+    Ok(match outcome.status {
+        JobStatus::Completed => ExitCode::SUCCESS,
+        JobStatus::Stopped => ExitCode::from(130),
+        _ => ExitCode::from(1),
+    })
+}
+
+/// First Ctrl-C / SIGTERM: stop taking records and finish cleanly. Second: exit now.
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("\nstopping: finishing records in flight (press Ctrl-C again to exit now)");
+        cancel.cancel();
+        wait_for_signal().await;
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn show_progress(mut rx: watch::Receiver<Progress>, visible: bool) {
+    let bar = if visible {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} records  {per_sec}  ETA {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    loop {
+        let p = *rx.borrow_and_update();
+        match p.status {
+            JobStatus::Submitted | JobStatus::Validating => bar.set_message("validating"),
+            _ => {
+                bar.set_length(p.counters.total);
+                bar.set_position(p.counters.processed);
+                bar.set_message(format!("{} errors", p.counters.error));
+            }
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+}
+
+async fn validate(
+    inputs: Vec<String>,
+    invocation_type: InvocationType,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config.as_deref())?;
+    let data_dir = config.data_dir(data_dir.as_deref());
+    let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
+    let engine = Engine::new(storage, config.engine_config(None));
+    let uris = parse_uris(&inputs)?;
+    let report = engine
+        .validate_input(
+            &uris,
+            invocation_type,
+            &ConverseOptions::default(),
+            "validate0000",
+            usize::MAX,
+        )
+        .await?;
+    for defect in &report.defects {
+        println!("{defect}");
+    }
+    let files = report.files.len();
+    if report.is_valid() {
+        eprintln!(
+            "ok: {} records in {files} file{}",
+            report.total_records,
+            if files == 1 { "" } else { "s" }
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "{} defect{} in {files} file{} ({} valid records)",
+            report.defect_count,
+            if report.defect_count == 1 { "" } else { "s" },
+            if files == 1 { "" } else { "s" },
+            report.total_records
+        );
+        Ok(ExitCode::from(1))
+    }
+}
