@@ -1,4 +1,5 @@
 //! Storage against the local disk: listing folders and s3:// URIs mapped under the data dir.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 use batchd_storage::{Storage, StorageConfig, StorageError, StorageUri};
 use bytes::Bytes;

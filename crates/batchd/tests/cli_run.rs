@@ -1,5 +1,6 @@
 //! Black-box tests of `batchd run` and `batchd validate`: the real binary against the fake
 //! OpenAI-compatible server, checking output layout, line shapes, order and the manifest.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,0 +1,852 @@
+//! OpenAI-compatible backend (vLLM, SGLang, llama.cpp, Ollama, OpenAI): neutral requests to
+//! `POST {base}/chat/completions` and `POST {base}/embeddings`, answers back to neutral types.
+//!
+//! Hot path: one pooled `reqwest::Client`, URLs parsed once, bodies serialized from structs that
+//! borrow the request, answers parsed into small typed structs. No per-call timeout here: the
+//! engine wraps every call in its own.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use batchd_formats::neutral::{
+    ChatMessage, ChatRequest, ChatResponse, ContentPart, EmbedRequest, EmbedResponse, StopReason,
+    ToolChoice, ToolResultPart, Usage,
+};
+use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::{BackendError, ErrorKind, ModelBackend};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a non-JSON error body goes into the error message.
+const ERROR_BODY_EXCERPT: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// e.g. "http://127.0.0.1:8000/v1" (with or without trailing slash)
+    pub base_url: String,
+    /// the model name the server knows
+    pub model: String,
+    /// sent as `Authorization: Bearer ...` when set
+    pub api_key: Option<String>,
+    /// connection pool size hint: the max concurrency the engine will use
+    pub max_connections: usize,
+}
+
+pub struct OpenAiBackend {
+    client: reqwest::Client,
+    chat_url: Url,
+    embeddings_url: Url,
+    model: String,
+}
+
+impl OpenAiBackend {
+    /// Builds the client once. Installs ring as the process's rustls provider if none is
+    /// (reqwest is built without a default provider and would panic).
+    pub fn new(config: OpenAiConfig) -> Result<Self, BackendError> {
+        let base = config.base_url.trim_end_matches('/');
+        let chat_url = parse_url(&format!("{base}/chat/completions"))?;
+        let embeddings_url = parse_url(&format!("{base}/embeddings"))?;
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(key) = &config.api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                BackendError::new(
+                    ErrorKind::Client,
+                    "the API key is not a valid HTTP header value",
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .pool_max_idle_per_host(config.max_connections.max(1))
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT);
+        // Fails only when another provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = builder.build().map_err(|e| {
+            let message = format!("cannot build the HTTP client: {}", error_chain(&e));
+            BackendError::new(ErrorKind::Client, message)
+        })?;
+        Ok(OpenAiBackend {
+            client,
+            chat_url,
+            embeddings_url,
+            model: config.model,
+        })
+    }
+
+    /// POSTs a JSON body and parses a 2xx answer as `T`; anything else becomes a classified
+    /// error.
+    async fn post<T: DeserializeOwned>(&self, url: &Url, body: Vec<u8>) -> Result<T, BackendError> {
+        let response = self
+            .client
+            .post(url.clone())
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = retry_after(response.headers());
+            // A body that breaks off does not change the verdict the status already gave.
+            let body = response.bytes().await.unwrap_or_default();
+            let message = error_message(status, &body);
+            return Err(BackendError::from_status(
+                status.as_u16(),
+                message,
+                retry_after,
+            ));
+        }
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            BackendError::new(
+                ErrorKind::Protocol,
+                format!("cannot parse the backend's answer: {e}"),
+            )
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ModelBackend for OpenAiBackend {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
+        let body = to_json(&chat_body(&self.model, request)?)?;
+        let completion: ChatCompletionWire = self.post(&self.chat_url, body).await?;
+        chat_response(completion)
+    }
+
+    async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, BackendError> {
+        if request.inputs.is_empty() {
+            return Ok(EmbedResponse::default());
+        }
+        let body = EmbedBody {
+            model: &self.model,
+            input: &request.inputs,
+            dimensions: request.dimensions,
+        };
+        let answer: EmbeddingsWire = self.post(&self.embeddings_url, to_json(&body)?).await?;
+        embed_response(answer, request.inputs.len())
+    }
+}
+
+fn parse_url(url: &str) -> Result<Url, BackendError> {
+    Url::parse(url).map_err(|e| {
+        BackendError::new(
+            ErrorKind::Client,
+            format!("invalid backend URL {url:?}: {e}"),
+        )
+    })
+}
+
+fn to_json<T: Serialize>(body: &T) -> Result<Vec<u8>, BackendError> {
+    serde_json::to_vec(body).map_err(|e| {
+        BackendError::new(
+            ErrorKind::Client,
+            format!("cannot serialize the request: {e}"),
+        )
+    })
+}
+
+// ---- request -------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<WireToolChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<WireResponseFormat<'a>>,
+    #[serde(flatten)]
+    extra: Option<Extra<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    /// Null only for an assistant turn that is all tool calls.
+    content: Option<WireContent<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireToolCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireContent<'a> {
+    Text(Cow<'a, str>),
+    Parts(Vec<WirePart<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WirePart<'a> {
+    Text { text: Cow<'a, str> },
+    ImageUrl { image_url: WireImageUrl },
+}
+
+#[derive(Serialize)]
+struct WireImageUrl {
+    url: String,
+}
+
+#[derive(Serialize)]
+struct WireToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunctionCall<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunctionCall<'a> {
+    name: &'a str,
+    /// OpenAI carries tool arguments as a JSON string.
+    arguments: String,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    parameters: &'a Value,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireToolChoice<'a> {
+    Mode(&'static str),
+    Named {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: WireFunctionName<'a>,
+    },
+}
+
+#[derive(Serialize)]
+struct WireFunctionName<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireResponseFormat<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    json_schema: WireJsonSchema<'a>,
+}
+
+#[derive(Serialize)]
+struct WireJsonSchema<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    schema: &'a Value,
+}
+
+/// Model-specific fields merged into the body, minus the keys the body already sets.
+struct Extra<'a> {
+    fields: &'a Map<String, Value>,
+    taken: Vec<&'static str>,
+}
+
+impl Serialize for Extra<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.fields {
+            if !self.taken.contains(&key.as_str()) {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+fn chat_body<'a>(model: &'a str, request: &'a ChatRequest) -> Result<ChatBody<'a>, BackendError> {
+    let mut messages = Vec::with_capacity(request.messages.len() + 1);
+    if !request.system.is_empty() {
+        let text = match request.system.as_slice() {
+            [only] => Cow::Borrowed(only.as_str()),
+            pieces => Cow::Owned(pieces.join("\n\n")),
+        };
+        messages.push(WireMessage {
+            role: "system",
+            content: Some(WireContent::Text(text)),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        });
+    }
+    for message in &request.messages {
+        push_message(&mut messages, message)?;
+    }
+
+    let tools: Vec<WireTool<'a>> = request
+        .tools
+        .iter()
+        .map(|tool| WireTool {
+            kind: "function",
+            function: WireFunction {
+                name: &tool.name,
+                description: tool.description.as_deref(),
+                parameters: &tool.input_schema,
+            },
+        })
+        .collect();
+    // OpenAI refuses tool_choice without tools.
+    let tool_choice = match &request.tool_choice {
+        Some(_) if tools.is_empty() => None,
+        None => None,
+        Some(ToolChoice::Auto) => Some(WireToolChoice::Mode("auto")),
+        Some(ToolChoice::Any) => Some(WireToolChoice::Mode("required")),
+        Some(ToolChoice::Tool(name)) => Some(WireToolChoice::Named {
+            kind: "function",
+            function: WireFunctionName { name },
+        }),
+    };
+    let response_format = request
+        .response_format
+        .as_ref()
+        .map(|format| WireResponseFormat {
+            kind: "json_schema",
+            json_schema: WireJsonSchema {
+                name: format.name.as_deref().unwrap_or("response"),
+                description: format.description.as_deref(),
+                schema: &format.schema,
+            },
+        });
+
+    let mut body = ChatBody {
+        model,
+        messages,
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        top_k: request.top_k,
+        stop: &request.stop_sequences,
+        tools,
+        tool_choice,
+        response_format,
+        extra: None,
+    };
+    if let Some(fields) = request.extra.as_ref().filter(|fields| !fields.is_empty()) {
+        let taken = taken_keys(&body);
+        body.extra = Some(Extra { fields, taken });
+    }
+    Ok(body)
+}
+
+/// The top-level keys `body` sets, which extra fields must not override.
+fn taken_keys(body: &ChatBody<'_>) -> Vec<&'static str> {
+    let mut taken = vec!["model", "messages"];
+    let optional = [
+        ("max_tokens", body.max_tokens.is_some()),
+        ("temperature", body.temperature.is_some()),
+        ("top_p", body.top_p.is_some()),
+        ("top_k", body.top_k.is_some()),
+        ("stop", !body.stop.is_empty()),
+        ("tools", !body.tools.is_empty()),
+        ("tool_choice", body.tool_choice.is_some()),
+        ("response_format", body.response_format.is_some()),
+    ];
+    taken.extend(optional.iter().filter(|(_, set)| *set).map(|(key, _)| *key));
+    taken
+}
+
+/// Appends one neutral message: its tool results as `tool` messages first, then the rest.
+fn push_message<'a>(
+    out: &mut Vec<WireMessage<'a>>,
+    message: &'a ChatMessage,
+) -> Result<(), BackendError> {
+    let mut parts: Vec<WirePart<'a>> = Vec::new();
+    let mut only_text = true;
+    let mut tool_calls = Vec::new();
+    let mut tool_results = 0usize;
+    for part in &message.content {
+        match part {
+            ContentPart::Text(text) => parts.push(WirePart::Text {
+                text: Cow::Borrowed(text),
+            }),
+            ContentPart::Image {
+                format,
+                data_base64,
+            } => {
+                only_text = false;
+                let url = format!("data:image/{format};base64,{data_base64}");
+                parts.push(WirePart::ImageUrl {
+                    image_url: WireImageUrl { url },
+                });
+            }
+            ContentPart::Document { name, text, .. } => {
+                let text = format!("<document name=\"{name}\">\n{text}\n</document>");
+                parts.push(WirePart::Text {
+                    text: Cow::Owned(text),
+                });
+            }
+            ContentPart::ToolUse { id, name, input } => tool_calls.push(WireToolCall {
+                id,
+                kind: "function",
+                function: WireFunctionCall {
+                    name,
+                    arguments: input.to_string(),
+                },
+            }),
+            ContentPart::ToolResult {
+                tool_use_id,
+                content,
+                ..
+            } => {
+                tool_results += 1;
+                out.push(WireMessage {
+                    role: "tool",
+                    content: Some(WireContent::Text(tool_result_text(content)?)),
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(tool_use_id),
+                });
+            }
+            // Chat completions have no field for reasoning sent back in.
+            ContentPart::Reasoning { .. } => {}
+            ContentPart::Unsupported { kind } => return Err(unsupported(kind)),
+        }
+    }
+    if parts.is_empty() && tool_calls.is_empty() && tool_results > 0 {
+        return Ok(());
+    }
+    let content = if parts.is_empty() {
+        if tool_calls.is_empty() {
+            Some(WireContent::Text(Cow::Borrowed("")))
+        } else {
+            None
+        }
+    } else if only_text {
+        Some(WireContent::Text(join_text_parts(parts)))
+    } else {
+        Some(WireContent::Parts(parts))
+    };
+    out.push(WireMessage {
+        role: message.role.as_str(),
+        content,
+        tool_calls,
+        tool_call_id: None,
+    });
+    Ok(())
+}
+
+/// Several text parts become one string, a part per line.
+fn join_text_parts(parts: Vec<WirePart<'_>>) -> Cow<'_, str> {
+    let mut texts = parts.into_iter().filter_map(|part| match part {
+        WirePart::Text { text } => Some(text),
+        WirePart::ImageUrl { .. } => None,
+    });
+    let Some(first) = texts.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = texts.next() else {
+        return first;
+    };
+    let mut joined = first.into_owned();
+    for text in std::iter::once(second).chain(texts) {
+        joined.push('\n');
+        joined.push_str(&text);
+    }
+    Cow::Owned(joined)
+}
+
+/// A tool message's content is a string: text as is, JSON serialized, a part per line.
+fn tool_result_text(parts: &[ToolResultPart]) -> Result<Cow<'_, str>, BackendError> {
+    match parts {
+        [] => Ok(Cow::Borrowed("")),
+        [only] => tool_result_piece(only),
+        parts => {
+            let mut joined = String::new();
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    joined.push('\n');
+                }
+                joined.push_str(&tool_result_piece(part)?);
+            }
+            Ok(Cow::Owned(joined))
+        }
+    }
+}
+
+fn tool_result_piece(part: &ToolResultPart) -> Result<Cow<'_, str>, BackendError> {
+    match part {
+        ToolResultPart::Text(text) => Ok(Cow::Borrowed(text)),
+        ToolResultPart::Json(value) => Ok(Cow::Owned(value.to_string())),
+        ToolResultPart::Image { .. } => Err(BackendError::new(
+            ErrorKind::Unsupported,
+            "the openai backend cannot send images inside tool results",
+        )),
+    }
+}
+
+fn unsupported(kind: &str) -> BackendError {
+    BackendError::new(
+        ErrorKind::Unsupported,
+        format!("the openai backend cannot send {kind} content"),
+    )
+}
+
+#[derive(Serialize)]
+struct EmbedBody<'a> {
+    model: &'a str,
+    input: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<u32>,
+}
+
+// ---- response ------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ChatCompletionWire {
+    #[serde(default)]
+    choices: Option<Vec<ChoiceWire>>,
+    #[serde(default)]
+    usage: Option<UsageWire>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceWire {
+    message: ResponseMessageWire,
+    #[serde(default)]
+    finish_reason: Option<FinishReason>,
+    /// vLLM: the stop string that matched (a string), or a stop token id, or null.
+    #[serde(default)]
+    stop_reason: Option<Value>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    FunctionCall,
+    ContentFilter,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct ResponseMessageWire {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallWire>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallWire {
+    #[serde(default)]
+    id: Option<String>,
+    function: FunctionCallWire,
+}
+
+#[derive(Deserialize)]
+struct FunctionCallWire {
+    name: String,
+    /// A JSON string by the spec; some servers send the object itself.
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct UsageWire {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetailsWire>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetailsWire {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+fn chat_response(completion: ChatCompletionWire) -> Result<ChatResponse, BackendError> {
+    let Some(choice) = completion
+        .choices
+        .and_then(|choices| choices.into_iter().next())
+    else {
+        return Err(BackendError::new(
+            ErrorKind::Protocol,
+            "the backend answered with no choices",
+        ));
+    };
+    let mut content = Vec::new();
+    if let Some(text) = choice.message.content.filter(|text| !text.is_empty()) {
+        content.push(ContentPart::Text(text));
+    }
+    let tool_calls = choice.message.tool_calls.unwrap_or_default();
+    let has_tool_calls = !tool_calls.is_empty();
+    for (i, call) in tool_calls.into_iter().enumerate() {
+        content.push(ContentPart::ToolUse {
+            id: call
+                .id
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| format!("call_{i}")),
+            name: call.function.name,
+            input: tool_arguments(call.function.arguments),
+        });
+    }
+
+    let mut stop_sequence = None;
+    let stop_reason = match choice.finish_reason {
+        Some(FinishReason::Length) => StopReason::MaxTokens,
+        Some(FinishReason::ToolCalls | FinishReason::FunctionCall) => StopReason::ToolUse,
+        Some(FinishReason::ContentFilter) => StopReason::ContentFiltered,
+        // OpenAI says "stop" when a named tool_choice forced the call.
+        _ if has_tool_calls => StopReason::ToolUse,
+        Some(FinishReason::Stop) => match choice.stop_reason {
+            Some(Value::String(matched)) => {
+                stop_sequence = Some(matched);
+                StopReason::StopSequence
+            }
+            _ => StopReason::EndTurn,
+        },
+        Some(FinishReason::Other) | None => StopReason::EndTurn,
+    };
+
+    let usage = completion.usage.unwrap_or_default();
+    Ok(ChatResponse {
+        content,
+        stop_reason,
+        stop_sequence,
+        usage: Usage {
+            input_tokens: usage.prompt_tokens.unwrap_or(0),
+            output_tokens: usage.completion_tokens.unwrap_or(0),
+            cache_read_input_tokens: usage.prompt_tokens_details.and_then(|d| d.cached_tokens),
+        },
+    })
+}
+
+/// Tool arguments as JSON: a string is parsed, and kept as a string when it is not JSON.
+fn tool_arguments(arguments: Option<Value>) -> Value {
+    match arguments {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(Value::String(text)) if text.trim().is_empty() => Value::Object(Map::new()),
+        Some(Value::String(text)) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        Some(value) => value,
+    }
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsWire {
+    data: Vec<EmbeddingWire>,
+    #[serde(default)]
+    usage: Option<EmbedUsageWire>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingWire {
+    #[serde(default)]
+    index: Option<usize>,
+    embedding: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct EmbedUsageWire {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+}
+
+fn embed_response(answer: EmbeddingsWire, n_inputs: usize) -> Result<EmbedResponse, BackendError> {
+    let protocol = |message: String| BackendError::new(ErrorKind::Protocol, message);
+    if answer.data.len() != n_inputs {
+        return Err(protocol(format!(
+            "the backend answered {} embeddings for {n_inputs} inputs",
+            answer.data.len()
+        )));
+    }
+    // Place each vector by its index (servers may answer out of order).
+    let mut slots: Vec<Option<Vec<f32>>> = vec![None; n_inputs];
+    for (position, item) in answer.data.into_iter().enumerate() {
+        let index = item.index.unwrap_or(position);
+        match slots.get_mut(index) {
+            Some(slot @ None) => *slot = Some(item.embedding),
+            _ => return Err(protocol(format!("bad or repeated embedding index {index}"))),
+        }
+    }
+    let embeddings = slots.into_iter().flatten().collect();
+    Ok(EmbedResponse {
+        embeddings,
+        input_tokens: answer.usage.and_then(|u| u.prompt_tokens).unwrap_or(0),
+    })
+}
+
+// ---- errors --------------------------------------------------------------------------------
+
+fn transport_error(e: reqwest::Error) -> BackendError {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else if e.is_builder() || e.is_redirect() {
+        ErrorKind::Client
+    } else {
+        // Refused, reset, or the connection broke mid-answer.
+        ErrorKind::Connect
+    };
+    BackendError::new(kind, error_chain(&e))
+}
+
+/// "outer: cause: root cause", since reqwest's own message hides the reason.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: Option<ErrorField>,
+    /// Some servers (older vLLM) put the message at the top level.
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorField {
+    Detail { message: String },
+    Text(String),
+}
+
+/// The server's own message when the body is OpenAI-style JSON, else the start of the body.
+fn error_message(status: reqwest::StatusCode, body: &[u8]) -> String {
+    if let Ok(envelope) = serde_json::from_slice::<ErrorEnvelope>(body) {
+        let message = match envelope.error {
+            Some(ErrorField::Detail { message } | ErrorField::Text(message)) => Some(message),
+            None => envelope.message,
+        };
+        if let Some(message) = message.filter(|m| !m.trim().is_empty()) {
+            return message;
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let excerpt = text[..text.floor_char_boundary(ERROR_BODY_EXCERPT)].trim();
+    if excerpt.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        excerpt.to_owned()
+    }
+}
+
+/// `retry-after-ms` (OpenAI) first, then `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && let Ok(delay) = Duration::try_from_secs_f64(ms / 1000.0)
+    {
+        return Some(delay);
+    }
+    let value = header(RETRY_AFTER.as_str())?;
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Some(delay) = value
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    {
+        return Some(delay);
+    }
+    let at = parse_http_date(value)?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// IMF-fixdate, the HTTP date every server sends: `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_http_date(text: &str) -> Option<SystemTime> {
+    let (_, rest) = text.split_once(", ")?;
+    let mut fields = rest.split_ascii_whitespace();
+    let day: u32 = fields.next()?.parse().ok()?;
+    let month = match fields.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = fields.next()?.parse().ok()?;
+    let mut clock = fields.next()?.split(':').map(|f| f.parse::<u64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    if fields.next()? != "GMT" || fields.next().is_some() || clock.next().is_some() {
+        return None;
+    }
+    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month = i64::from(month);
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+#[path = "openai_tests.rs"]
+mod tests;

@@ -1,0 +1,229 @@
+//! The OpenAI backend end to end against the fake server from batchd-testkit.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
+use batchd_backends::{ErrorKind, ModelBackend};
+use batchd_formats::neutral::{
+    ChatMessage, ChatRequest, ContentPart, EmbedRequest, Role, StopReason, ToolChoice, ToolSpec,
+};
+use batchd_testkit::{FakeConfig, FakeServer};
+use serde_json::json;
+
+fn backend(base_url: String) -> OpenAiBackend {
+    OpenAiBackend::new(OpenAiConfig {
+        base_url,
+        model: "fake-model".into(),
+        api_key: Some("sk-test".into()),
+        max_connections: 16,
+    })
+    .unwrap()
+}
+
+async fn start(config: FakeConfig) -> (FakeServer, OpenAiBackend) {
+    let server = FakeServer::start(config).await.unwrap();
+    // With a trailing slash, to check it is tolerated.
+    let backend = backend(format!("{}/", server.base_url()));
+    (server, backend)
+}
+
+fn ask(text: &str) -> ChatRequest {
+    ChatRequest {
+        system: vec!["Be brief.".into()],
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: vec![ContentPart::Text(text.into())],
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn chat_round_trip() {
+    let (server, backend) = start(FakeConfig::default()).await;
+    let response = backend.chat(&ask("hello there")).await.unwrap();
+    assert_eq!(
+        response.content,
+        vec![ContentPart::Text("echo: hello there".into())]
+    );
+    assert_eq!(response.stop_reason, StopReason::EndTurn);
+    assert_eq!(response.stop_sequence, None);
+    assert_eq!(response.usage.input_tokens, 4);
+    assert_eq!(response.usage.output_tokens, 3);
+
+    let mut request = ask("one two three four");
+    request.max_tokens = Some(2);
+    let response = backend.chat(&request).await.unwrap();
+    assert_eq!(
+        response.content,
+        vec![ContentPart::Text("echo: one".into())]
+    );
+    assert_eq!(response.stop_reason, StopReason::MaxTokens);
+
+    let mut request = ask("alpha STOP beta");
+    request.stop_sequences = vec!["STOP".into()];
+    let response = backend.chat(&request).await.unwrap();
+    assert_eq!(
+        response.content,
+        vec![ContentPart::Text("echo: alpha ".into())]
+    );
+    assert_eq!(response.stop_reason, StopReason::StopSequence);
+    assert_eq!(response.stop_sequence.as_deref(), Some("STOP"));
+
+    let mut request = ask("use the tool");
+    request.tools = vec![ToolSpec {
+        name: "lookup".into(),
+        description: Some("Looks things up".into()),
+        input_schema: json!({"type": "object"}),
+    }];
+    request.tool_choice = Some(ToolChoice::Any);
+    let response = backend.chat(&request).await.unwrap();
+    assert_eq!(response.stop_reason, StopReason::ToolUse);
+    let [ContentPart::ToolUse { name, input, .. }] = response.content.as_slice() else {
+        panic!("expected one tool call, got {:?}", response.content)
+    };
+    assert_eq!(name, "lookup");
+    assert_eq!(input, &json!({}));
+
+    assert_eq!(server.stats().ok, 4);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limited_with_retry_after() {
+    let config = FakeConfig {
+        rate_429: 1.0,
+        retry_after_secs: Some(3),
+        ..Default::default()
+    };
+    let (server, backend) = start(config).await;
+    let e = backend.chat(&ask("hi")).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+    assert_eq!(e.status, Some(429));
+    assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+    assert!(e.is_retryable());
+    assert!(e.message.contains("Rate limit"), "{}", e.message);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_errors_are_retryable() {
+    for (config, status) in [
+        (
+            FakeConfig {
+                rate_500: 1.0,
+                ..Default::default()
+            },
+            500,
+        ),
+        (
+            FakeConfig {
+                rate_503: 1.0,
+                ..Default::default()
+            },
+            503,
+        ),
+    ] {
+        let (server, backend) = start(config).await;
+        let e = backend.chat(&ask("hi")).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Server);
+        assert_eq!(e.status, Some(status));
+        assert_eq!(e.retry_after, None);
+        assert!(e.is_retryable());
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_request_is_not_retryable() {
+    let config = FakeConfig {
+        fail_when_prompt_contains: Some("POISON".into()),
+        ..Default::default()
+    };
+    let (server, backend) = start(config).await;
+    let e = backend.chat(&ask("a POISON record")).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Client);
+    assert_eq!(e.status, Some(400));
+    assert_eq!(e.error_code(), 400);
+    assert!(!e.is_retryable());
+    assert_eq!(e.message, "Invalid request (fake server).");
+    assert!(backend.chat(&ask("a fine record")).await.is_ok());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_refused_is_connect() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    batchd_testkit::install_crypto_provider();
+    let backend = backend(format!("http://{addr}/v1"));
+    let e = backend.chat(&ask("hi")).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Connect, "{}", e.message);
+    assert_eq!(e.status, None);
+    assert!(e.is_retryable());
+    let e = backend
+        .embed(&EmbedRequest {
+            inputs: vec!["x".into()],
+            dimensions: None,
+        })
+        .await;
+    assert_eq!(e.unwrap_err().kind, ErrorKind::Connect);
+}
+
+#[tokio::test]
+async fn embeddings_round_trip() {
+    let (server, backend) = start(FakeConfig::default()).await;
+    let request = EmbedRequest {
+        inputs: vec!["first text".into(), "second".into(), "first text".into()],
+        dimensions: Some(32),
+    };
+    let response = backend.embed(&request).await.unwrap();
+    assert_eq!(response.embeddings.len(), 3);
+    assert!(response.embeddings.iter().all(|v| v.len() == 32));
+    assert_eq!(response.embeddings[0], response.embeddings[2]);
+    assert_ne!(response.embeddings[0], response.embeddings[1]);
+    assert_eq!(response.input_tokens, 5);
+
+    let default_dims = backend
+        .embed(&EmbedRequest {
+            inputs: vec!["x".into()],
+            dimensions: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(default_dims.embeddings[0].len(), 384);
+    let empty = backend.embed(&EmbedRequest::default()).await.unwrap();
+    assert!(empty.embeddings.is_empty());
+    assert_eq!(server.stats().embeddings, 2);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_the_pool() {
+    let (server, backend) = start(FakeConfig {
+        latency_ms: 20,
+        ..Default::default()
+    })
+    .await;
+    let backend = Arc::new(backend);
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.chat(&ask(&format!("n{i}"))).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(
+            response.content,
+            vec![ContentPart::Text(format!("echo: n{i}"))]
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(stats.ok, 64);
+    assert!(stats.max_in_flight > 1, "{stats:?}");
+    server.shutdown().await;
+}

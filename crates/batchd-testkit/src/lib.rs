@@ -1,0 +1,251 @@
+//! Dev-only test kit: [`FakeServer`], a fake OpenAI-compatible model server with knobs for
+//! latency and error rates, used by tests and benchmarks. It is never a real backend.
+//!
+//! - `POST /v1/chat/completions`: echoes the last user message (or a fixed reply), honours
+//!   `max_tokens` (finish `length`), `stop` (finish `stop`, vLLM-style `stop_reason`) and forced
+//!   tool calls (finish `tool_calls`).
+//! - `POST /v1/embeddings`: deterministic, L2-normalized vectors seeded by each input's text.
+//! - `GET /v1/models`: one model.
+//! - `GET /fake/stats` ([`FakeStats`] as JSON), `POST /fake/stats/reset`, `GET|POST /fake/config`
+//!   ([`FakeConfig`] as JSON; a POST replaces it) for out-of-process users.
+//!
+//! Failures (by rate, `fail_first_n`, or a prompt marker) answer at once with an OpenAI-style
+//! `{"error":{..}}` body; only successful answers wait for the configured latency.
+
+mod fake;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The fake's behaviour. Serde names match the field names (`POST /fake/config`); missing
+/// fields take their defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FakeConfig {
+    /// Fixed latency added to every successful answer.
+    pub latency_ms: u64,
+    /// Plus a uniform random 0..=jitter.
+    pub latency_jitter_ms: u64,
+    /// Fraction of requests answered 429 (with `Retry-After` if `retry_after_secs` is set).
+    pub rate_429: f64,
+    pub rate_500: f64,
+    pub rate_503: f64,
+    pub rate_400: f64,
+    pub retry_after_secs: Option<u64>,
+    /// The first n requests after this config is set answer 503 (retry tests).
+    pub fail_first_n: u64,
+    /// Fixed reply text; `None` echoes `echo: <last user message text>`.
+    pub reply: Option<String>,
+    /// Answer 400 when any message (or embedding input) contains this marker: a deterministic
+    /// per-record failure.
+    pub fail_when_prompt_contains: Option<String>,
+}
+
+/// Counters since start (or the last reset).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FakeStats {
+    /// Chat and embedding requests received.
+    pub requests: u64,
+    pub ok: u64,
+    pub status_429: u64,
+    pub status_500: u64,
+    pub status_503: u64,
+    /// Includes bodies the fake could not parse.
+    pub status_400: u64,
+    pub chat: u64,
+    pub embeddings: u64,
+    /// Highest number of requests in progress at once.
+    pub max_in_flight: u64,
+}
+
+/// A running fake server. Dropping it stops the server too (without waiting).
+pub struct FakeServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl FakeServer {
+    /// Starts on 127.0.0.1 with a port the OS picks.
+    pub async fn start(config: FakeConfig) -> std::io::Result<FakeServer> {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn bind(addr: SocketAddr, config: FakeConfig) -> std::io::Result<FakeServer> {
+        // Tests build reqwest clients (rustls without a provider) right after starting the
+        // fake; installing one here spares every test from doing it.
+        install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config));
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(fake::serve(listener, shared.clone(), async move {
+            // A dropped sender (server dropped) also stops it.
+            let _ = shutdown_rx.await;
+        }));
+        Ok(FakeServer {
+            addr,
+            shared,
+            shutdown,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/v1`
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> FakeStats {
+        self.shared.counters.snapshot()
+    }
+
+    pub fn reset_stats(&self) {
+        self.shared.counters.reset();
+    }
+
+    pub fn config(&self) -> FakeConfig {
+        self.shared.live().config.clone()
+    }
+
+    /// Replaces the config; `fail_first_n` counts again from here.
+    pub fn set_config(&self, config: FakeConfig) {
+        self.shared.set_config(config);
+    }
+
+    /// Stops accepting, lets requests in progress finish (at most 5 s), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Installs ring as the process-wide rustls provider if none is installed yet. reqwest is
+/// built with `rustls-no-provider` and panics building a client without one.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The config with its own `fail_first_n` counter, swapped as one.
+struct Live {
+    config: FakeConfig,
+    served: AtomicU64,
+}
+
+struct Shared {
+    live: RwLock<Arc<Live>>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn new(config: FakeConfig) -> Self {
+        Shared {
+            live: RwLock::new(Arc::new(Live {
+                config,
+                served: AtomicU64::new(0),
+            })),
+            counters: Counters::default(),
+        }
+    }
+
+    fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_config(&self, config: FakeConfig) {
+        let live = Arc::new(Live {
+            config,
+            served: AtomicU64::new(0),
+        });
+        match self.live.write() {
+            Ok(mut guard) => *guard = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    ok: AtomicU64,
+    status_429: AtomicU64,
+    status_500: AtomicU64,
+    status_503: AtomicU64,
+    status_400: AtomicU64,
+    chat: AtomicU64,
+    embeddings: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> FakeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        FakeStats {
+            requests: get(&self.requests),
+            ok: get(&self.ok),
+            status_429: get(&self.status_429),
+            status_500: get(&self.status_500),
+            status_503: get(&self.status_503),
+            status_400: get(&self.status_400),
+            chat: get(&self.chat),
+            embeddings: get(&self.embeddings),
+            max_in_flight: get(&self.max_in_flight),
+        }
+    }
+
+    fn reset(&self) {
+        for counter in [
+            &self.requests,
+            &self.ok,
+            &self.status_429,
+            &self.status_500,
+            &self.status_503,
+            &self.status_400,
+            &self.chat,
+            &self.embeddings,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        // Requests still running keep counting from here.
+        self.max_in_flight
+            .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Counts a request in; the guard counts it out however the handler ends.
+    fn enter(&self) -> InFlight<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(self)
+    }
+}
+
+struct InFlight<'a>(&'a Counters);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
