@@ -7,6 +7,7 @@ if [ ! -d ../shared/data ]; then
   echo "../shared/data is missing: the tests read the shared example records beside the repo" >&2
   exit 1
 fi
+source scripts/python-env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace

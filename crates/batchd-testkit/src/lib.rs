@@ -11,8 +11,11 @@
 //!
 //! Failures (by rate, `fail_first_n`, or a prompt marker) answer at once with an OpenAI-style
 //! `{"error":{..}}` body; only successful answers wait for the configured latency.
+//!
+//! [`moto::MotoServer`] starts a moto S3-compatible server for storage tests.
 
 mod fake;
+pub mod moto;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
