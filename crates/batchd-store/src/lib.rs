@@ -15,7 +15,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlSafeStr, SqlitePool};
+use sqlx::{QueryBuilder, Row, SqlSafeStr, Sqlite, SqlitePool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,6 +100,26 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// What `JobStore::list` returns: filters, order and a keyset cursor.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs submitted strictly after this time.
+    pub submit_time_after_ms: Option<i64>,
+    /// Only jobs submitted strictly before this time.
+    pub submit_time_before_ms: Option<i64>,
+    pub status: Option<JobStatus>,
+    /// Substring of the job name (case-sensitive).
+    pub name_contains: Option<String>,
+    /// Oldest first when true; newest first otherwise.
+    pub ascending: bool,
+    /// Continue after this `(submit_time_ms, job_id)` in the chosen order.
+    pub after: Option<(i64, String)>,
+    pub limit: u32,
+}
+
+/// Statuses that count as submitted or running (not terminal).
+const ACTIVE: &str = "('Submitted','Validating','Scheduled','InProgress','Stopping')";
 
 /// Jobs in SQLite.
 #[derive(Debug, Clone)]
@@ -190,6 +210,72 @@ impl JobStore {
             .into_iter()
             .filter(|j| statuses.contains(&j.status))
             .collect())
+    }
+
+    /// One page of jobs, in submit-time order (ties broken by id), after the cursor.
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE 1 = 1");
+        if let Some(t) = filter.submit_time_after_ms {
+            q.push(" AND submit_time_ms > ").push_bind(t);
+        }
+        if let Some(t) = filter.submit_time_before_ms {
+            q.push(" AND submit_time_ms < ").push_bind(t);
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(name) = &filter.name_contains {
+            q.push(" AND instr(job_name, ")
+                .push_bind(name.clone())
+                .push(") > 0");
+        }
+        let (cmp, order) = if filter.ascending {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        if let Some((time, id)) = &filter.after {
+            q.push(format_args!(" AND (submit_time_ms, job_id) {cmp} ("))
+                .push_bind(*time)
+                .push(", ")
+                .push_bind(id.clone())
+                .push(")");
+        }
+        q.push(format_args!(
+            " ORDER BY submit_time_ms {order}, job_id {order} LIMIT "
+        ))
+        .push_bind(i64::from(filter.limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(row_to_job).collect()
+    }
+
+    /// The job created with this `clientRequestToken`, if any.
+    pub async fn find_by_token(&self, token: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE client_request_token = ?")
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_job).transpose()
+    }
+
+    /// A job with this name that has not ended, if any.
+    pub async fn find_active_by_name(&self, name: &str) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("SELECT * FROM jobs WHERE job_name = ? AND status IN {ACTIVE} LIMIT 1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_job).transpose()
+    }
+
+    /// Jobs of this model that are submitted or running.
+    pub async fn count_active_by_model(&self, model_id: &str) -> Result<u64, StoreError> {
+        let sql = format!("SELECT COUNT(*) FROM jobs WHERE model_id = ? AND status IN {ACTIVE}");
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(model_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(n))
     }
 
     /// Moves a job to `to` if that is legal from its current status; sets `message` when
@@ -381,6 +467,87 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn list_filters_orders_and_pages_with_a_cursor() {
+        let store = JobStore::in_memory().await.unwrap();
+        for (i, id) in [
+            "aaaaaaaaaaa1",
+            "aaaaaaaaaaa2",
+            "aaaaaaaaaaa3",
+            "aaaaaaaaaaa4",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut job = new_job(id);
+            job.name = format!("{}-job-{i}", if i % 2 == 0 { "even" } else { "odd" });
+            store.create(job).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        let id = |s: &str| JobId::parse(s).unwrap();
+        store
+            .transition(&id("aaaaaaaaaaa2"), JobStatus::Validating, None)
+            .await
+            .unwrap();
+
+        let page = |after, ascending| JobFilter {
+            limit: 2,
+            ascending,
+            after,
+            ..Default::default()
+        };
+        let first = store.list(&page(None, false)).await.unwrap();
+        let ids: Vec<_> = first.iter().map(|j| j.id.as_str().to_owned()).collect();
+        assert_eq!(ids, ["aaaaaaaaaaa4", "aaaaaaaaaaa3"]);
+        let last = first.last().unwrap();
+        let cursor = Some((last.submit_time_ms, last.id.to_string()));
+        let second = store.list(&page(cursor, false)).await.unwrap();
+        let ids: Vec<_> = second.iter().map(|j| j.id.as_str().to_owned()).collect();
+        assert_eq!(ids, ["aaaaaaaaaaa2", "aaaaaaaaaaa1"]);
+        let asc = store.list(&page(None, true)).await.unwrap();
+        assert_eq!(asc[0].id.as_str(), "aaaaaaaaaaa1");
+
+        let odd = JobFilter {
+            name_contains: Some("odd".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.list(&odd).await.unwrap().len(), 2);
+        let validating = JobFilter {
+            status: Some(JobStatus::Validating),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            store.list(&validating).await.unwrap()[0].id.as_str(),
+            "aaaaaaaaaaa2"
+        );
+        let t2 = second[0].submit_time_ms;
+        let after = JobFilter {
+            submit_time_after_ms: Some(t2),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.list(&after).await.unwrap().len(), 2);
+
+        assert_eq!(store.count_active_by_model("m").await.unwrap(), 4);
+        assert!(
+            store
+                .find_active_by_name("odd-job-1")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .find_by_token("tok-aaaaaaaaaaa3")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(store.find_by_token("nope").await.unwrap().is_none());
     }
 
     #[tokio::test]

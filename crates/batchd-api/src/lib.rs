@@ -1,0 +1,65 @@
+//! HTTP APIs of batchd. Today: the Amazon Bedrock batch control plane (rest-json), served by
+//! `batchd serve`, so `boto3.client("bedrock", endpoint_url=...)` and the AWS CLI work as they are.
+//!
+//! - [`JobService`]: what the API needs from the rest of batchd (the scheduler implements it).
+//! - `bedrock`: routes, request validation, the job object's JSON, rest-json errors.
+//!
+//! Only this crate (and `batchd-formats` for record bodies) knows the API's JSON shapes.
+
+use batchd_core::{InvocationType, JobId};
+use batchd_store::{JobFilter, JobRecord};
+
+/// A validated CreateModelInvocationJob request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateJobRequest {
+    pub job_name: String,
+    pub model_id: String,
+    pub role_arn: String,
+    pub client_request_token: Option<String>,
+    pub invocation_type: InvocationType,
+    /// `inputDataConfig.s3InputDataConfig.s3Uri`.
+    pub input_uri: String,
+    /// `outputDataConfig.s3OutputDataConfig.s3Uri`.
+    pub output_uri: String,
+    /// `timeoutDurationInHours`, when given.
+    pub timeout_hours: Option<u32>,
+    /// The request body as received: Get echoes `inputDataConfig`, `outputDataConfig`,
+    /// `vpcConfig` and `tags` from it.
+    pub request_json: String,
+}
+
+/// Why a service call failed; each maps to one Bedrock error type.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ServiceError {
+    /// ResourceNotFoundException (404): unknown job or model.
+    #[error("{0}")]
+    NotFound(String),
+    /// ValidationException (400).
+    #[error("{0}")]
+    Validation(String),
+    /// ConflictException (400): stop of an ended job, duplicate active job name.
+    #[error("{0}")]
+    Conflict(String),
+    /// ServiceQuotaExceededException (400).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// InternalServerException (500); the detail is logged, not returned.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The job operations behind the control plane.
+#[async_trait::async_trait]
+pub trait JobService: Send + Sync + 'static {
+    /// Creates a job (or returns the job an earlier call with the same
+    /// `client_request_token` created) and schedules it.
+    async fn create_job(&self, request: CreateJobRequest) -> Result<JobRecord, ServiceError>;
+
+    async fn get_job(&self, id: &JobId) -> Result<JobRecord, ServiceError>;
+
+    /// One page of jobs; `filter.limit` is the page size.
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, ServiceError>;
+
+    /// Stops a job that has not ended (ConflictException for an ended one).
+    async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError>;
+}
