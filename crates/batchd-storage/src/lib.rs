@@ -3,15 +3,18 @@
 //!
 //! - [`StorageUri`]: a parsed local path or `s3://` URI.
 //! - [`Storage`]: built once from [`StorageConfig`]; lists `*.jsonl` inputs, opens
-//!   [`LineReader`]s, creates [`OutputWriter`]s, puts small objects (the manifest).
+//!   [`LineReader`]s, creates [`OutputWriter`]s and resumable [`OutputSink`]s, puts small
+//!   objects (the manifest).
 //!
 //! With no S3 endpoint configured, `s3://bucket/key` is the local file
 //! `<data-dir>/buckets/bucket/key`, so a single machine needs nothing but its disk.
 
 mod lines;
+mod sink;
 mod uri;
 
 pub use lines::LineReader;
+pub use sink::OutputSink;
 pub use uri::StorageUri;
 
 use std::collections::HashMap;
@@ -295,6 +298,18 @@ impl Storage {
                 uri: uri.to_string(),
                 source,
             })
+    }
+
+    /// Removes an object; a missing one is not an error.
+    pub async fn delete(&self, uri: &StorageUri) -> Result<(), StorageError> {
+        let (store, path) = self.resolve(uri)?;
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StorageError::Store {
+                uri: uri.to_string(),
+                source,
+            }),
+        }
     }
 
     /// Reads a whole small object (the manifest, test fixtures).

@@ -91,3 +91,35 @@ async fn s3_uris_without_endpoint_live_under_data_dir_buckets() {
     assert_eq!(&lines.next_line().await.unwrap().unwrap().1[..], b"line2");
     assert!(lines.next_line().await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn local_sink_shows_lines_as_committed_and_resumes_at_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = storage(dir.path());
+    let uri = StorageUri::Local(dir.path().join("out/job/a.jsonl.out"));
+    let mut sink = s.open_sink(&uri, 0).await.unwrap();
+    sink.write(b"one\n").await.unwrap();
+    sink.write(b"two\n").await.unwrap();
+    let position = sink.commit(&s).await.unwrap();
+    assert_eq!(position, 8);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/job/a.jsonl.out")).unwrap(),
+        "one\ntwo\n"
+    );
+    sink.write(b"three (never committed)\n").await.unwrap();
+    sink.commit(&s).await.unwrap();
+    drop(sink); // a crash after this point: the checkpoint still says 8
+
+    let mut sink = s.open_sink(&uri, position).await.unwrap();
+    sink.write(b"three\n").await.unwrap();
+    sink.finish(&s).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/job/a.jsonl.out")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+    let too_far = s.open_sink(&uri, 1_000).await;
+    assert!(
+        too_far.is_err(),
+        "a checkpoint beyond the file is an error, not silent loss"
+    );
+}

@@ -77,3 +77,44 @@ async fn s3_listing_streaming_and_multipart_writes() {
             | batchd_storage::StorageError::NotFound { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_sink_writes_parts_while_running_and_concatenates_on_finish() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    moto.create_bucket("sink-test");
+    let dir = tempfile::tempdir().unwrap();
+    let s = storage(&moto, dir.path());
+    let uri = StorageUri::parse("s3://sink-test/out/job/a.jsonl.out").unwrap();
+    let part = |i: u32| {
+        StorageUri::parse(&format!("s3://sink-test/out/job/a.jsonl.out.part-{i:06}")).unwrap()
+    };
+
+    let mut sink = s.open_sink(&uri, 0).await.unwrap();
+    sink.write(b"one\n").await.unwrap();
+    assert_eq!(sink.commit(&s).await.unwrap(), 1);
+    assert_eq!(
+        s.get(&part(0)).await.unwrap(),
+        Bytes::from_static(b"one\n"),
+        "visible while running"
+    );
+    sink.write(b"lost\n").await.unwrap();
+    assert_eq!(sink.commit(&s).await.unwrap(), 2);
+    drop(sink); // crash: the checkpoint said 1 part
+
+    let mut sink = s.open_sink(&uri, 1).await.unwrap();
+    sink.write(b"two\n").await.unwrap();
+    sink.write(b"three\n").await.unwrap();
+    sink.finish(&s).await.unwrap();
+    assert_eq!(
+        s.get(&uri).await.unwrap(),
+        Bytes::from_static(b"one\ntwo\nthree\n")
+    );
+    for i in 0..2 {
+        assert!(
+            s.get(&part(i)).await.is_err(),
+            "part {i} removed after finish"
+        );
+    }
+}
