@@ -9,6 +9,7 @@ mod status;
 
 pub use ids::{IdError, JobArn, JobId, generated_record_id, stable_hash64};
 pub use status::{InvocationType, JobStatus, StatusError};
+// Checkpoint is defined below, next to Counters.
 
 /// Live and final record counts of a job; the manifest's six fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,5 +28,24 @@ impl Counters {
     /// Records not yet processed.
     pub fn remaining(&self) -> u64 {
         self.total.saturating_sub(self.processed)
+    }
+}
+
+/// How far a running job's output is durable: every record before `records_in_file` of
+/// input file `file_index` (and all of every earlier file) is written, and the output file is
+/// at `position` (bytes, or parts for object stores). `counters` are the counts at that point.
+/// A checkpoint never moves backwards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub file_index: u64,
+    pub records_in_file: u64,
+    pub position: u64,
+    pub counters: Counters,
+}
+
+impl Checkpoint {
+    /// Whether `self` is at or after `other` in the input.
+    pub fn is_at_or_after(&self, other: &Checkpoint) -> bool {
+        (self.file_index, self.records_in_file) >= (other.file_index, other.records_in_file)
     }
 }

@@ -5,7 +5,9 @@
 //! - [`validate`]: the validation pass (every defect as `file:line: field: reason`).
 //! - [`run`]: the record pipeline and ordered writer.
 //! - [`retry`]: capped exponential backoff with full jitter, honouring `Retry-After`.
-//! - [`Engine::run_job`]: the job lifecycle on top of them, recorded in the job store.
+//! - [`Engine::validate_job`] and [`Engine::execute_job`]: the two phases of a job's life,
+//!   recorded in the job store, resumable from the last checkpoint; [`Engine::run_job`] runs
+//!   both (the CLI's in-process job).
 
 pub mod retry;
 pub mod run;
@@ -15,12 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchd_backends::ModelBackend;
-use batchd_core::{Counters, InvocationType, JobId, JobStatus};
+use batchd_core::{Checkpoint, Counters, InvocationType, JobId, JobStatus};
 use batchd_formats::converse::ConverseOptions;
 use batchd_storage::{Storage, StorageError, StorageUri};
 use batchd_store::{JobStore, StoreError};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub use retry::RetryPolicy;
 pub use validate::{LineDefect, ValidationReport};
@@ -54,8 +56,35 @@ pub struct EngineConfig {
     /// Defects listed in a failed job's message.
     pub max_defects_in_message: usize,
     pub blank_lines: BlankLines,
-    /// How often live counters are written to the job store.
-    pub progress_interval: Duration,
+    /// Limits checked while validating (server jobs); `None` checks none.
+    pub quotas: Option<Quotas>,
+}
+
+/// Bedrock's batch quotas (per job), with self-hosted defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    /// "Records per input file per batch inference job".
+    pub max_records_per_file: u64,
+    /// "Records per batch inference job".
+    pub max_records_per_job: u64,
+    /// "Minimum number of records per batch inference job" (Bedrock: 100; here 1).
+    pub min_records_per_job: u64,
+    /// "Batch inference input file size" in bytes.
+    pub max_file_bytes: u64,
+    /// "Batch inference job size" in bytes.
+    pub max_job_bytes: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_records_per_file: 50_000,
+            max_records_per_job: 50_000,
+            min_records_per_job: 1,
+            max_file_bytes: 1 << 30,
+            max_job_bytes: 5 << 30,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -65,7 +94,7 @@ impl Default for EngineConfig {
             max_line_bytes: 64 * 1024 * 1024,
             max_defects_in_message: 20,
             blank_lines: BlankLines::Skip,
-            progress_interval: Duration::from_millis(500),
+            quotas: None,
         }
     }
 }
@@ -89,6 +118,48 @@ pub struct JobSpec {
 pub struct Progress {
     pub status: JobStatus,
     pub counters: Counters,
+}
+
+/// Why a running job is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// StopModelInvocationJob, or Ctrl-C on `batchd run`: ends `Stopped`.
+    User,
+    /// The job's timeout passed: ends `PartiallyCompleted`.
+    Timeout,
+    /// The process is shutting down: the job stays `InProgress`, to be resumed.
+    Shutdown,
+}
+
+/// Asks a running job to stop, once, for one reason.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    token: CancellationToken,
+    reason: Arc<std::sync::OnceLock<StopReason>>,
+}
+
+impl StopSignal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The first reason given wins.
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.get().copied()
+    }
+
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
 }
 
 /// How a job ended.
@@ -124,97 +195,179 @@ impl Engine {
         &self.config
     }
 
-    /// Runs a job that is `Submitted` in `store` to its end: Validating → (Failed |
-    /// Scheduled → InProgress → Completed, or Stopped when `cancel` fires). Each status is
-    /// recorded in the store; `progress` sees counters as records are written.
+    /// Runs a `Submitted` job to its end in this process: validation, then execution.
     pub async fn run_job(
         &self,
         spec: &JobSpec,
         backend: Arc<dyn ModelBackend>,
         store: &JobStore,
         progress: &watch::Sender<Progress>,
-        cancel: &CancellationToken,
+        stop: &StopSignal,
     ) -> Result<JobOutcome, EngineError> {
         let started = Instant::now();
-        let output_dir = spec.output.join(spec.job_id.as_str());
-        let set_status = |status: JobStatus, counters: Counters| {
-            progress.send_replace(Progress { status, counters });
-        };
-
-        store
-            .transition(&spec.job_id, JobStatus::Validating, None)
+        if let Some(failed) = self.validate_job(spec, store, progress).await? {
+            return Ok(JobOutcome {
+                elapsed: started.elapsed(),
+                ..failed
+            });
+        }
+        let outcome = self
+            .execute_job(spec, backend, store, progress, stop)
             .await?;
-        set_status(JobStatus::Validating, Counters::default());
+        Ok(JobOutcome {
+            elapsed: started.elapsed(),
+            ..outcome
+        })
+    }
+
+    /// The validation phase: `Submitted` (or `Validating`, when resumed) → `Validating` →
+    /// `Scheduled` with the record count stored, or `Failed` with the defects. Returns the
+    /// outcome when the job failed. If the job's status changed meanwhile (a stop), that wins.
+    pub async fn validate_job(
+        &self,
+        spec: &JobSpec,
+        store: &JobStore,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<Option<JobOutcome>, EngineError> {
+        let started = Instant::now();
+        let output_dir = spec.output.join(spec.job_id.as_str());
+        let job = store
+            .get(&spec.job_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(spec.job_id.clone()))?;
+        if job.status == JobStatus::Submitted {
+            store
+                .transition(&spec.job_id, JobStatus::Validating, None)
+                .await?;
+        }
+        progress.send_replace(Progress {
+            status: JobStatus::Validating,
+            counters: Counters::default(),
+        });
+        let failed = |message: String, validation: Option<ValidationReport>| JobOutcome {
+            status: JobStatus::Failed,
+            counters: Counters::default(),
+            message: Some(message),
+            validation,
+            elapsed: started.elapsed(),
+            output_dir: output_dir.clone(),
+        };
+        let fail = |outcome: JobOutcome| async move {
+            store
+                .transition(&spec.job_id, JobStatus::Failed, outcome.message.as_deref())
+                .await?;
+            progress.send_replace(Progress {
+                status: JobStatus::Failed,
+                counters: Counters::default(),
+            });
+            Ok::<_, EngineError>(Some(outcome))
+        };
         let report = match self.validate(spec).await {
             Ok(report) => report,
-            Err(e) => {
-                let message = e.to_string();
-                store
-                    .transition(&spec.job_id, JobStatus::Failed, Some(&message))
-                    .await?;
-                set_status(JobStatus::Failed, Counters::default());
-                return Ok(JobOutcome {
-                    status: JobStatus::Failed,
-                    counters: Counters::default(),
-                    message: Some(message),
-                    validation: None,
-                    elapsed: started.elapsed(),
-                    output_dir,
-                });
-            }
+            Err(EngineError::Store(e)) => return Err(EngineError::Store(e)),
+            Err(e) => return fail(failed(format!("validation failed: {e}"), None)).await,
         };
         if !report.is_valid() {
             let message = report.failure_message(self.config.max_defects_in_message);
-            store
-                .transition(&spec.job_id, JobStatus::Failed, Some(&message))
-                .await?;
-            set_status(JobStatus::Failed, Counters::default());
-            return Ok(JobOutcome {
-                status: JobStatus::Failed,
-                counters: Counters::default(),
-                message: Some(message),
-                validation: Some(report),
-                elapsed: started.elapsed(),
-                output_dir,
-            });
+            return fail(failed(message, Some(report))).await;
         }
-
+        let total = report.total_records;
         let counters = Counters {
-            total: report.total_records,
+            total,
             ..Counters::default()
         };
-        store.update_counters(&spec.job_id, &counters).await?;
+        store
+            .checkpoint(
+                &spec.job_id,
+                &Checkpoint {
+                    counters,
+                    ..Checkpoint::default()
+                },
+            )
+            .await?;
         store
             .transition(&spec.job_id, JobStatus::Scheduled, None)
             .await?;
-        store
-            .transition(&spec.job_id, JobStatus::InProgress, None)
-            .await?;
-        set_status(JobStatus::InProgress, counters);
+        progress.send_replace(Progress {
+            status: JobStatus::Scheduled,
+            counters,
+        });
+        Ok(None)
+    }
 
-        let result = run::run_records(
+    /// The execution phase: `Scheduled` → `InProgress`, or an `InProgress`/`Stopping` job
+    /// resumed from its checkpoint, to `Completed`, `Stopped` or `PartiallyCompleted`. A
+    /// shutdown stop leaves it `InProgress` with a fresh checkpoint.
+    pub async fn execute_job(
+        &self,
+        spec: &JobSpec,
+        backend: Arc<dyn ModelBackend>,
+        store: &JobStore,
+        progress: &watch::Sender<Progress>,
+        stop: &StopSignal,
+    ) -> Result<JobOutcome, EngineError> {
+        let started = Instant::now();
+        let output_dir = spec.output.join(spec.job_id.as_str());
+        let job = store
+            .get(&spec.job_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(spec.job_id.clone()))?;
+        match job.status {
+            JobStatus::Scheduled => {
+                store
+                    .transition(&spec.job_id, JobStatus::InProgress, None)
+                    .await?;
+            }
+            JobStatus::Stopping => stop.stop(StopReason::User),
+            _ => {}
+        }
+        let resume_from = job.checkpoint;
+        progress.send_replace(Progress {
+            status: JobStatus::InProgress,
+            counters: resume_from.counters,
+        });
+        let files = self.list_inputs(&spec.inputs).await?;
+        let end = run::run_records(
             self,
             spec,
-            &report.files,
-            counters,
+            &files,
+            resume_from,
             backend,
             store,
             progress,
-            cancel,
+            stop,
         )
         .await;
-        let counters = match result {
-            Ok(counters) => counters,
+        let end = match end {
+            Ok(end) => end,
+            Err(e) if stop.reason() == Some(StopReason::Shutdown) => return Err(e),
             Err(e) => {
                 let message = format!("job failed while running: {e}");
                 store
                     .transition(&spec.job_id, JobStatus::Failed, Some(&message))
                     .await?;
-                set_status(JobStatus::Failed, Counters::default());
+                progress.send_replace(Progress {
+                    status: JobStatus::Failed,
+                    counters: Counters::default(),
+                });
                 return Err(e);
             }
         };
-        store.update_counters(&spec.job_id, &counters).await?;
+        let counters = end.counters;
+        let outcome = |status, message: String| JobOutcome {
+            status,
+            counters,
+            message: Some(message),
+            validation: None,
+            elapsed: started.elapsed(),
+            output_dir: output_dir.clone(),
+        };
+        if stop.reason() == Some(StopReason::Shutdown) {
+            return Ok(outcome(
+                JobStatus::InProgress,
+                "interrupted by shutdown; resumes on restart".into(),
+            ));
+        }
 
         let manifest = batchd_formats::manifest::Manifest::from(&counters);
         self.storage
@@ -223,38 +376,33 @@ impl Engine {
                 manifest.to_json().into(),
             )
             .await?;
-
-        let (status, message) = if cancel.is_cancelled() {
-            store
-                .transition(&spec.job_id, JobStatus::Stopping, None)
-                .await?;
-            (
-                JobStatus::Stopped,
-                format!(
-                    "stopped after {} of {} records",
-                    counters.processed, counters.total
-                ),
-            )
-        } else {
-            (
-                JobStatus::Completed,
-                format!(
-                    "{} records: {} succeeded, {} failed",
-                    counters.processed, counters.success, counters.error
-                ),
-            )
+        let summary = format!(
+            "{} of {} records processed: {} succeeded, {} failed",
+            counters.processed, counters.total, counters.success, counters.error
+        );
+        let (status, message) = match stop.reason() {
+            _ if end.complete => (JobStatus::Completed, summary),
+            Some(StopReason::Timeout) => (
+                JobStatus::PartiallyCompleted,
+                format!("the job timed out; {summary}"),
+            ),
+            _ => {
+                if store
+                    .get(&spec.job_id)
+                    .await?
+                    .is_some_and(|j| j.status != JobStatus::Stopping)
+                {
+                    store
+                        .transition(&spec.job_id, JobStatus::Stopping, None)
+                        .await?;
+                }
+                (JobStatus::Stopped, format!("stopped; {summary}"))
+            }
         };
         store
             .transition(&spec.job_id, status, Some(&message))
             .await?;
-        set_status(status, counters);
-        Ok(JobOutcome {
-            status,
-            counters,
-            message: Some(message),
-            validation: None,
-            elapsed: started.elapsed(),
-            output_dir,
-        })
+        progress.send_replace(Progress { status, counters });
+        Ok(outcome(status, message))
     }
 }

@@ -7,20 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchd_backends::{BackendError, ErrorKind, ModelBackend};
-use batchd_core::{Counters, generated_record_id};
+use batchd_core::{Checkpoint, Counters, generated_record_id};
 use batchd_formats::converse::{ConverseOptions, parse_converse, render_converse_response};
 use batchd_formats::record::{parse_record_line, write_error_line, write_success_line};
-use batchd_storage::{InputFile, LineReader, OutputWriter};
+use batchd_storage::{InputFile, LineReader, OutputSink};
 use batchd_store::JobStore;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::retry::RetryPolicy;
-use crate::{Engine, EngineError, JobSpec, Progress};
+use crate::{Engine, EngineError, JobSpec, Progress, StopReason, StopSignal};
 
 /// What every record task shares.
 struct RecordContext {
@@ -40,22 +39,31 @@ struct Finished {
     output_tokens: u64,
 }
 
-/// Reads the job's files one after another as one stream of lines.
+/// Reads the job's files one after another as one stream of lines, starting after the
+/// records a checkpoint says are done.
 struct InputCursor<'a> {
     engine: &'a Engine,
     files: &'a [InputFile],
     next_file: usize,
     reader: Option<(usize, LineReader)>,
+    /// Records (non-blank lines) still to skip in the first file read.
+    skip_records: u64,
 }
 
 impl InputCursor<'_> {
     async fn next(&mut self) -> Result<Option<(usize, u64, Bytes)>, EngineError> {
         loop {
             if let Some((index, reader)) = &mut self.reader {
-                if let Some((line_no, line)) = reader.next_line().await? {
-                    return Ok(Some((*index, line_no, line)));
+                match reader.next_line().await? {
+                    Some((_, line)) if is_blank(&line) => continue,
+                    Some(_) if self.skip_records > 0 => self.skip_records -= 1,
+                    Some((line_no, line)) => return Ok(Some((*index, line_no, line))),
+                    None => {
+                        self.reader = None;
+                        self.skip_records = 0;
+                    }
                 }
-                self.reader = None;
+                continue;
             }
             let Some(file) = self.files.get(self.next_file) else {
                 return Ok(None);
@@ -71,62 +79,124 @@ impl InputCursor<'_> {
     }
 }
 
-/// Output files, opened in input order; every input file gets one, even if empty.
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Output files, written in input order through resumable sinks; every input file gets one.
 struct OutputFiles<'a> {
     engine: &'a Engine,
     files: &'a [InputFile],
     spec: &'a JobSpec,
-    current: Option<(usize, OutputWriter)>,
+    store: &'a JobStore,
+    current: Option<(usize, OutputSink)>,
+    /// Records written to the current file (including those before a resume).
+    records_in_current: u64,
     /// Files before this index are finished.
     done_below: usize,
 }
 
 impl OutputFiles<'_> {
-    async fn write(&mut self, file_index: usize, bytes: &[u8]) -> Result<(), EngineError> {
+    async fn write(
+        &mut self,
+        file_index: usize,
+        bytes: &[u8],
+        counters: &Counters,
+    ) -> Result<(), EngineError> {
         if self.current.as_ref().map(|(i, _)| *i) != Some(file_index) {
-            self.finish_below(file_index).await?;
+            self.finish_below(file_index, counters).await?;
             let uri = output_uri(self.spec, &self.files[file_index]);
-            self.current = Some((file_index, self.engine.storage.create(&uri)?));
+            self.current = Some((file_index, self.engine.storage.open_sink(&uri, 0).await?));
+            self.records_in_current = 0;
         }
-        if let Some((_, writer)) = &mut self.current {
-            writer.write(bytes).await?;
+        if let Some((_, sink)) = &mut self.current {
+            sink.write(bytes).await?;
+            self.records_in_current += 1;
         }
         Ok(())
     }
 
-    /// Finishes the open file and creates empty outputs for files below `end` never written.
-    async fn finish_below(&mut self, end: usize) -> Result<(), EngineError> {
-        if let Some((index, writer)) = self.current.take() {
-            writer.finish().await?;
+    /// Makes the current file durable and records the checkpoint, if one is due.
+    async fn checkpoint_if_due(&mut self, counters: &Counters) -> Result<(), EngineError> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|(_, sink)| sink.commit_due())
+        {
+            self.checkpoint(counters).await?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, counters: &Counters) -> Result<(), EngineError> {
+        let ckpt = match &mut self.current {
+            Some((index, sink)) => Checkpoint {
+                file_index: *index as u64,
+                records_in_file: self.records_in_current,
+                position: sink.commit(&self.engine.storage).await?,
+                counters: *counters,
+            },
+            None => Checkpoint {
+                file_index: self.done_below as u64,
+                counters: *counters,
+                ..Checkpoint::default()
+            },
+        };
+        self.store.checkpoint(&self.spec.job_id, &ckpt).await?;
+        Ok(())
+    }
+
+    /// Finishes the open file and creates empty outputs for files below `end` never written;
+    /// the checkpoint moves past them before leftover parts are removed.
+    async fn finish_below(&mut self, end: usize, counters: &Counters) -> Result<(), EngineError> {
+        let mut leftovers = Vec::new();
+        if let Some((index, sink)) = self.current.take() {
+            leftovers.push(sink.finish(&self.engine.storage).await?);
             self.done_below = index + 1;
         }
         while self.done_below < end {
             let uri = output_uri(self.spec, &self.files[self.done_below]);
-            self.engine.storage.create(&uri)?.finish().await?;
+            let sink = self.engine.storage.open_sink(&uri, 0).await?;
+            leftovers.push(sink.finish(&self.engine.storage).await?);
             self.done_below += 1;
+        }
+        self.records_in_current = 0;
+        if !leftovers.is_empty() {
+            self.checkpoint(counters).await?;
+            for finished in leftovers {
+                finished.cleanup(&self.engine.storage).await?;
+            }
         }
         Ok(())
     }
 }
 
-fn output_uri(spec: &JobSpec, file: &InputFile) -> batchd_storage::StorageUri {
+pub(crate) fn output_uri(spec: &JobSpec, file: &InputFile) -> batchd_storage::StorageUri {
     spec.output
         .join(&format!("{}/{}.out", spec.job_id, file.relative))
 }
 
-/// Runs every record of `files`; returns the final counters. On cancel, stops taking new
-/// records, lets those in flight finish, and writes what is done.
+/// How `run_records` ended.
+pub(crate) struct RunEnd {
+    pub counters: Counters,
+    /// Every record of every file is written and every output file finished.
+    pub complete: bool,
+}
+
+/// Runs the records of `files` from `resume_from`; returns the final counters. When `stop`
+/// fires, no new record starts; those in flight finish and are written. On a shutdown stop
+/// the open output file stays open for a later resume; on any other stop it is finished.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_records(
     engine: &Engine,
     spec: &JobSpec,
     files: &[InputFile],
-    mut counters: Counters,
+    resume_from: Checkpoint,
     backend: Arc<dyn ModelBackend>,
     store: &JobStore,
     progress: &watch::Sender<Progress>,
-    cancel: &CancellationToken,
-) -> Result<Counters, EngineError> {
+    stop: &StopSignal,
+) -> Result<RunEnd, EngineError> {
     let ctx = Arc::new(RecordContext {
         backend,
         retry: engine.config.retry.clone(),
@@ -140,30 +210,42 @@ pub(crate) async fn run_records(
     let concurrency = spec.concurrency.max(1);
     // Finished records wait here for the slowest earlier one; the window bounds that memory.
     let window = (concurrency as u64 * 8).clamp(256, 65_536);
+    let mut counters = resume_from.counters;
 
+    let first_file = usize::try_from(resume_from.file_index)
+        .unwrap_or(usize::MAX)
+        .min(files.len());
     let mut input = InputCursor {
         engine,
         files,
-        next_file: 0,
+        next_file: first_file,
         reader: None,
+        skip_records: resume_from.records_in_file,
     };
     let mut output = OutputFiles {
         engine,
         files,
         spec,
+        store,
         current: None,
-        done_below: 0,
+        records_in_current: 0,
+        done_below: first_file,
     };
+    if first_file < files.len() && (resume_from.records_in_file > 0 || resume_from.position > 0) {
+        let uri = output_uri(spec, &files[first_file]);
+        let sink = engine.storage.open_sink(&uri, resume_from.position).await?;
+        output.current = Some((first_file, sink));
+        output.records_in_current = resume_from.records_in_file;
+    }
     let mut inflight = FuturesUnordered::new();
     let mut pending: VecDeque<Option<Finished>> = VecDeque::new();
     let (mut next_seq, mut write_seq) = (0u64, 0u64);
     let mut exhausted = false;
-    let mut last_persist = Instant::now();
     let mut last_progress = Instant::now();
 
     loop {
         while !exhausted
-            && !cancel.is_cancelled()
+            && !stop.is_stopped()
             && inflight.len() < concurrency
             && next_seq - write_seq < window
         {
@@ -171,9 +253,6 @@ pub(crate) async fn run_records(
                 exhausted = true;
                 break;
             };
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue; // blank lines are not records (validation decided they may stay)
-            }
             let seq = next_seq;
             next_seq += 1;
             let task = tokio::spawn(process_record(
@@ -187,7 +266,12 @@ pub(crate) async fn run_records(
                 (seq, file_index, line, result)
             });
         }
-        let Some((seq, file_index, line, result)) = inflight.next().await else {
+        let next = tokio::select! {
+            next = inflight.next() => next,
+            // A stop wakes the loop so that it stops dispatching even while records run.
+            _ = stop.cancelled(), if !stop.is_stopped() => continue,
+        };
+        let Some((seq, file_index, line, result)) = next else {
             break;
         };
         let finished = match result {
@@ -208,8 +292,6 @@ pub(crate) async fn run_records(
             let Some(Some(done)) = pending.pop_front() else {
                 break;
             };
-            output.write(done.file_index, &done.line).await?;
-            write_seq += 1;
             counters.processed += 1;
             if done.success {
                 counters.success += 1;
@@ -218,24 +300,34 @@ pub(crate) async fn run_records(
             }
             counters.input_tokens += done.input_tokens;
             counters.output_tokens += done.output_tokens;
+            output.write(done.file_index, &done.line, &counters).await?;
+            write_seq += 1;
         }
+        output.checkpoint_if_due(&counters).await?;
         if last_progress.elapsed() >= Duration::from_millis(50) {
             progress.send_modify(|p| p.counters = counters);
             last_progress = Instant::now();
         }
-        if last_persist.elapsed() >= engine.config.progress_interval {
-            store.update_counters(&spec.job_id, &counters).await?;
-            last_persist = Instant::now();
+    }
+    let complete = exhausted && !stop.is_stopped();
+    match stop.reason() {
+        // The job stays running: keep the open file open for the resume.
+        Some(StopReason::Shutdown) => output.checkpoint(&counters).await?,
+        Some(_) => {
+            let end = output
+                .current
+                .as_ref()
+                .map_or(output.done_below, |(i, _)| i + 1);
+            output.finish_below(end, &counters).await?;
+            output.checkpoint(&counters).await?;
+        }
+        None => {
+            output.finish_below(files.len(), &counters).await?;
+            output.checkpoint(&counters).await?;
         }
     }
-    let end = if cancel.is_cancelled() {
-        output.current.as_ref().map_or(0, |(i, _)| i + 1)
-    } else {
-        files.len()
-    };
-    output.finish_below(end).await?;
     progress.send_modify(|p| p.counters = counters);
-    Ok(counters)
+    Ok(RunEnd { counters, complete })
 }
 
 fn internal_error(seq: u64, file_index: usize, line: &[u8], message: &str) -> Finished {

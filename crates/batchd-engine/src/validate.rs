@@ -48,15 +48,27 @@ pub struct ValidationReport {
     pub defects: Vec<LineDefect>,
     /// All defects found, including those not kept.
     pub defect_count: u64,
+    /// Quotas the input exceeds, each naming the quota and the file (or the job).
+    pub quota_violations: Vec<String>,
 }
 
 impl ValidationReport {
     pub fn is_valid(&self) -> bool {
-        self.defect_count == 0
+        self.defect_count == 0 && self.quota_violations.is_empty()
     }
 
     /// The failed job's message: a count, then the first `max` defects, one per line.
     pub fn failure_message(&self, max: usize) -> String {
+        if !self.quota_violations.is_empty() {
+            let mut message = String::from("validation failed: quota exceeded");
+            for violation in &self.quota_violations {
+                message.push('\n');
+                message.push_str(violation);
+            }
+            if self.defect_count == 0 {
+                return message;
+            }
+        }
         let mut message = format!(
             "validation failed: {} defect{} in the input",
             self.defect_count,
@@ -197,11 +209,21 @@ impl Engine {
             total_records: 0,
             defects: Vec::new(),
             defect_count: 0,
+            quota_violations: Vec::new(),
         };
+        let quotas = self.config.quotas.as_ref();
+        if let Some(q) = quotas {
+            check_sizes(q, &files, &mut report.quota_violations);
+            if !report.quota_violations.is_empty() {
+                // Too big to read: fail before streaming gigabytes.
+                return Ok(report);
+            }
+        }
         let mut id_hashes: Vec<u64> = Vec::new();
         let mut line_defects = Vec::new();
 
         for (file_index, file) in files.iter().enumerate() {
+            let records_before = report.total_records;
             let mut reader = self
                 .storage
                 .read_lines(&file.uri, self.config.max_line_bytes)
@@ -233,6 +255,30 @@ impl Engine {
                     let found = std::mem::take(&mut line_defects);
                     record_defects(&mut report, keep, file, file_index, line_no, found);
                 }
+            }
+            let in_file = report.total_records - records_before;
+            if let Some(q) = quotas
+                && in_file > q.max_records_per_file
+            {
+                report.quota_violations.push(format!(
+                    "Records per input file per batch inference job ({}): {} has {in_file} records",
+                    q.max_records_per_file, file.uri
+                ));
+            }
+        }
+        if let Some(q) = quotas {
+            let n = report.total_records;
+            if n > q.max_records_per_job {
+                report.quota_violations.push(format!(
+                    "Records per batch inference job ({}): the job has {n} records",
+                    q.max_records_per_job
+                ));
+            }
+            if n < q.min_records_per_job && report.defect_count == 0 {
+                report.quota_violations.push(format!(
+                    "Minimum number of records per batch inference job ({}): the job has {n} records",
+                    q.min_records_per_job
+                ));
             }
         }
 
@@ -297,6 +343,22 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+fn check_sizes(q: &crate::Quotas, files: &[InputFile], violations: &mut Vec<String>) {
+    for file in files.iter().filter(|f| f.size > q.max_file_bytes) {
+        violations.push(format!(
+            "Batch inference input file size ({} bytes): {} has {} bytes",
+            q.max_file_bytes, file.uri, file.size
+        ));
+    }
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    if total > q.max_job_bytes {
+        violations.push(format!(
+            "Batch inference job size ({} bytes): the input files have {total} bytes",
+            q.max_job_bytes
+        ));
     }
 }
 

@@ -7,14 +7,13 @@ use std::time::{Duration, Instant};
 
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{Counters, InvocationType, JobId, JobStatus};
-use batchd_engine::{Engine, EngineConfig, JobSpec, Progress, RetryPolicy};
+use batchd_engine::{Engine, EngineConfig, JobSpec, Progress, RetryPolicy, StopReason, StopSignal};
 use batchd_formats::converse::ConverseOptions;
 use batchd_storage::{Storage, StorageConfig, StorageUri};
 use batchd_store::{JobStore, NewJob};
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::Value;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 fn write_records(path: &Path, n: usize) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -142,13 +141,13 @@ async fn stop_mid_job_keeps_an_ordered_prefix_and_writes_the_manifest() {
     let h = Harness::new(&fake, fast_retry()).await;
     write_records(&h.dir.path().join("in/a.jsonl"), 400);
     let (tx, mut rx) = progress();
-    let cancel = CancellationToken::new();
+    let cancel = StopSignal::new();
     let stopper = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 if rx.borrow().counters.processed >= 20 {
-                    cancel.cancel();
+                    cancel.stop(StopReason::User);
                     return;
                 }
             }
@@ -210,7 +209,7 @@ async fn an_attempt_that_times_out_is_retried_then_becomes_a_408_error_line() {
             h.backend.clone(),
             &h.store,
             &tx,
-            &CancellationToken::new(),
+            &StopSignal::new(),
         )
         .await
         .unwrap();
@@ -252,7 +251,7 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
             h.backend.clone(),
             &h.store,
             &tx,
-            &CancellationToken::new(),
+            &StopSignal::new(),
         )
         .await
         .unwrap();
@@ -265,4 +264,103 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
     let line = &h.output("a.jsonl.out")[0];
     assert_eq!(line["error"]["errorCode"], 429, "{line}");
     assert_eq!(fake.stats().status_429, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 5,
+        latency_jitter_ms: 10,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let h = Harness::new(&fake, fast_retry()).await;
+    write_records(&h.dir.path().join("in/a.jsonl"), 150);
+    write_records(&h.dir.path().join("in/b.jsonl"), 0);
+    std::fs::write(
+        h.dir.path().join("in/c.jsonl"),
+        (0..120)
+            .map(|i| format!("{{\"recordId\":\"c{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"c {i}\"}}]}}]}}}}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let spec = h.spec(4);
+    let (tx, mut rx) = progress();
+    assert!(
+        h.engine
+            .validate_job(&spec, &h.store, &tx)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // First run: shut down once 60 records are written.
+    let stop = StopSignal::new();
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                if rx.borrow().counters.processed >= 60 {
+                    stop.stop(StopReason::Shutdown);
+                    return;
+                }
+            }
+        })
+    };
+    let first = h
+        .engine
+        .execute_job(&spec, h.backend.clone(), &h.store, &tx, &stop)
+        .await
+        .unwrap();
+    stopper.await.unwrap();
+    assert_eq!(
+        first.status,
+        JobStatus::InProgress,
+        "a shutdown leaves the job running"
+    );
+    let job = h.store.get(&h.job_id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::InProgress);
+    assert!(job.checkpoint.counters.processed >= 60);
+    assert!(
+        !h.dir
+            .path()
+            .join("out/testjob00001/manifest.json.out")
+            .exists()
+    );
+
+    // A crash would leave bytes after the checkpoint: they must not survive the resume.
+    let a_out = h.dir.path().join("out/testjob00001/a.jsonl.out");
+    let mut text = std::fs::read_to_string(&a_out).unwrap();
+    text.push_str("{\"recordId\":\"garbage\"}\n");
+    std::fs::write(&a_out, text).unwrap();
+
+    let (tx2, _rx2) = progress();
+    let second = h
+        .engine
+        .execute_job(&spec, h.backend.clone(), &h.store, &tx2, &StopSignal::new())
+        .await
+        .unwrap();
+    assert_eq!(second.status, JobStatus::Completed);
+    let a = h.output("a.jsonl.out");
+    let ids: Vec<String> = a
+        .iter()
+        .map(|l| l["recordId"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = (0..150).map(|i| format!("r{i:04}")).collect();
+    assert_eq!(ids, want, "every record exactly once, in order");
+    assert!(h.output("b.jsonl.out").is_empty());
+    let c = h.output("c.jsonl.out");
+    assert_eq!(c.len(), 120);
+    assert_eq!(c[119]["recordId"], "c0119");
+    assert_eq!(second.counters.processed, 270);
+    assert_eq!(second.counters.success, 270);
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(h.dir.path().join("out/testjob00001/manifest.json.out")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["processedRecordCount"], 270);
+    assert_eq!(manifest["totalRecordCount"], 270);
+    // A graceful shutdown drains the records in flight into the checkpoint: none runs twice.
+    assert_eq!(fake.stats().ok, 270, "each record ran exactly once");
 }

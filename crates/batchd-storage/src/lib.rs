@@ -14,7 +14,7 @@ mod sink;
 mod uri;
 
 pub use lines::LineReader;
-pub use sink::OutputSink;
+pub use sink::{FinishedSink, OutputSink};
 pub use uri::StorageUri;
 
 use std::collections::HashMap;

@@ -181,11 +181,13 @@ impl OutputSink {
         }
     }
 
-    /// Commits, then makes the final object whole (parts are concatenated and removed).
-    pub async fn finish(mut self, storage: &Storage) -> Result<(), StorageError> {
+    /// Commits, then makes the final object whole (parts are concatenated). The parts stay
+    /// until [`FinishedSink::cleanup`]: a caller records that the file is done first, so a
+    /// crash in between can still redo the concatenation.
+    pub async fn finish(mut self, storage: &Storage) -> Result<FinishedSink, StorageError> {
         let position = self.commit(storage).await?;
-        match self.kind {
-            SinkKind::Local { .. } => Ok(()),
+        let parts = match self.kind {
+            SinkKind::Local { .. } => 0,
             SinkKind::Parts { .. } => {
                 let mut writer = storage.create(&self.uri)?;
                 for index in 0..position {
@@ -193,12 +195,13 @@ impl OutputSink {
                     writer.write(&part).await?;
                 }
                 writer.finish().await?;
-                for index in 0..position {
-                    storage.delete(&part_uri(&self.uri, index)).await?;
-                }
-                Ok(())
+                position
             }
-        }
+        };
+        Ok(FinishedSink {
+            uri: self.uri,
+            parts,
+        })
     }
 
     /// The local path, for tests and diagnostics.
@@ -207,5 +210,21 @@ impl OutputSink {
             SinkKind::Local { path, .. } => Some(path),
             SinkKind::Parts { .. } => None,
         }
+    }
+}
+
+/// A finished output file whose part objects (if any) are still to be removed.
+#[must_use = "call cleanup() once the file's completion is recorded"]
+pub struct FinishedSink {
+    uri: StorageUri,
+    parts: u64,
+}
+
+impl FinishedSink {
+    pub async fn cleanup(self, storage: &Storage) -> Result<(), StorageError> {
+        for index in 0..self.parts {
+            storage.delete(&part_uri(&self.uri, index)).await?;
+        }
+        Ok(())
     }
 }

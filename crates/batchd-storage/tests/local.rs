@@ -112,7 +112,7 @@ async fn local_sink_shows_lines_as_committed_and_resumes_at_the_checkpoint() {
 
     let mut sink = s.open_sink(&uri, position).await.unwrap();
     sink.write(b"three\n").await.unwrap();
-    sink.finish(&s).await.unwrap();
+    sink.finish(&s).await.unwrap().cleanup(&s).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(dir.path().join("out/job/a.jsonl.out")).unwrap(),
         "one\ntwo\nthree\n"

@@ -106,7 +106,7 @@ async fn object_sink_writes_parts_while_running_and_concatenates_on_finish() {
     let mut sink = s.open_sink(&uri, 1).await.unwrap();
     sink.write(b"two\n").await.unwrap();
     sink.write(b"three\n").await.unwrap();
-    sink.finish(&s).await.unwrap();
+    sink.finish(&s).await.unwrap().cleanup(&s).await.unwrap();
     assert_eq!(
         s.get(&uri).await.unwrap(),
         Bytes::from_static(b"one\ntwo\nthree\n")

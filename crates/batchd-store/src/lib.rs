@@ -10,7 +10,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use batchd_core::{Counters, InvocationType, JobId, JobStatus, StatusError};
+use batchd_core::{Checkpoint, Counters, InvocationType, JobId, JobStatus, StatusError};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -71,12 +71,20 @@ pub struct JobRecord {
     pub last_modified_ms: i64,
     pub end_time_ms: Option<i64>,
     pub job_expiration_ms: Option<i64>,
+    /// Live counters: those of the last checkpoint while running, final once ended.
     pub counters: Counters,
+    pub checkpoint: Checkpoint,
     pub request_json: Option<String>,
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "jobs", include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "jobs", include_str!("../migrations/0001_jobs.sql")),
+    (
+        2,
+        "checkpoints",
+        include_str!("../migrations/0002_checkpoints.sql"),
+    ),
+];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
@@ -345,6 +353,34 @@ impl JobStore {
         Ok(())
     }
 
+    /// Records a checkpoint and its counters, atomically. A checkpoint behind the stored one
+    /// is refused (the stored one stays), so it never moves backwards.
+    pub async fn checkpoint(&self, id: &JobId, ckpt: &Checkpoint) -> Result<bool, StoreError> {
+        let c = &ckpt.counters;
+        let done = sqlx::query(
+            "UPDATE jobs SET ckpt_file = ?, ckpt_records = ?, ckpt_position = ?,
+                total_records = ?, processed_records = ?, success_records = ?, error_records = ?,
+                input_tokens = ?, output_tokens = ?, last_modified_ms = ?
+             WHERE job_id = ? AND (ckpt_file, ckpt_records) <= (?, ?)",
+        )
+        .bind(to_i64(ckpt.file_index))
+        .bind(to_i64(ckpt.records_in_file))
+        .bind(to_i64(ckpt.position))
+        .bind(to_i64(c.total))
+        .bind(to_i64(c.processed))
+        .bind(to_i64(c.success))
+        .bind(to_i64(c.error))
+        .bind(to_i64(c.input_tokens))
+        .bind(to_i64(c.output_tokens))
+        .bind(now_ms())
+        .bind(id.as_str())
+        .bind(to_i64(ckpt.file_index))
+        .bind(to_i64(ckpt.records_in_file))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Sets the job's message without changing its status.
     pub async fn set_message(&self, id: &JobId, message: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET message = ?, last_modified_ms = ? WHERE job_id = ?")
@@ -375,6 +411,14 @@ fn row_to_job(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let status: String = row.try_get("status")?;
     let invocation_type: String = row.try_get("invocation_type")?;
     let timeout_hours: Option<i64> = row.try_get("timeout_hours")?;
+    let counters = Counters {
+        total: to_u64(row.try_get("total_records")?),
+        processed: to_u64(row.try_get("processed_records")?),
+        success: to_u64(row.try_get("success_records")?),
+        error: to_u64(row.try_get("error_records")?),
+        input_tokens: to_u64(row.try_get("input_tokens")?),
+        output_tokens: to_u64(row.try_get("output_tokens")?),
+    };
     Ok(JobRecord {
         id: JobId::parse(&id).map_err(|_| StoreError::Corrupt {
             column: "job_id",
@@ -401,13 +445,12 @@ fn row_to_job(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         last_modified_ms: row.try_get("last_modified_ms")?,
         end_time_ms: row.try_get("end_time_ms")?,
         job_expiration_ms: row.try_get("job_expiration_ms")?,
-        counters: Counters {
-            total: to_u64(row.try_get("total_records")?),
-            processed: to_u64(row.try_get("processed_records")?),
-            success: to_u64(row.try_get("success_records")?),
-            error: to_u64(row.try_get("error_records")?),
-            input_tokens: to_u64(row.try_get("input_tokens")?),
-            output_tokens: to_u64(row.try_get("output_tokens")?),
+        counters,
+        checkpoint: Checkpoint {
+            file_index: to_u64(row.try_get("ckpt_file")?),
+            records_in_file: to_u64(row.try_get("ckpt_records")?),
+            position: to_u64(row.try_get("ckpt_position")?),
+            counters,
         },
         request_json: row.try_get("request_json")?,
     })
@@ -548,6 +591,32 @@ mod tests {
                 .is_some()
         );
         assert!(store.find_by_token("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn checkpoints_never_move_backwards() {
+        let store = JobStore::in_memory().await.unwrap();
+        let job = store.create(new_job("dddddddddddd")).await.unwrap();
+        let at = |file, records, processed| Checkpoint {
+            file_index: file,
+            records_in_file: records,
+            position: records * 10,
+            counters: Counters {
+                total: 100,
+                processed,
+                success: processed,
+                ..Counters::default()
+            },
+        };
+        assert!(store.checkpoint(&job.id, &at(0, 5, 5)).await.unwrap());
+        assert!(store.checkpoint(&job.id, &at(1, 2, 12)).await.unwrap());
+        assert!(
+            !store.checkpoint(&job.id, &at(0, 9, 9)).await.unwrap(),
+            "backwards is refused"
+        );
+        let job = store.get(&job.id).await.unwrap().unwrap();
+        assert_eq!(job.checkpoint, at(1, 2, 12));
+        assert_eq!(job.counters.processed, 12);
     }
 
     #[tokio::test]

@@ -13,14 +13,13 @@ use anyhow::{Context, bail};
 use batchd_backends::ModelBackend;
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{InvocationType, JobArn, JobId, JobStatus};
-use batchd_engine::{Engine, JobSpec, Progress};
+use batchd_engine::{Engine, JobSpec, Progress, StopReason, StopSignal};
 use batchd_formats::converse::ConverseOptions;
 use batchd_storage::{Storage, StorageUri};
 use batchd_store::{JobStore, NewJob};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ModelConfig};
 
@@ -268,8 +267,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         concurrency,
     };
 
-    let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone());
+    let stop = StopSignal::new();
+    spawn_signal_handler(stop.clone());
     let (progress_tx, progress_rx) = watch::channel(Progress {
         status: JobStatus::Submitted,
         counters: Default::default(),
@@ -283,7 +282,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         concurrency
     );
     let outcome = engine
-        .run_job(&spec, backend, &store, &progress_tx, &cancel)
+        .run_job(&spec, backend, &store, &progress_tx, &stop)
         .await;
     drop(progress_tx);
     let _ = bar_task.await;
@@ -325,11 +324,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// First Ctrl-C / SIGTERM: stop taking records and finish cleanly. Second: exit now.
-fn spawn_signal_handler(cancel: CancellationToken) {
+fn spawn_signal_handler(stop: StopSignal) {
     tokio::spawn(async move {
         wait_for_signal().await;
         eprintln!("\nstopping: finishing records in flight (press Ctrl-C again to exit now)");
-        cancel.cancel();
+        stop.stop(StopReason::User);
         wait_for_signal().await;
         std::process::exit(130);
     });
