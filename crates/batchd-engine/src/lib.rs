@@ -10,6 +10,7 @@
 //!   both (the CLI's in-process job).
 
 pub mod retry;
+pub mod scheduler;
 pub mod run;
 pub mod validate;
 

@@ -206,18 +206,18 @@ impl JobStore {
     }
 
     /// Jobs in the given statuses, oldest first (the scheduler's and resume's view).
-    pub async fn list_in_status(
-        &self,
-        statuses: &[JobStatus],
-    ) -> Result<Vec<JobRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM jobs ORDER BY submit_time_ms, job_id")
-            .fetch_all(&self.pool)
-            .await?;
-        let jobs = rows.iter().map(row_to_job).collect::<Result<Vec<_>, _>>()?;
-        Ok(jobs
-            .into_iter()
-            .filter(|j| statuses.contains(&j.status))
-            .collect())
+    pub async fn list_in_status(&self, statuses: &[JobStatus]) -> Result<Vec<JobRecord>, StoreError> {
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE status IN (");
+        let mut list = q.separated(", ");
+        for status in statuses {
+            list.push_bind(status.as_str());
+        }
+        q.push(") ORDER BY submit_time_ms, job_id");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(row_to_job).collect()
     }
 
     /// One page of jobs, in submit-time order (ties broken by id), after the cursor.

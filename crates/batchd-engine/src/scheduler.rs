@@ -1,0 +1,465 @@
+//! The server's job scheduler: drives jobs through their lifecycle from the job store, so that
+//! the store, not memory, is the truth and a restarted server picks up where it was.
+//!
+//! Each pass: jobs `Scheduled` past their expiration → `Expired`; `Submitted` jobs are
+//! validated (a few at a time); `Scheduled` jobs start, oldest first, while fewer than
+//! `max_running_jobs` run. A running job past its expiration is stopped as `PartiallyCompleted`.
+//! On start, jobs left `InProgress`, `Stopping` or `Validating` are resumed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use batchd_backends::ModelBackend;
+use batchd_core::{Counters, InvocationType, JobArn, JobId, JobStatus};
+use batchd_formats::converse::ConverseOptions;
+use batchd_storage::StorageUri;
+use batchd_store::{JobRecord, JobStore, NewJob, StoreError, now_ms};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Engine, EngineError, JobSpec, Progress, StopReason, StopSignal};
+
+/// A model jobs may name, with the backend that serves it.
+#[derive(Clone)]
+pub struct ModelEntry {
+    pub backend: Arc<dyn ModelBackend>,
+    /// Records in flight per job.
+    pub concurrency: usize,
+    pub converse: ConverseOptions,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Jobs executing at once.
+    pub max_running_jobs: usize,
+    /// Submitted + running jobs per model; more is ServiceQuotaExceeded.
+    pub max_active_jobs_per_model: u64,
+    /// One "hour" of `timeoutDurationInHours` (shorter in tests).
+    pub timeout_unit: Duration,
+    /// `timeoutDurationInHours` when a request has none.
+    pub default_timeout_hours: u32,
+    /// Validations at once.
+    pub max_validating_jobs: usize,
+    pub region: String,
+    pub account_id: String,
+    /// How often the store is looked at when nothing wakes the scheduler.
+    pub poll_interval: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_running_jobs: 2,
+            max_active_jobs_per_model: 20,
+            timeout_unit: Duration::from_secs(3600),
+            default_timeout_hours: 24,
+            max_validating_jobs: 2,
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("{0}")]
+    UnknownModel(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A job to create (already validated for shape by the API).
+#[derive(Debug, Clone)]
+pub struct CreateJob {
+    pub name: String,
+    pub model_id: String,
+    pub role_arn: Option<String>,
+    pub client_request_token: Option<String>,
+    pub invocation_type: InvocationType,
+    pub input_uri: String,
+    pub output_uri: String,
+    pub timeout_hours: Option<u32>,
+    pub request_json: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    store: JobStore,
+    models: HashMap<String, ModelEntry>,
+    config: SchedulerConfig,
+    /// Executing jobs and how to stop each.
+    running: Mutex<HashMap<JobId, StopSignal>>,
+    validating: Mutex<HashSet<JobId>>,
+    /// Serialises status decisions (start, stop) so they never race each other.
+    decisions: tokio::sync::Mutex<()>,
+    wake: Notify,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The model id a job names: a foundation-model ARN names the model after its last `/`.
+pub fn normalize_model_id(model_id: &str) -> &str {
+    match model_id.strip_prefix("arn:") {
+        Some(_) if model_id.contains(":foundation-model/") => model_id.rsplit('/').next().unwrap_or(model_id),
+        _ => model_id,
+    }
+}
+
+impl Scheduler {
+    pub fn new(engine: Engine, store: JobStore, models: HashMap<String, ModelEntry>, config: SchedulerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                store,
+                models,
+                config,
+                running: Mutex::new(HashMap::new()),
+                validating: Mutex::new(HashSet::new()),
+                decisions: tokio::sync::Mutex::new(()),
+                wake: Notify::new(),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &JobStore {
+        &self.inner.store
+    }
+
+    /// Starts the scheduling loop (resuming unfinished jobs first).
+    pub fn start(&self) {
+        let this = self.clone();
+        self.inner.tasks.spawn(async move { this.run_loop().await });
+    }
+
+    /// Stops taking work, asks running jobs to checkpoint and stop (they stay `InProgress`),
+    /// and waits for every task.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        for signal in lock(&self.inner.running).values() {
+            signal.stop(StopReason::Shutdown);
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    pub async fn create(&self, req: CreateJob) -> Result<JobRecord, SchedulerError> {
+        let store = &self.inner.store;
+        if let Some(token) = &req.client_request_token
+            && let Some(existing) = store.find_by_token(token).await?
+        {
+            return Ok(existing);
+        }
+        let model_id = normalize_model_id(&req.model_id);
+        if !self.inner.models.contains_key(model_id) {
+            let mut known: Vec<&str> = self.inner.models.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(SchedulerError::UnknownModel(format!(
+                "modelId {:?} is not a model of this server; configured models: {}",
+                req.model_id,
+                known.join(", ")
+            )));
+        }
+        for (field, uri) in [("inputDataConfig", &req.input_uri), ("outputDataConfig", &req.output_uri)] {
+            StorageUri::parse(uri).map_err(|e| SchedulerError::BadRequest(format!("{field}: {e}")))?;
+        }
+        if let Some(active) = store.find_active_by_name(&req.name).await? {
+            return Err(SchedulerError::Conflict(format!(
+                "The provided job name is currently in use: job {} ({}) is {}",
+                active.id, active.name, active.status
+            )));
+        }
+        let active = store.count_active_by_model(model_id).await?;
+        if active >= self.inner.config.max_active_jobs_per_model {
+            return Err(SchedulerError::QuotaExceeded(format!(
+                "Sum of in-progress and submitted batch inference jobs using a base model for {model_id} \
+                 ({}) reached",
+                self.inner.config.max_active_jobs_per_model
+            )));
+        }
+        let id = JobId::from_random((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)));
+        let arn = JobArn::new(&self.inner.config.region, &self.inner.config.account_id, id.clone());
+        let hours = req.timeout_hours.unwrap_or(self.inner.config.default_timeout_hours);
+        let timeout_ms = self.inner.config.timeout_unit.as_millis() as i64 * i64::from(hours);
+        let new_job = NewJob {
+            id,
+            arn: arn.to_string(),
+            name: req.name,
+            model_id: req.model_id.clone(),
+            role_arn: req.role_arn,
+            client_request_token: req.client_request_token.clone(),
+            invocation_type: req.invocation_type,
+            input_uri: req.input_uri,
+            output_uri: req.output_uri,
+            timeout_hours: Some(hours),
+            job_expiration_ms: Some(now_ms() + timeout_ms),
+            request_json: req.request_json,
+        };
+        let job = match store.create(new_job).await {
+            Ok(job) => job,
+            // Two creates with one token raced: the first one's job is the answer.
+            Err(e) => match &req.client_request_token {
+                Some(token) => store.find_by_token(token).await?.ok_or(e)?,
+                None => return Err(e.into()),
+            },
+        };
+        self.inner.wake.notify_one();
+        Ok(job)
+    }
+
+    /// Stops a job that has not ended. Running jobs finish their in-flight records, write
+    /// what is done and the manifest; jobs not started yet stop at once.
+    pub async fn stop(&self, id: &JobId) -> Result<(), SchedulerError> {
+        let _decisions = self.inner.decisions.lock().await;
+        let store = &self.inner.store;
+        let job = store.get(id).await?.ok_or_else(|| SchedulerError::NotFound(id.clone()))?;
+        if job.status.is_terminal() {
+            return Err(SchedulerError::Conflict(format!(
+                "job {id} is {} and cannot be stopped",
+                job.status
+            )));
+        }
+        if job.status == JobStatus::Stopping {
+            return Ok(());
+        }
+        store.transition(id, JobStatus::Stopping, None).await?;
+        let signal = lock(&self.inner.running).get(id).cloned();
+        match signal {
+            Some(signal) => signal.stop(StopReason::User),
+            // Validation in flight notices the Stopping status itself when it ends.
+            None if lock(&self.inner.validating).contains(id) => {}
+            None => self.finish_stopped_unstarted(&job).await?,
+        }
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// A job stopped before it ran: the manifest says so, then `Stopped`.
+    async fn finish_stopped_unstarted(&self, job: &JobRecord) -> Result<(), SchedulerError> {
+        let counters = Counters { total: job.counters.total, ..Counters::default() };
+        if let Ok(out) = StorageUri::parse(&job.output_uri) {
+            let manifest = batchd_formats::manifest::Manifest::from(&counters).to_json();
+            let uri = out.join(&format!("{}/manifest.json.out", job.id));
+            if let Err(e) = self.inner.engine.storage().put(&uri, manifest.into()).await {
+                tracing::warn!(job = %job.id, error = %e, "cannot write the manifest of a stopped job");
+            }
+        }
+        self.inner
+            .store
+            .transition(&job.id, JobStatus::Stopped, Some("stopped before it started; no record ran"))
+            .await?;
+        Ok(())
+    }
+
+    fn spec(&self, job: &JobRecord) -> Result<JobSpec, String> {
+        let model = self
+            .inner
+            .models
+            .get(normalize_model_id(&job.model_id))
+            .ok_or_else(|| format!("model {} is no longer configured on this server", job.model_id))?;
+        let inputs = job
+            .input_uri
+            .lines()
+            .map(StorageUri::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(JobSpec {
+            job_id: job.id.clone(),
+            inputs,
+            output: StorageUri::parse(&job.output_uri).map_err(|e| e.to_string())?,
+            invocation_type: job.invocation_type,
+            converse: model.converse.clone(),
+            concurrency: model.concurrency,
+        })
+    }
+
+    async fn run_loop(&self) {
+        if let Err(e) = self.resume().await {
+            tracing::error!(error = %e, "cannot resume unfinished jobs");
+        }
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = %e, "scheduler pass failed");
+            }
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn resume(&self) -> Result<(), StoreError> {
+        let jobs = self.inner.store.list_in_status(&[JobStatus::InProgress, JobStatus::Stopping]).await?;
+        for job in jobs {
+            tracing::info!(job = %job.id, status = %job.status, "resuming job");
+            self.start_execution(job);
+        }
+        Ok(())
+    }
+
+    async fn tick(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let store = &self.inner.store;
+        let _decisions = self.inner.decisions.lock().await;
+        let waiting = store
+            .list_in_status(&[JobStatus::Submitted, JobStatus::Validating, JobStatus::Scheduled])
+            .await?;
+        for job in waiting {
+            if self.inner.shutdown.is_cancelled() {
+                break;
+            }
+            let expired = job.job_expiration_ms.is_some_and(|t| t <= now);
+            match job.status {
+                JobStatus::Scheduled if expired => {
+                    let hours = job.timeout_hours.unwrap_or(self.inner.config.default_timeout_hours);
+                    let message = format!("the job did not start within its timeout ({hours} hours)");
+                    store.transition(&job.id, JobStatus::Expired, Some(&message)).await?;
+                }
+                JobStatus::Scheduled => {
+                    let running = lock(&self.inner.running);
+                    // Its task may not have moved it to InProgress yet.
+                    let starting = running.contains_key(&job.id);
+                    let room = running.len() < self.inner.config.max_running_jobs;
+                    drop(running);
+                    if room && !starting {
+                        self.start_execution(job);
+                    }
+                }
+                JobStatus::Submitted | JobStatus::Validating => {
+                    let busy = lock(&self.inner.validating).len() >= self.inner.config.max_validating_jobs;
+                    if !busy && !lock(&self.inner.validating).contains(&job.id) {
+                        self.start_validation(job);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn start_validation(&self, job: JobRecord) {
+        lock(&self.inner.validating).insert(job.id.clone());
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            let id = job.id.clone();
+            let result = match this.spec(&job) {
+                Ok(spec) => {
+                    let (progress, _) = watch::channel(Progress { status: job.status, counters: Counters::default() });
+                    tokio::select! {
+                        r = this.inner.engine.validate_job(&spec, &this.inner.store, &progress) => r.map(|_| ()),
+                        // Redone from the start after a restart.
+                        _ = this.inner.shutdown.cancelled() => Ok(()),
+                    }
+                }
+                Err(message) => this.fail(&job, &message).await,
+            };
+            if let Err(e) = result {
+                this.after_interrupted_validation(&id, e).await;
+            }
+            lock(&this.inner.validating).remove(&id);
+            this.inner.wake.notify_one();
+        });
+    }
+
+    /// Validation could not move the job on: a stop arrived meanwhile, or something broke.
+    async fn after_interrupted_validation(&self, id: &JobId, error: EngineError) {
+        let _decisions = self.inner.decisions.lock().await;
+        match self.inner.store.get(id).await {
+            Ok(Some(job)) if job.status == JobStatus::Stopping => {
+                if let Err(e) = self.finish_stopped_unstarted(&job).await {
+                    tracing::error!(job = %id, error = %e, "cannot finish a stopped job");
+                }
+            }
+            Ok(Some(job)) if !job.status.is_terminal() => {
+                let message = format!("validation failed: {error}");
+                if let Err(e) = self.fail(&job, &message).await {
+                    tracing::error!(job = %id, error = %e, "cannot fail a job");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn fail(&self, job: &JobRecord, message: &str) -> Result<(), EngineError> {
+        tracing::warn!(job = %job.id, message, "job failed");
+        let status = job.status;
+        if status == JobStatus::Submitted {
+            self.inner.store.transition(&job.id, JobStatus::Validating, None).await?;
+        }
+        if status == JobStatus::Scheduled {
+            self.inner.store.transition(&job.id, JobStatus::InProgress, None).await?;
+        }
+        self.inner.store.transition(&job.id, JobStatus::Failed, Some(message)).await?;
+        Ok(())
+    }
+
+    fn start_execution(&self, job: JobRecord) {
+        let signal = StopSignal::new();
+        if self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        lock(&self.inner.running).insert(job.id.clone(), signal.clone());
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            let id = job.id.clone();
+            match this.spec(&job) {
+                Ok(spec) => this.execute(&job, &spec, &signal).await,
+                Err(message) => {
+                    if let Err(e) = this.fail(&job, &message).await {
+                        tracing::error!(job = %id, error = %e, "cannot fail a job");
+                    }
+                }
+            }
+            lock(&this.inner.running).remove(&id);
+            this.inner.wake.notify_one();
+        });
+    }
+
+    async fn execute(&self, job: &JobRecord, spec: &JobSpec, signal: &StopSignal) {
+        let Some(model) = self.inner.models.get(normalize_model_id(&job.model_id)) else { return };
+        // The job's timeout stops it where it is: PartiallyCompleted.
+        let timer = job.job_expiration_ms.map(|at| {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                signal.stop(StopReason::Timeout);
+            })
+        });
+        let (progress, _) = watch::channel(Progress { status: job.status, counters: job.counters });
+        let result = self
+            .inner
+            .engine
+            .execute_job(spec, model.backend.clone(), &self.inner.store, &progress, signal)
+            .await;
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+        match result {
+            Ok(outcome) => tracing::info!(job = %job.id, status = %outcome.status, "job run ended"),
+            Err(e) => tracing::error!(job = %job.id, error = %e, "job run failed"),
+        }
+    }
+}
