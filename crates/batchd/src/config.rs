@@ -22,7 +22,74 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub quotas: QuotasSection,
+    #[serde(default)]
     pub models: Vec<ModelConfig>,
+}
+
+/// Scheduling limits of `batchd serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Jobs executing at once.
+    pub max_running_jobs: usize,
+    /// Submitted + running jobs per model ("Sum of in-progress and submitted batch inference
+    /// jobs using a base model"); more is ServiceQuotaExceededException.
+    pub max_jobs_per_model: u64,
+    /// Seconds in one hour of `timeoutDurationInHours` (3600; shorter for tests).
+    pub timeout_unit_seconds: f64,
+    /// `timeoutDurationInHours` of a request without one.
+    pub default_timeout_hours: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self { max_running_jobs: 2, max_jobs_per_model: 20, timeout_unit_seconds: 3600.0, default_timeout_hours: 24 }
+    }
+}
+
+/// Bedrock's batch quotas, checked while a server job validates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasSection {
+    /// "Records per input file per batch inference job".
+    pub records_per_input_file: u64,
+    /// "Records per batch inference job".
+    pub records_per_job: u64,
+    /// "Minimum number of records per batch inference job" (Bedrock: 100).
+    pub min_records_per_job: u64,
+    /// "Batch inference input file size (in GB)".
+    pub input_file_size_gb: f64,
+    /// "Batch inference job size (in GB)".
+    pub job_size_gb: f64,
+}
+
+impl Default for QuotasSection {
+    fn default() -> Self {
+        let q = batchd_engine::Quotas::default();
+        Self {
+            records_per_input_file: q.max_records_per_file,
+            records_per_job: q.max_records_per_job,
+            min_records_per_job: q.min_records_per_job,
+            input_file_size_gb: 1.0,
+            job_size_gb: 5.0,
+        }
+    }
+}
+
+impl QuotasSection {
+    pub fn quotas(&self) -> batchd_engine::Quotas {
+        let gb = |g: f64| (g * 1e9).max(0.0) as u64;
+        batchd_engine::Quotas {
+            max_records_per_file: self.records_per_input_file,
+            max_records_per_job: self.records_per_job,
+            min_records_per_job: self.min_records_per_job,
+            max_file_bytes: gb(self.input_file_size_gb),
+            max_job_bytes: gb(self.job_size_gb),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -150,6 +217,12 @@ impl Config {
         if !self.engine.attempt_timeout_secs.is_finite() || self.engine.attempt_timeout_secs <= 0.0
         {
             bail!("engine.attempt_timeout_secs must be positive");
+        }
+        if self.limits.max_running_jobs == 0 {
+            bail!("limits.max_running_jobs must be at least 1");
+        }
+        if !self.limits.timeout_unit_seconds.is_finite() || self.limits.timeout_unit_seconds <= 0.0 {
+            bail!("limits.timeout_unit_seconds must be positive");
         }
         if !matches!(self.engine.blank_lines.as_str(), "skip" | "reject") {
             bail!("engine.blank_lines must be \"skip\" or \"reject\"");

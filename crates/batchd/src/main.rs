@@ -2,6 +2,7 @@
 //! input files. Config, storage, backends and the job store are built here, once.
 
 mod config;
+mod serve;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -83,6 +84,16 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Serve the Bedrock batch control plane (boto3 / AWS CLI with --endpoint-url) and run jobs.
+    Serve {
+        /// Address to listen on (port 0 picks a free port, printed on the first line).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check input files; print every defect as file:line: field: reason.
     Validate {
         #[arg(required = true)]
@@ -154,6 +165,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             run(args).await
         }
+        Command::Serve { listen, data_dir, config } => {
+            serve::serve(serve::ServeArgs { listen, data_dir, config }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate {
             inputs,
             invocation_type,
@@ -183,7 +198,7 @@ fn parse_uris(inputs: &[String]) -> anyhow::Result<Vec<StorageUri>> {
         .collect()
 }
 
-fn build_backend(model: &ModelConfig, concurrency: usize) -> anyhow::Result<Arc<dyn ModelBackend>> {
+pub(crate) fn build_backend(model: &ModelConfig, concurrency: usize) -> anyhow::Result<Arc<dyn ModelBackend>> {
     match model.backend.as_str() {
         "openai" => {
             let api_key = match &model.api_key_env {
@@ -334,7 +349,7 @@ fn spawn_signal_handler(stop: StopSignal) {
     });
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
