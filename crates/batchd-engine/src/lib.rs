@@ -10,8 +10,8 @@
 //!   both (the CLI's in-process job).
 
 pub mod retry;
-pub mod scheduler;
 pub mod run;
+pub mod scheduler;
 pub mod validate;
 
 use std::sync::Arc;

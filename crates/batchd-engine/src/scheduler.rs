@@ -120,13 +120,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The model id a job names: a foundation-model ARN names the model after its last `/`.
 pub fn normalize_model_id(model_id: &str) -> &str {
     match model_id.strip_prefix("arn:") {
-        Some(_) if model_id.contains(":foundation-model/") => model_id.rsplit('/').next().unwrap_or(model_id),
+        Some(_) if model_id.contains(":foundation-model/") => {
+            model_id.rsplit('/').next().unwrap_or(model_id)
+        }
         _ => model_id,
     }
 }
 
 impl Scheduler {
-    pub fn new(engine: Engine, store: JobStore, models: HashMap<String, ModelEntry>, config: SchedulerConfig) -> Self {
+    pub fn new(
+        engine: Engine,
+        store: JobStore,
+        models: HashMap<String, ModelEntry>,
+        config: SchedulerConfig,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
@@ -181,8 +188,12 @@ impl Scheduler {
                 known.join(", ")
             )));
         }
-        for (field, uri) in [("inputDataConfig", &req.input_uri), ("outputDataConfig", &req.output_uri)] {
-            StorageUri::parse(uri).map_err(|e| SchedulerError::BadRequest(format!("{field}: {e}")))?;
+        for (field, uri) in [
+            ("inputDataConfig", &req.input_uri),
+            ("outputDataConfig", &req.output_uri),
+        ] {
+            StorageUri::parse(uri)
+                .map_err(|e| SchedulerError::BadRequest(format!("{field}: {e}")))?;
         }
         if let Some(active) = store.find_active_by_name(&req.name).await? {
             return Err(SchedulerError::Conflict(format!(
@@ -198,9 +209,17 @@ impl Scheduler {
                 self.inner.config.max_active_jobs_per_model
             )));
         }
-        let id = JobId::from_random((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)));
-        let arn = JobArn::new(&self.inner.config.region, &self.inner.config.account_id, id.clone());
-        let hours = req.timeout_hours.unwrap_or(self.inner.config.default_timeout_hours);
+        let id = JobId::from_random(
+            (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)),
+        );
+        let arn = JobArn::new(
+            &self.inner.config.region,
+            &self.inner.config.account_id,
+            id.clone(),
+        );
+        let hours = req
+            .timeout_hours
+            .unwrap_or(self.inner.config.default_timeout_hours);
         let timeout_ms = self.inner.config.timeout_unit.as_millis() as i64 * i64::from(hours);
         let new_job = NewJob {
             id,
@@ -233,7 +252,10 @@ impl Scheduler {
     pub async fn stop(&self, id: &JobId) -> Result<(), SchedulerError> {
         let _decisions = self.inner.decisions.lock().await;
         let store = &self.inner.store;
-        let job = store.get(id).await?.ok_or_else(|| SchedulerError::NotFound(id.clone()))?;
+        let job = store
+            .get(id)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(id.clone()))?;
         if job.status.is_terminal() {
             return Err(SchedulerError::Conflict(format!(
                 "job {id} is {} and cannot be stopped",
@@ -257,7 +279,10 @@ impl Scheduler {
 
     /// A job stopped before it ran: the manifest says so, then `Stopped`.
     async fn finish_stopped_unstarted(&self, job: &JobRecord) -> Result<(), SchedulerError> {
-        let counters = Counters { total: job.counters.total, ..Counters::default() };
+        let counters = Counters {
+            total: job.counters.total,
+            ..Counters::default()
+        };
         if let Ok(out) = StorageUri::parse(&job.output_uri) {
             let manifest = batchd_formats::manifest::Manifest::from(&counters).to_json();
             let uri = out.join(&format!("{}/manifest.json.out", job.id));
@@ -267,7 +292,11 @@ impl Scheduler {
         }
         self.inner
             .store
-            .transition(&job.id, JobStatus::Stopped, Some("stopped before it started; no record ran"))
+            .transition(
+                &job.id,
+                JobStatus::Stopped,
+                Some("stopped before it started; no record ran"),
+            )
             .await?;
         Ok(())
     }
@@ -277,7 +306,12 @@ impl Scheduler {
             .inner
             .models
             .get(normalize_model_id(&job.model_id))
-            .ok_or_else(|| format!("model {} is no longer configured on this server", job.model_id))?;
+            .ok_or_else(|| {
+                format!(
+                    "model {} is no longer configured on this server",
+                    job.model_id
+                )
+            })?;
         let inputs = job
             .input_uri
             .lines()
@@ -311,7 +345,11 @@ impl Scheduler {
     }
 
     async fn resume(&self) -> Result<(), StoreError> {
-        let jobs = self.inner.store.list_in_status(&[JobStatus::InProgress, JobStatus::Stopping]).await?;
+        let jobs = self
+            .inner
+            .store
+            .list_in_status(&[JobStatus::InProgress, JobStatus::Stopping])
+            .await?;
         for job in jobs {
             tracing::info!(job = %job.id, status = %job.status, "resuming job");
             self.start_execution(job);
@@ -324,7 +362,11 @@ impl Scheduler {
         let store = &self.inner.store;
         let _decisions = self.inner.decisions.lock().await;
         let waiting = store
-            .list_in_status(&[JobStatus::Submitted, JobStatus::Validating, JobStatus::Scheduled])
+            .list_in_status(&[
+                JobStatus::Submitted,
+                JobStatus::Validating,
+                JobStatus::Scheduled,
+            ])
             .await?;
         for job in waiting {
             if self.inner.shutdown.is_cancelled() {
@@ -333,9 +375,14 @@ impl Scheduler {
             let expired = job.job_expiration_ms.is_some_and(|t| t <= now);
             match job.status {
                 JobStatus::Scheduled if expired => {
-                    let hours = job.timeout_hours.unwrap_or(self.inner.config.default_timeout_hours);
-                    let message = format!("the job did not start within its timeout ({hours} hours)");
-                    store.transition(&job.id, JobStatus::Expired, Some(&message)).await?;
+                    let hours = job
+                        .timeout_hours
+                        .unwrap_or(self.inner.config.default_timeout_hours);
+                    let message =
+                        format!("the job did not start within its timeout ({hours} hours)");
+                    store
+                        .transition(&job.id, JobStatus::Expired, Some(&message))
+                        .await?;
                 }
                 JobStatus::Scheduled => {
                     let running = lock(&self.inner.running);
@@ -348,7 +395,8 @@ impl Scheduler {
                     }
                 }
                 JobStatus::Submitted | JobStatus::Validating => {
-                    let busy = lock(&self.inner.validating).len() >= self.inner.config.max_validating_jobs;
+                    let busy =
+                        lock(&self.inner.validating).len() >= self.inner.config.max_validating_jobs;
                     if !busy && !lock(&self.inner.validating).contains(&job.id) {
                         self.start_validation(job);
                     }
@@ -406,12 +454,21 @@ impl Scheduler {
         tracing::warn!(job = %job.id, message, "job failed");
         let status = job.status;
         if status == JobStatus::Submitted {
-            self.inner.store.transition(&job.id, JobStatus::Validating, None).await?;
+            self.inner
+                .store
+                .transition(&job.id, JobStatus::Validating, None)
+                .await?;
         }
         if status == JobStatus::Scheduled {
-            self.inner.store.transition(&job.id, JobStatus::InProgress, None).await?;
+            self.inner
+                .store
+                .transition(&job.id, JobStatus::InProgress, None)
+                .await?;
         }
-        self.inner.store.transition(&job.id, JobStatus::Failed, Some(message)).await?;
+        self.inner
+            .store
+            .transition(&job.id, JobStatus::Failed, Some(message))
+            .await?;
         Ok(())
     }
 
@@ -438,7 +495,9 @@ impl Scheduler {
     }
 
     async fn execute(&self, job: &JobRecord, spec: &JobSpec, signal: &StopSignal) {
-        let Some(model) = self.inner.models.get(normalize_model_id(&job.model_id)) else { return };
+        let Some(model) = self.inner.models.get(normalize_model_id(&job.model_id)) else {
+            return;
+        };
         // The job's timeout stops it where it is: PartiallyCompleted.
         let timer = job.job_expiration_ms.map(|at| {
             let signal = signal.clone();
@@ -448,11 +507,20 @@ impl Scheduler {
                 signal.stop(StopReason::Timeout);
             })
         });
-        let (progress, _) = watch::channel(Progress { status: job.status, counters: job.counters });
+        let (progress, _) = watch::channel(Progress {
+            status: job.status,
+            counters: job.counters,
+        });
         let result = self
             .inner
             .engine
-            .execute_job(spec, model.backend.clone(), &self.inner.store, &progress, signal)
+            .execute_job(
+                spec,
+                model.backend.clone(),
+                &self.inner.store,
+                &progress,
+                signal,
+            )
             .await;
         if let Some(timer) = timer {
             timer.abort();

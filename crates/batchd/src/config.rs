@@ -46,7 +46,12 @@ pub struct LimitsSection {
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        Self { max_running_jobs: 2, max_jobs_per_model: 20, timeout_unit_seconds: 3600.0, default_timeout_hours: 24 }
+        Self {
+            max_running_jobs: 2,
+            max_jobs_per_model: 20,
+            timeout_unit_seconds: 3600.0,
+            default_timeout_hours: 24,
+        }
     }
 }
 
@@ -221,7 +226,8 @@ impl Config {
         if self.limits.max_running_jobs == 0 {
             bail!("limits.max_running_jobs must be at least 1");
         }
-        if !self.limits.timeout_unit_seconds.is_finite() || self.limits.timeout_unit_seconds <= 0.0 {
+        if !self.limits.timeout_unit_seconds.is_finite() || self.limits.timeout_unit_seconds <= 0.0
+        {
             bail!("limits.timeout_unit_seconds must be positive");
         }
         if !matches!(self.engine.blank_lines.as_str(), "skip" | "reject") {

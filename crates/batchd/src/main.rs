@@ -165,8 +165,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             run(args).await
         }
-        Command::Serve { listen, data_dir, config } => {
-            serve::serve(serve::ServeArgs { listen, data_dir, config }).await?;
+        Command::Serve {
+            listen,
+            data_dir,
+            config,
+        } => {
+            serve::serve(serve::ServeArgs {
+                listen,
+                data_dir,
+                config,
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate {
@@ -198,7 +207,10 @@ fn parse_uris(inputs: &[String]) -> anyhow::Result<Vec<StorageUri>> {
         .collect()
 }
 
-pub(crate) fn build_backend(model: &ModelConfig, concurrency: usize) -> anyhow::Result<Arc<dyn ModelBackend>> {
+pub(crate) fn build_backend(
+    model: &ModelConfig,
+    concurrency: usize,
+) -> anyhow::Result<Arc<dyn ModelBackend>> {
     match model.backend.as_str() {
         "openai" => {
             let api_key = match &model.api_key_env {

@@ -30,7 +30,9 @@ struct SchedulerService(Scheduler);
 
 fn service_error(e: SchedulerError) -> ServiceError {
     match e {
-        SchedulerError::UnknownModel(m) | SchedulerError::BadRequest(m) => ServiceError::Validation(m),
+        SchedulerError::UnknownModel(m) | SchedulerError::BadRequest(m) => {
+            ServiceError::Validation(m)
+        }
         SchedulerError::Conflict(m) => ServiceError::Conflict(m),
         SchedulerError::QuotaExceeded(m) => ServiceError::QuotaExceeded(m),
         SchedulerError::NotFound(id) => ServiceError::NotFound(format!("Could not find job {id}")),
@@ -64,7 +66,11 @@ impl JobService for SchedulerService {
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, ServiceError> {
-        self.0.store().list(&filter).await.map_err(|e| ServiceError::Internal(e.to_string()))
+        self.0
+            .store()
+            .list(&filter)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 
     async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError> {
@@ -85,10 +91,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let mut models = HashMap::new();
     for model in &config.models {
-        let concurrency = model.max_concurrency.unwrap_or(config.engine.concurrency).max(1);
+        let concurrency = model
+            .max_concurrency
+            .unwrap_or(config.engine.concurrency)
+            .max(1);
         let backend = crate::build_backend(model, concurrency)?;
-        let converse = ConverseOptions { allow_tool_config: model.allow_tool_config.unwrap_or(true) };
-        models.insert(model.id.clone(), ModelEntry { backend, concurrency, converse });
+        let converse = ConverseOptions {
+            allow_tool_config: model.allow_tool_config.unwrap_or(true),
+        };
+        models.insert(
+            model.id.clone(),
+            ModelEntry {
+                backend,
+                concurrency,
+                converse,
+            },
+        );
     }
     let scheduler_config = SchedulerConfig {
         max_running_jobs: config.limits.max_running_jobs,
@@ -102,7 +120,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let scheduler = Scheduler::new(engine, store.clone(), models, scheduler_config);
     scheduler.start();
 
-    let api_config = ApiConfig { region: config.server.region.clone(), account_id: config.server.account_id.clone() };
+    let api_config = ApiConfig {
+        region: config.server.region.clone(),
+        account_id: config.server.account_id.clone(),
+    };
     let app = batchd_api::router(Arc::new(SchedulerService(scheduler.clone())), api_config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

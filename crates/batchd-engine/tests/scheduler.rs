@@ -1,0 +1,264 @@
+//! The scheduler in-process against the fake backend: lifecycle, stop, timeouts, expiry,
+//! limits and resuming after a shutdown.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
+use batchd_core::{InvocationType, JobId, JobStatus};
+use batchd_engine::scheduler::{CreateJob, ModelEntry, Scheduler, SchedulerConfig, SchedulerError};
+use batchd_engine::{Engine, EngineConfig};
+use batchd_formats::converse::ConverseOptions;
+use batchd_storage::{Storage, StorageConfig};
+use batchd_store::{JobRecord, JobStore};
+use batchd_testkit::{FakeConfig, FakeServer};
+
+const MODEL: &str = "test.model-v1";
+
+fn write_records(path: &Path, n: usize) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"recordId\":\"r{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -> Scheduler {
+    let storage = Arc::new(Storage::new(StorageConfig {
+        data_dir: dir.into(),
+        ..Default::default()
+    }));
+    let engine = Engine::new(storage, EngineConfig::default());
+    let store = JobStore::open(&dir.join("batchd.sqlite")).await.unwrap();
+    let backend = Arc::new(
+        OpenAiBackend::new(OpenAiConfig {
+            base_url: fake.base_url(),
+            model: "fake".into(),
+            api_key: None,
+            max_connections: 4,
+        })
+        .unwrap(),
+    );
+    let models = HashMap::from([(
+        MODEL.to_owned(),
+        ModelEntry {
+            backend,
+            concurrency: 4,
+            converse: ConverseOptions::default(),
+        },
+    )]);
+    let s = Scheduler::new(
+        engine,
+        store,
+        models,
+        SchedulerConfig {
+            poll_interval: Duration::from_millis(20),
+            ..config
+        },
+    );
+    s.start();
+    s
+}
+
+fn create(name: &str, timeout_hours: Option<u32>) -> CreateJob {
+    CreateJob {
+        name: name.into(),
+        model_id: MODEL.into(),
+        role_arn: None,
+        client_request_token: None,
+        invocation_type: InvocationType::Converse,
+        input_uri: "s3://bucket/in/".into(),
+        output_uri: "s3://bucket/out/".into(),
+        timeout_hours,
+        request_json: None,
+    }
+}
+
+async fn wait_for(s: &Scheduler, id: &JobId, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = s.store().get(id).await.unwrap().unwrap();
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out; job is {:?}",
+            job.status
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn output_ids(dir: &Path, id: &JobId) -> Vec<String> {
+    let path = dir.join(format!("buckets/bucket/out/{id}/a.jsonl.out"));
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["recordId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_and_create_is_idempotent_by_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 20);
+    let s = scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
+    let with_token = CreateJob {
+        client_request_token: Some("tok1".into()),
+        ..create("one", None)
+    };
+    let job = s.create(with_token.clone()).await.unwrap();
+    assert_eq!(
+        s.create(with_token).await.unwrap().id,
+        job.id,
+        "same token, same job"
+    );
+    let done = wait_for(&s, &job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.message);
+    assert_eq!(done.counters.processed, 20);
+    assert_eq!(done.timeout_hours, Some(24));
+    assert!(done.end_time_ms.is_some());
+    assert_eq!(output_ids(dir.path(), &job.id).len(), 20);
+    let err = s.stop(&job.id).await.unwrap_err();
+    assert!(matches!(err, SchedulerError::Conflict(_)), "{err}");
+    let err = s.create(create("two", None).clone()).await.map(|_| ());
+    assert!(err.is_ok(), "a finished job's name may be reused");
+    let unknown = s
+        .create(CreateJob {
+            model_id: "nope".into(),
+            ..create("three", None)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unknown, SchedulerError::UnknownModel(_)),
+        "{unknown}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_while_running_keeps_a_prefix_and_duplicate_active_names_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 400);
+    let s = scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
+    let job = s.create(create("slow", None)).await.unwrap();
+    let dup = s.create(create("slow", None)).await.unwrap_err();
+    assert!(matches!(dup, SchedulerError::Conflict(_)), "{dup}");
+    wait_for(&s, &job.id, |j| {
+        j.status == JobStatus::InProgress && j.counters.processed > 0
+    })
+    .await;
+    s.stop(&job.id).await.unwrap();
+    s.stop(&job.id).await.unwrap(); // a second stop while Stopping is fine
+    let done = wait_for(&s, &job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Stopped);
+    let ids = output_ids(dir.path(), &job.id);
+    assert!(ids.len() < 400);
+    assert_eq!(ids.len() as u64, done.counters.processed);
+    assert!(
+        ids.iter()
+            .enumerate()
+            .all(|(i, id)| *id == format!("r{i:04}"))
+    );
+    assert!(
+        dir.path()
+            .join(format!("buckets/bucket/out/{}/manifest.json.out", job.id))
+            .exists()
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_give_partially_completed_and_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 25,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 400);
+    let config = SchedulerConfig {
+        max_running_jobs: 1,
+        timeout_unit: Duration::from_millis(40),
+        ..Default::default()
+    };
+    let s = scheduler(dir.path(), &fake, config).await;
+    // 400 records at 4 × 25 ms need ~2.5 s; 48 "hours" of 40 ms are ~1.9 s, and the waiting
+    // job's 24 run out (~1 s) while the slow one still holds the only running slot.
+    let slow = s.create(create("slow", Some(48))).await.unwrap();
+    wait_for(&s, &slow.id, |j| j.status == JobStatus::InProgress).await;
+    let waiting = s.create(create("waiting", Some(24))).await.unwrap();
+    let done = wait_for(&s, &slow.id, |j| j.status.is_terminal()).await;
+    assert_eq!(
+        done.status,
+        JobStatus::PartiallyCompleted,
+        "{:?}",
+        done.message
+    );
+    assert!(done.counters.processed > 0 && done.counters.processed < 400);
+    assert_eq!(
+        output_ids(dir.path(), &slow.id).len() as u64,
+        done.counters.processed
+    );
+    let expired = wait_for(&s, &waiting.id, |j| j.status.is_terminal()).await;
+    assert_eq!(expired.status, JobStatus::Expired, "{:?}", expired.message);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_resumes_the_running_job_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 15,
+        latency_jitter_ms: 10,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // ~2.5 s of work; store counters move at checkpoints (every second for local files).
+    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 500);
+    let s = scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
+    let job = s.create(create("resumed", None)).await.unwrap();
+    wait_for(&s, &job.id, |j| j.counters.processed > 0).await;
+    s.shutdown().await;
+    let mid = s.store().get(&job.id).await.unwrap().unwrap();
+    assert_eq!(
+        mid.status,
+        JobStatus::InProgress,
+        "a shutdown leaves the job to resume"
+    );
+    assert!(mid.counters.processed < 500);
+    s.store().close().await;
+
+    let s = scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
+    let done = wait_for(&s, &job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    let ids = output_ids(dir.path(), &job.id);
+    let want: Vec<String> = (0..500).map(|i| format!("r{i:04}")).collect();
+    assert_eq!(ids, want);
+    assert_eq!(done.counters.processed, 500);
+    assert_eq!(fake.stats().ok, 500, "no record ran twice");
+    s.shutdown().await;
+}
