@@ -57,32 +57,28 @@ impl ValidationReport {
         self.defect_count == 0 && self.quota_violations.is_empty()
     }
 
-    /// The failed job's message: a count, then the first `max` defects, one per line.
+    /// The failed job's message: exceeded quotas, then a count and the first `max` defects,
+    /// one per line.
     pub fn failure_message(&self, max: usize) -> String {
+        let mut lines = Vec::new();
         if !self.quota_violations.is_empty() {
-            let mut message = String::from("validation failed: quota exceeded");
-            for violation in &self.quota_violations {
-                message.push('\n');
-                message.push_str(violation);
+            lines.push("validation failed: quota exceeded".to_owned());
+            lines.extend(self.quota_violations.iter().cloned());
+        }
+        if self.defect_count > 0 {
+            let shown = self.defects.len().min(max);
+            let mut head = format!(
+                "validation failed: {} defect{} in the input",
+                self.defect_count,
+                if self.defect_count == 1 { "" } else { "s" }
+            );
+            if (shown as u64) < self.defect_count {
+                head.push_str(&format!(" (first {shown} shown)"));
             }
-            if self.defect_count == 0 {
-                return message;
-            }
+            lines.push(head);
+            lines.extend(self.defects[..shown].iter().map(ToString::to_string));
         }
-        let mut message = format!(
-            "validation failed: {} defect{} in the input",
-            self.defect_count,
-            if self.defect_count == 1 { "" } else { "s" }
-        );
-        let shown = self.defects.len().min(max);
-        if (shown as u64) < self.defect_count {
-            message.push_str(&format!(" (first {shown} shown)"));
-        }
-        for defect in &self.defects[..shown] {
-            message.push('\n');
-            message.push_str(&defect.to_string());
-        }
-        message
+        lines.join("\n")
     }
 }
 

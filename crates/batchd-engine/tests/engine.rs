@@ -364,3 +364,110 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
     // A graceful shutdown drains the records in flight into the checkpoint: none runs twice.
     assert_eq!(fake.stats().ok, 270, "each record ran exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_fail_validation_naming_the_quota_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(&dir.path().join("in/a.jsonl"), 2);
+    let b: String = (0..5)
+        .map(|i| format!("{{\"recordId\":\"b{i}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"x\"}}]}}]}}}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("in/b.jsonl"), b).unwrap();
+    let storage = Arc::new(Storage::new(StorageConfig {
+        data_dir: dir.path().into(),
+        ..Default::default()
+    }));
+    let quotas = batchd_engine::Quotas {
+        max_records_per_file: 3,
+        max_records_per_job: 6,
+        ..Default::default()
+    };
+    let engine = Engine::new(
+        storage.clone(),
+        EngineConfig {
+            quotas: Some(quotas),
+            ..EngineConfig::default()
+        },
+    );
+    let inputs = [StorageUri::Local(dir.path().join("in"))];
+    let report = engine
+        .validate_input(
+            &inputs,
+            InvocationType::Converse,
+            &ConverseOptions::default(),
+            "job000000001",
+            20,
+        )
+        .await
+        .unwrap();
+    assert!(!report.is_valid());
+    let message = report.failure_message(20);
+    assert!(
+        message.contains("Records per input file per batch inference job (3)"),
+        "{message}"
+    );
+    assert!(message.contains("b.jsonl has 5 records"), "{message}");
+    assert!(!message.contains("a.jsonl has"), "{message}");
+    assert!(
+        message.contains("Records per batch inference job (6): the job has 7 records"),
+        "{message}"
+    );
+
+    let tiny = batchd_engine::Quotas {
+        max_file_bytes: 100,
+        ..Default::default()
+    };
+    let engine = Engine::new(
+        storage.clone(),
+        EngineConfig {
+            quotas: Some(tiny),
+            ..EngineConfig::default()
+        },
+    );
+    let report = engine
+        .validate_input(
+            &inputs,
+            InvocationType::Converse,
+            &ConverseOptions::default(),
+            "job000000001",
+            20,
+        )
+        .await
+        .unwrap();
+    let message = report.failure_message(20);
+    assert!(
+        message.contains("Batch inference input file size (100 bytes)"),
+        "{message}"
+    );
+    assert_eq!(
+        report.total_records, 0,
+        "files over the size quota are not read"
+    );
+
+    let at_least = batchd_engine::Quotas {
+        min_records_per_job: 10,
+        ..Default::default()
+    };
+    let engine = Engine::new(
+        storage,
+        EngineConfig {
+            quotas: Some(at_least),
+            ..EngineConfig::default()
+        },
+    );
+    let report = engine
+        .validate_input(
+            &inputs,
+            InvocationType::Converse,
+            &ConverseOptions::default(),
+            "job000000001",
+            20,
+        )
+        .await
+        .unwrap();
+    assert!(
+        report
+            .failure_message(20)
+            .contains("Minimum number of records per batch inference job (10)")
+    );
+}
