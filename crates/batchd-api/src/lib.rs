@@ -6,6 +6,10 @@
 //!
 //! Only this crate (and `batchd-formats` for record bodies) knows the API's JSON shapes.
 
+pub mod bedrock;
+
+pub use bedrock::{ApiConfig, ApiError, router};
+
 use batchd_core::{InvocationType, JobId};
 use batchd_store::{JobFilter, JobRecord};
 

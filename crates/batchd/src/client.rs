@@ -126,7 +126,11 @@ impl std::error::Error for ServerError {}
 impl ServerError {
     /// Reads the error from a rest-json answer: the body's `__type`/`message`, else the
     /// `x-amzn-ErrorType` header, else the HTTP status.
-    fn from_answer(status: reqwest::StatusCode, error_type_header: Option<&str>, body: &str) -> Self {
+    fn from_answer(
+        status: reqwest::StatusCode,
+        error_type_header: Option<&str>,
+        body: &str,
+    ) -> Self {
         let parsed: Option<Value> = serde_json::from_str(body).ok();
         let field = |names: &[&str]| {
             let v = parsed.as_ref()?;
@@ -211,7 +215,11 @@ pub async fn run(endpoint: &str, command: JobsCommand) -> anyhow::Result<ExitCod
 
 async fn create(api: &Api, body: &Value) -> anyhow::Result<ExitCode> {
     let answer = api
-        .call(Method::POST, api.url(&["model-invocation-job"])?, Some(body))
+        .call(
+            Method::POST,
+            api.url(&["model-invocation-job"])?,
+            Some(body),
+        )
         .await?;
     let arn = answer["jobArn"]
         .as_str()
@@ -236,20 +244,18 @@ async fn list(
     let mut next_token: Option<String> = None;
     loop {
         let mut url = api.url(&["model-invocation-jobs"])?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = status {
-                q.append_pair("statusEquals", s.as_str());
-            }
-            if let Some(n) = name_contains {
-                q.append_pair("nameContains", n);
-            }
-            if let Some(m) = max_results {
-                q.append_pair("maxResults", &m.to_string());
-            }
-            if let Some(t) = &next_token {
-                q.append_pair("nextToken", t);
-            }
+        let pairs = [
+            ("statusEquals", status.map(|s| s.as_str().to_owned())),
+            ("nameContains", name_contains.map(str::to_owned)),
+            ("maxResults", max_results.map(|m| m.to_string())),
+            ("nextToken", next_token.clone()),
+        ];
+        let pairs: Vec<(&str, String)> = pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        if !pairs.is_empty() {
+            url.query_pairs_mut().extend_pairs(pairs);
         }
         let page = api.call(Method::GET, url, None).await?;
         if let Some(items) = page["invocationJobSummaries"].as_array() {
@@ -621,7 +627,10 @@ abc123def456  a-long-job-name  InProgress  3/10             2025-01-15T10:00:00.
 zzzzzzzzzzzz  b                Submitted   -/-              -
 "
         );
-        assert_eq!(format_table(&[]), "ID  NAME  STATUS  PROCESSED/TOTAL  SUBMITTED\n");
+        assert_eq!(
+            format_table(&[]),
+            "ID  NAME  STATUS  PROCESSED/TOTAL  SUBMITTED\n"
+        );
     }
 
     #[test]
@@ -632,7 +641,10 @@ zzzzzzzzzzzz  b                Submitted   -/-              -
             Some("ValidationException"),
             r#"{"__type":"ValidationException","message":"Value null at 'jobName'"}"#,
         );
-        assert_eq!(e.to_string(), "ValidationException: Value null at 'jobName'");
+        assert_eq!(
+            e.to_string(),
+            "ValidationException: Value null at 'jobName'"
+        );
         let e = ServerError::from_answer(
             bad,
             None,

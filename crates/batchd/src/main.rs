@@ -1,6 +1,7 @@
 //! The batchd binary: `batchd run` runs one batch job in-process, `batchd validate` checks
 //! input files. Config, storage, backends and the job store are built here, once.
 
+mod client;
 mod config;
 mod serve;
 
@@ -94,6 +95,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Talk to a running `batchd serve`: create, get, list, stop and wait for jobs.
+    Jobs {
+        #[arg(long, env = "BATCHD_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+        endpoint: String,
+        #[command(subcommand)]
+        command: client::JobsCommand,
+    },
     /// Check input files; print every defect as file:line: field: reason.
     Validate {
         #[arg(required = true)]
@@ -165,6 +173,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             run(args).await
         }
+        Command::Jobs { endpoint, command } => client::run(&endpoint, command).await,
         Command::Serve {
             listen,
             data_dir,

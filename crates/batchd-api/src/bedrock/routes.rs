@@ -1,0 +1,152 @@
+//! The four operation handlers and the fallbacks for unknown routes and methods.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode, Uri};
+use batchd_core::{JobArn, JobId};
+use batchd_store::JobFilter;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::token::PageToken;
+use super::validate::{self, Violations};
+use super::{ApiConfig, MAX_BODY_BYTES, model};
+use crate::JobService;
+
+#[derive(Clone)]
+pub(super) struct AppState {
+    pub service: Arc<dyn JobService>,
+    pub config: Arc<ApiConfig>,
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The model's `ModelInvocationJobIdentifier` pattern, for the message.
+const JOB_IDENTIFIER_PATTERN: &str =
+    "((arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:model-invocation-job/)?[a-z0-9]{12})";
+
+/// The job id of a `{jobIdentifier}` label (already percent-decoded by `Path`).
+fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
+    let Path(raw) = path.map_err(|e| {
+        ApiError::validation(format!(
+            "1 validation error detected: Value at 'jobIdentifier' failed to satisfy constraint: {}",
+            e.body_text()
+        ))
+    })?;
+    JobArn::parse_identifier(&raw).map_err(|_| {
+        let mut v = Violations::default();
+        v.add(
+            "jobIdentifier",
+            Some(&Value::String(raw.clone())),
+            &format!("Member must satisfy regular expression pattern: {JOB_IDENTIFIER_PATTERN}"),
+        );
+        v.into_result()
+            .err()
+            .unwrap_or_else(|| ApiError::validation("invalid jobIdentifier"))
+    })
+}
+
+/// CreateModelInvocationJob: `POST /model-invocation-job`.
+pub(super) async fn create(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::validation(format!(
+                "The request body is larger than {MAX_BODY_BYTES} bytes."
+            ))
+        } else {
+            ApiError::validation(format!("Cannot read the request body: {}", e.body_text()))
+        }
+    })?;
+    let request = validate::parse_create(&body)?;
+    let job = state.service.create_job(request).await?;
+    Ok(Json(
+        json!({ "jobArn": model::job_arn(&job, &state.config) }),
+    ))
+}
+
+/// GetModelInvocationJob: `GET /model-invocation-job/{jobIdentifier}`.
+pub(super) async fn get_job(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id = job_id(path)?;
+    let job = state.service.get_job(&id).await?;
+    Ok(Json(model::job_json(&job, &state.config)))
+}
+
+/// StopModelInvocationJob: `POST /model-invocation-job/{jobIdentifier}/stop`. The output
+/// shape has no members; `{}` with a JSON content type parses in every SDK.
+pub(super) async fn stop(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id = job_id(path)?;
+    state.service.stop_job(&id).await?;
+    Ok(Json(json!({})))
+}
+
+/// ListModelInvocationJobs: `GET /model-invocation-jobs`. Asks the service for one row more
+/// than the page size to learn whether a `nextToken` is due.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let Query(pairs) = query.map_err(|e| {
+        ApiError::validation(format!("The query string is malformed: {}", e.body_text()))
+    })?;
+    let q = validate::parse_list_query(&pairs)?;
+    let filter = JobFilter {
+        submit_time_after_ms: q.submit_time_after_ms,
+        submit_time_before_ms: q.submit_time_before_ms,
+        status: q.status,
+        name_contains: q.name_contains.clone(),
+        ascending: q.ascending,
+        after: q.after.as_ref().map(|(t, id)| (*t, id.to_string())),
+        limit: q.max_results + 1,
+    };
+    let mut jobs = state.service.list_jobs(filter).await?;
+    let page = q.max_results as usize;
+    let next_token = if jobs.len() > page {
+        jobs.truncate(page);
+        jobs.last().map(|last| {
+            PageToken {
+                ascending: q.ascending,
+                submit_time_ms: last.submit_time_ms,
+                job_id: last.id.clone(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    let summaries: Vec<Value> = jobs
+        .iter()
+        .map(|job| model::job_json(job, &state.config))
+        .collect();
+    let mut body = json!({ "invocationJobSummaries": summaries });
+    if let Some(token) = next_token {
+        body["nextToken"] = Value::String(token);
+    }
+    Ok(Json(body))
+}
+
+pub(super) async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::unknown_operation(
+        StatusCode::NOT_FOUND,
+        format!("No operation matches {method} {}", uri.path()),
+    )
+}
+
+pub(super) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::unknown_operation(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not accept {method}", uri.path()),
+    )
+}

@@ -1,0 +1,908 @@
+//! The Bedrock control plane over real HTTP: the router served on 127.0.0.1:0, a `JobService`
+//! built on the in-memory `JobStore`, and reqwest as the client.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchd_api::bedrock::timestamp;
+use batchd_api::{ApiConfig, CreateJobRequest, JobService, ServiceError, router};
+use batchd_core::{Counters, JobArn, JobId, JobStatus};
+use batchd_store::{JobFilter, JobRecord, JobStore, NewJob, now_ms};
+use serde_json::{Value, json};
+
+const REGION: &str = "us-east-1";
+const ACCOUNT: &str = "123456789012";
+
+/// A service in the spirit of the real one: idempotency tokens, active-name conflicts, and
+/// magic model ids that produce the other error types.
+struct StoreService {
+    store: JobStore,
+}
+
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl JobService for StoreService {
+    async fn create_job(&self, r: CreateJobRequest) -> Result<JobRecord, ServiceError> {
+        if let Some(token) = &r.client_request_token
+            && let Some(job) = self.store.find_by_token(token).await.map_err(internal)?
+        {
+            return Ok(job);
+        }
+        match r.model_id.as_str() {
+            "quota-model" => {
+                return Err(ServiceError::QuotaExceeded(
+                    "Sum of in-progress and submitted batch inference jobs exceeded".into(),
+                ));
+            }
+            "boom" => return Err(internal("sqlite: /var/secret/batchd.db is locked")),
+            "no-such-model" => {
+                return Err(ServiceError::NotFound("no model no-such-model".into()));
+            }
+            _ => {}
+        }
+        if self
+            .store
+            .find_active_by_name(&r.job_name)
+            .await
+            .map_err(internal)?
+            .is_some()
+        {
+            return Err(ServiceError::Conflict(
+                "The provided job name is currently in use".into(),
+            ));
+        }
+        let id = JobId::from_random(fastrand::u128(..));
+        let hours = r.timeout_hours.unwrap_or(24);
+        self.store
+            .create(NewJob {
+                arn: JobArn::new(REGION, ACCOUNT, id.clone()).to_string(),
+                id,
+                name: r.job_name,
+                model_id: r.model_id,
+                role_arn: Some(r.role_arn),
+                client_request_token: r.client_request_token,
+                invocation_type: r.invocation_type,
+                input_uri: r.input_uri,
+                output_uri: r.output_uri,
+                timeout_hours: r.timeout_hours,
+                job_expiration_ms: Some(now_ms() + i64::from(hours) * 3_600_000),
+                request_json: Some(r.request_json),
+            })
+            .await
+            .map_err(internal)
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<JobRecord, ServiceError> {
+        self.store
+            .get(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| ServiceError::NotFound(format!("Could not find job {id}")))
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, ServiceError> {
+        self.store.list(&filter).await.map_err(internal)
+    }
+
+    async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError> {
+        let job = self.get_job(id).await?;
+        if job.status.is_terminal() || job.status == JobStatus::Stopping {
+            return Err(ServiceError::Conflict(format!(
+                "Job {id} is {} and cannot be stopped",
+                job.status
+            )));
+        }
+        self.store
+            .transition(id, JobStatus::Stopping, None)
+            .await
+            .map(|_| ())
+            .map_err(internal)
+    }
+}
+
+struct Server {
+    base: String,
+    store: JobStore,
+    http: reqwest::Client,
+}
+
+async fn start() -> Server {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = JobStore::in_memory().await.unwrap();
+    let service = Arc::new(StoreService {
+        store: store.clone(),
+    });
+    let app = router(
+        service,
+        ApiConfig {
+            region: REGION.into(),
+            account_id: ACCOUNT.into(),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server {
+        base: format!("http://{addr}"),
+        store,
+        http: reqwest::Client::new(),
+    }
+}
+
+fn valid_body(name: &str) -> Value {
+    json!({
+        "jobName": name,
+        "roleArn": "arn:aws:iam::123456789012:role/batchd",
+        "modelId": "anthropic.claude-3-haiku-20240307-v1:0",
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://bucket/in/"}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://bucket/out/"}},
+    })
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Server {
+    async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn create(&self, body: &Value) -> Answer {
+        self.send(
+            self.http
+                .post(format!("{}/model-invocation-job", self.base))
+                .json(body),
+        )
+        .await
+    }
+
+    async fn get(&self, path_and_query: &str) -> Answer {
+        self.send(self.http.get(format!("{}{path_and_query}", self.base)))
+            .await
+    }
+
+    async fn post(&self, path: &str) -> Answer {
+        self.send(self.http.post(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn create_ok(&self, name: &str) -> JobId {
+        let a = self.create(&valid_body(name)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        JobArn::parse(a.body["jobArn"].as_str().unwrap())
+            .unwrap()
+            .id
+    }
+}
+
+fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
+    a.headers
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
+}
+
+/// Checks a rest-json error answer and returns its message.
+fn assert_error(a: &Answer, status: u16, code: &str) -> String {
+    assert_eq!(a.status, status, "{}", a.body);
+    assert_eq!(header(a, "x-amzn-ErrorType"), code);
+    assert_eq!(header(a, "content-type"), "application/json");
+    assert_eq!(header(a, "x-amzn-RequestId").len(), 36);
+    assert_eq!(a.body["__type"], code, "{}", a.body);
+    a.body["message"].as_str().unwrap().to_owned()
+}
+
+fn assert_iso_ms(v: &Value) -> i64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"));
+    assert_eq!(s.len(), 24, "{s}");
+    assert!(s.ends_with('Z') && s.as_bytes()[19] == b'.', "{s}");
+    timestamp::millis_floor(timestamp::parse_lenient(s).unwrap())
+}
+
+#[tokio::test]
+async fn create_then_get_round_trips_every_field() {
+    let s = start().await;
+    let body = json!({
+        "jobName": "full-job.v1",
+        "roleArn": "arn:aws:iam::123456789012:role/batchd",
+        "clientRequestToken": "0c9b3b57-8d2a-4a5e-9c7b-2f1d3e4a5b6c",
+        "modelId": "my-model",
+        "inputDataConfig": {"s3InputDataConfig": {
+            "s3Uri": "s3://bucket/in/records.jsonl", "s3InputFormat": "JSONL",
+            "s3BucketOwner": "123456789012"}},
+        "outputDataConfig": {"s3OutputDataConfig": {
+            "s3Uri": "s3://bucket/out/", "s3EncryptionKeyId": "alias/batch",
+            "s3BucketOwner": "123456789012"}},
+        "vpcConfig": {"subnetIds": ["subnet-1", "subnet-2"], "securityGroupIds": ["sg-1"]},
+        "timeoutDurationInHours": 48,
+        "tags": [{"key": "team", "value": "ml"}],
+        "modelInvocationType": "Converse",
+    });
+    let a = s.create(&body).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(header(&a, "content-type"), "application/json");
+    assert_eq!(header(&a, "x-amzn-RequestId").len(), 36);
+    let arn = a.body["jobArn"].as_str().unwrap().to_owned();
+    let id = JobArn::parse(&arn).unwrap().id;
+    assert_eq!(a.body.as_object().unwrap().len(), 1);
+
+    let g = s.get(&format!("/model-invocation-job/{id}")).await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    let job = &g.body;
+    assert_eq!(job["jobArn"], arn);
+    assert_eq!(job["jobName"], "full-job.v1");
+    assert_eq!(job["modelId"], "my-model");
+    assert_eq!(job["roleArn"], body["roleArn"]);
+    assert_eq!(job["clientRequestToken"], body["clientRequestToken"]);
+    assert_eq!(job["status"], "Submitted");
+    assert_eq!(job["inputDataConfig"], body["inputDataConfig"]);
+    assert_eq!(job["outputDataConfig"], body["outputDataConfig"]);
+    assert_eq!(job["vpcConfig"], body["vpcConfig"]);
+    assert_eq!(job["timeoutDurationInHours"], 48);
+    assert_eq!(job["modelInvocationType"], "Converse");
+    assert_eq!(job["totalRecordCount"], 0);
+    let submit = assert_iso_ms(&job["submitTime"]);
+    assert_iso_ms(&job["lastModifiedTime"]);
+    let expiry = assert_iso_ms(&job["jobExpirationTime"]) - submit;
+    assert!(
+        (expiry - 48 * 3_600_000).abs() < 1000,
+        "the mock sets expiry to about submit + 48h: {expiry}"
+    );
+    for absent in ["endTime", "message", "tags"] {
+        assert!(job.get(absent).is_none(), "{absent} in {job}");
+    }
+
+    // A job that ran and failed: status, message, endTime and counters show.
+    s.store
+        .transition(&id, JobStatus::Validating, None)
+        .await
+        .unwrap();
+    let counters = Counters {
+        total: 10,
+        processed: 7,
+        success: 5,
+        error: 2,
+        ..Counters::default()
+    };
+    s.store.update_counters(&id, &counters).await.unwrap();
+    s.store
+        .transition(&id, JobStatus::Failed, Some(&"x".repeat(3000)))
+        .await
+        .unwrap();
+    let job = s.get(&format!("/model-invocation-job/{id}")).await.body;
+    assert_eq!(job["status"], "Failed");
+    assert_eq!(job["message"].as_str().unwrap().len(), 2048);
+    assert!(assert_iso_ms(&job["endTime"]) >= submit);
+    assert_eq!(
+        (
+            &job["totalRecordCount"],
+            &job["processedRecordCount"],
+            &job["successRecordCount"],
+            &job["errorRecordCount"]
+        ),
+        (&json!(10), &json!(7), &json!(5), &json!(2))
+    );
+
+    // The same token answers the same job.
+    let again = s.create(&body).await;
+    assert_eq!(again.body["jobArn"], arn);
+}
+
+#[tokio::test]
+async fn a_percent_encoded_arn_names_the_job_in_get_and_stop() {
+    let s = start().await;
+    let id = s.create_ok("encoded").await;
+    let arn = JobArn::new(REGION, ACCOUNT, id.clone()).to_string();
+    // What botocore sends for a non-greedy label: ':' and '/' percent-encoded.
+    let encoded = arn.replace(':', "%3A").replace('/', "%2F");
+    assert!(encoded.contains("%2F"));
+    let g = s.get(&format!("/model-invocation-job/{encoded}")).await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert_eq!(g.body["jobArn"], arn);
+    let lower = arn.replace(':', "%3a").replace('/', "%2f");
+    assert_eq!(
+        s.get(&format!("/model-invocation-job/{lower}"))
+            .await
+            .status,
+        200
+    );
+
+    let stop = s
+        .post(&format!("/model-invocation-job/{encoded}/stop"))
+        .await;
+    assert_eq!(stop.status, 200, "{}", stop.body);
+    assert_eq!(stop.body, json!({}));
+    assert_eq!(header(&stop, "content-type"), "application/json");
+    assert_eq!(header(&stop, "x-amzn-RequestId").len(), 36);
+    let job = s.get(&format!("/model-invocation-job/{id}")).await.body;
+    assert_eq!(job["status"], "Stopping");
+}
+
+/// Sets (or with `None` removes) the member at a JSON pointer, creating objects on the way.
+fn with(mut body: Value, pointer: &str, value: Option<Value>) -> Value {
+    let mut parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    let last = parts.pop().unwrap();
+    let mut node = &mut body;
+    for p in parts {
+        node = node
+            .as_object_mut()
+            .unwrap()
+            .entry(p)
+            .or_insert_with(|| json!({}));
+    }
+    let obj = node.as_object_mut().unwrap();
+    match value {
+        Some(v) => {
+            obj.insert(last.to_owned(), v);
+        }
+        None => {
+            obj.remove(last);
+        }
+    }
+    body
+}
+
+#[tokio::test]
+async fn every_validation_rule_accepts_good_values_and_names_the_field_of_bad_ones() {
+    let s = start().await;
+    let tags = |n: usize| json!(vec![json!({"key": "k", "value": "v"}); n]);
+    let ids = |n: usize| json!(vec!["id-1"; n]);
+    let input = "/inputDataConfig/s3InputDataConfig";
+    let output = "/outputDataConfig/s3OutputDataConfig";
+    // (pointer, good value, bad value, the path the message must name)
+    let cases: Vec<(String, Value, Value, &str)> = vec![
+        (
+            "/jobName".into(),
+            json!("ok-Name.v1+x"),
+            json!("bad name!"),
+            "jobName",
+        ),
+        (
+            "/jobName".into(),
+            json!("a".repeat(63)),
+            json!("a".repeat(64)),
+            "jobName",
+        ),
+        ("/jobName".into(), json!("a"), json!(""), "jobName"),
+        (
+            "/roleArn".into(),
+            json!("arn:aws-cn:iam:::role/r"),
+            json!("arn:aws:iam::1:role/r"),
+            "roleArn",
+        ),
+        (
+            "/roleArn".into(),
+            json!("arn:aws:iam::123456789012:role/x"),
+            json!(format!(
+                "arn:aws:iam::123456789012:role/{}",
+                "x".repeat(2040)
+            )),
+            "roleArn",
+        ),
+        (
+            "/clientRequestToken".into(),
+            json!("tok-1"),
+            json!("tok_1"),
+            "clientRequestToken",
+        ),
+        (
+            "/clientRequestToken".into(),
+            json!("t".repeat(256)),
+            json!("t".repeat(257)),
+            "clientRequestToken",
+        ),
+        (
+            "/clientRequestToken".into(),
+            json!("t"),
+            json!(""),
+            "clientRequestToken",
+        ),
+        (
+            "/modelId".into(),
+            json!("m".repeat(2048)),
+            json!("m".repeat(2049)),
+            "modelId",
+        ),
+        ("/modelId".into(), json!("m"), json!(""), "modelId"),
+        (
+            format!("{input}/s3Uri"),
+            json!("s3://my.bucket/in/a.jsonl"),
+            json!("s3://My_Bucket/in"),
+            "inputDataConfig.s3InputDataConfig.s3Uri",
+        ),
+        (
+            format!("{input}/s3Uri"),
+            json!("s3://bkt"),
+            json!(format!("s3://bkt/{}", "k".repeat(1020))),
+            "inputDataConfig.s3InputDataConfig.s3Uri",
+        ),
+        (
+            format!("{input}/s3InputFormat"),
+            json!("JSONL"),
+            json!("CSV"),
+            "inputDataConfig.s3InputDataConfig.s3InputFormat",
+        ),
+        (
+            format!("{input}/s3BucketOwner"),
+            json!("123456789012"),
+            json!("1234"),
+            "inputDataConfig.s3InputDataConfig.s3BucketOwner",
+        ),
+        (
+            format!("{output}/s3Uri"),
+            json!("s3://bucket/out/x/"),
+            json!("file:///tmp/out"),
+            "outputDataConfig.s3OutputDataConfig.s3Uri",
+        ),
+        (
+            format!("{output}/s3EncryptionKeyId"),
+            json!("alias/k"),
+            json!("not a key"),
+            "outputDataConfig.s3OutputDataConfig.s3EncryptionKeyId",
+        ),
+        (
+            "/vpcConfig/subnetIds".into(),
+            ids(16),
+            ids(17),
+            "vpcConfig.subnetIds",
+        ),
+        (
+            "/vpcConfig/subnetIds".into(),
+            ids(1),
+            json!([]),
+            "vpcConfig.subnetIds",
+        ),
+        (
+            "/vpcConfig/subnetIds".into(),
+            ids(1),
+            json!(["bad id"]),
+            "vpcConfig.subnetIds.1.member",
+        ),
+        (
+            "/vpcConfig/securityGroupIds".into(),
+            ids(5),
+            ids(6),
+            "vpcConfig.securityGroupIds",
+        ),
+        ("/tags".into(), tags(200), tags(201), "tags"),
+        (
+            "/tags".into(),
+            json!([{"key": "k", "value": ""}]),
+            json!([{"key": "", "value": "v"}]),
+            "tags.1.member.key",
+        ),
+        (
+            "/tags".into(),
+            json!([{"key": "k".repeat(128), "value": "v".repeat(256)}]),
+            json!([{"key": "k", "value": "v".repeat(257)}]),
+            "tags.1.member.value",
+        ),
+        (
+            "/tags".into(),
+            json!([{"key": "a b:c/d=e+f@g-h_i.j", "value": "v"}]),
+            json!([{"key": "k*", "value": "v"}]),
+            "tags.1.member.key",
+        ),
+        (
+            "/tags".into(),
+            json!([]),
+            json!([{"key": "k"}]),
+            "tags.1.member.value",
+        ),
+        (
+            "/timeoutDurationInHours".into(),
+            json!(24),
+            json!(23),
+            "timeoutDurationInHours",
+        ),
+        (
+            "/timeoutDurationInHours".into(),
+            json!(168),
+            json!(169),
+            "timeoutDurationInHours",
+        ),
+        (
+            "/timeoutDurationInHours".into(),
+            json!(100),
+            json!(24.5),
+            "timeoutDurationInHours",
+        ),
+        (
+            "/modelInvocationType".into(),
+            json!("InvokeModel"),
+            json!("converse"),
+            "modelInvocationType",
+        ),
+    ];
+    for (i, (pointer, good, bad, field)) in cases.into_iter().enumerate() {
+        let base = valid_body(&format!("case{i}"));
+        // vpcConfig members need their sibling to be valid.
+        let base = if pointer.starts_with("/vpcConfig") {
+            with(
+                base,
+                "/vpcConfig",
+                Some(json!({"subnetIds": ["s-1"], "securityGroupIds": ["sg-1"]})),
+            )
+        } else {
+            base
+        };
+        let ok = s.create(&with(base.clone(), &pointer, Some(good))).await;
+        assert_eq!(ok.status, 200, "{pointer} good: {}", ok.body);
+        let base = with(base, "/jobName", Some(json!(format!("bad{i}"))));
+        let err = s.create(&with(base, &pointer, Some(bad.clone()))).await;
+        let message = assert_error(&err, 400, "ValidationException");
+        assert!(
+            message.contains(" validation error") && message.contains("detected: Value "),
+            "{pointer}: {message}"
+        );
+        assert!(
+            message.contains(&format!(
+                "at '{field}' failed to satisfy constraint: Member must"
+            )),
+            "{pointer} = {bad}: {message}"
+        );
+    }
+
+    // The brief's example, word for word.
+    let err = s.create(&valid_body("bad name!")).await;
+    assert_eq!(
+        assert_error(&err, 400, "ValidationException"),
+        "1 validation error detected: Value 'bad name!' at 'jobName' failed to satisfy \
+         constraint: Member must satisfy regular expression pattern: \
+         [a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\\+\\-\\.]){0,63}"
+    );
+}
+
+#[tokio::test]
+async fn missing_members_malformed_bodies_and_oversized_bodies_are_validation_errors() {
+    let s = start().await;
+    for (pointer, field) in [
+        ("/jobName", "jobName"),
+        ("/roleArn", "roleArn"),
+        ("/modelId", "modelId"),
+        ("/inputDataConfig", "inputDataConfig"),
+        ("/outputDataConfig", "outputDataConfig"),
+        (
+            "/inputDataConfig/s3InputDataConfig",
+            "inputDataConfig.s3InputDataConfig",
+        ),
+        (
+            "/outputDataConfig/s3OutputDataConfig/s3Uri",
+            "outputDataConfig.s3OutputDataConfig.s3Uri",
+        ),
+    ] {
+        let err = s.create(&with(valid_body("m"), pointer, None)).await;
+        let message = assert_error(&err, 400, "ValidationException");
+        assert!(
+            message.contains(&format!(
+                "Value null at '{field}' failed to satisfy constraint: Member must not be null"
+            )),
+            "{message}"
+        );
+    }
+    let vpc = with(
+        valid_body("m"),
+        "/vpcConfig",
+        Some(json!({"subnetIds": ["s"]})),
+    );
+    let message = assert_error(&s.create(&vpc).await, 400, "ValidationException");
+    assert!(
+        message.contains("'vpcConfig.securityGroupIds'"),
+        "{message}"
+    );
+
+    let raw = |body: &'static str| {
+        s.http
+            .post(format!("{}/model-invocation-job", s.base))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let message = assert_error(
+        &s.send(raw("{\"jobName\": ")).await,
+        400,
+        "ValidationException",
+    );
+    assert!(message.contains("not valid JSON"), "{message}");
+    assert_error(&s.send(raw("[]")).await, 400, "ValidationException");
+    let message = assert_error(&s.send(raw("")).await, 400, "ValidationException");
+    assert!(
+        message.starts_with("5 validation errors detected"),
+        "{message}"
+    );
+
+    let huge = with(
+        valid_body("huge"),
+        "/padding",
+        Some(json!("x".repeat(2 << 20))),
+    );
+    let message = assert_error(&s.create(&huge).await, 400, "ValidationException");
+    assert!(message.contains("larger than"), "{message}");
+}
+
+async fn list_all(s: &Server, query: &str) -> (Vec<String>, usize) {
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut q = query.to_owned();
+        if let Some(t) = &token {
+            q.push_str(&format!("&nextToken={t}"));
+        }
+        let a = s.get(&format!("/model-invocation-jobs?{q}")).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        pages += 1;
+        for job in a.body["invocationJobSummaries"].as_array().unwrap() {
+            assert!(job["jobName"].is_string());
+            assert_iso_ms(&job["submitTime"]);
+            ids.push(
+                JobArn::parse(job["jobArn"].as_str().unwrap())
+                    .unwrap()
+                    .id
+                    .to_string(),
+            );
+        }
+        match a.body.get("nextToken") {
+            Some(t) => token = Some(t.as_str().unwrap().to_owned()),
+            None => return (ids, pages),
+        }
+        assert!(pages < 20, "runaway pagination");
+    }
+}
+
+#[tokio::test]
+async fn list_pages_through_every_job_once_in_both_orders_and_filters() {
+    let s = start().await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let name = if i % 2 == 0 { "even" } else { "odd" };
+        created.push(s.create_ok(&format!("{name}-{i}")).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut expected: Vec<(i64, String)> = Vec::new();
+    for id in &created {
+        let job = s.store.get(id).await.unwrap().unwrap();
+        expected.push((job.submit_time_ms, id.to_string()));
+    }
+    expected.sort();
+    let ascending: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let mut descending = ascending.clone();
+    descending.reverse();
+
+    let (ids, pages) = list_all(&s, "maxResults=2").await;
+    assert_eq!((ids, pages), (descending.clone(), 3));
+    let (ids, pages) = list_all(&s, "maxResults=2&sortOrder=Descending&sortBy=CreationTime").await;
+    assert_eq!((ids, pages), (descending.clone(), 3));
+    let (ids, pages) = list_all(&s, "maxResults=2&sortOrder=Ascending").await;
+    assert_eq!((ids, pages), (ascending.clone(), 3));
+    // Exactly one full page: no nextToken (the service was asked for one row more).
+    let (ids, pages) = list_all(&s, "maxResults=5").await;
+    assert_eq!((ids.len(), pages), (5, 1));
+    let (ids, pages) = list_all(&s, "").await;
+    assert_eq!((ids, pages), (descending.clone(), 1));
+
+    // Filters.
+    let (ids, _) = list_all(&s, "nameContains=odd&maxResults=1").await;
+    assert_eq!(ids, [descending[1].clone(), descending[3].clone()]);
+    s.store
+        .transition(&created[2], JobStatus::Validating, None)
+        .await
+        .unwrap();
+    let (ids, _) = list_all(&s, "statusEquals=Validating").await;
+    assert_eq!(ids, [created[2].to_string()]);
+    let (ids, _) = list_all(&s, "statusEquals=Completed").await;
+    assert!(ids.is_empty());
+    let third = timestamp::format_ms(expected[2].0).unwrap();
+    let (ids, _) = list_all(&s, &format!("submitTimeAfter={third}&sortOrder=Ascending")).await;
+    assert_eq!(ids, ascending[3..]);
+    let (ids, _) = list_all(&s, &format!("submitTimeBefore={third}&sortOrder=Ascending")).await;
+    assert_eq!(ids, ascending[..2]);
+    // botocore's form, without fractional seconds, and epoch seconds.
+    let (ids, _) = list_all(&s, "submitTimeAfter=2000-01-01T00:00:00Z").await;
+    assert_eq!(ids.len(), 5);
+    let (ids, _) = list_all(&s, "submitTimeBefore=946684800").await;
+    assert!(ids.is_empty());
+    let offset = "submitTimeAfter=2000-01-01T01:00:00%2B01:00";
+    assert_eq!(list_all(&s, offset).await.0.len(), 5);
+}
+
+#[tokio::test]
+async fn list_rejects_bad_parameters_naming_them() {
+    let s = start().await;
+    s.create_ok("one").await;
+    s.create_ok("two").await;
+    let first = s.get("/model-invocation-jobs?maxResults=1").await;
+    let token = first.body["nextToken"].as_str().unwrap().to_owned();
+    for (query, field) in [
+        ("nextToken=garbage", "nextToken"),
+        ("nextToken=djEuQS4xLmFiYw", "nextToken"),
+        (
+            &*format!("nextToken={token}&sortOrder=Ascending"),
+            "nextToken",
+        ),
+        ("statusEquals=Running", "statusEquals"),
+        ("statusEquals=inprogress", "statusEquals"),
+        ("maxResults=0", "maxResults"),
+        ("maxResults=1001", "maxResults"),
+        ("maxResults=ten", "maxResults"),
+        ("sortBy=Name", "sortBy"),
+        ("sortOrder=asc", "sortOrder"),
+        ("submitTimeAfter=yesterday", "submitTimeAfter"),
+        ("submitTimeBefore=2025-99-01", "submitTimeBefore"),
+        (&*format!("nameContains={}", "n".repeat(64)), "nameContains"),
+    ] {
+        let a = s.get(&format!("/model-invocation-jobs?{query}")).await;
+        let message = assert_error(&a, 400, "ValidationException");
+        assert!(
+            message.contains(&format!("at '{field}'")),
+            "{query}: {message}"
+        );
+    }
+    // The token continues where the first page ended.
+    let second = s
+        .get(&format!(
+            "/model-invocation-jobs?maxResults=1&nextToken={token}"
+        ))
+        .await;
+    assert_eq!(second.status, 200);
+    assert_ne!(
+        second.body["invocationJobSummaries"][0]["jobArn"],
+        first.body["invocationJobSummaries"][0]["jobArn"]
+    );
+    assert!(second.body.get("nextToken").is_none());
+}
+
+#[tokio::test]
+async fn each_error_type_has_its_status_headers_and_body() {
+    let s = start().await;
+    let id = s.create_ok("taken").await;
+
+    let message = assert_error(
+        &s.get("/model-invocation-job/aaaaaaaaaaaa").await,
+        404,
+        "ResourceNotFoundException",
+    );
+    assert!(message.contains("aaaaaaaaaaaa"), "{message}");
+    assert_error(
+        &s.post("/model-invocation-job/aaaaaaaaaaaa/stop").await,
+        404,
+        "ResourceNotFoundException",
+    );
+    assert_error(
+        &s.create(&with(
+            valid_body("nomodel"),
+            "/modelId",
+            Some(json!("no-such-model")),
+        ))
+        .await,
+        404,
+        "ResourceNotFoundException",
+    );
+
+    for bad in [
+        "nope",
+        "ABCDEFABCDEF",
+        "arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Amodel-invocation-job%2Fabc123def456",
+    ] {
+        let message = assert_error(
+            &s.get(&format!("/model-invocation-job/{bad}")).await,
+            400,
+            "ValidationException",
+        );
+        assert!(message.contains("at 'jobIdentifier'"), "{message}");
+        assert_error(
+            &s.post(&format!("/model-invocation-job/{bad}/stop")).await,
+            400,
+            "ValidationException",
+        );
+    }
+
+    let message = assert_error(
+        &s.create(&valid_body("taken")).await,
+        400,
+        "ConflictException",
+    );
+    assert!(message.contains("in use"), "{message}");
+    s.store
+        .transition(&id, JobStatus::Validating, None)
+        .await
+        .unwrap();
+    s.store
+        .transition(&id, JobStatus::Failed, Some("bad input"))
+        .await
+        .unwrap();
+    assert_error(
+        &s.post(&format!("/model-invocation-job/{id}/stop")).await,
+        400,
+        "ConflictException",
+    );
+
+    assert_error(
+        &s.create(&with(
+            valid_body("q"),
+            "/modelId",
+            Some(json!("quota-model")),
+        ))
+        .await,
+        400,
+        "ServiceQuotaExceededException",
+    );
+
+    let message = assert_error(
+        &s.create(&with(valid_body("b"), "/modelId", Some(json!("boom"))))
+            .await,
+        500,
+        "InternalServerException",
+    );
+    assert!(!message.contains("secret"), "{message}");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_unknown_operation() {
+    let s = start().await;
+    let message = assert_error(&s.get("/nope").await, 404, "UnknownOperationException");
+    assert!(message.contains("/nope"), "{message}");
+    assert_error(
+        &s.get("/model-invocation-job/abc123def456/stop").await,
+        405,
+        "UnknownOperationException",
+    );
+    assert_error(
+        &s.get("/model-invocation-job").await,
+        405,
+        "UnknownOperationException",
+    );
+    assert_error(
+        &s.send(
+            s.http
+                .delete(format!("{}/model-invocation-job/abc123def456", s.base)),
+        )
+        .await,
+        405,
+        "UnknownOperationException",
+    );
+    assert_error(
+        &s.post("/model-invocation-jobs").await,
+        405,
+        "UnknownOperationException",
+    );
+}
+
+#[tokio::test]
+async fn auth_headers_are_accepted_unverified() {
+    let s = start().await;
+    let sigv4 = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250115/us-east-1/bedrock/aws4_request, \
+                 SignedHeaders=host;x-amz-date, Signature=deadbeef";
+    for auth in [sigv4, "Bearer bedrock-api-key-xyz", "garbage"] {
+        let a = s
+            .send(
+                s.http
+                    .get(format!("{}/model-invocation-jobs", s.base))
+                    .header("authorization", auth)
+                    .header("x-amz-date", "20250115T100000Z")
+                    .header("x-amz-security-token", "token"),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{auth}: {}", a.body);
+        assert_eq!(a.body, json!({"invocationJobSummaries": []}));
+    }
+}
