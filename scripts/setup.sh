@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# Sourced by the other scripts: checks for what a fresh machine needs and installs what it can.
-# Today that is only a Rust toolchain (installed by hand: rustup) and a C compiler (for
-# SQLite, built from source by libsqlite3-sys).
+# Sourced by the other scripts: checks for what a fresh machine needs and installs what it can
+# through apt (as root): a C/C++ compiler (SQLite, llama.cpp), cmake and libclang (llama.cpp's
+# build and bindings), python3-venv (the test tools). Rust itself is installed by hand (rustup).
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install a stable Rust toolchain (https://rustup.rs) first" >&2
   exit 1
 fi
-if ! command -v cc >/dev/null 2>&1; then
+batchd_missing=()
+command -v cc >/dev/null 2>&1 || batchd_missing+=(gcc)
+command -v c++ >/dev/null 2>&1 || batchd_missing+=(g++)
+command -v make >/dev/null 2>&1 || batchd_missing+=(make)
+command -v cmake >/dev/null 2>&1 || batchd_missing+=(cmake)
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null \
+  || batchd_missing+=(libclang-dev)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || batchd_missing+=(python3-venv)
+if [ ${#batchd_missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+    echo "installing: ${batchd_missing[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${batchd_missing[@]}" >/dev/null
   else
-    echo "a C compiler (cc) is needed to build SQLite: install build-essential or gcc" >&2
+    echo "missing build tools; install these packages first: ${batchd_missing[*]}" >&2
     exit 1
   fi
 fi
+unset batchd_missing

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, then every test of the workspace.
+# The test command: formatting, lints, every Rust test of the workspace, then the Python suite
+# (boto3 and the AWS CLI against batchd serve).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -11,3 +12,4 @@ source scripts/python-env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
+bash scripts/pytest.sh

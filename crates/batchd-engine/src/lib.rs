@@ -263,6 +263,13 @@ impl Engine {
             });
             Ok::<_, EngineError>(Some(outcome))
         };
+        if let Err(e) = self.probe_output(spec).await {
+            return fail(failed(
+                format!("validation failed: cannot write the output location: {e}"),
+                None,
+            ))
+            .await;
+        }
         let report = match self.validate(spec).await {
             Ok(report) => report,
             Err(EngineError::Store(e)) => return Err(EngineError::Store(e)),
@@ -294,6 +301,18 @@ impl Engine {
             counters,
         });
         Ok(None)
+    }
+
+    /// Writes and removes a small object where the output goes, so that a missing bucket or
+    /// a read-only folder fails the job before any record runs.
+    async fn probe_output(&self, spec: &JobSpec) -> Result<(), StorageError> {
+        let probe = spec
+            .output
+            .join(&format!(".batchd-write-check-{}", spec.job_id));
+        self.storage
+            .put(&probe, bytes::Bytes::from_static(b"ok"))
+            .await?;
+        self.storage.delete(&probe).await
     }
 
     /// The execution phase: `Scheduled` → `InProgress`, or an `InProgress`/`Stopping` job

@@ -108,6 +108,8 @@ struct Inner {
     validating: Mutex<HashSet<JobId>>,
     /// Serialises status decisions (start, stop) so they never race each other.
     decisions: tokio::sync::Mutex<()>,
+    /// Serialises creates: the name and per-model checks and the insert are one step.
+    creates: tokio::sync::Mutex<()>,
     wake: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -143,6 +145,7 @@ impl Scheduler {
                 running: Mutex::new(HashMap::new()),
                 validating: Mutex::new(HashSet::new()),
                 decisions: tokio::sync::Mutex::new(()),
+                creates: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -172,6 +175,7 @@ impl Scheduler {
     }
 
     pub async fn create(&self, req: CreateJob) -> Result<JobRecord, SchedulerError> {
+        let _creates = self.inner.creates.lock().await;
         let store = &self.inner.store;
         if let Some(token) = &req.client_request_token
             && let Some(existing) = store.find_by_token(token).await?
@@ -391,6 +395,15 @@ impl Scheduler {
                     let room = running.len() < self.inner.config.max_running_jobs;
                     drop(running);
                     if room && !starting {
+                        self.start_execution(job);
+                    }
+                }
+                // A stop that found nothing to signal (it raced a start or the end of a
+                // validation): finishing it as a run that stops at once writes what exists.
+                JobStatus::Stopping => {
+                    let running = lock(&self.inner.running).contains_key(&job.id);
+                    let validating = lock(&self.inner.validating).contains(&job.id);
+                    if !running && !validating {
                         self.start_execution(job);
                     }
                 }

@@ -216,6 +216,12 @@ impl Storage {
                 uri: uri.to_string(),
             });
         }
+        if metas.is_empty() && uri.file_name().is_some_and(|n| n.ends_with(".jsonl")) {
+            // A file that does not exist, not an empty folder.
+            return Err(StorageError::NotFound {
+                uri: uri.to_string(),
+            });
+        }
         metas.retain(|m| m.location.as_ref().ends_with(".jsonl"));
         metas.sort_by(|a, b| a.location.cmp(&b.location));
         if metas.is_empty() {

@@ -1,0 +1,90 @@
+"""A job survives a server restart: SIGTERM mid-job, a new `batchd serve` on the same data dir
+and config resumes it from its checkpoint; every record ends in the output exactly once."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from conftest import (
+    FAST_MODEL,
+    SLOW_MODEL,
+    create_job,
+    expected_manifest,
+    job_id_of,
+    parse_jsonl,
+    read_manifest,
+    records,
+    unique,
+    wait_for_status,
+)
+
+
+@pytest.mark.parametrize("mode", ["s3", "local"])
+def test_sigterm_mid_job_then_restart_resumes_the_job(start_server, slow_fake, bucket_name, mode):
+    # One job at a time, so a second job waits (Scheduled) behind the first at shutdown.
+    server = start_server(mode, {"limits": {"max_running_jobs": 1}})
+    b = server.buckets
+    b.create(bucket_name)
+    n = 60  # about 6 s on the slow model
+    body, ids = records(n)
+    in_uri = b.put(bucket_name, "in/resume.jsonl", body)
+    arn = create_job(server.bedrock, unique("restart"), in_uri, f"s3://{bucket_name}/out/", model=SLOW_MODEL)
+    job_id = job_id_of(arn)
+    wait_for_status(server.bedrock, arn, {"InProgress"}, timeout=30, interval=0.05)
+    small, small_ids = records(5, "q")
+    queued_in = b.put(bucket_name, "in2/queued.jsonl", small)
+    queued = create_job(server.bedrock, unique("queued"), queued_in, f"s3://{bucket_name}/out2/", model=FAST_MODEL)
+    wait_for_status(server.bedrock, queued, {"Scheduled"}, timeout=30, interval=0.05)
+    time.sleep(2.0)
+
+    started = time.monotonic()
+    code = server.stop(signal.SIGTERM)
+    assert code == 0, server.proc.logs()
+    assert time.monotonic() - started < 10, "SIGTERM took too long"
+    requests_before_restart = slow_fake.stats()["requests"]
+
+    again = start_server(mode, data_dir=server.data_dir, config_path=server.config_path)
+    job = again.bedrock.get_model_invocation_job(jobIdentifier=arn)
+    # Resumed from its checkpoint, not from zero, and not left hanging.
+    assert job["status"] == "InProgress", job
+    resumed_at = job["processedRecordCount"]
+    assert 0 < resumed_at < n, job
+    assert job["totalRecordCount"] == n
+
+    job = wait_for_status(again.bedrock, arn, {"Completed"}, timeout=60)
+    assert (job["totalRecordCount"], job["processedRecordCount"], job["successRecordCount"], job["errorRecordCount"]) == (
+        n,
+        n,
+        n,
+        0,
+    )
+    # Only the records after the checkpoint ran again.
+    assert slow_fake.stats()["requests"] - requests_before_restart == n - resumed_at
+
+    lines = parse_jsonl(b.get(bucket_name, f"out/{job_id}/resume.jsonl.out"))
+    assert [x["recordId"] for x in lines] == ids, "every recordId exactly once, in input order"
+    assert all("modelOutput" in x for x in lines)
+    manifest = read_manifest(b, bucket_name, "out/", job_id)
+    assert manifest == expected_manifest(lines, n)
+    assert b.keys(bucket_name, f"out/{job_id}/") == [f"out/{job_id}/manifest.json.out", f"out/{job_id}/resume.jsonl.out"]
+
+    # The new server knows both jobs.
+    listed = again.bedrock.list_model_invocation_jobs(sortOrder="Ascending")["invocationJobSummaries"]
+    assert [j["jobArn"] for j in listed] == [arn, queued]
+
+    # The job that was waiting runs after the restart too.
+    job = wait_for_status(again.bedrock, queued, {"Completed"}, timeout=30)
+    assert job["processedRecordCount"] == 5
+    queued_id = job_id_of(queued)
+    lines = parse_jsonl(b.get(bucket_name, f"out2/{queued_id}/queued.jsonl.out"))
+    assert [x["recordId"] for x in lines] == small_ids
+    assert read_manifest(b, bucket_name, "out2/", queued_id) == expected_manifest(lines, 5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_idle_server_exits_0_on_signal(start_server, sig):
+    server = start_server("local")
+    server.bedrock.list_model_invocation_jobs()
+    assert server.stop(sig) == 0, server.proc.logs()
