@@ -206,7 +206,10 @@ impl JobStore {
     }
 
     /// Jobs in the given statuses, oldest first (the scheduler's and resume's view).
-    pub async fn list_in_status(&self, statuses: &[JobStatus]) -> Result<Vec<JobRecord>, StoreError> {
+    pub async fn list_in_status(
+        &self,
+        statuses: &[JobStatus],
+    ) -> Result<Vec<JobRecord>, StoreError> {
         if statuses.is_empty() {
             return Ok(Vec::new());
         }
