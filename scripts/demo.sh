@@ -1,37 +1,29 @@
 #!/usr/bin/env bash
-# The main job: a Converse batch through `batchd run`, end to end.
-# Until the embedded model lands, the records run on batchd's fake OpenAI-compatible backend
-# (batchd-fake, an echo server started here), not on a language model.
+# The main job: a real Converse batch on the embedded model (SmolLM2-135M-Instruct on
+# llama.cpp, in-process; no model server), end to end through `batchd run`.
+# Fetches the model files first if they are not in the cache (scripts/models.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-
-cargo build --release --quiet -p batchd -p batchd-testkit
-work=$(mktemp -d)
-cleanup() { [ -n "${fake_pid:-}" ] && kill "$fake_pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-target/release/batchd-fake --port 0 > "$work/fake.out" &
-fake_pid=$!
-for _ in $(seq 50); do grep -q listening "$work/fake.out" 2>/dev/null && break; sleep 0.1; done
-base_url=$(sed -n 's/^listening on //p' "$work/fake.out")
-[ -n "$base_url" ] || { echo "batchd-fake did not start" >&2; exit 1; }
-
-cat > "$work/batchd.toml" <<TOML
-[[models]]
-id = "demo.echo-v1"
-backend = "openai"
-base_url = "$base_url"
-TOML
-
-inputs=(examples/converse-demo.jsonl)
-[ -f ../shared/data/converse-basic.jsonl ] && inputs+=(../shared/data/converse-basic.jsonl)
-target/release/batchd run "${inputs[@]}" --model-id demo.echo-v1 --config "$work/batchd.toml" \
+# llama.cpp's OpenMP threads otherwise spin between steps on a busy 2-core host.
+export OMP_WAIT_POLICY=passive
+bash scripts/models.sh
+cargo build --release --quiet -p batchd
+target/release/batchd run examples/converse-demo.jsonl --model-id batchd.smollm2-135m-instruct \
   --data-dir ./batchd-data --out ./batchd-output "$@"
 
 job_dir=$(ls -td ./batchd-output/*/ | head -n 1)
 echo
-echo "== ${job_dir}converse-demo.jsonl.out (first 2 lines)"
-head -n 2 "${job_dir}converse-demo.jsonl.out"
+echo "== ${job_dir}converse-demo.jsonl.out: each record's answer"
+python3 - "${job_dir}converse-demo.jsonl.out" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if "modelOutput" in r:
+        text = "".join(c.get("text", "") for c in r["modelOutput"]["output"]["message"]["content"])
+        print(f'{r["recordId"]}: {text.strip()[:160]!r} ({r["modelOutput"]["stopReason"]})')
+    else:
+        print(f'{r["recordId"]}: error {r["error"]}')
+PY
 echo "== ${job_dir}manifest.json.out"
 cat "${job_dir}manifest.json.out"; echo

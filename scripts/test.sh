@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints, every Rust test of the workspace, then the Python suite
-# (boto3 and the AWS CLI against batchd serve).
+# (boto3 and the AWS CLI against batchd serve). Fetches the embedded models first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+# llama.cpp's OpenMP threads otherwise spin between steps on a busy 2-core host.
+export OMP_WAIT_POLICY=passive
 if [ ! -d ../shared/data ]; then
   echo "../shared/data is missing: the tests read the shared example records beside the repo" >&2
   exit 1
 fi
 source scripts/python-env.sh
+bash scripts/models.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace

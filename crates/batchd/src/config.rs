@@ -26,6 +26,8 @@ pub struct Config {
     #[serde(default)]
     pub quotas: QuotasSection,
     #[serde(default)]
+    pub embedded: crate::embedded::EmbeddedSection,
+    #[serde(default)]
     pub models: Vec<ModelConfig>,
 }
 
@@ -174,7 +176,35 @@ pub struct ModelConfig {
 
 impl Config {
     /// Reads `path`, or returns the defaults when there is no file.
+    /// Built-in models are added unless the file has entries with their ids.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_file(path).map(Self::with_builtins)
+    }
+
+    fn with_builtins(mut self) -> Self {
+        use crate::embedded::{
+            BUILTIN_CHAT_ID, BUILTIN_EMBEDDINGS_ID, CHAT_MODEL, EMBEDDINGS_MODEL,
+        };
+        for (id, model) in [
+            (BUILTIN_CHAT_ID, CHAT_MODEL),
+            (BUILTIN_EMBEDDINGS_ID, EMBEDDINGS_MODEL),
+        ] {
+            if !self.models.iter().any(|m| m.id == id) {
+                self.models.push(ModelConfig {
+                    id: id.into(),
+                    backend: "embedded".into(),
+                    base_url: None,
+                    model: Some(model.into()),
+                    max_concurrency: None,
+                    api_key_env: None,
+                    allow_tool_config: None,
+                });
+            }
+        }
+        self
+    }
+
+    fn load_file(path: Option<&Path>) -> anyhow::Result<Self> {
         let Some(path) = path else {
             return Ok(Self::default());
         };
@@ -203,7 +233,11 @@ impl Config {
                         bail!("models[{i}] ({}): backend \"openai\" needs base_url", m.id);
                     }
                 }
-                "embedded" | "bedrock" => {}
+                "embedded" => {
+                    crate::embedded::embedded_kind(m.model.as_deref(), &m.id)
+                        .with_context(|| format!("models[{i}]"))?;
+                }
+                "bedrock" => {}
                 other => bail!(
                     "models[{i}] ({}): unknown backend {other:?} (expected openai, embedded or bedrock)",
                     m.id
@@ -328,6 +362,30 @@ mod tests {
         assert_eq!(m.model.as_deref(), Some("name-the-server-knows"));
         let err = config.model("nope").unwrap_err().to_string();
         assert!(err.contains("unknown model id \"nope\""), "{err}");
+    }
+
+    #[test]
+    fn builtin_models_exist_without_a_file_and_config_entries_win() {
+        let config = Config::load(None).unwrap();
+        let chat = config.model("batchd.smollm2-135m-instruct").unwrap();
+        assert_eq!(
+            (chat.backend.as_str(), chat.model.as_deref()),
+            ("embedded", Some("smollm2-135m-instruct"))
+        );
+        assert!(config.model("batchd.all-minilm-l6-v2").is_ok());
+        let mut own: Config = toml::from_str(
+            "[[models]]\nid = \"batchd.smollm2-135m-instruct\"\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\n",
+        )
+        .unwrap();
+        own = own.with_builtins();
+        assert_eq!(
+            own.model("batchd.smollm2-135m-instruct").unwrap().backend,
+            "openai"
+        );
+        let bad: Config =
+            toml::from_str("[[models]]\nid = \"m\"\nbackend = \"embedded\"\nmodel = \"gpt-9\"\n")
+                .unwrap();
+        assert!(format!("{:#}", bad.check().unwrap_err()).contains("does not exist"));
     }
 
     #[test]

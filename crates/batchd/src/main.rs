@@ -3,6 +3,7 @@
 
 mod client;
 mod config;
+mod embedded;
 mod serve;
 
 use std::io::IsTerminal;
@@ -216,11 +217,28 @@ fn parse_uris(inputs: &[String]) -> anyhow::Result<Vec<StorageUri>> {
         .collect()
 }
 
+/// The backend of a configured model, and the concurrency its jobs run at (an embedded chat
+/// model runs as many records as it has slots, unless `requested` says otherwise).
 pub(crate) fn build_backend(
     model: &ModelConfig,
-    concurrency: usize,
-) -> anyhow::Result<Arc<dyn ModelBackend>> {
+    requested: Option<usize>,
+    default_concurrency: usize,
+    embedded: &Arc<embedded::EmbeddedModels>,
+) -> anyhow::Result<(Arc<dyn ModelBackend>, usize)> {
+    let concurrency = requested
+        .or(model.max_concurrency)
+        .unwrap_or(default_concurrency)
+        .max(1);
     match model.backend.as_str() {
+        "embedded" => {
+            let kind = embedded::embedded_kind(model.model.as_deref(), &model.id)?;
+            let concurrency = match kind {
+                embedded::CHAT_MODEL => requested.unwrap_or_else(|| embedded.section().slots()),
+                _ => concurrency,
+            };
+            let backend = embedded::EmbeddedBackend::new(embedded.clone(), kind);
+            Ok((Arc::new(backend), concurrency.max(1)))
+        }
         "openai" => {
             let api_key = match &model.api_key_env {
                 Some(var) => Some(std::env::var(var).with_context(|| {
@@ -235,7 +253,7 @@ pub(crate) fn build_backend(
                 max_connections: concurrency,
             })
             .with_context(|| format!("model {}: cannot build the openai backend", model.id))?;
-            Ok(Arc::new(backend))
+            Ok((Arc::new(backend), concurrency))
         }
         other => bail!(
             "model {}: backend {other:?} is not available in this build yet",
@@ -247,18 +265,25 @@ pub(crate) fn build_backend(
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     let model = config.model(&args.model_id)?;
-    let concurrency = args
-        .concurrency
-        .or(model.max_concurrency)
-        .unwrap_or(config.engine.concurrency)
-        .max(1);
+    let embedded_models = embedded::EmbeddedModels::new(config.embedded.clone());
+    let (backend, concurrency) = build_backend(
+        model,
+        args.concurrency,
+        config.engine.concurrency,
+        &embedded_models,
+    )?;
+    if model.backend == "embedded" {
+        // Missing model files are an error now, not one error line per record.
+        embedded_models
+            .preload(embedded::embedded_kind(model.model.as_deref(), &model.id)?)
+            .await?;
+    }
     let inputs = parse_uris(&args.inputs)?;
     let data_dir = config.data_dir(args.data_dir.as_deref());
     let out = match &args.out {
         Some(out) => StorageUri::parse(out)?,
         None => StorageUri::Local(data_dir.join("output")),
     };
-    let backend = build_backend(model, concurrency)?;
     let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
     let engine = Engine::new(storage, config.engine_config(args.max_attempts));
     let store = JobStore::open(&data_dir.join("batchd.sqlite"))

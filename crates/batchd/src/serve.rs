@@ -90,12 +90,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
 
     let mut models = HashMap::new();
+    let embedded = crate::embedded::EmbeddedModels::new(config.embedded.clone());
     for model in &config.models {
-        let concurrency = model
-            .max_concurrency
-            .unwrap_or(config.engine.concurrency)
-            .max(1);
-        let backend = crate::build_backend(model, concurrency)?;
+        let (backend, concurrency) =
+            crate::build_backend(model, None, config.engine.concurrency, &embedded)?;
         let converse = ConverseOptions {
             allow_tool_config: model.allow_tool_config.unwrap_or(true),
         };

@@ -1,0 +1,376 @@
+//! The inference thread of the chat model: continuous batching over one llama.cpp context.
+//!
+//! Requests arrive over a channel. Each active request owns one sequence id (a slot) of the
+//! context. Every step builds one `llama_batch` holding the next token of every decoding
+//! sequence plus prompt chunks of sequences still prefilling (within `batch_size` tokens), runs
+//! one forward pass, and samples each sequence that produced logits. A sequence that finishes
+//! (or whose caller went away) frees its KV cells and its slot at once, and the next waiting
+//! request takes the slot in the following step.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
+
+use batchd_backends::BackendError;
+use batchd_formats::neutral::{ChatResponse, ContentPart, StopReason, Usage};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::oneshot;
+
+use super::output::Output;
+use crate::error::server;
+
+/// How one request samples its tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sampling {
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: Option<i32>,
+    pub seed: u32,
+}
+
+/// One chat request, tokenized, on its way to the inference thread.
+pub(crate) struct Job {
+    pub prompt: Vec<LlamaToken>,
+    pub sampling: Sampling,
+    pub max_tokens: u32,
+    pub stop_sequences: Vec<String>,
+    pub reply: oneshot::Sender<Result<ChatResponse, BackendError>>,
+}
+
+/// What the context is created with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EngineParams {
+    pub slots: usize,
+    pub context_per_sequence: u32,
+    pub batch_size: u32,
+    pub threads: i32,
+    pub kv_unified: bool,
+}
+
+/// Counters of the inference thread, for benchmarks and diagnostics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub steps: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub busy_nanos: AtomicU64,
+    /// Time and tokens of steps without prompt tokens: the pure decode rate.
+    pub decode_only_nanos: AtomicU64,
+    pub decode_only_tokens: AtomicU64,
+    pub sampling_nanos: AtomicU64,
+    pub max_active: AtomicU64,
+}
+
+/// A snapshot of the inference thread's counters since the model was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// Forward passes (one `llama_decode` each).
+    pub steps: u64,
+    /// Prompt tokens prefilled.
+    pub prompt_tokens: u64,
+    /// Tokens sampled (the output tokens of all requests).
+    pub generated_tokens: u64,
+    /// Time spent in forward passes and sampling.
+    pub busy: std::time::Duration,
+    /// Time of the steps that only decoded (no prompt tokens in the batch).
+    pub decode_only: std::time::Duration,
+    /// Tokens sampled in those steps.
+    pub decode_only_tokens: u64,
+    /// Time spent sampling (part of `busy`).
+    pub sampling: std::time::Duration,
+    /// The most sequences active in one step.
+    pub max_active: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> EngineStats {
+        EngineStats {
+            steps: self.steps.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            generated_tokens: self.generated_tokens.load(Ordering::Relaxed),
+            busy: std::time::Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
+            decode_only: std::time::Duration::from_nanos(
+                self.decode_only_nanos.load(Ordering::Relaxed),
+            ),
+            decode_only_tokens: self.decode_only_tokens.load(Ordering::Relaxed),
+            sampling: std::time::Duration::from_nanos(self.sampling_nanos.load(Ordering::Relaxed)),
+            max_active: self.max_active.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Creates the context. Runs on the inference thread (the context is not `Sync`).
+pub(crate) fn new_context<'m>(
+    model: &'m LlamaModel,
+    params: EngineParams,
+) -> Result<LlamaContext<'m>, String> {
+    let slots = u32::try_from(params.slots).map_err(|e| e.to_string())?;
+    let n_ctx = slots
+        .checked_mul(params.context_per_sequence)
+        .and_then(NonZeroU32::new)
+        .ok_or("max_sequences × context_per_sequence must be between 1 and 2^32")?;
+    let ctx_params = LlamaContextParams::default()
+        .with_n_ctx(Some(n_ctx))
+        .with_n_batch(params.batch_size)
+        .with_n_ubatch(params.batch_size)
+        .with_n_seq_max(slots)
+        .with_n_threads(params.threads)
+        .with_n_threads_batch(params.threads)
+        .with_kv_unified(params.kv_unified);
+    model
+        .new_context(crate::chat::backend()?, ctx_params)
+        .map_err(|e| e.to_string())
+}
+
+/// A request that holds a slot.
+struct Active {
+    seq: i32,
+    job: Job,
+    sampler: LlamaSampler,
+    /// Prompt tokens already put into a batch.
+    fed: usize,
+    /// Position of the next token of this sequence.
+    pos: i32,
+    /// The last sampled token, to feed in the next step.
+    next: Option<LlamaToken>,
+    generated: u32,
+    output: Output,
+    /// Index in the current batch whose logits this sequence samples from.
+    logits_at: Option<i32>,
+}
+
+impl Active {
+    fn new(seq: i32, mut job: Job) -> Self {
+        let sampler = sampler(job.sampling);
+        let output = Output::new(std::mem::take(&mut job.stop_sequences));
+        Self {
+            seq,
+            job,
+            sampler,
+            fed: 0,
+            pos: 0,
+            next: None,
+            generated: 0,
+            output,
+            logits_at: None,
+        }
+    }
+}
+
+fn sampler(s: Sampling) -> LlamaSampler {
+    if s.temperature <= 0.0 {
+        return LlamaSampler::greedy();
+    }
+    let mut chain = Vec::with_capacity(4);
+    if let Some(k) = s.top_k {
+        chain.push(LlamaSampler::top_k(k));
+    }
+    if s.top_p < 1.0 {
+        chain.push(LlamaSampler::top_p(s.top_p, 1));
+    }
+    chain.push(LlamaSampler::temp(s.temperature));
+    chain.push(LlamaSampler::dist(s.seed));
+    LlamaSampler::chain_simple(chain)
+}
+
+/// The loop of the inference thread. Returns when every sender is gone and no work is left.
+pub(crate) fn run(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    params: EngineParams,
+    jobs: &Receiver<Job>,
+    counters: &Counters,
+) {
+    let budget = usize::try_from(params.batch_size).unwrap_or(usize::MAX);
+    let slots = i32::try_from(params.slots).unwrap_or(i32::MAX);
+    let ctx_limit = i32::try_from(params.context_per_sequence).unwrap_or(i32::MAX);
+    let vocab = model.vocab();
+    let mut batch = LlamaBatch::new(budget, 1);
+    let mut free: Vec<i32> = (0..slots).rev().collect();
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut active: Vec<Active> = Vec::new();
+    let mut open = true;
+
+    loop {
+        // Intake: block only when there is nothing to do.
+        if active.is_empty() && waiting.is_empty() {
+            if !open {
+                return;
+            }
+            match jobs.recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => return,
+            }
+        }
+        while open {
+            match jobs.try_recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+
+        // Callers that went away (attempt timeout, stop) give their slot back now.
+        waiting.retain(|job| !job.reply.is_closed());
+        active.retain(|a| {
+            if a.job.reply.is_closed() {
+                release(ctx, a.seq, &mut free);
+                false
+            } else {
+                true
+            }
+        });
+        while let Some(seq) = free.pop() {
+            match waiting.pop_front() {
+                Some(job) => active.push(Active::new(seq, job)),
+                None => {
+                    free.push(seq);
+                    break;
+                }
+            }
+        }
+        if active.is_empty() {
+            continue;
+        }
+        counters
+            .max_active
+            .fetch_max(active.len() as u64, Ordering::Relaxed);
+
+        // One batch: the next token of every decoding sequence first, then prompt chunks.
+        batch.clear();
+        let mut add_failed = None;
+        for a in active.iter_mut() {
+            a.logits_at = None;
+            if let Some(token) = a.next.take() {
+                if let Err(e) = batch.add(token, a.pos, &[a.seq], true) {
+                    add_failed = Some(e.to_string());
+                    break;
+                }
+                a.logits_at = Some(batch.n_tokens() - 1);
+                a.pos += 1;
+            }
+        }
+        let mut prompt_tokens = 0u64;
+        for a in active.iter_mut() {
+            let room = budget.saturating_sub(usize::try_from(batch.n_tokens()).unwrap_or(0));
+            if room == 0 || add_failed.is_some() {
+                break;
+            }
+            let left = a.job.prompt.len() - a.fed;
+            if left == 0 {
+                continue;
+            }
+            let take = left.min(room);
+            for (i, &token) in a.job.prompt[a.fed..a.fed + take].iter().enumerate() {
+                let last = a.fed + i + 1 == a.job.prompt.len();
+                if let Err(e) = batch.add(token, a.pos, &[a.seq], last) {
+                    add_failed = Some(e.to_string());
+                    break;
+                }
+                a.pos += 1;
+                if last {
+                    a.logits_at = Some(batch.n_tokens() - 1);
+                }
+            }
+            a.fed += take;
+            prompt_tokens += take as u64;
+        }
+
+        let started = Instant::now();
+        let decoded = match add_failed {
+            Some(e) => Err(e),
+            None => ctx.decode(&mut batch).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = decoded {
+            // The KV state of these sequences is unknown now: fail them all, keep serving.
+            tracing::error!(error = %e, "embedded chat: forward pass failed");
+            for a in active.drain(..) {
+                release(ctx, a.seq, &mut free);
+                let _ = a.job.reply.send(Err(server(format!(
+                    "embedded chat model: forward pass failed: {e}"
+                ))));
+            }
+            continue;
+        }
+
+        // Sample every sequence that produced logits; collect those that are done.
+        let sampling_started = Instant::now();
+        let mut finished = Vec::new();
+        let mut sampled = 0u64;
+        for (i, a) in active.iter_mut().enumerate() {
+            let Some(at) = a.logits_at else { continue };
+            let token = a.sampler.sample(ctx, at);
+            a.generated += 1;
+            sampled += 1;
+            if vocab.is_eog(token) {
+                finished.push((i, StopReason::EndTurn, None));
+                continue;
+            }
+            let piece = vocab.token_to_piece(token, false, None);
+            if let Some(stop) = a.output.push(&piece) {
+                finished.push((i, StopReason::StopSequence, Some(stop)));
+            } else if a.generated >= a.job.max_tokens {
+                finished.push((i, StopReason::MaxTokens, None));
+            } else if a.pos >= ctx_limit {
+                finished.push((i, StopReason::ModelContextWindowExceeded, None));
+            } else {
+                a.next = Some(token);
+            }
+        }
+        let nanos = |since: Instant| u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counters
+            .sampling_nanos
+            .fetch_add(nanos(sampling_started), Ordering::Relaxed);
+        let busy = nanos(started);
+        counters.steps.fetch_add(1, Ordering::Relaxed);
+        counters
+            .prompt_tokens
+            .fetch_add(prompt_tokens, Ordering::Relaxed);
+        counters
+            .generated_tokens
+            .fetch_add(sampled, Ordering::Relaxed);
+        counters.busy_nanos.fetch_add(busy, Ordering::Relaxed);
+        if prompt_tokens == 0 {
+            counters
+                .decode_only_nanos
+                .fetch_add(busy, Ordering::Relaxed);
+            counters
+                .decode_only_tokens
+                .fetch_add(sampled, Ordering::Relaxed);
+        }
+
+        // Remove from the back so the indices stay valid.
+        for (i, stop_reason, stop_sequence) in finished.into_iter().rev() {
+            let a = active.remove(i);
+            release(ctx, a.seq, &mut free);
+            let response = ChatResponse {
+                content: vec![ContentPart::Text(a.output.into_text())],
+                stop_reason,
+                stop_sequence,
+                usage: Usage {
+                    input_tokens: a.job.prompt.len() as u64,
+                    output_tokens: u64::from(a.generated),
+                    cache_read_input_tokens: None,
+                },
+            };
+            // The caller may have gone away meanwhile; nothing to do then.
+            let _ = a.job.reply.send(Ok(response));
+        }
+    }
+}
+
+/// Frees a sequence's KV cells and its slot.
+fn release(ctx: &mut LlamaContext<'_>, seq: i32, free: &mut Vec<i32>) {
+    if let Err(e) = ctx.kv_cache_seq_rm(seq, None, None) {
+        tracing::error!(seq, error = %e, "embedded chat: cannot free a sequence");
+    }
+    free.push(seq);
+}

@@ -1,0 +1,178 @@
+//! The embedded models as configured backends: built-in model ids, the `[embedded]` config
+//! section, and one shared instance per model, loaded on first use (a server that never runs
+//! an embedded job never pays for the KV cache).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use batchd_backends::{BackendError, ErrorKind, ModelBackend};
+use batchd_embedded::{
+    ChatModelConfig, ChatModelFiles, EmbeddedChat, EmbeddedEmbeddings, EmbeddingModelFiles,
+    EmbeddingsConfig,
+};
+use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+pub const CHAT_MODEL: &str = "smollm2-135m-instruct";
+pub const EMBEDDINGS_MODEL: &str = "all-minilm-l6-v2";
+/// Model ids that exist with no config file.
+pub const BUILTIN_CHAT_ID: &str = "batchd.smollm2-135m-instruct";
+pub const BUILTIN_EMBEDDINGS_ID: &str = "batchd.all-minilm-l6-v2";
+
+/// `[embedded]`: where the model files are and how the chat model runs.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedSection {
+    /// Default: `$BATCHD_MODELS_DIR`, else `~/.cache/batchd/models` (what scripts/models.sh fills).
+    pub models_dir: Option<PathBuf>,
+    /// Sequences decoded together; the concurrency of jobs on the chat model.
+    pub slots: Option<usize>,
+    /// llama.cpp threads (default: one per core).
+    pub threads: Option<usize>,
+    /// Tokens of prompt plus answer per sequence.
+    pub context_per_sequence: Option<u32>,
+}
+
+impl EmbeddedSection {
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(batchd_embedded::default_cache_dir)
+    }
+
+    pub fn chat_config(&self) -> anyhow::Result<ChatModelConfig> {
+        let files = ChatModelFiles::locate(&self.models_dir())?;
+        let mut config = ChatModelConfig::from_files(&files);
+        if let Some(slots) = self.slots {
+            config.max_sequences = slots;
+        }
+        if let Some(threads) = self.threads {
+            config.threads = threads;
+        }
+        if let Some(ctx) = self.context_per_sequence {
+            config.context_per_sequence = ctx;
+        }
+        Ok(config)
+    }
+
+    /// The chat model's slots without loading it.
+    pub fn slots(&self) -> usize {
+        self.slots
+            .unwrap_or_else(|| ChatModelConfig::new("").max_sequences)
+    }
+}
+
+/// Which embedded model an entry's `model` names.
+pub fn embedded_kind(model: Option<&str>, id: &str) -> anyhow::Result<&'static str> {
+    match model.unwrap_or(id) {
+        CHAT_MODEL | BUILTIN_CHAT_ID => Ok(CHAT_MODEL),
+        EMBEDDINGS_MODEL | BUILTIN_EMBEDDINGS_ID => Ok(EMBEDDINGS_MODEL),
+        other => anyhow::bail!(
+            "model {id}: embedded model {other:?} does not exist (expected \"{CHAT_MODEL}\" or \"{EMBEDDINGS_MODEL}\")"
+        ),
+    }
+}
+
+/// The embedded models of this process, each loaded once and shared by every model id that
+/// maps to it.
+#[derive(Default)]
+pub struct EmbeddedModels {
+    section: EmbeddedSection,
+    chat: OnceCell<Arc<EmbeddedChat>>,
+    embeddings: OnceCell<Arc<EmbeddedEmbeddings>>,
+}
+
+impl EmbeddedModels {
+    pub fn new(section: EmbeddedSection) -> Arc<Self> {
+        Arc::new(Self {
+            section,
+            ..Self::default()
+        })
+    }
+
+    pub fn section(&self) -> &EmbeddedSection {
+        &self.section
+    }
+
+    async fn chat(&self) -> Result<Arc<EmbeddedChat>, BackendError> {
+        self.chat
+            .get_or_try_init(|| async {
+                let config = self.section.chat_config().map_err(unavailable)?;
+                let model = tokio::task::spawn_blocking(move || EmbeddedChat::load(config))
+                    .await
+                    .map_err(|e| unavailable(anyhow::anyhow!("{e}")))?
+                    .map_err(|e| unavailable(e.into()))?;
+                Ok(Arc::new(model))
+            })
+            .await
+            .cloned()
+    }
+
+    async fn embeddings(&self) -> Result<Arc<EmbeddedEmbeddings>, BackendError> {
+        self.embeddings
+            .get_or_try_init(|| async {
+                let files = EmbeddingModelFiles::locate(&self.section.models_dir())
+                    .map_err(|e| unavailable(e.into()))?;
+                let model = tokio::task::spawn_blocking(move || {
+                    EmbeddedEmbeddings::load(EmbeddingsConfig::new(files))
+                })
+                .await
+                .map_err(|e| unavailable(anyhow::anyhow!("{e}")))?
+                .map_err(|e| unavailable(e.into()))?;
+                Ok(Arc::new(model))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Loads the model now, so that `batchd run` fails before validating anything when the
+    /// files are missing.
+    pub async fn preload(&self, kind: &str) -> anyhow::Result<()> {
+        let result = if kind == CHAT_MODEL {
+            self.chat().await.map(|_| ())
+        } else {
+            self.embeddings().await.map(|_| ())
+        };
+        result.map_err(|e| anyhow::anyhow!("{}", e.message))
+    }
+}
+
+fn unavailable(e: anyhow::Error) -> BackendError {
+    // Missing files will not appear by retrying: not retryable.
+    BackendError::new(
+        ErrorKind::Unsupported,
+        format!("the embedded model is not available: {e:#}"),
+    )
+}
+
+/// A `ModelBackend` over one of the shared embedded models.
+pub struct EmbeddedBackend {
+    models: Arc<EmbeddedModels>,
+    kind: &'static str,
+}
+
+impl EmbeddedBackend {
+    pub fn new(models: Arc<EmbeddedModels>, kind: &'static str) -> Self {
+        Self { models, kind }
+    }
+}
+
+#[async_trait::async_trait]
+impl ModelBackend for EmbeddedBackend {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
+        if self.kind == CHAT_MODEL {
+            self.models.chat().await?.chat(request).await
+        } else {
+            self.models.embeddings().await?.chat(request).await
+        }
+    }
+
+    async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, BackendError> {
+        if self.kind == CHAT_MODEL {
+            self.models.chat().await?.embed(request).await
+        } else {
+            self.models.embeddings().await?.embed(request).await
+        }
+    }
+}
