@@ -104,6 +104,43 @@ pub trait ModelBackend: Send + Sync {
 
     /// Embeddings for one or more texts, one vector per input in order.
     async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, BackendError>;
+
+    /// Whether this backend runs record bodies as they are (Bedrock on-demand), through
+    /// [`ModelBackend::invoke_native`], instead of the neutral chat/embed calls.
+    fn runs_native(&self) -> bool {
+        false
+    }
+
+    /// Runs one record body as it is and returns the model's answer as it is.
+    async fn invoke_native(&self, call: NativeCall<'_>) -> Result<NativeAnswer, BackendError> {
+        let _ = call;
+        Err(BackendError::new(
+            ErrorKind::Unsupported,
+            "this backend does not run native record bodies",
+        ))
+    }
+
+    /// The most embedding inputs one [`ModelBackend::embed`] call may carry.
+    fn max_embed_batch(&self) -> usize {
+        1
+    }
+}
+
+/// A record body for a backend that runs bodies as they are.
+#[derive(Debug, Clone, Copy)]
+pub enum NativeCall<'a> {
+    /// A Converse request body (the record's modelInput), for the Converse API.
+    Converse(&'a str),
+    /// A model family's InvokeModel body, for the InvokeModel API.
+    InvokeModel(&'a str),
+}
+
+/// The answer to a [`NativeCall`]: the response body (JSON) and its token counts.
+#[derive(Debug, Clone)]
+pub struct NativeAnswer {
+    pub body: Vec<u8>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 pub mod converse;
 pub mod manifest;
+pub mod native;
 pub mod neutral;
 pub mod record;
 
