@@ -9,6 +9,7 @@
 //!   recorded in the job store, resumable from the last checkpoint; [`Engine::run_job`] runs
 //!   both (the CLI's in-process job).
 
+mod record;
 pub mod retry;
 pub mod run;
 pub mod scheduler;
