@@ -91,7 +91,7 @@ impl ModelFamily {
 /// A native body, translated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NativeRequest {
-    Chat(ChatRequest),
+    Chat(Box<ChatRequest>),
     Embed(EmbedItem),
 }
 
