@@ -239,24 +239,39 @@ def test_live_counters_and_output_while_in_progress(module_servers, bucket_name,
     assert read_manifest(b, bucket_name, "out/", job_id) == expected_manifest(lines, n)
 
 
-def test_invoke_model_type_is_accepted_then_fails_not_supported(s3_server, bucket_name, wait_status):
-    # TO UPDATE when native InvokeModel bodies land (a later issue): this job must then complete.
+def test_invoke_model_anthropic_bodies_complete_in_the_native_shape(s3_server, bucket_name, wait_status):
     b = s3_server.buckets
     b.create(bucket_name)
+    records = parse_jsonl((SHARED_DATA / "invoke-anthropic.jsonl").read_bytes())
     in_uri = b.put(bucket_name, "in/invoke.jsonl", (SHARED_DATA / "invoke-anthropic.jsonl").read_bytes())
     arn = create_job(
         s3_server.bedrock, unique("invoke"), in_uri, f"s3://{bucket_name}/out/", modelInvocationType="InvokeModel"
     )
     job = s3_server.bedrock.get_model_invocation_job(jobIdentifier=arn)
     assert job["modelInvocationType"] == "InvokeModel"
-    job = wait_status(s3_server.bedrock, arn, {"Failed"})
-    assert job["modelInvocationType"] == "InvokeModel"
-    assert "InvokeModel" in job["message"] and "not supported yet" in job["message"], job["message"]
-    assert isinstance(job["endTime"], dt.datetime)
+    job = wait_status(s3_server.bedrock, arn, {"Completed"})
+    job_id = arn.rsplit("/", 1)[1]
+    lines = parse_jsonl(b.get(bucket_name, f"out/{job_id}/invoke.jsonl.out"))
+    assert [x["recordId"] for x in lines] == [r["recordId"] for r in records]
+    for line, record in zip(lines, records):
+        assert line["modelInput"] == record["modelInput"]
+        out = line["modelOutput"]
+        # Anthropic Messages response, as InvokeModel returns it.
+        assert out["type"] == "message" and out["role"] == "assistant", out
+        assert isinstance(out["content"], list) and out["content"][0]["type"] == "text", out
+        assert isinstance(out["content"][0]["text"], str)
+        assert out["stop_reason"] in {"end_turn", "max_tokens", "stop_sequence", "tool_use"}, out
+        assert isinstance(out["usage"]["input_tokens"], int) and isinstance(out["usage"]["output_tokens"], int)
+    manifest = read_manifest(b, bucket_name, "out/", job_id)
+    assert manifest["totalRecordCount"] == len(records)
+    assert manifest["processedRecordCount"] == len(records)
+    assert manifest["errorRecordCount"] == 0
+    assert manifest["inputTokenCount"] == sum(x["modelOutput"]["usage"]["input_tokens"] for x in lines)
 
 
 def test_invocation_type_defaults_to_invoke_model(s3_server, bucket_name):
-    # Bedrock's default modelInvocationType is InvokeModel. TO UPDATE with native bodies too.
+    # Bedrock's default modelInvocationType is InvokeModel: Converse bodies sent to an
+    # Anthropic model that way fail validation, naming the line and the missing field.
     b = s3_server.buckets
     b.create(bucket_name)
     in_uri = b.put(bucket_name, "in/x.jsonl", (SHARED_DATA / "converse-basic.jsonl").read_bytes())
@@ -270,4 +285,5 @@ def test_invocation_type_defaults_to_invoke_model(s3_server, bucket_name):
     arn = s3_server.bedrock.create_model_invocation_job(**params)["jobArn"]
     job = wait_for_status(s3_server.bedrock, arn, {"Failed"})
     assert job["modelInvocationType"] == "InvokeModel"
-    assert "not supported yet" in job["message"]
+    assert "x.jsonl:1:" in job["message"], job["message"]
+    assert "modelInput.anthropic_version" in job["message"], job["message"]

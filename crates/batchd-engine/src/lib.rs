@@ -9,6 +9,7 @@
 //!   recorded in the job store, resumable from the last checkpoint; [`Engine::run_job`] runs
 //!   both (the CLI's in-process job).
 
+mod embed_batch;
 mod record;
 pub mod retry;
 pub mod run;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use batchd_backends::ModelBackend;
 use batchd_core::{Checkpoint, Counters, InvocationType, JobId, JobStatus};
 use batchd_formats::converse::ConverseOptions;
+use batchd_formats::native::ModelFamily;
 use batchd_storage::{Storage, StorageError, StorageUri};
 use batchd_store::{JobStore, StoreError};
 use tokio::sync::watch;
@@ -110,9 +112,37 @@ pub struct JobSpec {
     /// Output goes to `<output>/<jobId>/...`.
     pub output: StorageUri,
     pub invocation_type: InvocationType,
-    pub converse: ConverseOptions,
+    /// How the model's records are read and sent.
+    pub records: RecordOptions,
     /// Records in flight at once.
     pub concurrency: usize,
+}
+
+/// How one model's records are validated, translated and sent; from the model's config.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub converse: ConverseOptions,
+    /// The InvokeModel body format (from the model id's prefix or the config's `format`).
+    /// `None`: the model takes no InvokeModel records.
+    pub family: Option<ModelFamily>,
+    /// Embedding records sent in one backend call, at most.
+    pub embed_batch_size: usize,
+}
+
+impl RecordOptions {
+    /// The default embedding batch: large enough to amortise a call, small enough that
+    /// one slow batch does not hold many records.
+    pub const DEFAULT_EMBED_BATCH: usize = 16;
+}
+
+impl Default for RecordOptions {
+    fn default() -> Self {
+        Self {
+            converse: ConverseOptions::default(),
+            family: None,
+            embed_batch_size: Self::DEFAULT_EMBED_BATCH,
+        }
+    }
 }
 
 /// Where a job stands, for progress displays.

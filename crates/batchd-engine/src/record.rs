@@ -1,24 +1,61 @@
 //! One record from input line to output line: parse, translate to the neutral request of
-//! its format, call the backend with retries, render the answer.
+//! its format (Converse or a model family's InvokeModel body), call the backend with
+//! retries, and render the answer in the shape the record's format expects.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use batchd_backends::{BackendError, ErrorKind, ModelBackend};
-use batchd_core::generated_record_id;
-use batchd_formats::converse::{ConverseOptions, parse_converse, render_converse_response};
+use batchd_backends::{BackendError, ErrorKind, ModelBackend, NativeCall};
+use batchd_core::{InvocationType, generated_record_id};
+use batchd_formats::converse::{parse_converse, render_converse_response};
+use batchd_formats::native::{
+    EmbedItem, ModelFamily, NativeRequest, parse_native, render_chat, render_embed,
+};
+use batchd_formats::neutral::ChatRequest;
 use batchd_formats::record::{parse_record_line, write_error_line, write_success_line};
 use bytes::Bytes;
+use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::embed_batch::EmbedBatcher;
 use crate::retry::RetryPolicy;
+use crate::{JobSpec, RecordOptions};
 
-/// What every record task shares.
+/// What every record task of a job shares.
 pub(crate) struct RecordContext {
-    pub backend: Arc<dyn ModelBackend>,
-    pub retry: RetryPolicy,
-    pub converse: ConverseOptions,
-    pub job_id: String,
+    backend: Arc<dyn ModelBackend>,
+    retry: RetryPolicy,
+    invocation_type: InvocationType,
+    records: RecordOptions,
+    job_id: String,
+    /// Groups embedding records into backend calls (embedding families only).
+    embedder: Option<EmbedBatcher>,
+}
+
+impl RecordContext {
+    /// Must run inside the runtime: the embedding batcher is a task.
+    pub(crate) fn new(spec: &JobSpec, backend: Arc<dyn ModelBackend>, retry: RetryPolicy) -> Self {
+        let embeds = spec.invocation_type == InvocationType::InvokeModel
+            && spec.records.family.is_some_and(ModelFamily::is_embedding)
+            && !backend.runs_native();
+        let embedder = embeds.then(|| {
+            let size = spec
+                .records
+                .embed_batch_size
+                .min(backend.max_embed_batch())
+                .max(1);
+            EmbedBatcher::new(backend.clone(), size)
+        });
+        Self {
+            backend,
+            retry,
+            invocation_type: spec.invocation_type,
+            records: spec.records.clone(),
+            job_id: spec.job_id.to_string(),
+            embedder,
+        }
+    }
 }
 
 /// A finished record: its output line and what it adds to the counters.
@@ -64,6 +101,110 @@ fn null_raw() -> Box<RawValue> {
     RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable!())
 }
 
+/// A record body, translated for the backend.
+enum Prepared<'a> {
+    /// Sent as it is (Bedrock on-demand).
+    Native(NativeCall<'a>),
+    Converse(ChatRequest),
+    Chat(ModelFamily, Box<ChatRequest>),
+    Embed(ModelFamily, EmbedItem),
+}
+
+/// A backend's answer, rendered: the modelOutput and its token counts.
+struct Answer {
+    body: Value,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+/// Translates a record body; the error is the record's error message.
+fn prepare<'a>(ctx: &RecordContext, body: &'a str) -> Result<Prepared<'a>, String> {
+    let joined = |defects: Vec<batchd_formats::Defect>| {
+        defects
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    match ctx.invocation_type {
+        // Still validated: a Bedrock backend must not be sent what batchd rejects.
+        InvocationType::Converse => {
+            let request = parse_converse(body, &ctx.records.converse).map_err(joined)?;
+            if ctx.backend.runs_native() {
+                Ok(Prepared::Native(NativeCall::Converse(body)))
+            } else {
+                Ok(Prepared::Converse(request))
+            }
+        }
+        InvocationType::InvokeModel => {
+            let family = ctx
+                .records
+                .family
+                .ok_or_else(|| "modelInput: the model has no InvokeModel body format".to_owned())?;
+            let request = parse_native(family, body).map_err(joined)?;
+            if ctx.backend.runs_native() {
+                return Ok(Prepared::Native(NativeCall::InvokeModel(body)));
+            }
+            Ok(match request {
+                NativeRequest::Chat(chat) => Prepared::Chat(family, chat),
+                NativeRequest::Embed(item) => Prepared::Embed(family, item),
+            })
+        }
+    }
+}
+
+/// One attempt at the backend.
+async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer, BackendError> {
+    let started = Instant::now();
+    let latency_ms = || started.elapsed().as_millis() as u64;
+    match prepared {
+        Prepared::Native(call) => {
+            let answer = ctx.backend.invoke_native(*call).await?;
+            let body = serde_json::from_slice(&answer.body).map_err(|e| {
+                BackendError::new(
+                    ErrorKind::Protocol,
+                    format!("the model's answer is not JSON: {e}"),
+                )
+            })?;
+            Ok(Answer {
+                body,
+                input_tokens: answer.input_tokens,
+                output_tokens: answer.output_tokens,
+            })
+        }
+        Prepared::Converse(request) => {
+            let response = ctx.backend.chat(request).await?;
+            Ok(Answer {
+                body: render_converse_response(&response, latency_ms()),
+                input_tokens: response.usage.input_tokens,
+                output_tokens: response.usage.output_tokens,
+            })
+        }
+        Prepared::Chat(family, request) => {
+            let response = ctx.backend.chat(request).await?;
+            Ok(Answer {
+                body: render_chat(*family, &response, latency_ms()),
+                input_tokens: response.usage.input_tokens,
+                output_tokens: response.usage.output_tokens,
+            })
+        }
+        Prepared::Embed(family, item) => {
+            let Some(embedder) = &ctx.embedder else {
+                return Err(BackendError::new(
+                    ErrorKind::Unsupported,
+                    "embedding records need an embedding model",
+                ));
+            };
+            let (vector, tokens) = embedder.embed(item.text.clone(), item.dimensions).await?;
+            Ok(Answer {
+                body: render_embed(*family, item, &vector, tokens),
+                input_tokens: tokens,
+                output_tokens: 0,
+            })
+        }
+    }
+}
+
 /// One record from line to output line: parse, translate, call the backend with retries.
 pub(crate) async fn process_record(
     ctx: Arc<RecordContext>,
@@ -95,40 +236,32 @@ pub(crate) async fn process_record(
         }
     };
     let record_id = match &record.record_id {
-        Some(id) => std::borrow::Cow::Borrowed(id.as_str()),
-        None => std::borrow::Cow::Owned(generated_record_id(&ctx.job_id, &file, line_no)),
+        Some(id) => Cow::Borrowed(id.as_str()),
+        None => Cow::Owned(generated_record_id(&ctx.job_id, &file, line_no)),
     };
-    let request = match parse_converse(record.model_input.get(), &ctx.converse) {
-        Ok(request) => request,
-        Err(defects) => {
-            let message = defects
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
+    let prepared = match prepare(&ctx, record.model_input.get()) {
+        Ok(prepared) => prepared,
+        Err(message) => {
             write_error_line(&mut out, &record_id, record.model_input, 400, &message);
             return failed(out);
         }
     };
 
-    let mut attempt = 0;
+    let mut attempts = 0;
     loop {
-        attempt += 1;
-        let started = Instant::now();
+        attempts += 1;
         let result =
-            tokio::time::timeout(ctx.retry.attempt_timeout, ctx.backend.chat(&request)).await;
+            tokio::time::timeout(ctx.retry.attempt_timeout, attempt(&ctx, &prepared)).await;
         let error = match result {
-            Ok(Ok(response)) => {
-                let latency_ms = started.elapsed().as_millis() as u64;
-                let body = render_converse_response(&response, latency_ms);
-                write_success_line(&mut out, &record_id, record.model_input, &body);
+            Ok(Ok(answer)) => {
+                write_success_line(&mut out, &record_id, record.model_input, &answer.body);
                 return Finished {
                     seq: 0,
                     file_index: 0,
                     line: out,
                     success: true,
-                    input_tokens: response.usage.input_tokens,
-                    output_tokens: response.usage.output_tokens,
+                    input_tokens: answer.input_tokens,
+                    output_tokens: answer.output_tokens,
                 };
             }
             Ok(Err(error)) => error,
@@ -137,9 +270,9 @@ pub(crate) async fn process_record(
                 format!("no answer within {:?}", ctx.retry.attempt_timeout),
             ),
         };
-        if !error.is_retryable() || attempt >= ctx.retry.max_attempts {
-            let message = if attempt > 1 {
-                format!("{} (gave up after {attempt} attempts)", error.message)
+        if !error.is_retryable() || attempts >= ctx.retry.max_attempts {
+            let message = if attempts > 1 {
+                format!("{} (gave up after {attempts} attempts)", error.message)
             } else {
                 error.message.clone()
             };
@@ -154,7 +287,7 @@ pub(crate) async fn process_record(
         }
         tokio::time::sleep(
             ctx.retry
-                .backoff(attempt, error.retry_after, fastrand::f64()),
+                .backoff(attempts, error.retry_after, fastrand::f64()),
         )
         .await;
     }

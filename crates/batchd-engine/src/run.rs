@@ -176,12 +176,11 @@ pub(crate) async fn run_records(
     progress: &watch::Sender<Progress>,
     stop: &StopSignal,
 ) -> Result<RunEnd, EngineError> {
-    let ctx = Arc::new(RecordContext {
+    let ctx = Arc::new(RecordContext::new(
+        spec,
         backend,
-        retry: engine.config.retry.clone(),
-        converse: spec.converse.clone(),
-        job_id: spec.job_id.to_string(),
-    });
+        engine.config.retry.clone(),
+    ));
     let relative: Vec<Arc<str>> = files
         .iter()
         .map(|f| Arc::from(f.relative.as_str()))

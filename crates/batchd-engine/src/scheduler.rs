@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use batchd_backends::ModelBackend;
 use batchd_core::{Counters, InvocationType, JobArn, JobId, JobStatus};
-use batchd_formats::converse::ConverseOptions;
 use batchd_storage::StorageUri;
 use batchd_store::{JobRecord, JobStore, NewJob, StoreError, now_ms};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Engine, EngineError, JobSpec, Progress, StopReason, StopSignal};
+use crate::{Engine, EngineError, JobSpec, Progress, RecordOptions, StopReason, StopSignal};
 
 /// A model jobs may name, with the backend that serves it.
 #[derive(Clone)]
@@ -27,7 +26,7 @@ pub struct ModelEntry {
     pub backend: Arc<dyn ModelBackend>,
     /// Records in flight per job.
     pub concurrency: usize,
-    pub converse: ConverseOptions,
+    pub records: RecordOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -327,7 +326,7 @@ impl Scheduler {
             inputs,
             output: StorageUri::parse(&job.output_uri).map_err(|e| e.to_string())?,
             invocation_type: job.invocation_type,
-            converse: model.converse.clone(),
+            records: model.records.clone(),
             concurrency: model.concurrency,
         })
     }

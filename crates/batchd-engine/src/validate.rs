@@ -8,12 +8,14 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use batchd_core::{InvocationType, generated_record_id};
 use batchd_formats::Defect;
-use batchd_formats::converse::{ConverseOptions, parse_converse};
+use batchd_formats::converse::parse_converse;
+use batchd_formats::native::parse_native;
 use batchd_formats::record::parse_record_line;
 use batchd_storage::{InputFile, StorageError, StorageUri};
 use bytes::Bytes;
 
-use crate::{BlankLines, Engine, EngineError, JobSpec};
+use crate::{BlankLines, Engine, EngineError, JobSpec, RecordOptions};
+use batchd_formats::native::ModelFamily;
 
 /// One defect of one input line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +95,7 @@ enum Checked<'a> {
 struct Pass<'a> {
     job_id: &'a str,
     invocation_type: InvocationType,
-    converse: &'a ConverseOptions,
+    records: &'a RecordOptions,
     blank_lines: BlankLines,
 }
 
@@ -123,10 +125,21 @@ impl Pass<'_> {
                 return None;
             }
         };
-        if self.invocation_type == InvocationType::Converse
-            && let Err(found) = parse_converse(record.model_input.get(), self.converse)
-        {
-            defects.extend(found);
+        let body = record.model_input.get();
+        match self.invocation_type {
+            InvocationType::Converse => {
+                if let Err(found) = parse_converse(body, &self.records.converse) {
+                    defects.extend(found);
+                }
+            }
+            // The family is checked before the pass starts.
+            InvocationType::InvokeModel => {
+                if let Some(family) = self.records.family
+                    && let Err(found) = parse_native(family, body)
+                {
+                    defects.extend(found);
+                }
+            }
         }
         let record_id = match record.record_id {
             Some(id) => std::borrow::Cow::Owned(id),
@@ -169,7 +182,7 @@ impl Engine {
         self.validate_input(
             &spec.inputs,
             spec.invocation_type,
-            &spec.converse,
+            &spec.records,
             spec.job_id.as_str(),
             self.config.max_defects_in_message,
         )
@@ -182,22 +195,22 @@ impl Engine {
         &self,
         inputs: &[StorageUri],
         invocation_type: InvocationType,
-        converse: &ConverseOptions,
+        records: &RecordOptions,
         job_id: &str,
         keep: usize,
     ) -> Result<ValidationReport, EngineError> {
-        if invocation_type == InvocationType::InvokeModel {
-            return Err(EngineError::Input(
-                "InvokeModel record bodies are not supported yet; write records in the Converse format \
-                 (--invocation-type converse)"
-                    .into(),
-            ));
+        if invocation_type == InvocationType::InvokeModel && records.family.is_none() {
+            return Err(EngineError::Input(format!(
+                "the model has no InvokeModel body format: its id names no known family and its \
+                 config sets no `format` (one of {}); or write the records in the Converse format",
+                ModelFamily::ALL.map(ModelFamily::name).join(", ")
+            )));
         }
         let files = self.list_inputs(inputs).await?;
         let pass = Pass {
             job_id,
             invocation_type,
-            converse,
+            records,
             blank_lines: self.config.blank_lines,
         };
         let mut report = ValidationReport {

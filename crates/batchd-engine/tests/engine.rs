@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{Counters, InvocationType, JobId, JobStatus};
-use batchd_engine::{Engine, EngineConfig, JobSpec, Progress, RetryPolicy, StopReason, StopSignal};
-use batchd_formats::converse::ConverseOptions;
+use batchd_engine::{
+    Engine, EngineConfig, JobSpec, Progress, RecordOptions, RetryPolicy, StopReason, StopSignal,
+};
+
 use batchd_storage::{Storage, StorageConfig, StorageUri};
 use batchd_store::{JobStore, NewJob};
 use batchd_testkit::{FakeConfig, FakeServer};
@@ -93,7 +95,7 @@ impl Harness {
             inputs: vec![StorageUri::Local(self.dir.path().join("in"))],
             output: StorageUri::Local(self.dir.path().join("out")),
             invocation_type: InvocationType::Converse,
-            converse: ConverseOptions::default(),
+            records: RecordOptions::default(),
             concurrency,
         }
     }
@@ -394,7 +396,7 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
         .validate_input(
             &inputs,
             InvocationType::Converse,
-            &ConverseOptions::default(),
+            &RecordOptions::default(),
             "job000000001",
             20,
         )
@@ -428,7 +430,7 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
         .validate_input(
             &inputs,
             InvocationType::Converse,
-            &ConverseOptions::default(),
+            &RecordOptions::default(),
             "job000000001",
             20,
         )
@@ -459,7 +461,7 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
         .validate_input(
             &inputs,
             InvocationType::Converse,
-            &ConverseOptions::default(),
+            &RecordOptions::default(),
             "job000000001",
             20,
         )

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{InvocationType, JobId, JobStatus};
 use batchd_engine::scheduler::{CreateJob, ModelEntry, Scheduler, SchedulerConfig, SchedulerError};
-use batchd_engine::{Engine, EngineConfig};
-use batchd_formats::converse::ConverseOptions;
+use batchd_engine::{Engine, EngineConfig, RecordOptions};
+
 use batchd_storage::{Storage, StorageConfig};
 use batchd_store::{JobRecord, JobStore};
 use batchd_testkit::{FakeConfig, FakeServer};
@@ -51,7 +51,7 @@ async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -> Sc
         ModelEntry {
             backend,
             concurrency: 4,
-            converse: ConverseOptions::default(),
+            records: RecordOptions::default(),
         },
     )]);
     let s = Scheduler::new(

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use batchd_engine::{BlankLines, EngineConfig, RetryPolicy};
+use batchd_engine::{BlankLines, EngineConfig, RecordOptions, RetryPolicy};
+use batchd_formats::converse::ConverseOptions;
+use batchd_formats::native::ModelFamily;
 use batchd_storage::StorageConfig;
 use serde::Deserialize;
 
@@ -172,6 +174,61 @@ pub struct ModelConfig {
     pub api_key_env: Option<String>,
     /// Whether Converse records with `toolConfig` are accepted (default true).
     pub allow_tool_config: Option<bool>,
+    /// The InvokeModel body format of a custom model id (`anthropic`, `titan-text`,
+    /// `titan-embed`, `nova`, `llama`, `mistral`); Bedrock ids imply theirs.
+    pub format: Option<String>,
+    /// Embedding records per backend call (default 16).
+    pub embed_batch_size: Option<usize>,
+    /// bedrock: the bedrock-runtime endpoint (default: AWS's, for the region).
+    pub endpoint_url: Option<String>,
+    /// bedrock: the region (default: the AWS environment/profile chain).
+    pub region: Option<String>,
+    /// bedrock: the AWS profile to read credentials and region from.
+    pub profile: Option<String>,
+}
+
+impl ModelConfig {
+    /// A model entry with every optional key unset.
+    pub fn new(id: impl Into<String>, backend: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            backend: backend.into(),
+            base_url: None,
+            model: None,
+            max_concurrency: None,
+            api_key_env: None,
+            allow_tool_config: None,
+            format: None,
+            embed_batch_size: None,
+            endpoint_url: None,
+            region: None,
+            profile: None,
+        }
+    }
+
+    /// The InvokeModel body family: `format`, else the one the id (or the backend's model
+    /// name) implies.
+    pub fn family(&self) -> Option<ModelFamily> {
+        match &self.format {
+            Some(name) => ModelFamily::from_name(name),
+            None => ModelFamily::from_model_id(&self.id)
+                .or_else(|| self.model.as_deref().and_then(ModelFamily::from_model_id)),
+        }
+    }
+
+    /// How this model's records are read and sent.
+    pub fn record_options(&self) -> RecordOptions {
+        RecordOptions {
+            converse: ConverseOptions {
+                allow_tool_config: self.allow_tool_config.unwrap_or(true),
+            },
+            family: self.family(),
+            embed_batch_size: self
+                .embed_batch_size
+                .unwrap_or(RecordOptions::DEFAULT_EMBED_BATCH)
+                .max(1),
+        }
+    }
 }
 
 impl Config {
@@ -190,15 +247,13 @@ impl Config {
             (BUILTIN_EMBEDDINGS_ID, EMBEDDINGS_MODEL),
         ] {
             if !self.models.iter().any(|m| m.id == id) {
-                self.models.push(ModelConfig {
-                    id: id.into(),
-                    backend: "embedded".into(),
-                    base_url: None,
-                    model: Some(model.into()),
-                    max_concurrency: None,
-                    api_key_env: None,
-                    allow_tool_config: None,
-                });
+                let mut entry = ModelConfig::new(id, "embedded");
+                entry.model = Some(model.into());
+                // Titan embedding records run on the built-in embedding model as they are.
+                if model == EMBEDDINGS_MODEL {
+                    entry.format = Some(ModelFamily::TitanEmbed.name().into());
+                }
+                self.models.push(entry);
             }
         }
         self
@@ -224,6 +279,21 @@ impl Config {
             if let Some(first) = seen.insert(m.id.as_str(), i) {
                 bail!(
                     "models[{i}]: id {:?} is already used by models[{first}]",
+                    m.id
+                );
+            }
+            if let Some(name) = &m.format
+                && ModelFamily::from_name(name).is_none()
+            {
+                bail!(
+                    "models[{i}] ({}): unknown format {name:?}; one of {}",
+                    m.id,
+                    ModelFamily::ALL.map(ModelFamily::name).join(", ")
+                );
+            }
+            if m.embed_batch_size == Some(0) {
+                bail!(
+                    "models[{i}] ({}): embed_batch_size must be at least 1",
                     m.id
                 );
             }

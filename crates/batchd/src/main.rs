@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 use batchd_backends::ModelBackend;
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{InvocationType, JobArn, JobId, JobStatus};
-use batchd_engine::{Engine, JobSpec, Progress, StopReason, StopSignal};
-use batchd_formats::converse::ConverseOptions;
+use batchd_engine::{Engine, JobSpec, Progress, RecordOptions, StopReason, StopSignal};
+use batchd_formats::native::ModelFamily;
 use batchd_storage::{Storage, StorageUri};
 use batchd_store::{JobStore, NewJob};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -68,6 +68,10 @@ enum Command {
         /// Format of the records' modelInput.
         #[arg(long, value_enum, default_value = "converse")]
         invocation_type: InvocationArg,
+        /// InvokeModel body format (anthropic, titan-text, titan-embed, nova, llama,
+        /// mistral); default: the model's `format`, else what its id implies.
+        #[arg(long, value_parser = parse_family)]
+        format: Option<ModelFamily>,
         /// Records in flight at once (default: the model's max_concurrency, else 16).
         #[arg(long)]
         concurrency: Option<usize>,
@@ -109,6 +113,13 @@ enum Command {
         inputs: Vec<String>,
         #[arg(long, value_enum, default_value = "converse")]
         invocation_type: InvocationArg,
+        /// Validate for this model (its InvokeModel format and Converse options).
+        #[arg(long)]
+        model_id: Option<String>,
+        /// InvokeModel body format (anthropic, titan-text, titan-embed, nova, llama,
+        /// mistral); default: the model's `format`, else what its id implies.
+        #[arg(long, value_parser = parse_family)]
+        format: Option<ModelFamily>,
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -153,6 +164,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             model_id,
             out,
             invocation_type,
+            format,
             concurrency,
             max_attempts,
             config,
@@ -165,6 +177,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 model_id,
                 out,
                 invocation_type: invocation_type.into(),
+                format,
                 concurrency,
                 max_attempts,
                 config,
@@ -191,9 +204,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate {
             inputs,
             invocation_type,
+            model_id,
+            format,
             config,
             data_dir,
-        } => validate(inputs, invocation_type.into(), config, data_dir).await,
+        } => {
+            validate(ValidateArgs {
+                inputs,
+                invocation_type: invocation_type.into(),
+                model_id,
+                format,
+                config,
+                data_dir,
+            })
+            .await
+        }
     }
 }
 
@@ -202,12 +227,22 @@ struct RunArgs {
     model_id: String,
     out: Option<String>,
     invocation_type: InvocationType,
+    format: Option<ModelFamily>,
     concurrency: Option<usize>,
     max_attempts: Option<u32>,
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     job_name: Option<String>,
     quiet: bool,
+}
+
+fn parse_family(name: &str) -> Result<ModelFamily, String> {
+    ModelFamily::from_name(name).ok_or_else(|| {
+        format!(
+            "unknown format {name:?}; one of {}",
+            ModelFamily::ALL.map(ModelFamily::name).join(", ")
+        )
+    })
 }
 
 fn parse_uris(inputs: &[String]) -> anyhow::Result<Vec<StorageUri>> {
@@ -322,9 +357,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         inputs,
         output: out,
         invocation_type: args.invocation_type,
-        converse: ConverseOptions {
-            allow_tool_config: model.allow_tool_config.unwrap_or(true),
-        },
+        records: record_options(model, args.format),
         concurrency,
     };
 
@@ -447,22 +480,49 @@ async fn show_progress(mut rx: watch::Receiver<Progress>, visible: bool) {
     bar.finish_and_clear();
 }
 
-async fn validate(
+/// The model's record options, with `--format` over its own.
+fn record_options(model: &ModelConfig, format: Option<ModelFamily>) -> RecordOptions {
+    let mut options = model.record_options();
+    if format.is_some() {
+        options.family = format;
+    }
+    options
+}
+
+struct ValidateArgs {
     inputs: Vec<String>,
     invocation_type: InvocationType,
+    model_id: Option<String>,
+    format: Option<ModelFamily>,
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config.as_deref())?;
-    let data_dir = config.data_dir(data_dir.as_deref());
+}
+
+async fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
+    let data_dir = config.data_dir(args.data_dir.as_deref());
     let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
     let engine = Engine::new(storage, config.engine_config(None));
-    let uris = parse_uris(&inputs)?;
+    let uris = parse_uris(&args.inputs)?;
+    let records = match &args.model_id {
+        Some(id) => record_options(config.model(id)?, args.format),
+        None => RecordOptions {
+            family: args.format,
+            ..RecordOptions::default()
+        },
+    };
+    if args.invocation_type == InvocationType::InvokeModel && records.family.is_none() {
+        bail!(
+            "InvokeModel records need a body format: pass --format ({}) or --model-id of a model \
+             that has one",
+            ModelFamily::ALL.map(ModelFamily::name).join(", ")
+        );
+    }
     let report = engine
         .validate_input(
             &uris,
-            invocation_type,
-            &ConverseOptions::default(),
+            args.invocation_type,
+            &records,
             "validate0000",
             usize::MAX,
         )

@@ -13,7 +13,6 @@ use batchd_api::{ApiConfig, CreateJobRequest, JobService, ServiceError};
 use batchd_core::JobId;
 use batchd_engine::Engine;
 use batchd_engine::scheduler::{CreateJob, ModelEntry, Scheduler, SchedulerConfig, SchedulerError};
-use batchd_formats::converse::ConverseOptions;
 use batchd_storage::Storage;
 use batchd_store::{JobFilter, JobRecord, JobStore};
 
@@ -94,15 +93,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for model in &config.models {
         let (backend, concurrency) =
             crate::build_backend(model, None, config.engine.concurrency, &embedded)?;
-        let converse = ConverseOptions {
-            allow_tool_config: model.allow_tool_config.unwrap_or(true),
-        };
         models.insert(
             model.id.clone(),
             ModelEntry {
                 backend,
                 concurrency,
-                converse,
+                records: model.record_options(),
             },
         );
     }
