@@ -2,8 +2,8 @@
 //! path) and translate it to a [`ChatRequest`]; render a [`ChatResponse`] as a Converse
 //! response body (spec A7).
 
-mod check;
-mod request;
+pub(crate) mod check;
+pub(crate) mod request;
 
 use serde_json::{Map, Value, json};
 
@@ -81,7 +81,7 @@ pub fn render_converse_response(response: &ChatResponse, latency_ms: u64) -> Val
     })
 }
 
-fn render_part(part: &ContentPart) -> Option<Value> {
+pub(crate) fn render_part(part: &ContentPart) -> Option<Value> {
     Some(match part {
         ContentPart::Text(text) => json!({"text": text}),
         ContentPart::ToolUse { id, name, input } => {

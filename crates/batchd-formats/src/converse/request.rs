@@ -106,7 +106,7 @@ pub(super) fn request(cx: &mut Checker, value: &Value, opts: &ConverseOptions) -
     req
 }
 
-fn messages(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<ChatMessage> {
+pub(crate) fn messages(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<ChatMessage> {
     let Some(items) = cx.non_empty_array(path, value) else {
         return Vec::new();
     };
@@ -269,7 +269,7 @@ fn source<'v>(
     }
 }
 
-fn base64<'v>(cx: &mut Checker, path: &Path<'_>, value: &'v Value) -> Option<&'v str> {
+pub(crate) fn base64<'v>(cx: &mut Checker, path: &Path<'_>, value: &'v Value) -> Option<&'v str> {
     let s = cx.string(path, value)?;
     match base64_problem(s) {
         None => Some(s),
@@ -582,7 +582,7 @@ fn reasoning(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<Content
     }
 }
 
-fn system(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<String> {
+pub(crate) fn system(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<String> {
     let Some(blocks) = cx.array(path, value) else {
         return Vec::new();
     };
@@ -669,7 +669,7 @@ fn inference_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req: &mut 
     }
 }
 
-fn tool_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req: &mut ChatRequest) {
+pub(crate) fn tool_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req: &mut ChatRequest) {
     let Some(map) = cx.object(path, value) else {
         return;
     };

@@ -1,11 +1,27 @@
 //! Native InvokeModel bodies of the model families batchd accepts (spec A3/A6): validate a
 //! body (every defect with its `modelInput.` path), translate it to a neutral request, and
 //! render the backend's answer in the family's native response shape.
+//!
+//! Prompt-only families (Llama, Mistral, Titan Text) carry a raw prompt with the chat
+//! template already applied; it is parsed back into system/user/assistant turns (see
+//! [`prompt`]) because every backend applies its own template to a chat.
 
-use serde_json::Value;
+mod anthropic;
+mod llama;
+mod mistral;
+mod nova;
+pub mod prompt;
+mod titan;
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value};
 
 use crate::Defect;
-use crate::neutral::{ChatRequest, ChatResponse};
+use crate::converse::MAX_DEFECTS;
+use crate::converse::check::{Checker, Path};
+use crate::neutral::{ChatMessage, ChatRequest, ChatResponse, ContentPart, Role};
 
 /// A model family, which fixes the InvokeModel body and response shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,29 +125,156 @@ pub struct EmbedItem {
 }
 
 /// Validates a native body (the record's modelInput as raw JSON text) of `family` and
-/// translates it. Every defect is returned, each with a path such as
-/// `modelInput.anthropic_version`.
+/// translates it. Every defect is returned (up to [`MAX_DEFECTS`]), each with a path such as
+/// `modelInput.anthropic_version`. A member whose value is `null` counts as absent.
 pub fn parse_native(family: ModelFamily, model_input: &str) -> Result<NativeRequest, Vec<Defect>> {
-    let _ = (family, model_input);
-    Err(vec![Defect::new(
-        "modelInput",
-        "native bodies are not implemented yet",
-    )])
+    let value: Value = match serde_json::from_str(model_input) {
+        Ok(value) => value,
+        Err(e) => {
+            return Err(vec![Defect::new(
+                "modelInput",
+                format!("invalid JSON: {e}"),
+            )]);
+        }
+    };
+    let mut cx = Checker::new(MAX_DEFECTS);
+    let root = Path::Root("modelInput");
+    let chat = |req: Option<ChatRequest>| req.map(|r| NativeRequest::Chat(Box::new(r)));
+    let request = match family {
+        ModelFamily::Anthropic => chat(anthropic::request(&mut cx, &root, &value)),
+        ModelFamily::TitanText => chat(titan::text_request(&mut cx, &root, &value)),
+        ModelFamily::TitanEmbed => {
+            titan::embed_request(&mut cx, &root, &value).map(NativeRequest::Embed)
+        }
+        ModelFamily::Nova => chat(nova::request(&mut cx, &root, &value)),
+        ModelFamily::Llama => chat(llama::request(&mut cx, &root, &value)),
+        ModelFamily::Mistral => chat(mistral::request(&mut cx, &root, &value)),
+    };
+    match request {
+        Some(request) if cx.is_clean() => Ok(request),
+        // Walks return None only after recording a defect; the fallback keeps that promise
+        // from being load-bearing.
+        _ if cx.is_clean() => Err(vec![Defect::new("modelInput", "cannot be translated")]),
+        _ => Err(cx.into_defects()),
+    }
 }
 
 /// The family's native response body (the record's modelOutput) for a chat answer.
+/// `latency_ms` is not part of any native shape (only Converse reports it); it is accepted
+/// so callers treat every format alike.
 pub fn render_chat(family: ModelFamily, response: &ChatResponse, latency_ms: u64) -> Value {
-    let _ = (family, response, latency_ms);
-    Value::Null
+    let _ = latency_ms;
+    match family {
+        ModelFamily::Anthropic => anthropic::render(response),
+        ModelFamily::TitanText => titan::render_text(response),
+        ModelFamily::Nova => nova::render(response),
+        ModelFamily::Llama => llama::render(response),
+        ModelFamily::Mistral => mistral::render(response),
+        // An embedding family never gets a chat answer; render the text Titan-style rather
+        // than failing the record.
+        ModelFamily::TitanEmbed => titan::render_text(response),
+    }
 }
 
 /// The family's native response body for one embedding.
+///
+/// The vector is cut to `item.dimensions` when the backend returned more (the backend is
+/// asked for the dimensions too, but many local models ignore the request), then L2-normalised
+/// when `item.normalize` is set. `binary` holds the sign bits (1 for a positive component, else
+/// 0) of the written vector.
 pub fn render_embed(
     family: ModelFamily,
     item: &EmbedItem,
     vector: &[f32],
     input_tokens: u64,
 ) -> Value {
-    let _ = (family, item, vector, input_tokens);
-    Value::Null
+    let _ = family; // Titan is the only embedding family.
+    titan::render_embed(item, vector, input_tokens)
 }
+
+/// The text parts of an answer, concatenated: the prompt-only families have one output text.
+pub(crate) fn answer_text(response: &ChatResponse) -> String {
+    let mut text = String::new();
+    for part in &response.content {
+        if let ContentPart::Text(t) = part {
+            text.push_str(t);
+        }
+    }
+    text
+}
+
+/// A JSON number for an f32, written with the f32's shortest decimal form (`0.1`, not
+/// `0.10000000149011612`) to keep embedding lines small. Non-finite values, which JSON
+/// cannot hold, become 0.
+pub(crate) fn f32_value(x: f32) -> Value {
+    if !x.is_finite() {
+        return Value::from(0);
+    }
+    let shortest: f64 = x.to_string().parse().unwrap_or(f64::from(x));
+    serde_json::Number::from_f64(shortest).map_or(Value::from(0), Value::Number)
+}
+
+/// A fresh id such as `msg_bdrk_0123456789abcdef01234567`. `RandomState` is seeded per
+/// process, so ids differ between runs without a random-number dependency.
+pub(crate) fn message_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let state = RandomState::new();
+    let a = state.hash_one(n);
+    let b = state.hash_one(n ^ 0x9e37_79b9_7f4a_7c15);
+    format!("{prefix}{a:016x}{:08x}", b >> 32)
+}
+
+/// The chat of a prompt-only body: its template's turns, or the whole prompt as one user
+/// message when it has no template. A defect when nothing is left to send.
+pub(crate) fn prompt_request(
+    cx: &mut Checker,
+    path: &Path<'_>,
+    text: &str,
+    turns: Option<prompt::Turns>,
+) -> Option<ChatRequest> {
+    if text.trim().is_empty() {
+        cx.defect(path, "must not be blank");
+        return None;
+    }
+    let mut req = ChatRequest::default();
+    match turns {
+        Some(turns) => {
+            if turns.messages.is_empty() {
+                cx.defect(path, "the chat template holds no user or assistant text");
+                return None;
+            }
+            req.system = turns.system;
+            req.messages = turns
+                .messages
+                .into_iter()
+                .map(|(role, text)| ChatMessage {
+                    role,
+                    content: vec![ContentPart::Text(text)],
+                })
+                .collect();
+        }
+        None => {
+            req.messages = vec![ChatMessage {
+                role: Role::User,
+                content: vec![ContentPart::Text(text.to_owned())],
+            }];
+        }
+    }
+    Some(req)
+}
+
+/// Checks a JSON object's members against `allowed` and returns it, or records a defect.
+pub(crate) fn body<'v>(
+    cx: &mut Checker,
+    path: &Path<'_>,
+    value: &'v Value,
+    allowed: &[&str],
+) -> Option<&'v Map<String, Value>> {
+    let map = cx.object(path, value)?;
+    cx.known_keys(path, map, allowed);
+    Some(map)
+}
+
+#[cfg(test)]
+mod tests;

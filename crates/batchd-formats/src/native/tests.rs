@@ -1,0 +1,1 @@
+//! Unit tests of the native families: translation and rendering per family.
