@@ -6,6 +6,7 @@
 //! Backends know nothing of jobs, records or files: the engine owns retries, timeouts and
 //! concurrency, deciding from [`BackendError::is_retryable`], never from message text.
 
+pub mod adaptive;
 pub mod openai;
 
 use std::time::Duration;

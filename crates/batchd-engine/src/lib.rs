@@ -62,6 +62,12 @@ pub struct EngineConfig {
     pub blank_lines: BlankLines,
     /// Limits checked while validating (server jobs); `None` checks none.
     pub quotas: Option<Quotas>,
+    /// After a stop, records in flight get this long to finish; the rest are abandoned
+    /// (not written, so a resume runs them again).
+    pub shutdown_grace: Duration,
+    /// While the backend refuses connections, records wait (with backoff) this long before
+    /// they fail as unreachable.
+    pub backend_down: Duration,
 }
 
 /// Bedrock's batch quotas (per job), with self-hosted defaults.
@@ -99,6 +105,8 @@ impl Default for EngineConfig {
             max_defects_in_message: 20,
             blank_lines: BlankLines::Skip,
             quotas: None,
+            shutdown_grace: Duration::from_secs(30),
+            backend_down: Duration::from_secs(300),
         }
     }
 }
@@ -414,9 +422,13 @@ impl Engine {
             output_dir: output_dir.clone(),
         };
         if stop.reason() == Some(StopReason::Shutdown) {
+            let abandoned = match end.abandoned {
+                0 => String::new(),
+                n => format!(" ({n} records in flight past the grace period run again)"),
+            };
             return Ok(outcome(
                 JobStatus::InProgress,
-                "interrupted by shutdown; resumes on restart".into(),
+                format!("interrupted by shutdown; resumes on restart{abandoned}"),
             ));
         }
 
@@ -427,10 +439,16 @@ impl Engine {
                 manifest.to_json().into(),
             )
             .await?;
-        let summary = format!(
+        let mut summary = format!(
             "{} of {} records processed: {} succeeded, {} failed",
             counters.processed, counters.total, counters.success, counters.error
         );
+        if end.unreachable > 0 {
+            summary = format!(
+                "the backend was unreachable (connections refused for more than {} s); {summary}",
+                self.config.backend_down.as_secs()
+            );
+        }
         let (status, message) = match stop.reason() {
             _ if end.complete => (JobStatus::Completed, summary),
             Some(StopReason::Timeout) => (

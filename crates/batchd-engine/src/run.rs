@@ -16,7 +16,18 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 
 use crate::record::{Finished, RecordContext, internal_error, process_record};
+use crate::retry::WaitWhileDown;
 use crate::{Engine, EngineError, JobSpec, Progress, StopReason, StopSignal};
+
+/// A record task that is aborted when its handle is dropped: records abandoned after the
+/// stop grace period must not keep calling the backend.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Reads the job's files one after another as one stream of lines, starting after the
 /// records a checkpoint says are done.
@@ -160,10 +171,15 @@ pub(crate) struct RunEnd {
     pub counters: Counters,
     /// Every record of every file is written and every output file finished.
     pub complete: bool,
+    /// Backend calls failed because the backend stayed unreachable past `backend_down`.
+    pub unreachable: u64,
+    /// Records in flight when the stop grace period ran out (not written; a resume runs them).
+    pub abandoned: usize,
 }
 
 /// Runs the records of `files` from `resume_from`; returns the final counters. When `stop`
-/// fires, no new record starts; those in flight finish and are written. On a shutdown stop
+/// fires, no new record starts; those in flight finish and are written, for at most
+/// `shutdown_grace`: then the rest are abandoned, unwritten. On a shutdown stop
 /// the open output file stays open for a later resume; on any other stop it is finished.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_records(
@@ -176,9 +192,14 @@ pub(crate) async fn run_records(
     progress: &watch::Sender<Progress>,
     stop: &StopSignal,
 ) -> Result<RunEnd, EngineError> {
+    let reachability = Arc::new(WaitWhileDown::new(
+        backend,
+        engine.config.backend_down,
+        engine.config.retry.attempt_timeout.mul_f64(0.8),
+    ));
     let ctx = Arc::new(RecordContext::new(
         spec,
-        backend,
+        reachability.clone(),
         engine.config.retry.clone(),
     ));
     let relative: Vec<Arc<str>> = files
@@ -220,6 +241,9 @@ pub(crate) async fn run_records(
     let (mut next_seq, mut write_seq) = (0u64, 0u64);
     let mut exhausted = false;
     let mut last_progress = Instant::now();
+    let mut abandoned = 0;
+    // Set when a stop is first seen: in-flight records have until then to finish.
+    let mut grace_ends: Option<tokio::time::Instant> = None;
 
     loop {
         while !exhausted
@@ -233,21 +257,29 @@ pub(crate) async fn run_records(
             };
             let seq = next_seq;
             next_seq += 1;
-            let task = tokio::spawn(process_record(
+            let mut task = AbortOnDrop(tokio::spawn(process_record(
                 ctx.clone(),
                 relative[file_index].clone(),
                 line_no,
                 line.clone(),
-            ));
+            )));
             inflight.push(async move {
-                let result = task.await;
+                let result = (&mut task.0).await;
                 (seq, file_index, line, result)
             });
+        }
+        if stop.is_stopped() && grace_ends.is_none() {
+            grace_ends = Some(tokio::time::Instant::now() + engine.config.shutdown_grace);
         }
         let next = tokio::select! {
             next = inflight.next() => next,
             // A stop wakes the loop so that it stops dispatching even while records run.
             _ = stop.cancelled(), if !stop.is_stopped() => continue,
+            _ = sleep_until_opt(grace_ends) => {
+                abandoned = inflight.len();
+                tracing::warn!(job = %spec.job_id, abandoned, "stop grace period over; abandoning records in flight");
+                break;
+            }
         };
         let Some((seq, file_index, line, result)) = next else {
             break;
@@ -270,6 +302,9 @@ pub(crate) async fn run_records(
             let Some(Some(done)) = pending.pop_front() else {
                 break;
             };
+            // Written before it is counted: a checkpoint taken while switching files must
+            // not count a record its file position does not cover.
+            output.write(done.file_index, &done.line, &counters).await?;
             counters.processed += 1;
             if done.success {
                 counters.success += 1;
@@ -278,7 +313,6 @@ pub(crate) async fn run_records(
             }
             counters.input_tokens += done.input_tokens;
             counters.output_tokens += done.output_tokens;
-            output.write(done.file_index, &done.line, &counters).await?;
             write_seq += 1;
         }
         output.checkpoint_if_due(&counters).await?;
@@ -287,6 +321,9 @@ pub(crate) async fn run_records(
             last_progress = Instant::now();
         }
     }
+    // Abandoned records' tasks are aborted here; their results are not written.
+    drop(inflight);
+    drop(pending);
     let complete = exhausted && !stop.is_stopped();
     match stop.reason() {
         // The job stays running: keep the open file open for the resume.
@@ -305,5 +342,17 @@ pub(crate) async fn run_records(
         }
     }
     progress.send_modify(|p| p.counters = counters);
-    Ok(RunEnd { counters, complete })
+    Ok(RunEnd {
+        counters,
+        complete,
+        unreachable: reachability.gave_up(),
+        abandoned,
+    })
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

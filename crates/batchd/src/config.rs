@@ -122,6 +122,12 @@ pub struct EngineSection {
     pub max_line_bytes: usize,
     /// "skip" (default) or "reject".
     pub blank_lines: String,
+    /// After SIGTERM/SIGINT (or a stop), records in flight get this long to finish.
+    pub shutdown_grace_seconds: f64,
+    /// While a backend refuses connections, records wait this long before failing.
+    pub backend_down_seconds: f64,
+    /// Remote backends' concurrency adapts (AIMD, up to the model's concurrency).
+    pub adaptive_concurrency: bool,
 }
 
 impl Default for EngineSection {
@@ -136,6 +142,9 @@ impl Default for EngineSection {
             retry_after_max_secs: retry.max_retry_after.as_secs_f64(),
             max_line_bytes: EngineConfig::default().max_line_bytes,
             blank_lines: "skip".into(),
+            shutdown_grace_seconds: EngineConfig::default().shutdown_grace.as_secs_f64(),
+            backend_down_seconds: EngineConfig::default().backend_down.as_secs_f64(),
+            adaptive_concurrency: true,
         }
     }
 }
@@ -334,6 +343,14 @@ impl Config {
         {
             bail!("limits.timeout_unit_seconds must be positive");
         }
+        for (key, value) in [
+            ("shutdown_grace_seconds", self.engine.shutdown_grace_seconds),
+            ("backend_down_seconds", self.engine.backend_down_seconds),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                bail!("engine.{key} must be a number of seconds, 0 or more");
+            }
+        }
         if !matches!(self.engine.blank_lines.as_str(), "skip" | "reject") {
             bail!("engine.blank_lines must be \"skip\" or \"reject\"");
         }
@@ -402,6 +419,8 @@ impl Config {
             } else {
                 BlankLines::Skip
             },
+            shutdown_grace: Duration::from_secs_f64(e.shutdown_grace_seconds.clamp(0.0, 1e9)),
+            backend_down: Duration::from_secs_f64(e.backend_down_seconds.clamp(0.0, 1e9)),
             ..EngineConfig::default()
         }
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use batchd_backends::ModelBackend;
+use batchd_backends::adaptive::{AdaptiveBackend, AdaptiveConfig, Limiter};
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{InvocationType, JobArn, JobId, JobStatus};
 use batchd_engine::{Engine, JobSpec, Progress, RecordOptions, StopReason, StopSignal};
@@ -252,6 +253,25 @@ fn parse_uris(inputs: &[String]) -> anyhow::Result<Vec<StorageUri>> {
         .collect()
 }
 
+/// [`build_backend`], with remote backends wrapped in an [`AdaptiveBackend`] (unless
+/// `engine.adaptive_concurrency = false`) whose limit starts at, and never exceeds, the
+/// model's concurrency; its limiter is returned for progress displays. Build it once per
+/// model: every job on the model shares the limit.
+pub(crate) fn build_backend_adaptive(
+    model: &ModelConfig,
+    requested: Option<usize>,
+    engine: &config::EngineSection,
+    embedded: &Arc<embedded::EmbeddedModels>,
+) -> anyhow::Result<(Arc<dyn ModelBackend>, usize, Option<Arc<Limiter>>)> {
+    let (backend, concurrency) = build_backend(model, requested, engine.concurrency, embedded)?;
+    if model.backend == "embedded" || !engine.adaptive_concurrency {
+        return Ok((backend, concurrency, None));
+    }
+    let adaptive = AdaptiveBackend::new(backend, AdaptiveConfig::with_max(concurrency));
+    let limiter = adaptive.limiter();
+    Ok((Arc::new(adaptive), concurrency, Some(limiter)))
+}
+
 /// The backend of a configured model, and the concurrency its jobs run at (an embedded chat
 /// model runs as many records as it has slots, unless `requested` says otherwise).
 pub(crate) fn build_backend(
@@ -301,12 +321,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     let model = config.model(&args.model_id)?;
     let embedded_models = embedded::EmbeddedModels::new(config.embedded.clone());
-    let (backend, concurrency) = build_backend(
-        model,
-        args.concurrency,
-        config.engine.concurrency,
-        &embedded_models,
-    )?;
+    let (backend, concurrency, limiter) =
+        build_backend_adaptive(model, args.concurrency, &config.engine, &embedded_models)?;
     if model.backend == "embedded" {
         // Missing model files are an error now, not one error line per record.
         embedded_models
@@ -368,7 +384,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         counters: Default::default(),
     });
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
-    let bar_task = tokio::spawn(show_progress(progress_rx, show_bar));
+    let bar_task = tokio::spawn(show_progress(progress_rx, show_bar, limiter));
     eprintln!(
         "job {job_id}: {} on model {} ({} in flight)",
         args.inputs.join(" "),
@@ -449,7 +465,11 @@ pub(crate) async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn show_progress(mut rx: watch::Receiver<Progress>, visible: bool) {
+async fn show_progress(
+    mut rx: watch::Receiver<Progress>,
+    visible: bool,
+    limiter: Option<Arc<Limiter>>,
+) {
     let bar = if visible {
         ProgressBar::new(0)
     } else {
@@ -470,7 +490,11 @@ async fn show_progress(mut rx: watch::Receiver<Progress>, visible: bool) {
             _ => {
                 bar.set_length(p.counters.total);
                 bar.set_position(p.counters.processed);
-                bar.set_message(format!("{} errors", p.counters.error));
+                // The adaptive concurrency limit, when the backend has one.
+                let limit = limiter.as_ref().map_or(String::new(), |l| {
+                    format!("  limit {}/{}", l.current_limit(), l.max_limit())
+                });
+                bar.set_message(format!("{} errors{limit}", p.counters.error));
             }
         }
         if rx.changed().await.is_err() {

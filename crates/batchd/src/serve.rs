@@ -77,6 +77,54 @@ impl JobService for SchedulerService {
     }
 }
 
+/// What `GET /batchd/metrics` reads.
+struct Metrics {
+    limiters: Vec<(String, Arc<batchd_backends::adaptive::Limiter>)>,
+    store: JobStore,
+}
+
+/// `GET /batchd/metrics`: each remote model's adaptive concurrency limit, and the running
+/// jobs with the limit of their model.
+async fn metrics(
+    axum::extract::State(m): axum::extract::State<Arc<Metrics>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let limit_of = |model_id: &str| {
+        let id = batchd_engine::scheduler::normalize_model_id(model_id);
+        m.limiters.iter().find(|(m, _)| m == id).map(|(_, l)| l)
+    };
+    let models: Vec<serde_json::Value> = m
+        .limiters
+        .iter()
+        .map(|(id, l)| {
+            serde_json::json!({
+                "modelId": id,
+                "concurrencyLimit": l.current_limit(),
+                "maxConcurrency": l.max_limit(),
+                "inFlight": l.in_flight(),
+            })
+        })
+        .collect();
+    let running = m
+        .store
+        .list_in_status(&[batchd_core::JobStatus::InProgress])
+        .await
+        .unwrap_or_default();
+    let jobs: Vec<serde_json::Value> = running
+        .iter()
+        .map(|j| {
+            serde_json::json!({
+                "jobId": j.id.as_str(),
+                "modelId": j.model_id,
+                "processedRecordCount": j.counters.processed,
+                "totalRecordCount": j.counters.total,
+                "concurrencyLimit": limit_of(&j.model_id).map(|l| l.current_limit()),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "models": models, "jobs": jobs })).into_response()
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let data_dir = config.data_dir(args.data_dir.as_deref());
@@ -89,10 +137,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
 
     let mut models = HashMap::new();
+    // Each remote model's adaptive limit, for GET /batchd/metrics.
+    let mut limiters = Vec::new();
     let embedded = crate::embedded::EmbeddedModels::new(config.embedded.clone());
     for model in &config.models {
-        let (backend, concurrency) =
-            crate::build_backend(model, None, config.engine.concurrency, &embedded)?;
+        let (backend, concurrency, limiter) =
+            crate::build_backend_adaptive(model, None, &config.engine, &embedded)?;
+        if let Some(limiter) = limiter {
+            limiters.push((model.id.clone(), limiter));
+        }
         models.insert(
             model.id.clone(),
             ModelEntry {
@@ -118,7 +171,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         region: config.server.region.clone(),
         account_id: config.server.account_id.clone(),
     };
-    let app = batchd_api::router(Arc::new(SchedulerService(scheduler.clone())), api_config);
+    let app = axum::Router::new()
+        .route(
+            "/batchd/metrics",
+            axum::routing::get(metrics).with_state(Arc::new(Metrics {
+                limiters,
+                store: store.clone(),
+            })),
+        )
+        .merge(batchd_api::router(
+            Arc::new(SchedulerService(scheduler.clone())),
+            api_config,
+        ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -134,7 +198,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(crate::wait_for_signal())
         .await
         .context("server error")?;
-    eprintln!("batchd serve: shutting down; running jobs checkpoint and resume on the next start");
+    eprintln!(
+        "batchd serve: shutting down; records in flight get {:?} to finish, running jobs \
+         checkpoint and resume on the next start (a second signal exits at once)",
+        Duration::from_secs_f64(config.engine.shutdown_grace_seconds.clamp(0.0, 1e9))
+    );
+    // The last checkpoint stays valid whenever the process dies, so a second signal may
+    // simply exit: the jobs resume from there.
+    tokio::spawn(async {
+        crate::wait_for_signal().await;
+        eprintln!("batchd serve: second signal, exiting now");
+        std::process::exit(130);
+    });
     scheduler.shutdown().await;
     store.close().await;
     Ok(())
