@@ -7,6 +7,7 @@
 //! concurrency, deciding from [`BackendError::is_retryable`], never from message text.
 
 pub mod adaptive;
+pub mod bedrock;
 pub mod openai;
 
 use std::time::Duration;

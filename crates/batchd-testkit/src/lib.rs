@@ -15,6 +15,7 @@
 //! [`moto::MotoServer`] starts a moto S3-compatible server for storage tests.
 
 mod fake;
+pub mod fake_bedrock;
 pub mod moto;
 
 use std::net::SocketAddr;
