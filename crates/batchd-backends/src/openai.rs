@@ -405,6 +405,8 @@ fn push_message<'a>(
                 });
             }
             ContentPart::Document { name, text, .. } => {
+                // The name is user text: a quote in it must not end the attribute.
+                let name = name.replace('&', "&amp;").replace('"', "&quot;");
                 let text = format!("<document name=\"{name}\">\n{text}\n</document>");
                 parts.push(WirePart::Text {
                     text: Cow::Owned(text),
@@ -421,15 +423,31 @@ fn push_message<'a>(
             ContentPart::ToolResult {
                 tool_use_id,
                 content,
-                ..
+                is_error,
             } => {
                 tool_results += 1;
                 out.push(WireMessage {
                     role: "tool",
-                    content: Some(WireContent::Text(tool_result_text(content)?)),
+                    content: Some(WireContent::Text(tool_result_text(content, *is_error))),
                     tool_calls: Vec::new(),
                     tool_call_id: Some(tool_use_id),
                 });
+                // A tool message carries text only: its images follow in the user message
+                // pushed after the tool messages.
+                for part in content {
+                    if let ToolResultPart::Image {
+                        format,
+                        data_base64,
+                    } = part
+                    {
+                        only_text = false;
+                        parts.push(WirePart::ImageUrl {
+                            image_url: WireImageUrl {
+                                url: format!("data:image/{format};base64,{data_base64}"),
+                            },
+                        });
+                    }
+                }
             }
             // Chat completions have no field for reasoning sent back in.
             ContentPart::Reasoning { .. } => {}
@@ -479,33 +497,29 @@ fn join_text_parts(parts: Vec<WirePart<'_>>) -> Cow<'_, str> {
     Cow::Owned(joined)
 }
 
-/// A tool message's content is a string: text as is, JSON serialized, a part per line.
-fn tool_result_text(parts: &[ToolResultPart]) -> Result<Cow<'_, str>, BackendError> {
-    match parts {
-        [] => Ok(Cow::Borrowed("")),
-        [only] => tool_result_piece(only),
-        parts => {
-            let mut joined = String::new();
-            for (i, part) in parts.iter().enumerate() {
-                if i > 0 {
-                    joined.push('\n');
-                }
-                joined.push_str(&tool_result_piece(part)?);
-            }
-            Ok(Cow::Owned(joined))
-        }
+/// A tool message's content is a string: text as is, JSON serialized, a part per line
+/// (images travel separately). Chat completions have no error flag for a tool result, so a
+/// failed call says so in its text.
+fn tool_result_text(parts: &[ToolResultPart], is_error: bool) -> Cow<'_, str> {
+    let mut pieces = parts.iter().filter_map(|part| match part {
+        ToolResultPart::Text(text) => Some(Cow::Borrowed(text.as_str())),
+        ToolResultPart::Json(value) => Some(Cow::Owned(value.to_string())),
+        ToolResultPart::Image { .. } => None,
+    });
+    let first = match (pieces.next(), is_error) {
+        (Some(first), false) => first,
+        (None, false) => return Cow::Borrowed(""),
+        (first, true) => Cow::Owned(format!("Error: {}", first.unwrap_or_default())),
+    };
+    let Some(second) = pieces.next() else {
+        return first;
+    };
+    let mut joined = first.into_owned();
+    for piece in std::iter::once(second).chain(pieces) {
+        joined.push('\n');
+        joined.push_str(&piece);
     }
-}
-
-fn tool_result_piece(part: &ToolResultPart) -> Result<Cow<'_, str>, BackendError> {
-    match part {
-        ToolResultPart::Text(text) => Ok(Cow::Borrowed(text)),
-        ToolResultPart::Json(value) => Ok(Cow::Owned(value.to_string())),
-        ToolResultPart::Image { .. } => Err(BackendError::new(
-            ErrorKind::Unsupported,
-            "the openai backend cannot send images inside tool results",
-        )),
-    }
+    Cow::Owned(joined)
 }
 
 fn unsupported(kind: &str) -> BackendError {
@@ -559,6 +573,13 @@ enum FinishReason {
 struct ResponseMessageWire {
     #[serde(default)]
     content: Option<String>,
+    /// Reasoning text: `reasoning_content` (vLLM, SGLang, DeepSeek) or `reasoning` (Ollama,
+    /// newer vLLM; some servers send both with the same text). Not an alias: serde refuses a
+    /// body holding both spellings of one field.
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCallWire>>,
 }
@@ -605,6 +626,14 @@ fn chat_response(completion: ChatCompletionWire) -> Result<ChatResponse, Backend
         ));
     };
     let mut content = Vec::new();
+    if let Some(text) = choice
+        .message
+        .reasoning_content
+        .or(choice.message.reasoning)
+        .filter(|text| !text.is_empty())
+    {
+        content.push(ContentPart::Reasoning { text });
+    }
     if let Some(text) = choice.message.content.filter(|text| !text.is_empty()) {
         content.push(ContentPart::Text(text));
     }

@@ -171,7 +171,7 @@ fn tools_tool_calls_and_tool_results() {
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny\n{\"c\":21}"},
             {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
             {"role": "user", "content": "Thanks, and tomorrow?"},
-            {"role": "tool", "tool_call_id": "call_3", "content": "[1,2]"},
+            {"role": "tool", "tool_call_id": "call_3", "content": "Error: [1,2]"},
         ])
     );
     assert_eq!(
@@ -269,22 +269,139 @@ fn unsupported_parts_are_refused() {
     assert_eq!(e.kind, ErrorKind::Unsupported);
     assert_eq!(e.message, "the openai backend cannot send video content");
     assert!(!e.is_retryable());
+}
 
+#[test]
+fn tool_result_images_follow_in_a_user_message() {
     let request = ChatRequest {
-        messages: vec![user(vec![ContentPart::ToolResult {
-            tool_use_id: "c".into(),
-            content: vec![ToolResultPart::Image {
-                format: "png".into(),
-                data_base64: "AA".into(),
-            }],
-            is_error: false,
+        messages: vec![user(vec![
+            ContentPart::ToolResult {
+                tool_use_id: "c".into(),
+                content: vec![
+                    ToolResultPart::Text("chart".into()),
+                    ToolResultPart::Image {
+                        format: "png".into(),
+                        data_base64: "AAAA".into(),
+                    },
+                ],
+                is_error: false,
+            },
+            ContentPart::ToolResult {
+                tool_use_id: "d".into(),
+                content: vec![],
+                is_error: true,
+            },
+        ])],
+        ..Default::default()
+    };
+    assert_eq!(
+        body_json(&request)["messages"],
+        json!([
+            {"role": "tool", "tool_call_id": "c", "content": "chart"},
+            {"role": "tool", "tool_call_id": "d", "content": "Error: "},
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]},
+        ])
+    );
+}
+
+#[test]
+fn document_names_are_escaped() {
+    let request = ChatRequest {
+        messages: vec![user(vec![ContentPart::Document {
+            name: "a \"b\" & c".into(),
+            format: None,
+            text: "body".into(),
         }])],
         ..Default::default()
     };
-    let Err(e) = chat_body("m", &request) else {
-        panic!("tool result image must be refused")
+    assert_eq!(
+        body_json(&request)["messages"][0]["content"],
+        json!("<document name=\"a &quot;b&quot; &amp; c\">\nbody\n</document>")
+    );
+}
+
+#[test]
+fn reasoning_in_answers_comes_first() {
+    for key in ["reasoning_content", "reasoning"] {
+        let response = parse(json!({
+            "choices": [{"message": {"role": "assistant", "content": "42", key: "think"},
+                         "finish_reason": "stop"}],
+        }))
+        .unwrap();
+        assert_eq!(
+            response.content,
+            vec![
+                ContentPart::Reasoning {
+                    text: "think".into()
+                },
+                text("42")
+            ]
+        );
+    }
+    // Both spellings at once (some servers) are not a protocol error.
+    let response = parse(json!({
+        "choices": [{"message": {"role": "assistant", "content": "42",
+                                 "reasoning_content": "a", "reasoning": "a"},
+                     "finish_reason": "stop"}],
+    }))
+    .unwrap();
+    assert_eq!(response.content.len(), 2);
+}
+
+#[test]
+fn every_neutral_field_reaches_the_wire() {
+    let request = ChatRequest {
+        system: vec!["s1".into(), "s2".into()],
+        messages: vec![user(vec![text("x")])],
+        max_tokens: Some(5),
+        temperature: Some(0.25),
+        top_p: Some(0.5),
+        top_k: Some(7),
+        stop_sequences: vec!["END".into()],
+        tools: vec![ToolSpec {
+            name: "t".into(),
+            description: None,
+            input_schema: json!({"type": "object"}),
+        }],
+        tool_choice: Some(ToolChoice::Auto),
+        response_format: Some(JsonSchemaFormat {
+            name: Some("out".into()),
+            description: Some("the answer".into()),
+            schema: json!({"type": "object"}),
+        }),
+        extra: None,
     };
-    assert_eq!(e.kind, ErrorKind::Unsupported);
+    let body = body_json(&request);
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        vec![
+            "max_tokens",
+            "messages",
+            "model",
+            "response_format",
+            "stop",
+            "temperature",
+            "tool_choice",
+            "tools",
+            "top_k",
+            "top_p"
+        ]
+    );
+    assert_eq!(body["stop"], json!(["END"]));
+    assert_eq!(
+        body["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "out", "description": "the answer", "schema": {"type": "object"}}})
+    );
+    assert_eq!(body["messages"][0]["role"], "system");
 }
 
 fn parse(answer: Value) -> Result<ChatResponse, BackendError> {
