@@ -910,6 +910,61 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    #[tokio::test]
+    async fn unsigned_or_malformed_requests_are_rejected_and_counted() {
+        let fake = FakeBedrock::start(FakeBedrockConfig::default())
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let url = format!("{}/model/amazon.nova-lite-v1%3A0/converse", fake.url());
+        let body = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+        let unsigned = client.post(&url).body(body).send().await.unwrap();
+        assert_eq!(unsigned.status(), 403);
+        let error_type = unsigned.headers()["x-amzn-errortype"].to_str().unwrap();
+        assert!(error_type.starts_with("UnrecognizedClientException:"));
+        let format =
+            time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+        let now = time::OffsetDateTime::now_utc().format(format).unwrap();
+        let forged = client
+            .post(&url)
+            .header("x-amz-date", &now)
+            .header(
+                "authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/{}/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=00",
+                    &now[..8]
+                ),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 403);
+        let error_type = forged.headers()["x-amzn-errortype"].to_str().unwrap();
+        assert!(error_type.starts_with("InvalidSignatureException:"));
+        let message: Value = forged.json().await.unwrap();
+        assert!(
+            message["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("The request signature we calculated does not match"),
+            "{message}"
+        );
+        let stats: FakeBedrockStats = client
+            .get(format!("{}/fake/stats", fake.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (stats.requests, stats.rejected_signatures, stats.ok),
+            (2, 2, 0)
+        );
+        fake.shutdown().await;
+    }
+
     #[test]
     fn families_from_ids_profiles_and_arns() {
         for (id, expected) in [
