@@ -637,13 +637,27 @@ fn tool_result_block() {
             is_error: false
         })
     );
-    // A part the neutral form cannot carry makes the whole block Unsupported, not dropped.
+    // A text document is text; a part the neutral form cannot carry makes the whole block
+    // Unsupported, not dropped.
     assert_eq!(
         part(json!({"toolResult": {"toolUseId": "t1", "content": [
             {"text": "a"}, {"document": {"name": "d", "source": {"text": "t"}}},
         ]}})),
+        Some(ContentPart::ToolResult {
+            tool_use_id: "t1".into(),
+            content: vec![
+                ToolResultPart::Text("a".into()),
+                ToolResultPart::Text("t".into())
+            ],
+            is_error: false
+        })
+    );
+    assert_eq!(
+        part(json!({"toolResult": {"toolUseId": "t1", "content": [
+            {"text": "a"}, {"document": {"name": "d", "format": "pdf", "source": {"bytes": "JVBERi0="}}},
+        ]}})),
         Some(ContentPart::Unsupported {
-            kind: "toolResult with document content".into()
+            kind: "toolResult with document with bytes source content".into()
         })
     );
     rejects(

@@ -496,11 +496,16 @@ fn tool_result(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<Conte
                 }
                 None => {}
             },
-            "document" => {
-                if document(cx, &inner, body).is_some() {
-                    unrepresentable.get_or_insert("document");
+            // A text document is text to the model; other sources have no neutral form.
+            "document" => match document(cx, &inner, body) {
+                Some(Document {
+                    text: Some(text), ..
+                }) => parts.push(ToolResultPart::Text(text)),
+                Some(doc) => {
+                    unrepresentable.get_or_insert(doc.source_kind);
                 }
-            }
+                None => {}
+            },
             "video" => {
                 if video(cx, &inner, body).is_some() {
                     unrepresentable.get_or_insert("video");

@@ -531,12 +531,18 @@ fn tool_result(cx: &mut Checker, path: &Path<'_>, map: &Map<String, Value>) -> O
                             None => broken = true,
                         }
                     }
-                    Some(other) => {
-                        unrepresentable.get_or_insert(if other == "document" {
-                            "document"
-                        } else {
-                            "search_result"
-                        });
+                    // A text document is text to the model.
+                    Some("document") => match document(cx, &path, block) {
+                        Some(ContentPart::Document { text, .. }) => {
+                            parts.push(ToolResultPart::Text(text));
+                        }
+                        Some(_) => {
+                            unrepresentable.get_or_insert("document");
+                        }
+                        None => broken = true,
+                    },
+                    Some(_) => {
+                        unrepresentable.get_or_insert("search_result");
                     }
                     None => broken = true,
                 }

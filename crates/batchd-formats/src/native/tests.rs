@@ -1024,3 +1024,31 @@ fn null_members_count_as_absent() {
     let item = embed(json!({"inputText": "x", "dimensions": null}));
     assert_eq!(item.dimensions, None);
 }
+
+#[test]
+fn anthropic_tool_result_documents() {
+    let req = chat(
+        ModelFamily::Anthropic,
+        anthropic(json!({"messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": [
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "rows"}},
+            ]},
+            {"type": "tool_result", "tool_use_id": "t2", "content": [
+                {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}},
+            ]},
+        ]}]})),
+    );
+    assert_eq!(
+        req.messages[0].content,
+        vec![
+            ContentPart::ToolResult {
+                tool_use_id: "t1".into(),
+                content: vec![ToolResultPart::Text("rows".into())],
+                is_error: false
+            },
+            ContentPart::Unsupported {
+                kind: "tool_result with document content".into()
+            },
+        ]
+    );
+}
