@@ -122,9 +122,10 @@ pub trait ModelBackend: Send + Sync {
         ))
     }
 
-    /// The most embedding inputs one [`ModelBackend::embed`] call may carry.
+    /// The most embedding inputs one [`ModelBackend::embed`] call may carry; backends with
+    /// no limit of their own leave it to the model's `embed_batch_size`.
     fn max_embed_batch(&self) -> usize {
-        1
+        usize::MAX
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use batchd_backends::ModelBackend;
 use batchd_backends::adaptive::{AdaptiveBackend, AdaptiveConfig, Limiter};
+use batchd_backends::bedrock::{BedrockBackend, BedrockConfig};
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{InvocationType, JobArn, JobId, JobStatus};
 use batchd_engine::{Engine, JobSpec, Progress, RecordOptions, StopReason, StopSignal};
@@ -308,6 +309,17 @@ pub(crate) fn build_backend(
                 max_connections: concurrency,
             })
             .with_context(|| format!("model {}: cannot build the openai backend", model.id))?;
+            Ok((Arc::new(backend), concurrency))
+        }
+        "bedrock" => {
+            let backend = BedrockBackend::new(BedrockConfig {
+                model_id: model.model.clone().unwrap_or_else(|| model.id.clone()),
+                region: model.region.clone(),
+                endpoint_url: model.endpoint_url.clone(),
+                max_connections: concurrency,
+                profile: model.profile.clone(),
+            })
+            .with_context(|| format!("model {}: cannot build the bedrock backend", model.id))?;
             Ok((Arc::new(backend), concurrency))
         }
         other => bail!(
