@@ -195,7 +195,9 @@ async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer,
                     "embedding records need an embedding model",
                 ));
             };
-            let (vector, tokens) = embedder.embed(item.text.clone(), item.dimensions).await?;
+            // Titan's `dimensions` is not sent: most OpenAI-compatible servers refuse it for
+            // models without Matryoshka training; `render_embed` cuts the vector instead.
+            let (vector, tokens) = embedder.embed(item.text.clone(), None).await?;
             Ok(Answer {
                 body: render_embed(*family, item, &vector, tokens),
                 input_tokens: tokens,
