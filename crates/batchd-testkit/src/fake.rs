@@ -253,7 +253,7 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             .iter()
             .any(|m| m.content.0.iter().any(|t| t.contains(marker)))
     };
-    if let Some(status) = pick_failure(&live, has_marker) {
+    if let Some(status) = pick_failure(&shared, &live, has_marker) {
         return fail(&shared, &live.config, status, failure_message(status));
     }
     sleep_latency(&live.config).await;
@@ -473,7 +473,7 @@ async fn embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
         return fail(&shared, &live.config, 400, message);
     }
     let has_marker = |marker: &str| inputs.iter().any(|t| t.contains(marker));
-    if let Some(status) = pick_failure(&live, has_marker) {
+    if let Some(status) = pick_failure(&shared, &live, has_marker) {
         return fail(&shared, &live.config, status, failure_message(status));
     }
     sleep_latency(&live.config).await;
@@ -558,8 +558,9 @@ async fn set_config(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
 
 // ---- failures and helpers ------------------------------------------------------------------
 
-/// The status to fail this request with, if any: `fail_first_n`, then the marker, then rates.
-fn pick_failure(live: &Live, has_marker: impl Fn(&str) -> bool) -> Option<u16> {
+/// The status to fail this request with, if any: `fail_first_n`, then the marker, then
+/// capacity, then rates.
+fn pick_failure(shared: &Shared, live: &Live, has_marker: impl Fn(&str) -> bool) -> Option<u16> {
     let config = &live.config;
     if config.fail_first_n > 0 && live.served.fetch_add(1, Ordering::Relaxed) < config.fail_first_n
     {
@@ -570,6 +571,12 @@ fn pick_failure(live: &Live, has_marker: impl Fn(&str) -> bool) -> Option<u16> {
         && has_marker(marker)
     {
         return Some(400);
+    }
+    // This request is already counted in.
+    if let Some(capacity) = config.capacity
+        && shared.counters.in_flight.load(Ordering::Relaxed) > capacity
+    {
+        return Some(429);
     }
     let total = config.rate_429 + config.rate_500 + config.rate_503 + config.rate_400;
     if total <= 0.0 {

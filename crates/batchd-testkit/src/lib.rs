@@ -49,6 +49,9 @@ pub struct FakeConfig {
     /// Answer 400 when any message (or embedding input) contains this marker: a deterministic
     /// per-record failure.
     pub fail_when_prompt_contains: Option<String>,
+    /// Requests beyond this many in progress at once answer 429 at once (with `Retry-After`
+    /// if `retry_after_secs` is set): a server with a fixed capacity, for adaptive clients.
+    pub capacity: Option<u64>,
 }
 
 /// Counters since start (or the last reset).

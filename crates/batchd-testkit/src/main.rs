@@ -46,6 +46,9 @@ struct Args {
     /// Answer 400 to requests whose prompt contains this marker.
     #[arg(long)]
     fail_when_prompt_contains: Option<String>,
+    /// Requests beyond this many in progress answer 429.
+    #[arg(long)]
+    capacity: Option<u64>,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -78,6 +81,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         fail_first_n: args.fail_first_n,
         reply: args.reply,
         fail_when_prompt_contains: args.fail_when_prompt_contains,
+        capacity: args.capacity,
     };
     let server = FakeServer::bind(SocketAddr::from(([127, 0, 0, 1], args.port)), config).await?;
     {
