@@ -2,6 +2,7 @@
 //! hands each record its own vector back, so records keep their own retries and errors.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use batchd_backends::{BackendError, ErrorKind, ModelBackend};
 use batchd_formats::neutral::EmbedRequest;
@@ -45,8 +46,12 @@ impl EmbedBatcher {
     }
 }
 
-/// Takes what is waiting (never waits to fill a batch: latency matters more than a full
-/// batch) and runs each batch as its own task, so batches overlap like single records would.
+/// How long a batch that is not full waits for more records: records of a job arrive
+/// microseconds apart, and a model call takes milliseconds.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// Takes what is waiting, plus what arrives within [`LINGER`], and runs each batch as its own
+/// task, so batches overlap like single records would.
 async fn batch_loop(
     backend: Arc<dyn ModelBackend>,
     mut rx: mpsc::UnboundedReceiver<Pending>,
@@ -63,15 +68,23 @@ async fn batch_loop(
         };
         let dimensions = first.dimensions;
         let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + LINGER;
         while batch.len() < max_batch {
-            match rx.try_recv() {
+            let next = match rx.try_recv() {
+                Ok(pending) => Some(pending),
+                Err(_) => tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            match next {
                 // One call has one `dimensions`: a record asking for others starts the next.
-                Ok(pending) if pending.dimensions == dimensions => batch.push(pending),
-                Ok(pending) => {
+                Some(pending) if pending.dimensions == dimensions => batch.push(pending),
+                Some(pending) => {
                     carry = Some(pending);
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         tokio::spawn(run_batch(backend.clone(), batch, dimensions));

@@ -180,7 +180,13 @@ async fn titan_text_records_answer_with_results() {
 
 #[tokio::test]
 async fn titan_embed_records_are_batched_and_answer_with_vectors() {
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    // While one call is out, the next records queue: batching does not hang on timing.
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 50,
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
     let env = TestEnv::new(&fake);
     let input = shared_data("invoke-titan-embed.jsonl");
     let records = read_lines(&input);
