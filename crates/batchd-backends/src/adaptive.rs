@@ -171,7 +171,9 @@ impl Limiter {
                     state.limit = (state.limit * c.decrease_factor).max(c.min as f64);
                     state.last_cut = Some(Instant::now());
                 }
-                if let Some(after) = retry_after {
+                // Calls already in flight when the server said "wait" say it again; only
+                // the first answer of a round pauses everyone.
+                if let Some(after) = retry_after.filter(|_| fresh) {
                     let until = Instant::now() + after.min(c.max_pause);
                     state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
                 }

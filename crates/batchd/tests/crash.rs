@@ -23,12 +23,16 @@ struct Env {
 
 impl Env {
     fn new(fake: &FakeServer, concurrency: usize, engine_extra: &str) -> Self {
+        Self::with_backend(&fake.base_url(), concurrency, engine_extra)
+    }
+
+    fn with_backend(base_url: &str, concurrency: usize, engine_extra: &str) -> Self {
+        batchd_testkit::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "[engine]\nbackoff_base_ms = 5\nbackoff_max_ms = 50\n{engine_extra}\n\n\
-             [[models]]\nid = \"{MODEL}\"\nbackend = \"openai\"\nbase_url = \"{}\"\n\
-             model = \"fake\"\nmax_concurrency = {concurrency}\n",
-            fake.base_url()
+             [[models]]\nid = \"{MODEL}\"\nbackend = \"openai\"\nbase_url = \"{base_url}\"\n\
+             model = \"fake\"\nmax_concurrency = {concurrency}\n"
         );
         std::fs::write(dir.path().join("batchd.toml"), config).unwrap();
         Self { dir }
@@ -352,4 +356,80 @@ async fn the_grace_period_bounds_a_shutdown_and_abandoned_records_run_again() {
         .await;
     assert_eq!(job["processedRecordCount"], 20, "{job}");
     env.check_output(&job_id, &inputs);
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_wait_while_the_backend_is_down_and_run_when_it_is_back() {
+    let port = free_port();
+    let env = Env::with_backend(
+        &format!("http://127.0.0.1:{port}/v1"),
+        4,
+        "backend_down_seconds = 20",
+    );
+    let inputs = env.write_inputs(&[("down.jsonl", 30)]);
+    let server = env.start().await;
+    let job_id = server.create_job("down-then-up").await;
+    server
+        .wait_for(&job_id, "InProgress", Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = server.job(&job_id).await;
+    assert_eq!(
+        job["processedRecordCount"], 0,
+        "records wait, not fail: {job}"
+    );
+    let fake = FakeServer::bind(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        FakeConfig::default(),
+    )
+    .await
+    .unwrap();
+    let job = server
+        .wait_for(&job_id, "Completed", Duration::from_secs(30))
+        .await;
+    assert_eq!(job["errorRecordCount"], 0, "{job}");
+    env.check_output(&job_id, &inputs);
+    assert_eq!(fake.stats().ok, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_down_past_the_limit_fails_records_as_unreachable() {
+    let port = free_port();
+    let env = Env::with_backend(
+        &format!("http://127.0.0.1:{port}/v1"),
+        4,
+        "backend_down_seconds = 1\nmax_attempts = 2",
+    );
+    env.write_inputs(&[("never.jsonl", 10)]);
+    let server = env.start().await;
+    let job_id = server.create_job("never-up").await;
+    let started = Instant::now();
+    let job = server
+        .wait_for(&job_id, "Completed", Duration::from_secs(30))
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "records waited first"
+    );
+    assert_eq!(job["errorRecordCount"], 10, "{job}");
+    let message = job["message"].as_str().unwrap();
+    assert!(message.contains("backend was unreachable"), "{message}");
+    let lines = read_jsonl(
+        &env.bucket()
+            .join("out")
+            .join(&job_id)
+            .join("never.jsonl.out"),
+    );
+    assert_eq!(lines.len(), 10);
+    for line in lines {
+        assert_eq!(line["error"]["errorCode"], 503, "{line}");
+        let text = line["error"]["errorMessage"].as_str().unwrap();
+        assert!(text.contains("unreachable"), "{text}");
+    }
 }
