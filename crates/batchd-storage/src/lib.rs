@@ -27,7 +27,9 @@ use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +159,20 @@ impl Storage {
             .with_endpoint(endpoint)
             .with_region(c.s3_region.clone().unwrap_or_else(|| "us-east-1".into()))
             .with_allow_http(endpoint.starts_with("http://"))
-            .with_virtual_hosted_style_request(false);
+            .with_virtual_hosted_style_request(false)
+            // 5xx, SlowDown and timeouts of idempotent requests (GET, HEAD, PUT of whole
+            // objects and parts) are retried with backoff; a write that still fails returns
+            // an error, so its records are never checkpointed as done.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 10,
+                retry_timeout: std::time::Duration::from_secs(180),
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(std::time::Duration::from_secs(5))
+                    .with_timeout(std::time::Duration::from_secs(120)),
+            );
         if let Some(v) = &c.s3_access_key_id {
             builder = builder.with_access_key_id(v);
         }

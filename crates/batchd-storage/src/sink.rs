@@ -172,8 +172,10 @@ impl OutputSink {
             }
             SinkKind::Parts { buffer, parts } => {
                 if !buffer.is_empty() {
-                    let part: Bytes = buffer.split().freeze();
+                    // The buffer is kept until the part is stored: a failed put loses nothing.
+                    let part = Bytes::copy_from_slice(buffer);
                     storage.put(&part_uri(&self.uri, *parts), part).await?;
+                    buffer.clear();
                     *parts += 1;
                 }
                 Ok(*parts)

@@ -254,6 +254,9 @@ fn parse_uris(inputs: &[String]) -> anyhow::Result<Vec<StorageUri>> {
         .collect()
 }
 
+/// A model's backend, its concurrency and its adaptive limiter (remote backends only).
+pub(crate) type AdaptiveModel = (Arc<dyn ModelBackend>, usize, Option<Arc<Limiter>>);
+
 /// [`build_backend`], with remote backends wrapped in an [`AdaptiveBackend`] (unless
 /// `engine.adaptive_concurrency = false`) whose limit starts at, and never exceeds, the
 /// model's concurrency; its limiter is returned for progress displays. Build it once per
@@ -263,7 +266,7 @@ pub(crate) fn build_backend_adaptive(
     requested: Option<usize>,
     engine: &config::EngineSection,
     embedded: &Arc<embedded::EmbeddedModels>,
-) -> anyhow::Result<(Arc<dyn ModelBackend>, usize, Option<Arc<Limiter>>)> {
+) -> anyhow::Result<AdaptiveModel> {
     let (backend, concurrency) = build_backend(model, requested, engine.concurrency, embedded)?;
     if model.backend == "embedded" || !engine.adaptive_concurrency {
         return Ok((backend, concurrency, None));
