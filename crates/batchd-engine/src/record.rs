@@ -105,7 +105,7 @@ fn null_raw() -> Box<RawValue> {
 enum Prepared<'a> {
     /// Sent as it is (Bedrock on-demand).
     Native(NativeCall<'a>),
-    Converse(ChatRequest),
+    Converse(Box<ChatRequest>),
     Chat(ModelFamily, Box<ChatRequest>),
     Embed(ModelFamily, EmbedItem),
 }
@@ -133,7 +133,7 @@ fn prepare<'a>(ctx: &RecordContext, body: &'a str) -> Result<Prepared<'a>, Strin
             if ctx.backend.runs_native() {
                 Ok(Prepared::Native(NativeCall::Converse(body)))
             } else {
-                Ok(Prepared::Converse(request))
+                Ok(Prepared::Converse(Box::new(request)))
             }
         }
         InvocationType::InvokeModel => {
