@@ -1,40 +1,95 @@
-//! End-to-end benchmark: `batchd run` against the fake OpenAI-compatible server (a separate
-//! process), at several input sizes. Prints records/s, peak RSS and CPU per record of the
-//! batchd process, and how RSS grows with input size.
+//! End-to-end benchmark of batchd against the fake OpenAI-compatible server (a separate
+//! process), with an independent load generator as the yardstick:
+//!
+//! - overhead: `batchd run` records/s at zero latency ÷ the load generator's req/s against
+//!   the same fake, same bodies, same concurrency (measured before and after, averaged);
+//! - latency-bound efficiency: the same ratio with 50 ms fake latency at concurrency 256;
+//! - CPU per record of the batchd process (wait4) at zero latency;
+//! - peak RSS for a small and a large input (10k and 1M records with `--full`);
+//! - control plane: p50/p99 of GetModelInvocationJob and ListModelInvocationJobs under 1,000
+//!   concurrent calls to `batchd serve` while its jobs run.
+//!
+//! Each figure is printed next to its goal.
+
+mod control;
+mod http;
+mod loadgen;
+mod usage;
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 
+use crate::loadgen::{LoadResult, StatsPoller};
+
 #[derive(Parser)]
-#[command(about = "Benchmark batchd run against the fake backend")]
+#[command(about = "Benchmark batchd against the fake backend and an independent load generator")]
 struct Args {
-    /// Input sizes to run, in records.
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
-    records: Vec<usize>,
-    /// Records in flight.
+    /// Also run the 1M-record memory run and longer runs (several minutes).
+    #[arg(long)]
+    full: bool,
+    /// Sections to run (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Section>,
+    /// Records of the zero-latency overhead run (default 100,000; 200,000 with --full).
+    #[arg(long)]
+    records: Option<u64>,
+    /// Records in flight at zero latency.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Fixed latency of the fake backend, in milliseconds.
-    #[arg(long, default_value_t = 0)]
+    /// Latency of the fake in the latency-bound run, in milliseconds.
+    #[arg(long, default_value_t = 50)]
     latency_ms: u64,
-    /// Worker threads of the fake backend.
+    /// Records in flight in the latency-bound run.
+    #[arg(long, default_value_t = 256)]
+    latency_concurrency: usize,
+    /// Records of the latency-bound run (default 30,000; 60,000 with --full).
+    #[arg(long)]
+    latency_records: Option<u64>,
+    /// Records of the large memory run (default 1,000,000, with --full only).
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_records: u64,
+    /// Worker threads of the fake backend (1 leaves the other core to what is measured).
     #[arg(long, default_value_t = 1)]
     fake_threads: usize,
-    /// Directory holding the `batchd` and `batchd-fake` binaries (default: next to this one).
+    /// Concurrent control-plane calls of each kind.
+    #[arg(long, default_value_t = 1000)]
+    calls: usize,
+    /// Directory holding `batchd` and `batchd-fake` (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Keep the work directory (inputs, outputs, data) and print where it is.
+    #[arg(long)]
+    keep: bool,
 }
 
-struct Measured {
-    records: usize,
-    wall: Duration,
-    peak_rss_kb: i64,
-    cpu: Duration,
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    Overhead,
+    Latency,
+    Memory,
+    Control,
+}
+
+/// The binaries and the work directory.
+struct Env {
+    batchd: PathBuf,
+    fake_bin: PathBuf,
+    work: PathBuf,
+    fake_threads: usize,
+}
+
+/// One line of the final table.
+struct Figure {
+    name: String,
+    value: String,
+    goal: String,
+    met: Option<bool>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,9 +101,8 @@ fn main() -> anyhow::Result<()> {
             .context("no bin dir")?
             .to_path_buf(),
     };
-    let batchd = bin_dir.join("batchd");
-    let fake_bin = bin_dir.join("batchd-fake");
-    for bin in [&batchd, &fake_bin] {
+    let env_bins = (bin_dir.join("batchd"), bin_dir.join("batchd-fake"));
+    for bin in [&env_bins.0, &env_bins.1] {
         if !bin.exists() {
             bail!(
                 "{} not found: build it first (scripts/bench.sh does)",
@@ -56,81 +110,328 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let work = tempfile::tempdir()?;
-    let (mut fake, base_url) = start_fake(&fake_bin, args.latency_ms, args.fake_threads)?;
-    let config = work.path().join("batchd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[models]]\nid = \"bench-model\"\nbackend = \"openai\"\nbase_url = \"{base_url}\"\n"
-        ),
-    )?;
+    let nofile = usage::raise_nofile();
+    let tmp = tempfile::Builder::new().prefix("batchd-bench").tempdir()?;
+    let env = Env {
+        batchd: env_bins.0,
+        fake_bin: env_bins.1,
+        work: tmp.path().to_path_buf(),
+        fake_threads: args.fake_threads,
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "batchd run vs fake backend ({} ms latency, {} fake thread(s)), concurrency {}, {} cores",
-        args.latency_ms,
-        args.fake_threads,
-        args.concurrency,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "batchd-bench ({}): {cores} cores, {:.1} GiB, load average {:.2}, CPUs busy before start {:.0}%, open files {nofile}",
+        if args.full { "full" } else { "quick" },
+        usage::mem_total_gib(),
+        usage::loadavg(),
+        usage::cpu_busy(Duration::from_secs(1)) * 100.0,
     );
     println!(
-        "{:>10} {:>9} {:>11} {:>13} {:>14}",
-        "records", "wall s", "records/s", "peak RSS MB", "CPU ms/record"
+        "fake backend: separate process, {} worker thread(s); load generator: one thread, keep-alive HTTP/1.1",
+        args.fake_threads
     );
-    let mut results = Vec::new();
-    for &n in &args.records {
-        let input = work.path().join(format!("in-{n}.jsonl"));
-        write_input(&input, n)?;
-        let m = run_batchd(&batchd, &config, &input, work.path(), n, args.concurrency)?;
+    let run = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    let mut figures = Vec::new();
+
+    let overhead_records = args
+        .records
+        .unwrap_or(if args.full { 200_000 } else { 100_000 });
+    let mut small_rss = None;
+    let mut large_rss = None;
+    if run(Section::Overhead) {
         println!(
-            "{:>10} {:>9.2} {:>11.0} {:>13.1} {:>14.4}",
-            m.records,
-            m.wall.as_secs_f64(),
-            m.records as f64 / m.wall.as_secs_f64(),
-            m.peak_rss_kb as f64 / 1024.0,
-            m.cpu.as_secs_f64() * 1000.0 / m.records as f64
+            "\n== overhead: zero-latency fake, concurrency {} ==",
+            args.concurrency
         );
-        std::fs::remove_file(&input)?;
-        results.push(m);
+        let r = overhead(&env, overhead_records, args.concurrency)?;
+        figures.extend(r.0);
+        large_rss = Some((overhead_records, r.1));
     }
-    if let (Some(first), Some(last)) = (results.first(), results.last())
-        && results.len() > 1
-    {
+    if run(Section::Latency) {
+        let n = args
+            .latency_records
+            .unwrap_or(if args.full { 60_000 } else { 30_000 });
         println!(
-            "peak RSS ratio {} → {} records: {:.2}",
-            first.records,
-            last.records,
-            last.peak_rss_kb as f64 / first.peak_rss_kb as f64
+            "\n== latency-bound: {} ms fake latency, concurrency {} ==",
+            args.latency_ms, args.latency_concurrency
+        );
+        figures.extend(latency(&env, n, args.latency_ms, args.latency_concurrency)?);
+    }
+    if run(Section::Memory) {
+        println!("\n== memory: peak RSS of batchd run by input size (zero latency) ==");
+        let fake = Fake::start(&env, 0)?;
+        let small = batchd_run(&env, &fake, 10_000, args.concurrency)?;
+        print_run("batchd run", &small);
+        small_rss = Some((10_000, small.peak_rss_kb));
+        if args.full {
+            let big = batchd_run(&env, &fake, args.memory_records, args.concurrency)?;
+            print_run("batchd run", &big);
+            large_rss = Some((args.memory_records, big.peak_rss_kb));
+        }
+    }
+    if let (Some((n_small, small)), Some((n_large, large))) = (small_rss, large_rss) {
+        let ratio = large as f64 / small as f64;
+        let large_mb = large as f64 / 1024.0;
+        figures.push(Figure {
+            name: format!(
+                "peak RSS {} → {} records",
+                thousands(n_small),
+                thousands(n_large)
+            ),
+            value: format!(
+                "{:.1} → {large_mb:.1} MB (×{ratio:.2})",
+                small as f64 / 1024.0
+            ),
+            goal: "×≤1.5, 1M < 150 MB".into(),
+            met: Some(ratio <= 1.5 && large_mb < 150.0),
+        });
+        if n_large < 1_000_000 {
+            println!("(the 1M-record memory run needs --full)");
+        }
+    }
+    if run(Section::Control) {
+        println!(
+            "\n== control plane: {} concurrent calls each, batchd serve with running jobs ==",
+            args.calls
+        );
+        figures.extend(control::run(&env, args.calls)?);
+    }
+
+    println!("\n== results (load average now {:.2}) ==", usage::loadavg());
+    let width = figures.iter().map(|f| f.name.len()).max().unwrap_or(0);
+    let vwidth = figures.iter().map(|f| f.value.len()).max().unwrap_or(0);
+    for f in &figures {
+        let verdict = match f.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!(
+            "{:<width$}  {:>vwidth$}  goal {:<22} {verdict}",
+            f.name, f.value, f.goal
         );
     }
-    let _ = fake.kill();
-    let _ = fake.wait();
+    if args.keep {
+        let kept = tmp.keep();
+        println!("work directory kept: {}", kept.display());
+    }
     Ok(())
 }
 
-fn start_fake(bin: &Path, latency_ms: u64, threads: usize) -> anyhow::Result<(Child, String)> {
-    let mut child = Command::new(bin)
-        .args([
-            "--port",
-            "0",
-            "--latency-ms",
-            &latency_ms.to_string(),
-            "--threads",
-            &threads.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let stdout = child.stdout.take().context("fake has no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .context("fake did not report its address")?;
-    Ok((child, url.to_owned()))
+fn thousands(n: u64) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
 }
 
-fn write_input(path: &Path, n: usize) -> anyhow::Result<()> {
+/// Load generator, batchd run, load generator again: the ratio uses the mean of the two.
+fn overhead(env: &Env, n: u64, concurrency: usize) -> anyhow::Result<(Vec<Figure>, i64)> {
+    let fake = Fake::start(env, 0)?;
+    let limit = Duration::from_secs(300);
+    let before = load(&fake, n, concurrency, limit)?;
+    let run = batchd_run(env, &fake, n, concurrency)?;
+    print_run("batchd run", &run);
+    let after = load(&fake, n, concurrency, limit)?;
+    let yardstick = (before.rate() + after.rate()) / 2.0;
+    let ratio = run.rate() / yardstick;
+    let phase = run.phase_rate().map(|r| r / yardstick);
+    let cpu_ms = run.cpu.as_secs_f64() * 1000.0 / n as f64;
+    println!(
+        "ratio (whole command) {ratio:.3}; run phase only {}",
+        phase.map_or("n/a".into(), |p| format!("{p:.3}"))
+    );
+    let figures = vec![
+        Figure {
+            name: "overhead: batchd run ÷ load generator".into(),
+            value: format!("{:.0} / {:.0} = {ratio:.2}", run.rate(), yardstick),
+            goal: "≥ 0.8".into(),
+            met: Some(ratio >= 0.8),
+        },
+        Figure {
+            name: "  same, run phase only (first→last request)".into(),
+            value: phase.map_or("n/a".into(), |p| format!("{p:.2}")),
+            goal: "(information)".into(),
+            met: None,
+        },
+        Figure {
+            name: "CPU per record (batchd process, user+sys)".into(),
+            value: format!("{cpu_ms:.3} ms"),
+            goal: "≤ 0.1 ms".into(),
+            met: Some(cpu_ms <= 0.1),
+        },
+        Figure {
+            name: "  fake CPU per request: under batchd / under load gen".into(),
+            value: format!(
+                "{:.1} / {:.1} µs",
+                run.fake_cpu.as_secs_f64() * 1e6 / n as f64,
+                (before.fake_cpu + after.fake_cpu).as_secs_f64() * 1e6 / (2 * n) as f64
+            ),
+            goal: "(information)".into(),
+            met: None,
+        },
+    ];
+    Ok((figures, run.peak_rss_kb))
+}
+
+fn latency(env: &Env, n: u64, latency_ms: u64, concurrency: usize) -> anyhow::Result<Vec<Figure>> {
+    let fake = Fake::start(env, latency_ms)?;
+    let limit = Duration::from_secs(600);
+    let before = load(&fake, n, concurrency, limit)?;
+    let run = batchd_run(env, &fake, n, concurrency)?;
+    print_run("batchd run", &run);
+    let after = load(&fake, n, concurrency, limit)?;
+    let yardstick = (before.rate() + after.rate()) / 2.0;
+    let ideal = concurrency as f64 * 1000.0 / latency_ms.max(1) as f64;
+    let ratio = run.rate() / yardstick;
+    let phase = run.phase_rate().map(|r| r / yardstick);
+    println!(
+        "ideal {ideal:.0}/s; ratio (whole command) {ratio:.3}; run phase only {}",
+        phase.map_or("n/a".into(), |p| format!("{p:.3}"))
+    );
+    Ok(vec![
+        Figure {
+            name: format!("latency-bound ({latency_ms} ms, c={concurrency}): batchd ÷ load gen"),
+            value: format!("{:.0} / {:.0} = {ratio:.3}", run.rate(), yardstick),
+            goal: "≥ 0.97".into(),
+            met: Some(ratio >= 0.97),
+        },
+        Figure {
+            name: "  same, run phase only (first→last request)".into(),
+            value: phase.map_or("n/a".into(), |p| format!("{p:.3}")),
+            goal: "(information)".into(),
+            met: None,
+        },
+    ])
+}
+
+/// The fake backend as a child process; killed on drop.
+pub(crate) struct Fake {
+    child: Child,
+    pub url: String,
+    pub addr: SocketAddr,
+}
+
+impl Fake {
+    pub fn start(env: &Env, latency_ms: u64) -> anyhow::Result<Self> {
+        let mut child = Command::new(&env.fake_bin)
+            .args([
+                "--port",
+                "0",
+                "--latency-ms",
+                &latency_ms.to_string(),
+                "--threads",
+                &env.fake_threads.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", env.fake_bin.display()))?;
+        let stdout = child.stdout.take().context("fake has no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .context("fake did not report its address")?
+            .to_owned();
+        let addr = http::addr_of(&url)?;
+        Ok(Self { child, url, addr })
+    }
+
+    pub fn cpu(&self) -> Duration {
+        usage::process_cpu(self.child.id())
+    }
+
+    /// A `batchd.toml` mapping `bench-model` to this fake.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[[models]]\nid = \"bench-model\"\nbackend = \"openai\"\nbase_url = \"{}\"\n{extra}",
+            self.url
+        )
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct LoadRun {
+    result: LoadResult,
+    fake_cpu: Duration,
+}
+
+impl std::ops::Deref for LoadRun {
+    type Target = LoadResult;
+    fn deref(&self) -> &LoadResult {
+        &self.result
+    }
+}
+
+fn load(fake: &Fake, n: u64, concurrency: usize, limit: Duration) -> anyhow::Result<LoadRun> {
+    let cpu0 = fake.cpu();
+    let result = loadgen::run(fake.addr, n, concurrency, limit)?;
+    let fake_cpu = fake.cpu().saturating_sub(cpu0);
+    println!(
+        "load generator: {} requests in {:.2} s = {:.0} req/s (its own CPU {:.1} µs/req, fake's {:.1} µs/req)",
+        result.answered,
+        result.wall.as_secs_f64(),
+        result.rate(),
+        result.cpu.as_secs_f64() * 1e6 / result.answered.max(1) as f64,
+        fake_cpu.as_secs_f64() * 1e6 / result.answered.max(1) as f64,
+    );
+    Ok(LoadRun { result, fake_cpu })
+}
+
+/// One `batchd run` and what it cost.
+pub(crate) struct RunResult {
+    records: u64,
+    wall: Duration,
+    /// First and last backend request, from the start of the command.
+    first: Option<Duration>,
+    last: Option<Duration>,
+    peak_rss_kb: i64,
+    cpu: Duration,
+    fake_cpu: Duration,
+}
+
+impl RunResult {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.wall.as_secs_f64()
+    }
+
+    fn phase_rate(&self) -> Option<f64> {
+        let span = self.last?.checked_sub(self.first?)?;
+        Some(self.records as f64 / span.as_secs_f64().max(1e-3))
+    }
+}
+
+fn print_run(label: &str, r: &RunResult) {
+    println!(
+        "{label}: {} records in {:.2} s = {:.0} records/s (requests {}..{} s), peak RSS {:.1} MB, CPU {:.3} ms/record, fake CPU {:.1} µs/request",
+        r.records,
+        r.wall.as_secs_f64(),
+        r.rate(),
+        r.first
+            .map_or("?".into(), |d| format!("{:.2}", d.as_secs_f64())),
+        r.last
+            .map_or("?".into(), |d| format!("{:.2}", d.as_secs_f64())),
+        r.peak_rss_kb as f64 / 1024.0,
+        r.cpu.as_secs_f64() * 1000.0 / r.records as f64,
+        r.fake_cpu.as_secs_f64() * 1e6 / r.records as f64,
+    );
+}
+
+/// The generated Converse input: short prompts, maxTokens 32.
+pub fn write_input(path: &Path, n: u64) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
     for i in 0..n {
         writeln!(
@@ -142,18 +443,17 @@ fn write_input(path: &Path, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_batchd(
-    batchd: &Path,
-    config: &Path,
-    input: &Path,
-    work: &Path,
-    n: usize,
-    concurrency: usize,
-) -> anyhow::Result<Measured> {
-    let started = Instant::now();
-    let child = Command::new(batchd)
+fn batchd_run(env: &Env, fake: &Fake, n: u64, concurrency: usize) -> anyhow::Result<RunResult> {
+    let input = env.work.join(format!("in-{n}.jsonl"));
+    write_input(&input, n)?;
+    let config = env.work.join("batchd-run.toml");
+    std::fs::write(&config, fake.config(""))?;
+    let out = env.work.join("out");
+    let fake_cpu0 = fake.cpu();
+    let poller = StatsPoller::start(fake.addr, n)?;
+    let child = Command::new(&env.batchd)
         .arg("run")
-        .arg(input)
+        .arg(&input)
         .args([
             "--model-id",
             "bench-model",
@@ -162,48 +462,56 @@ fn run_batchd(
             &concurrency.to_string(),
         ])
         .arg("--config")
-        .arg(config)
+        .arg(&config)
         .arg("--data-dir")
-        .arg(work.join("data"))
+        .arg(env.work.join("data"))
         .arg("--out")
-        .arg(work.join("out"))
+        .arg(&out)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()?;
-    let (status, usage) = wait_with_rusage(child)?;
+    let started = poller.started;
+    let mut child = child;
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut text);
+        }
+        text
+    });
+    let usage = usage::wait_with_rusage(child)?;
     let wall = started.elapsed();
-    if status != 0 {
-        bail!("batchd run exited with status {status}");
+    let (first, last) = poller.finish()?;
+    let fake_cpu = fake.cpu().saturating_sub(fake_cpu0);
+    let stderr = reader.join().unwrap_or_default();
+    if usage.exit != 0 {
+        bail!("batchd run exited with status {}: {stderr}", usage.exit);
     }
-    Ok(Measured {
+    check_output(&out, n)?;
+    std::fs::remove_file(&input)?;
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(RunResult {
         records: n,
         wall,
-        peak_rss_kb: usage.0,
-        cpu: usage.1,
+        first,
+        last,
+        peak_rss_kb: usage.peak_rss_kb,
+        cpu: usage.cpu,
+        fake_cpu,
     })
 }
 
-/// Waits for the child and returns its exit status, peak RSS (KiB) and user+system CPU.
-#[allow(unsafe_code)]
-fn wait_with_rusage(child: Child) -> anyhow::Result<(i32, (i64, Duration))> {
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain old data; wait4 fills it for our own child, which we reap here
-    // (std's Child is dropped without waiting, so nothing else reaps it).
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if rc < 0 {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+/// The run wrote one `.out` file of n lines and a manifest counting n successes.
+fn check_output(out: &Path, n: u64) -> anyhow::Result<()> {
+    let job_dir = std::fs::read_dir(out)?
+        .next()
+        .context("no job directory in the output")??
+        .path();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job_dir.join("manifest.json.out"))?)?;
+    if manifest["successRecordCount"].as_u64() != Some(n) {
+        bail!("the run did not succeed on every record: {manifest}");
     }
-    drop(child);
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    let exit = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    Ok((
-        exit,
-        (usage.ru_maxrss, tv(usage.ru_utime) + tv(usage.ru_stime)),
-    ))
+    Ok(())
 }

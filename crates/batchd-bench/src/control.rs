@@ -1,0 +1,221 @@
+//! Control-plane latency: `batchd serve` with jobs running against a fake with latency, then
+//! `calls` concurrent GetModelInvocationJob calls and as many ListModelInvocationJobs calls,
+//! each on a fresh connection, all released together; p50/p99 of connect-to-last-byte.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::http::{addr_of, get_request, once, post_request};
+use crate::{Env, Fake, Figure, write_input};
+
+/// Records per job, latency of the fake and jobs created: the jobs outlast the measurement.
+const RECORDS: u64 = 20_000;
+const FAKE_LATENCY_MS: u64 = 20;
+const JOBS: usize = 4;
+
+pub fn run(env: &Env, calls: usize) -> anyhow::Result<Vec<Figure>> {
+    let fake = Fake::start(env, FAKE_LATENCY_MS)?;
+    let data = env.work.join("serve-data");
+    write_input(&data.join("buckets/bench/input/in.jsonl"), RECORDS)?;
+    let config = env.work.join("batchd-serve.toml");
+    std::fs::write(
+        &config,
+        fake.config(
+            "max_concurrency = 64\n\n[limits]\nmax_running_jobs = 2\nmax_jobs_per_model = 100\n\n\
+             [quotas]\nrecords_per_input_file = 10000000\nrecords_per_job = 10000000\n",
+        ),
+    )?;
+    let mut serve = Server::start(env, &data, &config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(measure(serve.addr, calls));
+    serve.stop();
+    let (get, list, running) = result?;
+    println!(
+        "jobs in progress during the calls: {running}; fake latency {FAKE_LATENCY_MS} ms, {RECORDS} records per job"
+    );
+    let figure = |name: &str, l: &Latencies| Figure {
+        name: format!("{name} p50 / p99 ({calls} concurrent)"),
+        value: format!("{:.1} / {:.1} ms", ms(l.p50), ms(l.p99)),
+        goal: "(no goal set)".into(),
+        met: None,
+    };
+    Ok(vec![
+        figure("GetModelInvocationJob", &get),
+        figure("ListModelInvocationJobs", &list),
+    ])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Latencies {
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<(Latencies, Latencies, usize)> {
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        let body = serde_json::json!({
+            "jobName": format!("bench-job-{i}"),
+            "modelId": "bench-model",
+            "roleArn": "arn:aws:iam::123456789012:role/bench",
+            "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://bench/input/"}},
+            "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": format!("s3://bench/output-{i}/")}},
+            "modelInvocationType": "Converse",
+        });
+        let answer = once(
+            addr,
+            &post_request(addr, "/model-invocation-job", body.to_string().as_bytes()),
+        )
+        .await?;
+        let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
+        let arn = v["jobArn"]
+            .as_str()
+            .with_context(|| format!("create answered {}: {v}", answer.status))?;
+        ids.push(arn.rsplit('/').next().unwrap_or(arn).to_owned());
+    }
+    let first = ids.first().context("no job")?.clone();
+    let get_path = format!("/model-invocation-job/{first}");
+    // Bounded wait for the first job to run (validation of 20k records takes well under 60 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if status(addr, &get_path).await? == "InProgress" {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the first job did not reach InProgress within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let get = fire(addr, &get_request(addr, &get_path), calls).await?;
+    println!(
+        "GetModelInvocationJob: p50 {:.1} ms, p99 {:.1} ms",
+        ms(get.p50),
+        ms(get.p99)
+    );
+    let list = fire(addr, &get_request(addr, "/model-invocation-jobs"), calls).await?;
+    println!(
+        "ListModelInvocationJobs: p50 {:.1} ms, p99 {:.1} ms",
+        ms(list.p50),
+        ms(list.p99)
+    );
+    let mut running = 0;
+    for id in &ids {
+        if status(addr, &format!("/model-invocation-job/{id}")).await? == "InProgress" {
+            running += 1;
+        }
+    }
+    if running == 0 {
+        bail!("no job was still running after the calls: raise RECORDS");
+    }
+    Ok((get, list, running))
+}
+
+async fn status(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let answer = once(addr, &get_request(addr, path)).await?;
+    let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
+    Ok(v["status"].as_str().unwrap_or("?").to_owned())
+}
+
+/// `calls` tasks wait on a barrier, then each connects, sends `request` and reads the answer.
+async fn fire(addr: SocketAddr, request: &[u8], calls: usize) -> anyhow::Result<Latencies> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(calls));
+    let request: Arc<[u8]> = request.into();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..calls {
+        let (barrier, request) = (barrier.clone(), request.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let started = Instant::now();
+            let answer = tokio::time::timeout(Duration::from_secs(60), once(addr, &request))
+                .await
+                .context("call timed out")??;
+            if answer.status != 200 {
+                bail!(
+                    "answer {}: {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
+                );
+            }
+            Ok::<_, anyhow::Error>(started.elapsed())
+        });
+    }
+    let mut times = Vec::with_capacity(calls);
+    while let Some(joined) = tasks.join_next().await {
+        times.push(joined??);
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+    Ok(Latencies {
+        p50: at(0.50),
+        p99: at(0.99),
+    })
+}
+
+/// `batchd serve` on a free port; SIGTERM then SIGKILL on stop.
+struct Server {
+    child: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(env: &Env, data: &std::path::Path, config: &std::path::Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(&env.batchd)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start batchd serve")?;
+        let stdout = child.stdout.take().context("serve has no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("serve did not report its address: {line:?}"))?;
+        let addr = addr_of(url)?;
+        Ok(Self {
+            child: Some(child),
+            addr,
+        })
+    }
+
+    #[allow(unsafe_code)]
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
