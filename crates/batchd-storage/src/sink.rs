@@ -21,7 +21,7 @@ use crate::{Storage, StorageError, StorageUri};
 /// `PART_BYTES` (each part is a request; local commits are cheap).
 const PART_INTERVAL: Duration = Duration::from_secs(5);
 const PART_BYTES: usize = 8 * 1024 * 1024;
-const LOCAL_INTERVAL: Duration = Duration::from_secs(1);
+const LOCAL_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct OutputSink {
     uri: StorageUri,

@@ -59,11 +59,15 @@ enum Command {
     /// Run one batch job in this process and print a summary.
     Run {
         /// Input `.jsonl` files or folders/prefixes (local paths or s3://bucket/key).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "resume", conflicts_with = "resume")]
         inputs: Vec<String>,
         /// The model id the records run on (a [[models]] entry of the config).
-        #[arg(long)]
-        model_id: String,
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        model_id: Option<String>,
+        /// Resume an interrupted run (killed, crashed, or stopped by a shutdown) from its last
+        /// checkpoint: its inputs, model and output come from the job store in --data-dir.
+        #[arg(long, value_name = "JOB_ID")]
+        resume: Option<String>,
         /// Output folder or s3:// prefix; the job writes to <out>/<jobId>/.
         #[arg(long)]
         out: Option<String>,
@@ -164,6 +168,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             inputs,
             model_id,
+            resume,
             out,
             invocation_type,
             format,
@@ -176,7 +181,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let args = RunArgs {
                 inputs,
-                model_id,
+                model_id: model_id.unwrap_or_default(),
+                resume,
                 out,
                 invocation_type: invocation_type.into(),
                 format,
@@ -227,6 +233,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 struct RunArgs {
     inputs: Vec<String>,
     model_id: String,
+    resume: Option<String>,
     out: Option<String>,
     invocation_type: InvocationType,
     format: Option<ModelFamily>,
@@ -332,9 +339,134 @@ pub(crate) fn build_backend(
     }
 }
 
+/// What `batchd run` stores with a job so that `--resume` runs it the same way.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct RunRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+}
+
+/// Holds `<data-dir>/locks/<job id>.lock` while a process runs the job, so that two processes
+/// never write one job's output. The OS releases it when the process dies, even by `kill -9`.
+struct JobLock {
+    _file: std::fs::File,
+}
+
+impl JobLock {
+    fn path(data_dir: &std::path::Path, job_id: &str) -> PathBuf {
+        data_dir.join("locks").join(format!("{job_id}.lock"))
+    }
+
+    /// `Ok(None)` when another process holds it.
+    fn try_acquire(data_dir: &std::path::Path, job_id: &str) -> anyhow::Result<Option<Self>> {
+        let path = Self::path(data_dir, job_id);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+}
+
+/// A local input or output path made absolute, so that `--resume` works from any folder.
+fn absolute_uri(uri: StorageUri) -> anyhow::Result<StorageUri> {
+    Ok(match uri {
+        StorageUri::Local(path) => StorageUri::Local(
+            std::path::absolute(&path)
+                .with_context(|| format!("cannot resolve {}", path.display()))?,
+        ),
+        other => other,
+    })
+}
+
+/// Tells about runs in this data dir that died before they ended.
+async fn note_interrupted_runs(store: &JobStore, data_dir: &std::path::Path) {
+    let Ok(jobs) = store
+        .list_in_status(&[
+            JobStatus::InProgress,
+            JobStatus::Validating,
+            JobStatus::Scheduled,
+            JobStatus::Stopping,
+        ])
+        .await
+    else {
+        return;
+    };
+    for job in jobs {
+        // Jobs of `batchd serve` carry a role ARN; the server resumes those itself.
+        if job.role_arn.is_some() {
+            continue;
+        }
+        if let Ok(Some(_lock)) = JobLock::try_acquire(data_dir, job.id.as_str()) {
+            eprintln!(
+                "note: job {} ({}) was interrupted at {} of {} records; resume it with \
+                 `batchd run --resume {}`",
+                job.id, job.name, job.checkpoint.counters.processed, job.counters.total, job.id
+            );
+        }
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
-    let model = config.model(&args.model_id)?;
+    let data_dir = config.data_dir(args.data_dir.as_deref());
+    let store = JobStore::open(&data_dir.join("batchd.sqlite"))
+        .await
+        .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
+
+    // A resumed job brings its own inputs, model, output and format.
+    let resumed = match &args.resume {
+        Some(id) => {
+            let job_id = JobId::parse(id).map_err(|e| anyhow::anyhow!("--resume {id}: {e}"))?;
+            let job = store
+                .get(&job_id)
+                .await?
+                .with_context(|| format!("--resume {id}: no such job in {}", data_dir.display()))?;
+            if job.role_arn.is_some() {
+                bail!("--resume {id}: the job belongs to `batchd serve`, which resumes it itself");
+            }
+            if job.status.is_terminal() {
+                bail!("--resume {id}: the job already ended ({})", job.status);
+            }
+            Some(job)
+        }
+        None => None,
+    };
+    let (model_id, invocation_type, input_strings, format) = match &resumed {
+        Some(job) => {
+            let record: RunRecord = job
+                .request_json
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok())
+                .unwrap_or_default();
+            let stored = record.format.as_deref().and_then(ModelFamily::from_name);
+            (
+                job.model_id.clone(),
+                job.invocation_type,
+                job.input_uri.lines().map(str::to_owned).collect::<Vec<_>>(),
+                args.format.or(stored),
+            )
+        }
+        None => (
+            args.model_id.clone(),
+            args.invocation_type,
+            args.inputs.clone(),
+            args.format,
+        ),
+    };
+    let model = config.model(&model_id)?;
     let embedded_models = embedded::EmbeddedModels::new(config.embedded.clone());
     let (backend, concurrency, limiter) =
         build_backend_adaptive(model, args.concurrency, &config.engine, &embedded_models)?;
@@ -344,51 +476,79 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .preload(embedded::embedded_kind(model.model.as_deref(), &model.id)?)
             .await?;
     }
-    let inputs = parse_uris(&args.inputs)?;
-    let data_dir = config.data_dir(args.data_dir.as_deref());
-    let out = match &args.out {
-        Some(out) => StorageUri::parse(out)?,
-        None => StorageUri::Local(data_dir.join("output")),
+    let inputs = parse_uris(&input_strings)?
+        .into_iter()
+        .map(absolute_uri)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out = match (&resumed, &args.out) {
+        (Some(job), _) => StorageUri::parse(&job.output_uri)?,
+        (None, Some(out)) => absolute_uri(StorageUri::parse(out)?)?,
+        (None, None) => absolute_uri(StorageUri::Local(data_dir.join("output")))?,
     };
     let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
     let engine = Engine::new(storage, config.engine_config(args.max_attempts));
-    let store = JobStore::open(&data_dir.join("batchd.sqlite"))
-        .await
-        .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
 
-    let job_id =
-        JobId::from_random((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)));
-    let arn = JobArn::new(
-        &config.server.region,
-        &config.server.account_id,
-        job_id.clone(),
-    );
-    let job_name = args
-        .job_name
-        .clone()
-        .unwrap_or_else(|| format!("batchd-run-{job_id}"));
-    store
-        .create(NewJob {
-            id: job_id.clone(),
-            arn: arn.to_string(),
-            name: job_name,
-            model_id: args.model_id.clone(),
-            role_arn: None,
-            client_request_token: None,
-            invocation_type: args.invocation_type,
-            input_uri: args.inputs.join("\n"),
-            output_uri: out.to_string(),
-            timeout_hours: None,
-            job_expiration_ms: None,
-            request_json: None,
-        })
-        .await?;
+    let (job_id, arn, _lock) = match &resumed {
+        Some(job) => {
+            let Some(lock) = JobLock::try_acquire(&data_dir, job.id.as_str())? else {
+                bail!("job {} is being run by another process", job.id);
+            };
+            eprintln!(
+                "resuming job {} from record {} ({})",
+                job.id, job.checkpoint.counters.processed, job.status
+            );
+            (job.id.clone(), job.arn.clone(), lock)
+        }
+        None => {
+            note_interrupted_runs(&store, &data_dir).await;
+            let job_id = JobId::from_random(
+                (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)),
+            );
+            let arn = JobArn::new(
+                &config.server.region,
+                &config.server.account_id,
+                job_id.clone(),
+            )
+            .to_string();
+            let Some(lock) = JobLock::try_acquire(&data_dir, job_id.as_str())? else {
+                bail!("job {job_id} is locked by another process");
+            };
+            let job_name = args
+                .job_name
+                .clone()
+                .unwrap_or_else(|| format!("batchd-run-{job_id}"));
+            let record = RunRecord {
+                format: format.map(|f| f.name().to_owned()),
+            };
+            store
+                .create(NewJob {
+                    id: job_id.clone(),
+                    arn: arn.clone(),
+                    name: job_name,
+                    model_id: model_id.clone(),
+                    role_arn: None,
+                    client_request_token: None,
+                    invocation_type,
+                    input_uri: inputs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    output_uri: out.to_string(),
+                    timeout_hours: None,
+                    job_expiration_ms: None,
+                    request_json: serde_json::to_string(&record).ok(),
+                })
+                .await?;
+            (job_id, arn, lock)
+        }
+    };
     let spec = JobSpec {
         job_id: job_id.clone(),
         inputs,
         output: out,
-        invocation_type: args.invocation_type,
-        records: record_options(model, args.format),
+        invocation_type,
+        records: record_options(model, format),
         concurrency,
     };
 
@@ -402,13 +562,25 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let bar_task = tokio::spawn(show_progress(progress_rx, show_bar, limiter));
     eprintln!(
         "job {job_id}: {} on model {} ({} in flight)",
-        args.inputs.join(" "),
-        args.model_id,
+        input_strings.join(" "),
+        model_id,
         concurrency
     );
-    let outcome = engine
-        .run_job(&spec, backend, &store, &progress_tx, &stop)
-        .await;
+    let validated = resumed.as_ref().is_some_and(|job| {
+        matches!(
+            job.status,
+            JobStatus::Scheduled | JobStatus::InProgress | JobStatus::Stopping
+        )
+    });
+    let outcome = if validated {
+        engine
+            .execute_job(&spec, backend, &store, &progress_tx, &stop)
+            .await
+    } else {
+        engine
+            .run_job(&spec, backend, &store, &progress_tx, &stop)
+            .await
+    };
     drop(progress_tx);
     let _ = bar_task.await;
     store.close().await;
