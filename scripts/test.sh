@@ -14,5 +14,12 @@ source scripts/python-env.sh
 bash scripts/models.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# A real OpenAI-compatible server for crates/batchd/tests/real_server.rs: llama.cpp's
+# llama-server with SmolLM2 on 127.0.0.1 (built once into the cache by the script: ~10 min on 2
+# idle cores; then a few seconds to start). Stopped on exit.
+export BATCHD_MODEL_SERVER_RUN="$(mktemp -d)"
+trap 'bash scripts/model-server.sh stop; rm -rf "$BATCHD_MODEL_SERVER_RUN"' EXIT
+BATCHD_REAL_SERVER_URL=$(bash scripts/model-server.sh start)
+export BATCHD_REAL_SERVER_URL
 cargo test --workspace
 bash scripts/pytest.sh
