@@ -10,6 +10,7 @@
 //! `<data-dir>/buckets/bucket/key`, so a single machine needs nothing but its disk.
 
 mod lines;
+mod resume;
 mod sink;
 mod uri;
 
@@ -32,6 +33,8 @@ use object_store::{
 };
 use tokio::io::AsyncWriteExt;
 
+use crate::resume::{ReadRetry, ResumingRead};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("{uri}: {reason}")]
@@ -51,6 +54,24 @@ pub enum StorageError {
         uri: String,
         #[source]
         source: std::io::Error,
+    },
+    /// A read broke and could not be resumed within the retry budget.
+    #[error("{uri}: reading failed at byte {offset} after {retries} retries: {reason}")]
+    ReadFailed {
+        uri: String,
+        offset: u64,
+        retries: u32,
+        reason: String,
+    },
+    /// The object was replaced or deleted while it was being read.
+    #[error(
+        "{uri}: the object changed while it was being read (at byte {offset}): {reason}; \
+         inputs must not change while a job runs"
+    )]
+    Changed {
+        uri: String,
+        offset: u64,
+        reason: String,
     },
     #[error("{uri}: line {line} is longer than {limit} bytes")]
     LineTooLong {
@@ -88,6 +109,7 @@ pub struct Storage {
     config: StorageConfig,
     local: Arc<LocalFileSystem>,
     s3: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    read_retry: ReadRetry,
 }
 
 impl std::fmt::Debug for Storage {
@@ -107,7 +129,31 @@ impl Storage {
             config,
             local: Arc::new(LocalFileSystem::new()),
             s3: Mutex::new(HashMap::new()),
+            read_retry: ReadRetry::default(),
         }
+    }
+
+    /// Storage whose `s3://<bucket>/` URIs go to `store` (tests: fault injection), with its
+    /// own read retry policy.
+    #[cfg(test)]
+    pub(crate) fn with_s3_store(
+        bucket: &str,
+        store: Arc<dyn ObjectStore>,
+        read_retry: ReadRetry,
+    ) -> Self {
+        let storage = Self {
+            read_retry,
+            ..Self::new(StorageConfig {
+                s3_endpoint: Some("http://s3.invalid".into()),
+                ..StorageConfig::default()
+            })
+        };
+        storage
+            .s3
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(bucket.to_owned(), store);
+        storage
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -264,25 +310,18 @@ impl Storage {
             .collect())
     }
 
-    /// Opens a streaming line reader: memory stays bounded by the longest line.
+    /// Opens a streaming line reader: memory stays bounded by the longest line. A read that
+    /// breaks partway is resumed from the byte it reached, on the same object version.
     pub async fn read_lines(
         &self,
         uri: &StorageUri,
         max_line_bytes: usize,
     ) -> Result<LineReader, StorageError> {
         let (store, path) = self.resolve(uri)?;
-        let result = store.get(&path).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => StorageError::NotFound {
-                uri: uri.to_string(),
-            },
-            source => StorageError::Store {
-                uri: uri.to_string(),
-                source,
-            },
-        })?;
+        let read = ResumingRead::open(store, path, uri.to_string(), self.read_retry).await?;
         Ok(LineReader::new(
             uri.to_string(),
-            result.into_stream(),
+            read.into_stream(),
             max_line_bytes,
         ))
     }

@@ -9,7 +9,7 @@ use crate::StorageError;
 
 pub struct LineReader {
     uri: String,
-    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    stream: BoxStream<'static, Result<Bytes, StorageError>>,
     /// The current chunk, not yet split into lines.
     chunk: Bytes,
     /// The start of a line that crosses chunk boundaries.
@@ -17,12 +17,14 @@ pub struct LineReader {
     line_no: u64,
     max_line_bytes: usize,
     done: bool,
+    /// The stream failed: what is buffered is not a whole line and must never be emitted.
+    failed: bool,
 }
 
 impl LineReader {
     pub(crate) fn new(
         uri: String,
-        stream: BoxStream<'static, object_store::Result<Bytes>>,
+        stream: BoxStream<'static, Result<Bytes, StorageError>>,
         max_line_bytes: usize,
     ) -> Self {
         Self {
@@ -33,6 +35,7 @@ impl LineReader {
             line_no: 0,
             max_line_bytes,
             done: false,
+            failed: false,
         }
     }
 
@@ -45,6 +48,12 @@ impl LineReader {
     /// The next line without its `\n` (and without a trailing `\r`), with its 1-based line
     /// number. A final line without a newline is returned too.
     pub async fn next_line(&mut self) -> Result<Option<(u64, Bytes)>, StorageError> {
+        if self.failed {
+            return Err(StorageError::Io {
+                uri: self.uri.clone(),
+                source: std::io::Error::other("reading stopped at an earlier error"),
+            });
+        }
         loop {
             if let Some(pos) = memchr::memchr(b'\n', &self.chunk) {
                 let mut line = self.chunk.split_to(pos + 1);
@@ -78,11 +87,9 @@ impl LineReader {
             }
             match self.stream.next().await {
                 Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(source)) => {
-                    return Err(StorageError::Store {
-                        uri: self.uri.clone(),
-                        source,
-                    });
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Err(e);
                 }
                 None => self.done = true,
             }
