@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::http::{addr_of, get_request, once, post_request};
+use crate::http::{Conn, addr_of, get_request, once, post_request};
 use crate::{Env, Fake, Figure, write_input};
 
 /// Records per job, latency of the fake and jobs created: the jobs outlast the measurement.
@@ -37,20 +37,19 @@ pub fn run(env: &Env, calls: usize) -> anyhow::Result<Vec<Figure>> {
         .build()?;
     let result = runtime.block_on(measure(serve.addr, calls));
     serve.stop();
-    let (get, list, running) = result?;
+    let (results, running) = result?;
     println!(
         "jobs in progress during the calls: {running}; fake latency {FAKE_LATENCY_MS} ms, {RECORDS} records per job"
     );
-    let figure = |name: &str, l: &Latencies| Figure {
-        name: format!("{name} p50 / p99 ({calls} concurrent)"),
-        value: format!("{:.1} / {:.1} ms", ms(l.p50), ms(l.p99)),
-        goal: "(no goal set)".into(),
-        met: None,
-    };
-    Ok(vec![
-        figure("GetModelInvocationJob", &get),
-        figure("ListModelInvocationJobs", &list),
-    ])
+    Ok(results
+        .iter()
+        .map(|(name, l)| Figure {
+            name: format!("{name} p50 / p99, {calls} concurrent"),
+            value: format!("{:.1} / {:.1} ms", ms(l.p50), ms(l.p99)),
+            goal: "(no goal set)".into(),
+            met: None,
+        })
+        .collect())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -60,9 +59,12 @@ fn ms(d: Duration) -> f64 {
 struct Latencies {
     p50: Duration,
     p99: Duration,
+    max: Duration,
 }
 
-async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<(Latencies, Latencies, usize)> {
+type Measured = (Vec<(String, Latencies)>, usize);
+
+async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<Measured> {
     let mut ids = Vec::new();
     for i in 0..JOBS {
         let body = serde_json::json!({
@@ -97,18 +99,27 @@ async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<(Latencies, L
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let get = fire(addr, &get_request(addr, &get_path), calls).await?;
-    println!(
-        "GetModelInvocationJob: p50 {:.1} ms, p99 {:.1} ms",
-        ms(get.p50),
-        ms(get.p99)
-    );
-    let list = fire(addr, &get_request(addr, "/model-invocation-jobs"), calls).await?;
-    println!(
-        "ListModelInvocationJobs: p50 {:.1} ms, p99 {:.1} ms",
-        ms(list.p50),
-        ms(list.p99)
-    );
+    let mut results = Vec::new();
+    for (name, path) in [
+        ("GetModelInvocationJob", get_path.as_str()),
+        ("ListModelInvocationJobs", "/model-invocation-jobs"),
+    ] {
+        for connected in [false, true] {
+            let l = fire(addr, &get_request(addr, path), calls, connected).await?;
+            let how = if connected {
+                "open connections"
+            } else {
+                "fresh connections"
+            };
+            println!(
+                "{name} ({how}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.max)
+            );
+            results.push((format!("{name} ({how})"), l));
+        }
+    }
     let mut running = 0;
     for id in &ids {
         if status(addr, &format!("/model-invocation-job/{id}")).await? == "InProgress" {
@@ -118,7 +129,7 @@ async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<(Latencies, L
     if running == 0 {
         bail!("no job was still running after the calls: raise RECORDS");
     }
-    Ok((get, list, running))
+    Ok((results, running))
 }
 
 async fn status(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
@@ -127,17 +138,35 @@ async fn status(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(v["status"].as_str().unwrap_or("?").to_owned())
 }
 
-/// `calls` tasks wait on a barrier, then each connects, sends `request` and reads the answer.
-async fn fire(addr: SocketAddr, request: &[u8], calls: usize) -> anyhow::Result<Latencies> {
+/// `calls` tasks wait on a barrier, then each sends `request` and reads the answer: on a
+/// fresh connection (timed from connect), or, `connected`, on one opened before the barrier.
+async fn fire(
+    addr: SocketAddr,
+    request: &[u8],
+    calls: usize,
+    connected: bool,
+) -> anyhow::Result<Latencies> {
     let barrier = Arc::new(tokio::sync::Barrier::new(calls));
     let request: Arc<[u8]> = request.into();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..calls {
         let (barrier, request) = (barrier.clone(), request.clone());
         tasks.spawn(async move {
-            barrier.wait().await;
-            let started = Instant::now();
-            let answer = tokio::time::timeout(Duration::from_secs(60), once(addr, &request))
+            let call = async {
+                let mut conn = if connected {
+                    Some(Conn::connect(addr).await?)
+                } else {
+                    None
+                };
+                barrier.wait().await;
+                let started = Instant::now();
+                let answer = match conn.as_mut() {
+                    Some(conn) => conn.call(&request).await?,
+                    None => once(addr, &request).await?,
+                };
+                Ok::<_, anyhow::Error>((started.elapsed(), answer))
+            };
+            let (elapsed, answer) = tokio::time::timeout(Duration::from_secs(60), call)
                 .await
                 .context("call timed out")??;
             if answer.status != 200 {
@@ -147,7 +176,7 @@ async fn fire(addr: SocketAddr, request: &[u8], calls: usize) -> anyhow::Result<
                     String::from_utf8_lossy(&answer.body)
                 );
             }
-            Ok::<_, anyhow::Error>(started.elapsed())
+            Ok::<_, anyhow::Error>(elapsed)
         });
     }
     let mut times = Vec::with_capacity(calls);
@@ -159,6 +188,7 @@ async fn fire(addr: SocketAddr, request: &[u8], calls: usize) -> anyhow::Result<
     Ok(Latencies {
         p50: at(0.50),
         p99: at(0.99),
+        max: at(1.0),
     })
 }
 
