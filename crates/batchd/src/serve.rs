@@ -183,9 +183,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(SchedulerService(scheduler.clone())),
             api_config,
         ));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     // Scripts and tests read the address (the port may have been 0) from this first line.
     println!("listening on http://{addr}");
@@ -213,4 +212,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     scheduler.shutdown().await;
     store.close().await;
     Ok(())
+}
+
+/// Binds with a deep accept queue: a burst of clients (a thousand boto3 pollers) otherwise
+/// overflows the default one and waits a second for SYN retries.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
