@@ -204,7 +204,6 @@ impl Storage {
             .with_bucket_name(bucket)
             .with_endpoint(endpoint)
             .with_region(c.s3_region.clone().unwrap_or_else(|| "us-east-1".into()))
-            .with_allow_http(endpoint.starts_with("http://"))
             .with_virtual_hosted_style_request(false)
             // 5xx, SlowDown and timeouts of idempotent requests (GET, HEAD, PUT of whole
             // objects and parts) are retried with backoff; a write that still fails returns
@@ -218,7 +217,9 @@ impl Storage {
                 ClientOptions::new()
                     .with_connect_timeout(std::time::Duration::from_secs(5))
                     .with_timeout(std::time::Duration::from_secs(120)),
-            );
+            )
+            // After the client options, which would reset it.
+            .with_allow_http(endpoint.starts_with("http://"));
         if let Some(v) = &c.s3_access_key_id {
             builder = builder.with_access_key_id(v);
         }
