@@ -19,11 +19,10 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use reqwest::Url;
-use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
-};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
+use crate::http::{error_chain, retry_after, transport_error};
 use crate::{BackendError, ErrorKind, ModelBackend, NativeAnswer, NativeCall};
 use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
 
@@ -477,42 +476,6 @@ fn classify_error(
         error.message = format!("{error_type}: {}", error.message);
     }
     error
-}
-
-/// `Retry-After` as seconds (whole or fractional).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    value
-        .parse::<f64>()
-        .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-}
-
-fn transport_error(e: reqwest::Error) -> BackendError {
-    let kind = if e.is_timeout() {
-        ErrorKind::Timeout
-    } else if e.is_builder() || e.is_redirect() {
-        ErrorKind::Client
-    } else {
-        // Refused, reset, or the connection broke mid-answer.
-        ErrorKind::Connect
-    };
-    BackendError::new(kind, error_chain(&e))
-}
-
-/// "outer: cause: root cause", since reqwest's own message hides the reason.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 fn setup_error(message: impl Into<String>) -> BackendError {

@@ -9,6 +9,7 @@ use batchd_testkit::fake_bedrock::{
 };
 
 use super::*;
+use reqwest::header::RETRY_AFTER;
 
 const CLAUDE: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 const CONVERSE_BODY: &str =

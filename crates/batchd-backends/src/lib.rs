@@ -8,6 +8,7 @@
 
 pub mod adaptive;
 pub mod bedrock;
+mod http;
 pub mod openai;
 
 use std::time::Duration;

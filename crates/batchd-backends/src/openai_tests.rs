@@ -5,6 +5,8 @@ use batchd_formats::neutral::{JsonSchemaFormat, Role, ToolSpec};
 use serde_json::json;
 
 use super::*;
+use crate::http::parse_http_date;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 fn body_json(request: &ChatRequest) -> Value {
     serde_json::to_value(chat_body("m", request).unwrap()).unwrap()
