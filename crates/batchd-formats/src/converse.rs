@@ -58,6 +58,17 @@ pub fn parse_converse(
 /// text, tool calls, reasoning and images; other parts cannot come from a model and are
 /// left out.
 pub fn render_converse_response(response: &ChatResponse, latency_ms: u64) -> Value {
+    let mut body = render_message_response(response, "cacheReadInputTokens");
+    body.insert("metrics".into(), json!({"latencyMs": latency_ms}));
+    Value::Object(body)
+}
+
+/// `{output: {message}, stopReason, usage}`: the Converse response, and Nova's native one,
+/// which names its cached-token count `cache_key`.
+pub(crate) fn render_message_response(
+    response: &ChatResponse,
+    cache_key: &str,
+) -> Map<String, Value> {
     let content: Vec<Value> = response.content.iter().filter_map(render_part).collect();
     let usage = &response.usage;
     let mut usage_json = Map::new();
@@ -71,14 +82,16 @@ pub fn render_converse_response(response: &ChatResponse, latency_ms: u64) -> Val
             .into(),
     );
     if let Some(cached) = usage.cache_read_input_tokens {
-        usage_json.insert("cacheReadInputTokens".into(), cached.into());
+        usage_json.insert(cache_key.into(), cached.into());
     }
-    json!({
-        "output": {"message": {"role": "assistant", "content": content}},
-        "stopReason": response.stop_reason.as_str(),
-        "usage": usage_json,
-        "metrics": {"latencyMs": latency_ms},
-    })
+    let mut body = Map::new();
+    body.insert(
+        "output".into(),
+        json!({"message": {"role": "assistant", "content": content}}),
+    );
+    body.insert("stopReason".into(), response.stop_reason.as_str().into());
+    body.insert("usage".into(), Value::Object(usage_json));
+    body
 }
 
 pub(crate) fn render_part(part: &ContentPart) -> Option<Value> {

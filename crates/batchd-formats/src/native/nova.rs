@@ -3,11 +3,11 @@
 //! (`max_new_tokens`, `top_p`, `top_k`) and Nova 2 (`maxTokens`, `topP`, `topK`) spellings,
 //! and the native response.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::body;
 use crate::converse::check::{Checker, Path, member};
-use crate::converse::render_part;
+use crate::converse::render_message_response;
 use crate::converse::request::{messages, system, tool_config};
 use crate::neutral::{ChatRequest, ChatResponse};
 
@@ -107,24 +107,8 @@ fn inference_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req: &mut 
 }
 
 pub(super) fn render(response: &ChatResponse) -> Value {
-    let content: Vec<Value> = response.content.iter().filter_map(render_part).collect();
-    let usage = &response.usage;
-    let mut usage_json = Map::new();
-    usage_json.insert("inputTokens".into(), usage.input_tokens.into());
-    usage_json.insert("outputTokens".into(), usage.output_tokens.into());
-    usage_json.insert(
-        "totalTokens".into(),
-        usage
-            .input_tokens
-            .saturating_add(usage.output_tokens)
-            .into(),
-    );
-    if let Some(cached) = usage.cache_read_input_tokens {
-        usage_json.insert("cacheReadInputTokenCount".into(), cached.into());
-    }
-    json!({
-        "output": {"message": {"role": "assistant", "content": content}},
-        "stopReason": response.stop_reason.as_str(),
-        "usage": usage_json,
-    })
+    Value::Object(render_message_response(
+        response,
+        "cacheReadInputTokenCount",
+    ))
 }
