@@ -56,7 +56,9 @@ def paginate(client, **params) -> tuple[list[dict], list[list[dict]]]:
 
 def test_jobs_are_in_the_expected_states(listed):
     _, jobs = listed
-    assert [j["status"] for j in jobs] == ["Completed"] * 3 + ["Failed"] + ["Completed"] * 3
+    assert [j["status"] for j in jobs] == ["Completed"] * 3 + ["Failed"] + ["Completed"] * 3, [
+        (j["jobName"], j["status"], j.get("message")) for j in jobs
+    ]
     times = [j["submitTime"] for j in jobs]
     assert times == sorted(times) and len(set(times)) == len(times)
 
