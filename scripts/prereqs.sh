@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Sourced by setup.sh and fresh-check.sh: one probe per build prerequisite. Each probe uses the
+# thing the way the build will (compiles, links, loads, parses), so a look-alike (a libclang-cpp
+# beside no libclang, a cc that cannot link, a python without ensurepip) fails it.
+#
+#   batchd_prereq_probe NAME   # 0 if NAME is the real thing; what it saw in $batchd_prereq_detail
+#   batchd_prereq_package NAME # the Debian package that provides NAME
+# NAME is one of $batchd_prereq_names. `ccache` is optional: a speed-up, not a requirement.
+
+batchd_prereq_names=(cc c++ make cmake python3 libclang python-venv ccache)
+batchd_prereq_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+batchd_prereq_package() {
+  case "$1" in
+    cc) echo gcc ;;
+    c++) echo g++ ;;
+    make) echo make ;;
+    cmake) echo cmake ;;
+    python3) echo python3 ;;
+    libclang) echo libclang-dev ;;
+    python-venv) echo python3-venv ;;
+    ccache) echo ccache ;;
+  esac
+}
+
+# Runs a probe command; keeps its last output line as the detail, and the exit status.
+batchd_prereq_run() {
+  local out status
+  out=$("$@" 2>&1) && status=0 || status=$?
+  batchd_prereq_detail=$(printf '%s\n' "$out" | sed '/^$/d' | tail -n 1)
+  return "$status"
+}
+
+batchd_prereq_compile() { # compiler language source
+  local tmp status
+  tmp=$(mktemp -d) || return 1
+  printf '%s\n' "$3" >"$tmp/probe.$2"
+  if "$1" "$tmp/probe.$2" -o "$tmp/probe" && "$tmp/probe"; then
+    echo "$(command -v "$1"): compiles, links and runs a $2 program"
+    status=0
+  else
+    echo "$1 cannot build a $2 program"
+    status=1
+  fi
+  rm -rf "$tmp"
+  return "$status"
+}
+
+batchd_prereq_probe() {
+  batchd_prereq_detail=""
+  case "$1" in
+    cc)
+      command -v cc >/dev/null 2>&1 || { batchd_prereq_detail="cc not found"; return 1; }
+      batchd_prereq_run batchd_prereq_compile cc c \
+        '#include <stdio.h>
+int main(void) { return printf("%s", "") < 0; }'
+      ;;
+    c++)
+      command -v c++ >/dev/null 2>&1 || { batchd_prereq_detail="c++ not found"; return 1; }
+      # llama.cpp is C++17 and uses threads.
+      batchd_prereq_run batchd_prereq_compile c++ cpp \
+        '#include <thread>
+#include <optional>
+int main() { std::optional<int> v; std::thread t([&] { v = 1; }); t.join(); return *v - 1; }'
+      ;;
+    make)
+      batchd_prereq_run make --version || { batchd_prereq_detail="make not found"; return 1; }
+      batchd_prereq_detail=$(make --version 2>/dev/null | head -n 1)
+      ;;
+    cmake)
+      # llama.cpp's CMakeLists needs 3.14 or newer.
+      batchd_prereq_run cmake --version || { batchd_prereq_detail="cmake not found"; return 1; }
+      local v
+      v=$(cmake --version 2>/dev/null | sed -n 's/^cmake version \([0-9][0-9.]*\).*/\1/p')
+      batchd_prereq_detail="cmake ${v:-of unknown version}"
+      printf '%s\n3.14\n' "${v:-0}" | sort -V -C -r || { batchd_prereq_detail="$batchd_prereq_detail: 3.14 or newer needed"; return 1; }
+      ;;
+    python3)
+      batchd_prereq_run python3 -c 'import ctypes, sys; print(sys.executable, sys.version.split()[0])'
+      ;;
+    libclang)
+      command -v python3 >/dev/null 2>&1 || { batchd_prereq_detail="python3 is needed to probe libclang"; return 1; }
+      batchd_prereq_run python3 "$batchd_prereq_here/libclang-probe.py"
+      ;;
+    python-venv)
+      # Debian's python3 has `venv` without `ensurepip` until python3-venv is installed.
+      batchd_prereq_run python3 -c 'import ensurepip, venv, sys; print(sys.executable, "has venv and ensurepip")'
+      ;;
+    ccache)
+      batchd_prereq_run ccache --version || { batchd_prereq_detail="ccache not found"; return 1; }
+      batchd_prereq_detail=$(ccache --version 2>/dev/null | head -n 1)
+      ;;
+    *) batchd_prereq_detail="unknown prerequisite $1"; return 2 ;;
+  esac
+}
