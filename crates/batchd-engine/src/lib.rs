@@ -39,6 +39,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Input(String),
+    /// A start found the job in a status with nothing to run (already ended, or not
+    /// validated yet): a stale decision, refused so no record runs twice.
+    #[error("job {job} is {status}: nothing to run")]
+    NotRunnable { job: JobId, status: JobStatus },
 }
 
 /// What to do with blank (whitespace-only) lines.
@@ -275,10 +279,17 @@ impl Engine {
             .get(&spec.job_id)
             .await?
             .ok_or_else(|| StoreError::NotFound(spec.job_id.clone()))?;
-        if job.status == JobStatus::Submitted {
-            store
-                .transition(&spec.job_id, JobStatus::Validating, None)
-                .await?;
+        match job.status {
+            JobStatus::Submitted => {
+                store
+                    .transition(&spec.job_id, JobStatus::Validating, None)
+                    .await?;
+            }
+            // Resumed, or stopped meanwhile (the final transition then fails and the caller
+            // finishes the stop).
+            JobStatus::Validating | JobStatus::Stopping => {}
+            // Validated already: a stale second validation must not touch it.
+            _ => return Ok(None),
         }
         progress.send_replace(Progress {
             status: JobStatus::Validating,
@@ -378,7 +389,13 @@ impl Engine {
                     .await?;
             }
             JobStatus::Stopping => stop.stop(StopReason::User),
-            _ => {}
+            JobStatus::InProgress => {}
+            status => {
+                return Err(EngineError::NotRunnable {
+                    job: spec.job_id.clone(),
+                    status,
+                });
+            }
         }
         let resume_from = job.checkpoint;
         progress.send_replace(Progress {
