@@ -16,6 +16,11 @@ pub mod run;
 pub mod scheduler;
 pub mod validate;
 
+// The scheduler's unit tests share tests/support with the integration tests, which name the
+// crate `batchd_engine`.
+#[cfg(test)]
+extern crate self as batchd_engine;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

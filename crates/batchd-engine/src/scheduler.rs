@@ -562,6 +562,10 @@ impl Scheduler {
     }
 }
 
+#[cfg(test)]
+#[path = "../tests/support/mod.rs"]
+mod test_support;
+
 /// The scheduler's own decisions made by hand, in the orders a tick's stale store read or a
 /// concurrent shutdown can produce.
 #[cfg(test)]
@@ -571,82 +575,15 @@ mod tests {
     use std::path::Path;
     use std::time::Instant;
 
-    use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
-    use batchd_storage::{Storage, StorageConfig};
     use batchd_testkit::{FakeConfig, FakeServer};
 
+    use super::test_support::{create, output_ids, scheduler, wait_for, write_records};
     use super::*;
-    use crate::EngineConfig;
 
-    const MODEL: &str = "test.model-v1";
-
-    /// A scheduler whose loop is not started: the test makes its decisions.
-    async fn scheduler(dir: &Path, fake: &FakeServer, records: usize) -> Scheduler {
-        let input = dir.join("buckets/bucket/in/a.jsonl");
-        std::fs::create_dir_all(input.parent().unwrap()).unwrap();
-        let text: String = (0..records)
-            .map(|i| {
-                format!(
-                    "{{\"recordId\":\"r{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
-                )
-            })
-            .collect();
-        std::fs::write(input, text).unwrap();
-        let storage = Arc::new(Storage::new(StorageConfig {
-            data_dir: dir.into(),
-            ..Default::default()
-        }));
-        let backend = OpenAiBackend::new(OpenAiConfig {
-            base_url: fake.base_url(),
-            model: "fake".into(),
-            api_key: None,
-            max_connections: 4,
-        })
-        .unwrap();
-        let models = HashMap::from([(
-            MODEL.to_owned(),
-            ModelEntry {
-                backend: Arc::new(backend),
-                concurrency: 4,
-                records: RecordOptions::default(),
-            },
-        )]);
-        Scheduler::new(
-            Engine::new(storage, EngineConfig::default()),
-            JobStore::open(&dir.join("batchd.sqlite")).await.unwrap(),
-            models,
-            SchedulerConfig::default(),
-        )
-    }
-
-    fn create(name: &str) -> CreateJob {
-        CreateJob {
-            name: name.into(),
-            model_id: MODEL.into(),
-            role_arn: None,
-            client_request_token: None,
-            invocation_type: InvocationType::Converse,
-            input_uri: "s3://bucket/in/".into(),
-            output_uri: "s3://bucket/out/".into(),
-            timeout_hours: None,
-            request_json: None,
-        }
-    }
-
-    async fn wait_for(s: &Scheduler, id: &JobId, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let job = s.store().get(id).await.unwrap().unwrap();
-            if done(&job) {
-                return job;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out; job is {:?}",
-                job.status
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    /// The shared scheduler (loop not started: the test makes its decisions) over `records`.
+    async fn idle_scheduler(dir: &Path, fake: &FakeServer, records: usize) -> Scheduler {
+        write_records(&dir.join("buckets/bucket/in/a.jsonl"), records);
+        scheduler(dir, fake, SchedulerConfig::default()).await
     }
 
     async fn wait_idle(s: &Scheduler) {
@@ -674,8 +611,8 @@ mod tests {
         })
         .await
         .unwrap();
-        let s = scheduler(dir.path(), &fake, 12).await;
-        let stale = s.create(create("stale")).await.unwrap();
+        let s = idle_scheduler(dir.path(), &fake, 12).await;
+        let stale = s.create(create("stale", None)).await.unwrap();
         assert_eq!(stale.status, JobStatus::Submitted);
         s.start_validation(stale.clone());
         let scheduled = wait_for(&s, &stale.id, |j| j.status == JobStatus::Scheduled).await;
@@ -683,18 +620,18 @@ mod tests {
         s.start_execution(scheduled.clone());
         wait_for(&s, &stale.id, |j| j.status == JobStatus::InProgress).await;
         s.start_validation(stale.clone());
-        let done = wait_for(&s, &stale.id, |j| j.status.is_terminal()).await;
+        wait_for(&s, &stale.id, |j| j.status.is_terminal()).await;
         wait_idle(&s).await;
-        let done = s.store().get(&done.id).await.unwrap().unwrap();
+        let done = s.store().get(&stale.id).await.unwrap().unwrap();
         assert_eq!(done.status, JobStatus::Completed, "{:?}", done.message);
-        let first = output(dir.path(), &stale.id);
-        let ids: Vec<String> = first
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["recordId"].to_string())
-            .collect();
-        let expected: Vec<_> = (0..12).map(|i| format!("\"r{i:04}\"")).collect();
-        assert_eq!(ids, expected, "every record once, in order");
+        let expected: Vec<_> = (0..12).map(|i| format!("r{i:04}")).collect();
+        assert_eq!(
+            output_ids(dir.path(), &stale.id),
+            expected,
+            "every record once, in order"
+        );
         assert_eq!(fake.stats().requests, 12);
+        let first = output(dir.path(), &stale.id);
 
         s.start_execution(scheduled);
         wait_idle(&s).await;
@@ -717,8 +654,8 @@ mod tests {
         .unwrap();
         for round in 0..40_u32 {
             let dir = tempfile::tempdir().unwrap();
-            let s = scheduler(dir.path(), &fake, 400).await;
-            let job = s.create(create("race")).await.unwrap();
+            let s = idle_scheduler(dir.path(), &fake, 400).await;
+            let job = s.create(create("race", None)).await.unwrap();
             let spec = s.spec(&job).unwrap();
             let (progress, _) = watch::channel(Progress {
                 status: job.status,

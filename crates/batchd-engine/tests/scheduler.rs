@@ -2,113 +2,21 @@
 //! limits and resuming after a shutdown.
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-use std::collections::HashMap;
+mod support;
+
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
-use batchd_core::{InvocationType, JobId, JobStatus};
-use batchd_engine::scheduler::{CreateJob, ModelEntry, Scheduler, SchedulerConfig, SchedulerError};
-use batchd_engine::{Engine, EngineConfig, RecordOptions};
-
-use batchd_storage::{Storage, StorageConfig};
-use batchd_store::{JobRecord, JobStore};
+use batchd_core::{JobId, JobStatus};
+use batchd_engine::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
 use batchd_testkit::{FakeConfig, FakeServer};
+use support::{create, output_ids, wait_for, write_records};
 
-const MODEL: &str = "test.model-v1";
-
-fn write_records(path: &Path, n: usize) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let text: String = (0..n)
-        .map(|i| {
-            format!(
-                "{{\"recordId\":\"r{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
-            )
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
-
+/// The shared scheduler with its loop running.
 async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -> Scheduler {
-    let storage = Arc::new(Storage::new(StorageConfig {
-        data_dir: dir.into(),
-        ..Default::default()
-    }));
-    let engine = Engine::new(storage, EngineConfig::default());
-    let store = JobStore::open(&dir.join("batchd.sqlite")).await.unwrap();
-    let backend = Arc::new(
-        OpenAiBackend::new(OpenAiConfig {
-            base_url: fake.base_url(),
-            model: "fake".into(),
-            api_key: None,
-            max_connections: 4,
-        })
-        .unwrap(),
-    );
-    let models = HashMap::from([(
-        MODEL.to_owned(),
-        ModelEntry {
-            backend,
-            concurrency: 4,
-            records: RecordOptions::default(),
-        },
-    )]);
-    let s = Scheduler::new(
-        engine,
-        store,
-        models,
-        SchedulerConfig {
-            poll_interval: Duration::from_millis(20),
-            ..config
-        },
-    );
+    let s = support::scheduler(dir, fake, config).await;
     s.start();
     s
-}
-
-fn create(name: &str, timeout_hours: Option<u32>) -> CreateJob {
-    CreateJob {
-        name: name.into(),
-        model_id: MODEL.into(),
-        role_arn: None,
-        client_request_token: None,
-        invocation_type: InvocationType::Converse,
-        input_uri: "s3://bucket/in/".into(),
-        output_uri: "s3://bucket/out/".into(),
-        timeout_hours,
-        request_json: None,
-    }
-}
-
-async fn wait_for(s: &Scheduler, id: &JobId, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = s.store().get(id).await.unwrap().unwrap();
-        if done(&job) {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out; job is {:?}",
-            job.status
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn output_ids(dir: &Path, id: &JobId) -> Vec<String> {
-    let path = dir.join(format!("buckets/bucket/out/{id}/a.jsonl.out"));
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["recordId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

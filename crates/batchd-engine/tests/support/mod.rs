@@ -1,0 +1,111 @@
+//! Helpers shared by the scheduler's tests: `tests/scheduler.rs` and the unit tests in
+//! `src/scheduler.rs` (which include this file by path, with `batchd_engine` naming the crate).
+#![allow(clippy::unwrap_used, dead_code)] // test helpers fail loudly by design; each user takes some
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
+use batchd_core::{InvocationType, JobId};
+use batchd_engine::scheduler::{CreateJob, ModelEntry, Scheduler, SchedulerConfig};
+use batchd_engine::{Engine, EngineConfig, RecordOptions};
+use batchd_storage::{Storage, StorageConfig};
+use batchd_store::{JobRecord, JobStore};
+use batchd_testkit::FakeServer;
+
+pub const MODEL: &str = "test.model-v1";
+
+pub fn write_records(path: &Path, n: usize) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"recordId\":\"r{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A scheduler over `dir` (SQLite store, local buckets) and the fake; its loop is not started.
+pub async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -> Scheduler {
+    let storage = Arc::new(Storage::new(StorageConfig {
+        data_dir: dir.into(),
+        ..Default::default()
+    }));
+    let engine = Engine::new(storage, EngineConfig::default());
+    let store = JobStore::open(&dir.join("batchd.sqlite")).await.unwrap();
+    let backend = Arc::new(
+        OpenAiBackend::new(OpenAiConfig {
+            base_url: fake.base_url(),
+            model: "fake".into(),
+            api_key: None,
+            max_connections: 4,
+        })
+        .unwrap(),
+    );
+    let models = HashMap::from([(
+        MODEL.to_owned(),
+        ModelEntry {
+            backend,
+            concurrency: 4,
+            records: RecordOptions::default(),
+        },
+    )]);
+    let s = Scheduler::new(
+        engine,
+        store,
+        models,
+        SchedulerConfig {
+            poll_interval: Duration::from_millis(20),
+            ..config
+        },
+    );
+    s
+}
+
+pub fn create(name: &str, timeout_hours: Option<u32>) -> CreateJob {
+    CreateJob {
+        name: name.into(),
+        model_id: MODEL.into(),
+        role_arn: None,
+        client_request_token: None,
+        invocation_type: InvocationType::Converse,
+        input_uri: "s3://bucket/in/".into(),
+        output_uri: "s3://bucket/out/".into(),
+        timeout_hours,
+        request_json: None,
+    }
+}
+
+pub async fn wait_for(s: &Scheduler, id: &JobId, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = s.store().get(id).await.unwrap().unwrap();
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out; job is {:?}",
+            job.status
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn output_ids(dir: &Path, id: &JobId) -> Vec<String> {
+    let path = dir.join(format!("buckets/bucket/out/{id}/a.jsonl.out"));
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["recordId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
