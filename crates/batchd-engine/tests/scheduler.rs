@@ -7,8 +7,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use batchd_core::{JobId, JobStatus};
-use batchd_engine::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
+use batchd_core::JobStatus;
+use batchd_engine::scheduler::{CreateJob, Scheduler, SchedulerConfig, SchedulerError};
 use batchd_testkit::{FakeConfig, FakeServer};
 use support::{create, output_ids, wait_for, write_records};
 

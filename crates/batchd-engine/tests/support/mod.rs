@@ -54,7 +54,7 @@ pub async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -
             records: RecordOptions::default(),
         },
     )]);
-    let s = Scheduler::new(
+    Scheduler::new(
         engine,
         store,
         models,
@@ -62,8 +62,7 @@ pub async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -
             poll_interval: Duration::from_millis(20),
             ..config
         },
-    );
-    s
+    )
 }
 
 pub fn create(name: &str, timeout_hours: Option<u32>) -> CreateJob {
