@@ -1,13 +1,15 @@
 //! Domain vocabulary of batchd: job ids and ARNs, the ten job statuses and their legal
-//! transitions, record counters, generated record ids and the invocation type.
+//! transitions, record counters, generated record ids, the invocation type and model ids.
 //!
 //! This crate does no IO and depends on no runtime, HTTP or JSON crate (ARCHITECTURE.md,
 //! invariant 1), so every other crate can share these types without pulling anything in.
 
 mod ids;
+pub mod model_id;
 mod status;
 
 pub use ids::{IdError, JobArn, JobId, generated_record_id, stable_hash64};
+pub use model_id::ModelId;
 pub use status::{InvocationType, JobStatus, StatusError};
 // Checkpoint is defined below, next to Counters.
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batchd_backends::ModelBackend;
-use batchd_core::{Counters, InvocationType, JobArn, JobId, JobStatus};
+use batchd_core::{Counters, InvocationType, JobArn, JobId, JobStatus, ModelId};
 use batchd_storage::StorageUri;
 use batchd_store::{JobRecord, JobStore, NewJob, StoreError, now_ms};
 use tokio::sync::{Notify, watch};
@@ -118,16 +118,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The model id a job names: a foundation-model ARN names the model after its last `/`.
-pub fn normalize_model_id(model_id: &str) -> &str {
-    match model_id.strip_prefix("arn:") {
-        Some(_) if model_id.contains(":foundation-model/") => {
-            model_id.rsplit('/').next().unwrap_or(model_id)
-        }
-        _ => model_id,
-    }
-}
-
 impl Scheduler {
     pub fn new(
         engine: Engine,
@@ -184,8 +174,7 @@ impl Scheduler {
         {
             return Ok(existing);
         }
-        let model_id = normalize_model_id(&req.model_id);
-        if !self.inner.models.contains_key(model_id) {
+        let Some(model_key) = self.model_key(&req.model_id) else {
             let mut known: Vec<&str> = self.inner.models.keys().map(String::as_str).collect();
             known.sort_unstable();
             return Err(SchedulerError::UnknownModel(format!(
@@ -193,7 +182,7 @@ impl Scheduler {
                 req.model_id,
                 known.join(", ")
             )));
-        }
+        };
         for (field, uri) in [
             ("inputDataConfig", &req.input_uri),
             ("outputDataConfig", &req.output_uri),
@@ -207,10 +196,23 @@ impl Scheduler {
                 active.id, active.name, active.status
             )));
         }
-        let active = store.count_active_by_model(model_id).await?;
+        // Per configured model, whichever form of its id (ARN, profile id) each job used.
+        let active = store
+            .list_in_status(&[
+                JobStatus::Submitted,
+                JobStatus::Validating,
+                JobStatus::Scheduled,
+                JobStatus::InProgress,
+                JobStatus::Stopping,
+            ])
+            .await?
+            .iter()
+            .filter(|job| self.model_key(&job.model_id) == Some(model_key))
+            .count();
+        let active = u64::try_from(active).unwrap_or(u64::MAX);
         if active >= self.inner.config.max_active_jobs_per_model {
             return Err(SchedulerError::QuotaExceeded(format!(
-                "Sum of in-progress and submitted batch inference jobs using a base model for {model_id} \
+                "Sum of in-progress and submitted batch inference jobs using a base model for {model_key} \
                  ({}) reached",
                 self.inner.config.max_active_jobs_per_model
             )));
@@ -307,17 +309,29 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The configured name of the model `model_id` names, in any of its forms
+    /// ([`batchd_core::ModelId`]).
+    fn model_key(&self, model_id: &str) -> Option<&str> {
+        ModelId::new(model_id).resolve(|id| {
+            self.inner
+                .models
+                .get_key_value(id)
+                .map(|(key, _)| key.as_str())
+        })
+    }
+
+    /// The configured model `model_id` names, in any of its forms.
+    pub fn model(&self, model_id: &str) -> Option<&ModelEntry> {
+        ModelId::new(model_id).resolve(|id| self.inner.models.get(id))
+    }
+
     fn spec(&self, job: &JobRecord) -> Result<JobSpec, String> {
-        let model = self
-            .inner
-            .models
-            .get(normalize_model_id(&job.model_id))
-            .ok_or_else(|| {
-                format!(
-                    "model {} is no longer configured on this server",
-                    job.model_id
-                )
-            })?;
+        let model = self.model(&job.model_id).ok_or_else(|| {
+            format!(
+                "model {} is no longer configured on this server",
+                job.model_id
+            )
+        })?;
         let inputs = job
             .input_uri
             .lines()
@@ -522,7 +536,7 @@ impl Scheduler {
     }
 
     async fn execute(&self, job: &JobRecord, spec: &JobSpec, signal: &StopSignal) {
-        let Some(model) = self.inner.models.get(normalize_model_id(&job.model_id)) else {
+        let Some(model) = self.model(&job.model_id) else {
             return;
         };
         // The job's timeout stops it where it is: PartiallyCompleted.

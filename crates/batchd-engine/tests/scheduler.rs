@@ -170,3 +170,84 @@ async fn a_restarted_scheduler_resumes_the_running_job_exactly_once() {
     assert_eq!(fake.stats().ok, 500, "no record ran twice");
     s.shutdown().await;
 }
+
+/// Every form of a configured model's id reaches it, and the per-model quota counts the jobs
+/// of one model whichever form each named it by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_id_forms_resolve_and_share_one_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 50,
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 8);
+    let config = SchedulerConfig {
+        max_active_jobs_per_model: 1,
+        ..SchedulerConfig::default()
+    };
+    let s = scheduler(dir.path(), &fake, config).await;
+    let profile_arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.test.model-v1";
+    let job = s
+        .create(CreateJob {
+            model_id: profile_arn.into(),
+            ..create("by-arn", None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        job.model_id, profile_arn,
+        "the job keeps the id as the caller wrote it"
+    );
+    for other in ["test.model-v1", "eu.test.model-v1"] {
+        let err = s
+            .create(CreateJob {
+                model_id: other.into(),
+                ..create(&format!("while-busy-{other}"), None)
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SchedulerError::QuotaExceeded(_)),
+            "{other}: {err}"
+        );
+    }
+    let done = wait_for(&s, &job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.message);
+    assert_eq!(output_ids(dir.path(), &job.id).len(), 8);
+    for (i, form) in [
+        "arn:aws:bedrock:us-east-1::foundation-model/test.model-v1",
+        "global.test.model-v1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let job = s
+            .create(CreateJob {
+                model_id: form.into(),
+                ..create(&format!("form-{i}"), None)
+            })
+            .await
+            .unwrap();
+        let done = wait_for(&s, &job.id, |j| j.status.is_terminal()).await;
+        assert_eq!(
+            done.status,
+            JobStatus::Completed,
+            "{form}: {:?}",
+            done.message
+        );
+    }
+    let unknown = s
+        .create(CreateJob {
+            model_id: "us.other.model-v1".into(),
+            ..create("unknown", None)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unknown, SchedulerError::UnknownModel(m) if m.contains("us.other.model-v1")),
+        "{unknown}"
+    );
+    s.shutdown().await;
+}

@@ -358,8 +358,12 @@ impl Config {
     }
 
     /// The model entry for `id`: the user's config first, then built-in models.
+    /// The model `id` names: as written, or any other form of a configured id (an ARN, a
+    /// cross-region profile id; [`batchd_core::ModelId`]).
     pub fn model(&self, id: &str) -> anyhow::Result<&ModelConfig> {
-        if let Some(m) = self.models.iter().find(|m| m.id == id) {
+        let found = batchd_core::ModelId::new(id)
+            .resolve(|candidate| self.models.iter().find(|m| m.id == candidate));
+        if let Some(m) = found {
             return Ok(m);
         }
         let known: Vec<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
@@ -451,6 +455,18 @@ mod tests {
         assert_eq!(m.model.as_deref(), Some("name-the-server-knows"));
         let err = config.model("nope").unwrap_err().to_string();
         assert!(err.contains("unknown model id \"nope\""), "{err}");
+        // `--model-id` takes every form of the id, as the server does.
+        for form in [
+            "us.anthropic.claude-3-haiku-20240307-v1:0",
+            "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-haiku-20240307-v1:0",
+            "arn:aws:bedrock:us-west-2:123456789012:inference-profile/apac.anthropic.claude-3-haiku-20240307-v1:0",
+        ] {
+            assert_eq!(
+                config.model(form).unwrap().max_concurrency,
+                Some(64),
+                "{form}"
+            );
+        }
     }
 
     #[test]

@@ -90,8 +90,8 @@ async fn metrics(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let limit_of = |model_id: &str| {
-        let id = batchd_engine::scheduler::normalize_model_id(model_id);
-        m.limiters.iter().find(|(m, _)| m == id).map(|(_, l)| l)
+        batchd_core::ModelId::new(model_id)
+            .resolve(|id| m.limiters.iter().find(|(m, _)| m == id).map(|(_, l)| l))
     };
     let models: Vec<serde_json::Value> = m
         .limiters

@@ -53,15 +53,7 @@ impl ModelFamily {
     /// The family of a Bedrock model id (with or without a cross-region prefix such as
     /// `us.`), or `None` for ids of no known family.
     pub fn from_model_id(model_id: &str) -> Option<Self> {
-        let id = model_id
-            .strip_prefix("arn:aws:bedrock:")
-            .map_or(model_id, |rest| rest.rsplit('/').next().unwrap_or(rest));
-        let id = [
-            "us.", "eu.", "apac.", "global.", "us-gov.", "ca.", "jp.", "au.",
-        ]
-        .iter()
-        .find_map(|p| id.strip_prefix(p))
-        .unwrap_or(id);
+        let id = batchd_core::ModelId::new(model_id).base();
         if id.starts_with("anthropic.") {
             Some(Self::Anthropic)
         } else if id.starts_with("amazon.titan-text-") || id.starts_with("amazon.titan-tg1") {
