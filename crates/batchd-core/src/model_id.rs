@@ -59,8 +59,8 @@ impl<'a> ModelId<'a> {
     }
 
     /// The first candidate that `lookup` knows: a configured model for any form of its id.
-    pub fn resolve<T>(self, mut lookup: impl FnMut(&str) -> Option<T>) -> Option<T> {
-        self.candidates().find_map(|id| lookup(id))
+    pub fn resolve<T>(self, lookup: impl FnMut(&str) -> Option<T>) -> Option<T> {
+        self.candidates().find_map(lookup)
     }
 }
 
