@@ -85,12 +85,20 @@ def test_create_validation_errors_name_the_field(s3_server, overrides, field):
     assert listed["invocationJobSummaries"] == []
 
 
-def test_unknown_model_id_message_names_the_model(s3_server):
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        "acme.no-such-model-v1:0",
+        "us.acme.no-such-model-v1:0",
+        "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6",
+    ],
+)
+def test_unknown_model_id_message_names_the_model(s3_server, model_id):
     with pytest.raises(ClientError) as excinfo:
-        s3_server.bedrock.create_model_invocation_job(**create_params(modelId="acme.no-such-model-v1:0"))
+        s3_server.bedrock.create_model_invocation_job(**create_params(modelId=model_id))
     code, status, message = client_error(excinfo)
     assert (code, status) == ("ValidationException", 400)
-    assert "acme.no-such-model-v1:0" in message
+    assert model_id in message
 
 
 LIST_VALIDATION_CASES = [

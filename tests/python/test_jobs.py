@@ -141,15 +141,24 @@ def test_folder_input_with_files_in_sub_folders(module_servers, bucket_name, mod
     assert read_manifest(b, bucket_name, "out/", job_id) == expected_manifest(all_lines, 10 + n_rich)
 
 
-def test_foundation_model_arn_names_the_model(s3_server, bucket_name):
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        f"arn:aws:bedrock:us-east-1::foundation-model/{FAST_MODEL}",
+        f"us.{FAST_MODEL}",
+        f"global.{FAST_MODEL}",
+        f"arn:aws:bedrock:us-west-2:123456789012:inference-profile/eu.{FAST_MODEL}",
+    ],
+    ids=["foundation-model-arn", "us-profile", "global-profile", "inference-profile-arn"],
+)
+def test_every_model_id_form_names_the_model(s3_server, bucket_name, model_id):
     b = s3_server.buckets
     b.create(bucket_name)
     body, ids = records(3)
     in_uri = b.put(bucket_name, "in/x.jsonl", body)
-    model_arn = f"arn:aws:bedrock:us-east-1::foundation-model/{FAST_MODEL}"
-    arn = create_job(s3_server.bedrock, unique("model-arn"), in_uri, f"s3://{bucket_name}/out/", model=model_arn)
+    arn = create_job(s3_server.bedrock, unique("model-form"), in_uri, f"s3://{bucket_name}/out/", model=model_id)
     job = wait_for_status(s3_server.bedrock, arn, {"Completed"})
-    assert job["modelId"] == model_arn
+    assert job["modelId"] == model_id, "Get echoes the id as the caller wrote it"
     lines = parse_jsonl(b.get(bucket_name, f"out/{job_id_of(arn)}/x.jsonl.out"))
     assert [x["recordId"] for x in lines] == ids
 
