@@ -28,8 +28,8 @@ use batchd_backends::ModelBackend;
 use batchd_core::{Checkpoint, Counters, InvocationType, JobId, JobStatus};
 use batchd_formats::converse::ConverseOptions;
 use batchd_formats::native::ModelFamily;
-use batchd_storage::{Storage, StorageError, StorageUri};
-use batchd_store::{JobStore, StoreError};
+use batchd_storage::{InputFile, Storage, StorageError, StorageUri};
+use batchd_store::{JobFile, JobStore, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -224,6 +224,15 @@ pub struct JobOutcome {
     pub output_dir: StorageUri,
 }
 
+fn job_file(file: &InputFile) -> JobFile {
+    JobFile {
+        uri: file.uri.to_string(),
+        relative: file.relative.clone(),
+        size: file.size,
+        version: file.version.clone(),
+    }
+}
+
 /// Runs jobs on shared storage.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -334,6 +343,9 @@ impl Engine {
             let message = report.failure_message(self.config.max_defects_in_message);
             return fail(failed(message, Some(report))).await;
         }
+        // Execution and every resume read exactly these files, in this order.
+        let files: Vec<JobFile> = report.files.iter().map(job_file).collect();
+        store.set_job_files(&spec.job_id, &files).await?;
         let total = report.total_records;
         let counters = Counters {
             total,
@@ -356,6 +368,34 @@ impl Engine {
             counters,
         });
         Ok(None)
+    }
+
+    /// The input files the job validated, each checked to be still there, the same size and
+    /// the same version. A job validated by a batchd that kept no list lists its inputs again.
+    async fn validated_files(
+        &self,
+        spec: &JobSpec,
+        store: &JobStore,
+    ) -> Result<Vec<InputFile>, EngineError> {
+        let recorded = store.job_files(&spec.job_id).await?;
+        if recorded.is_empty() {
+            tracing::warn!(job = %spec.job_id, "no validated file list recorded; listing the inputs again");
+            return self.list_inputs(&spec.inputs).await;
+        }
+        let mut files = Vec::with_capacity(recorded.len());
+        for f in recorded {
+            let uri = StorageUri::parse(&f.uri)
+                .map_err(|e| EngineError::Input(format!("recorded input file {}: {e}", f.uri)))?;
+            let file = InputFile {
+                uri,
+                relative: f.relative,
+                size: f.size,
+                version: f.version,
+            };
+            self.storage.verify_input(&file).await?;
+            files.push(file);
+        }
+        Ok(files)
     }
 
     /// Writes and removes a small object where the output goes, so that a missing bucket or
@@ -407,7 +447,26 @@ impl Engine {
             status: JobStatus::InProgress,
             counters: resume_from.counters,
         });
-        let files = self.list_inputs(&spec.inputs).await?;
+        let files = match self.validated_files(spec, store).await {
+            Ok(files) => files,
+            // A changed input fails the job; a storage fault leaves it to resume.
+            Err(
+                e @ (EngineError::Storage(StorageError::InputChanged { .. })
+                | EngineError::Input(_)),
+            ) => {
+                // Nothing is run or removed: what earlier runs wrote stays where it is.
+                let message = format!("job failed while running: {e}");
+                store
+                    .transition(&spec.job_id, JobStatus::Failed, Some(&message))
+                    .await?;
+                progress.send_replace(Progress {
+                    status: JobStatus::Failed,
+                    counters: resume_from.counters,
+                });
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let end = run::run_records(
             self,
             spec,

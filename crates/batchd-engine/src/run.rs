@@ -61,7 +61,7 @@ impl InputCursor<'_> {
             let reader = self
                 .engine
                 .storage
-                .read_lines(&file.uri, self.engine.config.max_line_bytes)
+                .read_input(file, self.engine.config.max_line_bytes)
                 .await?;
             self.reader = Some((self.next_file, reader));
             self.next_file += 1;

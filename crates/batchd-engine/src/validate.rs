@@ -235,7 +235,7 @@ impl Engine {
             let records_before = report.total_records;
             let mut reader = self
                 .storage
-                .read_lines(&file.uri, self.config.max_line_bytes)
+                .read_input(file, self.config.max_line_bytes)
                 .await?;
             loop {
                 let (line_no, line) = match reader.next_line().await {
@@ -321,7 +321,7 @@ impl Engine {
         for (file_index, file) in files.iter().enumerate() {
             let mut reader = self
                 .storage
-                .read_lines(&file.uri, self.config.max_line_bytes)
+                .read_input(file, self.config.max_line_bytes)
                 .await?;
             while let Some((line_no, line)) = next_or_stop(&mut reader).await? {
                 scratch.clear();

@@ -473,3 +473,167 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
             .contains("Minimum number of records per batch inference job (10)")
     );
 }
+
+/// `n` records with ids `<prefix>0000`...: unique across the files of one job.
+fn write_prefixed(path: &Path, prefix: &str, n: usize) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"recordId\":\"{prefix}{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// What happens to the inputs after validation, in the Scheduled gap before the run.
+enum Change {
+    Add,
+    Remove,
+    Rewrite,
+}
+
+/// A job runs exactly the files its validation saw, in the versions it saw: a file added to
+/// the prefix afterwards is not part of it (it was never validated), and a removed or
+/// rewritten one fails the job with a message naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_only_the_input_files_it_validated() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    for change in [Change::Add, Change::Remove, Change::Rewrite] {
+        let h = Harness::new(&fake, fast_retry()).await;
+        let input = h.dir.path().join("in");
+        write_prefixed(&input.join("a.jsonl"), "a", 10);
+        write_prefixed(&input.join("b.jsonl"), "b", 10);
+        let spec = h.spec(4);
+        let (tx, _rx) = progress();
+        assert!(
+            h.engine
+                .validate_job(&spec, &h.store, &tx)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Distinct modification times for the rewrite, whatever the clock's resolution.
+        std::thread::sleep(Duration::from_millis(20));
+        let result = match change {
+            Change::Add => {
+                write_prefixed(&input.join("c.jsonl"), "c", 5);
+                let outcome = h
+                    .engine
+                    .execute_job(&spec, h.backend.clone(), &h.store, &tx, &StopSignal::new())
+                    .await
+                    .unwrap();
+                assert_eq!(outcome.status, JobStatus::Completed);
+                assert_eq!(outcome.counters.processed, 20, "the added file did not run");
+                assert!(!h.dir.path().join("out/testjob00001/c.jsonl.out").exists());
+                continue;
+            }
+            Change::Remove => {
+                std::fs::remove_file(input.join("b.jsonl")).unwrap();
+                h.engine
+                    .execute_job(&spec, h.backend.clone(), &h.store, &tx, &StopSignal::new())
+                    .await
+            }
+            Change::Rewrite => {
+                // Same size, other content.
+                let text = std::fs::read_to_string(input.join("b.jsonl")).unwrap();
+                std::fs::write(input.join("b.jsonl"), text.replace("hi ", "ho ")).unwrap();
+                h.engine
+                    .execute_job(&spec, h.backend.clone(), &h.store, &tx, &StopSignal::new())
+                    .await
+            }
+        };
+        let err = result.unwrap_err().to_string();
+        assert!(
+            err.contains("b.jsonl") && err.contains("changed since the job validated it"),
+            "{err}"
+        );
+        let job = h.store.get(&h.job_id).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Failed);
+        let message = job.message.unwrap();
+        assert!(message.contains("b.jsonl"), "{message}");
+        assert_eq!(
+            fake.stats().requests % 10,
+            0,
+            "no record of a changed job ran"
+        );
+    }
+}
+
+/// A resumed job checks its files again: one rewritten while the job was interrupted fails
+/// it, naming the file, and the output written before the interruption stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_refuses_a_file_rewritten_meanwhile_and_keeps_what_was_written() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 5,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let h = Harness::new(&fake, fast_retry()).await;
+    let input = h.dir.path().join("in");
+    write_prefixed(&input.join("a.jsonl"), "a", 150);
+    write_prefixed(&input.join("b.jsonl"), "b", 20);
+    let spec = h.spec(4);
+    let (tx, mut rx) = progress();
+    assert!(
+        h.engine
+            .validate_job(&spec, &h.store, &tx)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let stop = StopSignal::new();
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                if rx.borrow().counters.processed >= 30 {
+                    stop.stop(StopReason::Shutdown);
+                    return;
+                }
+            }
+        })
+    };
+    let first = h
+        .engine
+        .execute_job(&spec, h.backend.clone(), &h.store, &tx, &stop)
+        .await
+        .unwrap();
+    stopper.await.unwrap();
+    assert_eq!(first.status, JobStatus::InProgress);
+    let written = h.output("a.jsonl.out");
+    let checkpointed = h
+        .store
+        .get(&h.job_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .checkpoint
+        .counters
+        .processed;
+    assert!((30..150).contains(&checkpointed), "{checkpointed}");
+
+    std::thread::sleep(Duration::from_millis(20));
+    write_prefixed(&input.join("b.jsonl"), "b", 21);
+    let (tx2, _rx2) = progress();
+    let err = h
+        .engine
+        .execute_job(&spec, h.backend.clone(), &h.store, &tx2, &StopSignal::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("b.jsonl") && err.contains("changed since the job validated it"),
+        "{err}"
+    );
+    let job = h.store.get(&h.job_id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(job.message.unwrap().contains("b.jsonl"));
+    assert_eq!(
+        h.output("a.jsonl.out"),
+        written,
+        "what was written before stays"
+    );
+}

@@ -63,6 +63,12 @@ pub enum StorageError {
         retries: u32,
         reason: String,
     },
+    /// An input file is not what the job validated: removed, rewritten or resized.
+    #[error(
+        "{uri}: the input file changed since the job validated it ({reason}); a job reads only \
+         what it validated: start a new job for the new input"
+    )]
+    InputChanged { uri: String, reason: String },
     /// The object was replaced or deleted while it was being read.
     #[error(
         "{uri}: the object changed while it was being read (at byte {offset}): {reason}; \
@@ -102,6 +108,9 @@ pub struct InputFile {
     /// output file is `<out>/<jobId>/<relative>.out`.
     pub relative: String,
     pub size: u64,
+    /// The object's ETag when listed (for local files: inode, mtime and size): a job reads
+    /// only this version of the file.
+    pub version: Option<String>,
 }
 
 /// Object stores by location, built once and shared.
@@ -253,6 +262,7 @@ impl Storage {
                         uri: uri.clone(),
                         relative: uri.file_name().unwrap_or("input.jsonl").to_owned(),
                         size: meta.size,
+                        version: meta.e_tag,
                     }]);
                 }
                 Err(object_store::Error::NotFound { .. }) => {}
@@ -306,9 +316,81 @@ impl Storage {
                     uri: uri.join(&relative),
                     relative,
                     size: m.size,
+                    version: m.e_tag,
                 }
             })
             .collect())
+    }
+
+    /// Checks that an input file is still the one listed: there, same size, same version.
+    pub async fn verify_input(&self, file: &InputFile) -> Result<(), StorageError> {
+        let (store, path) = self.resolve(&file.uri)?;
+        let changed = |reason: String| StorageError::InputChanged {
+            uri: file.uri.to_string(),
+            reason,
+        };
+        let meta = match store.head(&path).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(changed("it no longer exists".into()));
+            }
+            Err(source) => {
+                return Err(StorageError::Store {
+                    uri: file.uri.to_string(),
+                    source,
+                });
+            }
+        };
+        if meta.size != file.size {
+            return Err(changed(format!(
+                "{} bytes, validated with {}",
+                meta.size, file.size
+            )));
+        }
+        if file.version.is_some() && meta.e_tag != file.version {
+            return Err(changed(format!(
+                "version {}, validated as {}",
+                meta.e_tag.as_deref().unwrap_or("none"),
+                file.version.as_deref().unwrap_or("none")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens a line reader on exactly the listed version of an input file (a conditional
+    /// read on its ETag), failing with [`StorageError::InputChanged`] if it is not that file.
+    pub async fn read_input(
+        &self,
+        file: &InputFile,
+        max_line_bytes: usize,
+    ) -> Result<LineReader, StorageError> {
+        let (store, path) = self.resolve(&file.uri)?;
+        let uri = file.uri.to_string();
+        let read = match ResumingRead::open(
+            store,
+            path,
+            uri.clone(),
+            self.read_retry,
+            file.version.clone(),
+        )
+        .await
+        {
+            Ok(read) => read,
+            Err(StorageError::NotFound { uri }) => {
+                return Err(StorageError::InputChanged {
+                    uri,
+                    reason: "it no longer exists".into(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if read.size() != file.size {
+            return Err(StorageError::InputChanged {
+                uri,
+                reason: format!("{} bytes, validated with {}", read.size(), file.size),
+            });
+        }
+        Ok(LineReader::new(uri, read.into_stream(), max_line_bytes))
     }
 
     /// Opens a streaming line reader: memory stays bounded by the longest line. A read that
@@ -319,7 +401,7 @@ impl Storage {
         max_line_bytes: usize,
     ) -> Result<LineReader, StorageError> {
         let (store, path) = self.resolve(uri)?;
-        let read = ResumingRead::open(store, path, uri.to_string(), self.read_retry).await?;
+        let read = ResumingRead::open(store, path, uri.to_string(), self.read_retry, None).await?;
         Ok(LineReader::new(
             uri.to_string(),
             read.into_stream(),

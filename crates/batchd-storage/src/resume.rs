@@ -73,11 +73,22 @@ impl ResumingRead {
         path: ObjectPath,
         uri: String,
         retry: ReadRetry,
+        if_match: Option<String>,
     ) -> Result<Self, StorageError> {
-        let result = match store.get_opts(&path, GetOptions::default()).await {
+        let options = GetOptions {
+            if_match,
+            ..GetOptions::default()
+        };
+        let result = match store.get_opts(&path, options).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(StorageError::NotFound { uri });
+            }
+            Err(object_store::Error::Precondition { source, .. }) => {
+                return Err(StorageError::InputChanged {
+                    uri,
+                    reason: format!("not the version listed: {source}"),
+                });
             }
             Err(source) => return Err(StorageError::Store { uri, source }),
         };
@@ -93,6 +104,11 @@ impl ResumingRead {
             offset,
             failures: 0,
         })
+    }
+
+    /// The object's size as the first response described it.
+    pub(crate) fn size(&self) -> u64 {
+        self.meta.size
     }
 
     /// The reader as a stream of chunks; it ends after the first error.

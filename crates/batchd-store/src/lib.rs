@@ -84,6 +84,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "checkpoints",
         include_str!("../migrations/0002_checkpoints.sql"),
     ),
+    (
+        3,
+        "job files",
+        include_str!("../migrations/0003_job_files.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -128,6 +133,17 @@ pub struct JobFilter {
 
 /// Statuses that count as submitted or running (not terminal).
 const ACTIVE: &str = "('Submitted','Validating','Scheduled','InProgress','Stopping')";
+
+/// One input file of a job as validation saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFile {
+    pub uri: String,
+    /// Path relative to its input prefix: the output file is `<relative>.out`.
+    pub relative: String,
+    pub size: u64,
+    /// The object's ETag (for local files: inode, mtime and size), if the store gives one.
+    pub version: Option<String>,
+}
 
 /// Jobs in SQLite.
 #[derive(Debug, Clone)]
@@ -280,6 +296,53 @@ impl JobStore {
     }
 
     /// Jobs of this model that are submitted or running.
+    /// Records the input files a job validated (replacing any earlier list): what its
+    /// execution and every resume read.
+    pub async fn set_job_files(&self, id: &JobId, files: &[JobFile]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM job_files WHERE job_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for (idx, file) in files.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO job_files (job_id, idx, uri, relative, size, version) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id.as_str())
+            .bind(i64::try_from(idx).unwrap_or(i64::MAX))
+            .bind(&file.uri)
+            .bind(&file.relative)
+            .bind(i64::try_from(file.size).unwrap_or(i64::MAX))
+            .bind(file.version.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The input files recorded for a job, in order; empty for a job not validated yet (or
+    /// validated by a batchd from before the list was kept).
+    pub async fn job_files(&self, id: &JobId) -> Result<Vec<JobFile>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT uri, relative, size, version FROM job_files WHERE job_id = ? ORDER BY idx",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(JobFile {
+                    uri: row.try_get("uri")?,
+                    relative: row.try_get("relative")?,
+                    size: to_u64(row.try_get("size")?),
+                    version: row.try_get("version")?,
+                })
+            })
+            .collect()
+    }
+
     pub async fn count_active_by_model(&self, model_id: &str) -> Result<u64, StoreError> {
         let sql = format!("SELECT COUNT(*) FROM jobs WHERE model_id = ? AND status IN {ACTIVE}");
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -478,6 +541,30 @@ mod tests {
             job_expiration_ms: None,
             request_json: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_jobs_file_list_round_trips_in_order_and_is_replaced_whole() {
+        let store = JobStore::in_memory().await.unwrap();
+        let job = store.create(new_job("fffffffffff1")).await.unwrap();
+        assert!(store.job_files(&job.id).await.unwrap().is_empty());
+        let file = |n: u64, version: Option<&str>| JobFile {
+            uri: format!("s3://b/in/{n}.jsonl"),
+            relative: format!("{n}.jsonl"),
+            size: n * 1000,
+            version: version.map(str::to_owned),
+        };
+        let files = vec![
+            file(2, Some("\"e2\"")),
+            file(1, None),
+            file(3, Some("\"e3\"")),
+        ];
+        store.set_job_files(&job.id, &files).await.unwrap();
+        assert_eq!(store.job_files(&job.id).await.unwrap(), files);
+        store.set_job_files(&job.id, &files[..1]).await.unwrap();
+        assert_eq!(store.job_files(&job.id).await.unwrap(), files[..1]);
+        let other = store.create(new_job("fffffffffff2")).await.unwrap();
+        assert!(store.job_files(&other.id).await.unwrap().is_empty());
     }
 
     #[tokio::test]
