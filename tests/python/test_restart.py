@@ -3,6 +3,7 @@ and config resumes it from its checkpoint; every record ends in the output exact
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import time
@@ -94,3 +95,50 @@ def test_idle_server_exits_0_on_signal(start_server, sig):
     server = start_server("local")
     server.bedrock.list_model_invocation_jobs()
     assert server.stop(sig) == 0, server.proc.logs()
+
+
+@pytest.mark.parametrize("when", ["scheduled", "after-sigkill"])
+def test_an_input_file_changed_after_validation_fails_the_job_naming_it(start_server, slow_fake, bucket_name, when):
+    """A job runs only the files it validated. One rewritten while the job waits (Scheduled,
+    behind another job) or while the server is down after a SIGKILL fails the job with a
+    message naming the file; a file added meanwhile is not part of the job."""
+    server = start_server("local", {"limits": {"max_running_jobs": 1}})
+    b = server.buckets
+    b.create(bucket_name)
+    first, a_ids = records(40, "a")
+    second, _ = records(10, "b")
+    b.put(bucket_name, "in/a.jsonl", first)
+    b.put(bucket_name, "in/b.jsonl", second)
+    prefix = f"s3://{bucket_name}/in/"
+    if when == "scheduled":
+        blocker_in = b.put(bucket_name, "blocker/x.jsonl", records(30, "x")[0])
+        blocker = create_job(server.bedrock, unique("blocker"), blocker_in, f"s3://{bucket_name}/out0/", model=SLOW_MODEL)
+        wait_for_status(server.bedrock, blocker, {"InProgress"}, timeout=30, interval=0.05)
+        arn = create_job(server.bedrock, unique("changed"), prefix, f"s3://{bucket_name}/out/", model=SLOW_MODEL)
+        wait_for_status(server.bedrock, arn, {"Scheduled"}, timeout=30, interval=0.05)
+    else:
+        arn = create_job(server.bedrock, unique("changed"), prefix, f"s3://{bucket_name}/out/", model=SLOW_MODEL)
+        job = wait_for_status(server.bedrock, arn, {"InProgress"}, timeout=30, interval=0.05)
+        while job["processedRecordCount"] < 5:
+            time.sleep(0.05)
+            job = server.bedrock.get_model_invocation_job(jobIdentifier=arn)
+        server.stop(signal.SIGKILL)
+    # Same size, other content: only the version tells it apart.
+    rewritten = second.replace("prompt number", "prompt numbex")
+    assert len(rewritten) == len(second) and rewritten != second
+    b.put(bucket_name, "in/b.jsonl", rewritten)
+    b.put(bucket_name, "in/c.jsonl", records(3, "c")[0])
+    if when == "after-sigkill":
+        server = start_server("local", data_dir=server.data_dir, config_path=server.config_path)
+    job = wait_for_status(server.bedrock, arn, {"Failed", "Completed"}, timeout=60)
+    assert job["status"] == "Failed", job
+    assert "b.jsonl" in job["message"] and "changed since the job validated it" in job["message"], job["message"]
+    job_id = job_id_of(arn)
+    written = b.keys(bucket_name, f"out/{job_id}/")
+    assert f"out/{job_id}/c.jsonl.out" not in written, written
+    if when == "after-sigkill":
+        # What ran before the kill is still there, in input order (a kill may cut the last line).
+        text = b.get(bucket_name, f"out/{job_id}/a.jsonl.out").decode()
+        complete = text.split("\n")[:-1]
+        ids = [json.loads(line)["recordId"] for line in complete]
+        assert len(ids) >= 1 and ids == a_ids[: len(ids)], ids
