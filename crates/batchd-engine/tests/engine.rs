@@ -1,7 +1,8 @@
 //! The engine against the fake backend: stopping mid-job, attempt timeouts, Retry-After.
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-use std::path::Path;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,19 +16,8 @@ use batchd_storage::{Storage, StorageConfig, StorageUri};
 use batchd_store::{JobStore, NewJob};
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::Value;
+use support::{write_prefixed, write_records};
 use tokio::sync::watch;
-
-fn write_records(path: &Path, n: usize) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let text: String = (0..n)
-        .map(|i| {
-            format!(
-                "{{\"recordId\":\"r{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
-            )
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
 
 struct Harness {
     dir: tempfile::TempDir,
@@ -122,6 +112,23 @@ fn progress() -> (watch::Sender<Progress>, watch::Receiver<Progress>) {
     })
 }
 
+/// Stops `stop` for `reason` once `processed` records are counted.
+fn stop_at(
+    stop: StopSignal,
+    mut rx: watch::Receiver<Progress>,
+    processed: u64,
+    reason: StopReason,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            if rx.borrow().counters.processed >= processed {
+                stop.stop(reason);
+                return;
+            }
+        }
+    })
+}
+
 fn fast_retry() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 3,
@@ -142,19 +149,9 @@ async fn stop_mid_job_keeps_an_ordered_prefix_and_writes_the_manifest() {
     .unwrap();
     let h = Harness::new(&fake, fast_retry()).await;
     write_records(&h.dir.path().join("in/a.jsonl"), 400);
-    let (tx, mut rx) = progress();
+    let (tx, rx) = progress();
     let cancel = StopSignal::new();
-    let stopper = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                if rx.borrow().counters.processed >= 20 {
-                    cancel.stop(StopReason::User);
-                    return;
-                }
-            }
-        })
-    };
+    let stopper = stop_at(cancel.clone(), rx, 20, StopReason::User);
     let outcome = h
         .engine
         .run_job(&h.spec(4), h.backend.clone(), &h.store, &tx, &cancel)
@@ -288,7 +285,7 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
     )
     .unwrap();
     let spec = h.spec(4);
-    let (tx, mut rx) = progress();
+    let (tx, rx) = progress();
     assert!(
         h.engine
             .validate_job(&spec, &h.store, &tx)
@@ -299,17 +296,7 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
 
     // First run: shut down once 60 records are written.
     let stop = StopSignal::new();
-    let stopper = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                if rx.borrow().counters.processed >= 60 {
-                    stop.stop(StopReason::Shutdown);
-                    return;
-                }
-            }
-        })
-    };
+    let stopper = stop_at(stop.clone(), rx, 60, StopReason::Shutdown);
     let first = h
         .engine
         .execute_job(&spec, h.backend.clone(), &h.store, &tx, &stop)
@@ -474,19 +461,6 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
     );
 }
 
-/// `n` records with ids `<prefix>0000`...: unique across the files of one job.
-fn write_prefixed(path: &Path, prefix: &str, n: usize) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let text: String = (0..n)
-        .map(|i| {
-            format!(
-                "{{\"recordId\":\"{prefix}{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
-            )
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
-
 /// What happens to the inputs after validation, in the Scheduled gap before the run.
 enum Change {
     Add,
@@ -576,7 +550,7 @@ async fn a_resume_refuses_a_file_rewritten_meanwhile_and_keeps_what_was_written(
     write_prefixed(&input.join("a.jsonl"), "a", 150);
     write_prefixed(&input.join("b.jsonl"), "b", 20);
     let spec = h.spec(4);
-    let (tx, mut rx) = progress();
+    let (tx, rx) = progress();
     assert!(
         h.engine
             .validate_job(&spec, &h.store, &tx)
@@ -585,17 +559,7 @@ async fn a_resume_refuses_a_file_rewritten_meanwhile_and_keeps_what_was_written(
             .is_none()
     );
     let stop = StopSignal::new();
-    let stopper = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                if rx.borrow().counters.processed >= 30 {
-                    stop.stop(StopReason::Shutdown);
-                    return;
-                }
-            }
-        })
-    };
+    let stopper = stop_at(stop.clone(), rx, 30, StopReason::Shutdown);
     let first = h
         .engine
         .execute_job(&spec, h.backend.clone(), &h.store, &tx, &stop)

@@ -17,12 +17,18 @@ use batchd_testkit::FakeServer;
 
 pub const MODEL: &str = "test.model-v1";
 
+/// `n` Converse records with ids `r0000`, `r0001`, ...
 pub fn write_records(path: &Path, n: usize) {
+    write_prefixed(path, "r", n);
+}
+
+/// `n` Converse records with ids `<prefix>0000`, ...: unique across the files of one job.
+pub fn write_prefixed(path: &Path, prefix: &str, n: usize) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let text: String = (0..n)
         .map(|i| {
             format!(
-                "{{\"recordId\":\"r{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
+                "{{\"recordId\":\"{prefix}{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
             )
         })
         .collect();
