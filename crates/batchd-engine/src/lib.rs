@@ -233,6 +233,24 @@ fn job_file(file: &InputFile) -> JobFile {
     }
 }
 
+/// Ends a running job as `Failed` because of `error`, and returns that error.
+async fn fail_running<T>(
+    spec: &JobSpec,
+    store: &JobStore,
+    progress: &watch::Sender<Progress>,
+    error: EngineError,
+) -> Result<T, EngineError> {
+    let message = format!("job failed while running: {error}");
+    store
+        .transition(&spec.job_id, JobStatus::Failed, Some(&message))
+        .await?;
+    progress.send_replace(Progress {
+        status: JobStatus::Failed,
+        counters: Counters::default(),
+    });
+    Err(error)
+}
+
 /// Runs jobs on shared storage.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -455,15 +473,7 @@ impl Engine {
                 | EngineError::Input(_)),
             ) => {
                 // Nothing is run or removed: what earlier runs wrote stays where it is.
-                let message = format!("job failed while running: {e}");
-                store
-                    .transition(&spec.job_id, JobStatus::Failed, Some(&message))
-                    .await?;
-                progress.send_replace(Progress {
-                    status: JobStatus::Failed,
-                    counters: resume_from.counters,
-                });
-                return Err(e);
+                return fail_running(spec, store, progress, e).await;
             }
             Err(e) => return Err(e),
         };
@@ -481,17 +491,7 @@ impl Engine {
         let end = match end {
             Ok(end) => end,
             Err(e) if stop.reason() == Some(StopReason::Shutdown) => return Err(e),
-            Err(e) => {
-                let message = format!("job failed while running: {e}");
-                store
-                    .transition(&spec.job_id, JobStatus::Failed, Some(&message))
-                    .await?;
-                progress.send_replace(Progress {
-                    status: JobStatus::Failed,
-                    counters: Counters::default(),
-                });
-                return Err(e);
-            }
+            Err(e) => return fail_running(spec, store, progress, e).await,
         };
         let counters = end.counters;
         let outcome = |status, message: String| JobOutcome {
