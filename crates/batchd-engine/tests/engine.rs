@@ -90,6 +90,16 @@ impl Harness {
         }
     }
 
+    /// Validates the job and asserts that validation passed.
+    async fn validate_ok(&self, spec: &JobSpec, tx: &watch::Sender<Progress>) {
+        let failed = self
+            .engine
+            .validate_job(spec, &self.store, tx)
+            .await
+            .unwrap();
+        assert!(failed.is_none(), "{:?}", failed.map(|o| o.message));
+    }
+
     fn output(&self, name: &str) -> Vec<Value> {
         let path = self
             .dir
@@ -286,13 +296,7 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
     .unwrap();
     let spec = h.spec(4);
     let (tx, rx) = progress();
-    assert!(
-        h.engine
-            .validate_job(&spec, &h.store, &tx)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    h.validate_ok(&spec, &tx).await;
 
     // First run: shut down once 60 records are written.
     let stop = StopSignal::new();
@@ -481,13 +485,7 @@ async fn a_job_runs_only_the_input_files_it_validated() {
         write_prefixed(&input.join("b.jsonl"), "b", 10);
         let spec = h.spec(4);
         let (tx, _rx) = progress();
-        assert!(
-            h.engine
-                .validate_job(&spec, &h.store, &tx)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        h.validate_ok(&spec, &tx).await;
         // Distinct modification times for the rewrite, whatever the clock's resolution.
         std::thread::sleep(Duration::from_millis(20));
         let result = match change {
@@ -551,13 +549,7 @@ async fn a_resume_refuses_a_file_rewritten_meanwhile_and_keeps_what_was_written(
     write_prefixed(&input.join("b.jsonl"), "b", 20);
     let spec = h.spec(4);
     let (tx, rx) = progress();
-    assert!(
-        h.engine
-            .validate_job(&spec, &h.store, &tx)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    h.validate_ok(&spec, &tx).await;
     let stop = StopSignal::new();
     let stopper = stop_at(stop.clone(), rx, 30, StopReason::Shutdown);
     let first = h
