@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sqlite3
+import subprocess
 import time
 
 import pytest
@@ -296,3 +298,64 @@ def test_invocation_type_defaults_to_invoke_model(s3_server, bucket_name):
     assert job["modelInvocationType"] == "InvokeModel"
     assert "x.jsonl:1:" in job["message"], job["message"]
     assert "modelInput.anthropic_version" in job["message"], job["message"]
+
+
+def test_jobs_of_batchd_run_in_the_same_data_dir_stay_out_of_the_bedrock_api(start_server, binaries, bucket_name, tmp_path):
+    """`batchd run` jobs share the server's job store but not its API: they have no roleArn and
+    may have several inputs, so boto3 never sees one (not listed; Get and Stop answer
+    ResourceNotFoundException), and the server leaves them to `batchd run --resume`."""
+    server = start_server(mode="local")
+    b = server.buckets
+    b.create(bucket_name)
+    body, _ = records(3)
+    in_uri = b.put(bucket_name, "in/a.jsonl", body)
+    arn = create_job(server.bedrock, unique("api"), in_uri, f"s3://{bucket_name}/out/")
+
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "a.jsonl").write_text(body)
+    (local / "b.jsonl").write_text(records(2, prefix="b")[0])
+    run = subprocess.run(
+        [
+            str(binaries["batchd"]),
+            "run",
+            "--data-dir",
+            str(server.data_dir),
+            "--config",
+            str(server.config_path),
+            "--model-id",
+            FAST_MODEL,
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            str(local / "a.jsonl"),
+            str(local / "b.jsonl"),
+        ],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    run_id = re.search(r"^job:\s+([0-9a-z]{12}) ", run.stdout, re.M).group(1)
+
+    wait_for_status(server.bedrock, arn, {"Completed"})
+    listed = [
+        job["jobArn"]
+        for page in server.bedrock.get_paginator("list_model_invocation_jobs").paginate()
+        for job in page["invocationJobSummaries"]
+    ]
+    assert listed == [arn]
+    for call in (server.bedrock.get_model_invocation_job, server.bedrock.stop_model_invocation_job):
+        with pytest.raises(server.bedrock.exceptions.ResourceNotFoundException):
+            call(jobIdentifier=run_id)
+    # The run job is intact in the store.
+    con = sqlite3.connect(server.data_dir / "batchd.sqlite")
+    try:
+        status, origin, inputs = con.execute(
+            "SELECT status, origin, inputs FROM jobs WHERE job_id = ?", (run_id,)
+        ).fetchone()
+    finally:
+        con.close()
+    assert (status, origin) == ("Completed", "run")
+    assert json.loads(inputs) == [str(local / "a.jsonl"), str(local / "b.jsonl")]

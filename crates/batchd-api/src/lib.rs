@@ -10,27 +10,7 @@ pub mod bedrock;
 
 pub use bedrock::{ApiConfig, ApiError, router};
 
-use batchd_core::{InvocationType, JobId};
-use batchd_store::{JobFilter, JobRecord};
-
-/// A validated CreateModelInvocationJob request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CreateJobRequest {
-    pub job_name: String,
-    pub model_id: String,
-    pub role_arn: String,
-    pub client_request_token: Option<String>,
-    pub invocation_type: InvocationType,
-    /// `inputDataConfig.s3InputDataConfig.s3Uri`.
-    pub input_uri: String,
-    /// `outputDataConfig.s3OutputDataConfig.s3Uri`.
-    pub output_uri: String,
-    /// `timeoutDurationInHours`, when given.
-    pub timeout_hours: Option<u32>,
-    /// The request body as received: Get echoes `inputDataConfig`, `outputDataConfig`,
-    /// `vpcConfig` and `tags` from it.
-    pub request_json: String,
-}
+use batchd_core::{Job, JobFilter, JobId, JobRequest};
 
 /// Why a service call failed; each maps to one Bedrock error type.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -57,12 +37,13 @@ pub enum ServiceError {
 pub trait JobService: Send + Sync + 'static {
     /// Creates a job (or returns the job an earlier call with the same
     /// `client_request_token` created) and schedules it.
-    async fn create_job(&self, request: CreateJobRequest) -> Result<JobRecord, ServiceError>;
+    async fn create_job(&self, request: JobRequest) -> Result<Job, ServiceError>;
 
-    async fn get_job(&self, id: &JobId) -> Result<JobRecord, ServiceError>;
+    /// A job of this API's origin (`JobOrigin::Api`); another origin's job is NotFound.
+    async fn get_job(&self, id: &JobId) -> Result<Job, ServiceError>;
 
     /// One page of jobs; `filter.limit` is the page size.
-    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, ServiceError>;
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, ServiceError>;
 
     /// Stops a job that has not ended (ConflictException for an ended one).
     async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError>;

@@ -1,123 +1,99 @@
-//! The Bedrock control plane over real HTTP: the router served on 127.0.0.1:0, a `JobService`
-//! built on the in-memory `JobStore`, and reqwest as the client.
+//! The Bedrock control plane over real HTTP: the router served on 127.0.0.1:0 over the real
+//! scheduler (`batchd-engine`'s `SchedulerService`, SQLite store, local buckets, the fake
+//! OpenAI-compatible backend), and reqwest as the client. The scheduling loop runs only where a
+//! test starts it, so the other tests see their jobs exactly as they created them.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use batchd_api::bedrock::timestamp;
-use batchd_api::{ApiConfig, CreateJobRequest, JobService, ServiceError, router};
+use batchd_api::{ApiConfig, router};
+use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{Counters, JobArn, JobId, JobStatus};
-use batchd_store::{JobFilter, JobRecord, JobStore, NewJob, now_ms};
+use batchd_engine::scheduler::{ModelEntry, Scheduler, SchedulerConfig};
+use batchd_engine::service::SchedulerService;
+use batchd_engine::{Engine, EngineConfig, RecordOptions};
+use batchd_storage::{Storage, StorageConfig};
+use batchd_store::{SharedStore, SqliteStore};
+use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::{Value, json};
 
 const REGION: &str = "us-east-1";
 const ACCOUNT: &str = "123456789012";
+/// The model most tests name.
+const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 
-/// A service in the spirit of the real one: idempotency tokens, active-name conflicts, and
-/// magic model ids that produce the other error types.
-struct StoreService {
-    store: JobStore,
-}
-
-fn internal(e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::Internal(e.to_string())
-}
-
-#[async_trait::async_trait]
-impl JobService for StoreService {
-    async fn create_job(&self, r: CreateJobRequest) -> Result<JobRecord, ServiceError> {
-        if let Some(token) = &r.client_request_token
-            && let Some(job) = self.store.find_by_token(token).await.map_err(internal)?
-        {
-            return Ok(job);
-        }
-        match r.model_id.as_str() {
-            "quota-model" => {
-                return Err(ServiceError::QuotaExceeded(
-                    "Sum of in-progress and submitted batch inference jobs exceeded".into(),
-                ));
-            }
-            "boom" => return Err(internal("sqlite: /var/secret/batchd.db is locked")),
-            "no-such-model" => {
-                return Err(ServiceError::NotFound("no model no-such-model".into()));
-            }
-            _ => {}
-        }
-        if self
-            .store
-            .find_active_by_name(&r.job_name)
-            .await
-            .map_err(internal)?
-            .is_some()
-        {
-            return Err(ServiceError::Conflict(
-                "The provided job name is currently in use".into(),
-            ));
-        }
-        let id = JobId::from_random(fastrand::u128(..));
-        let hours = r.timeout_hours.unwrap_or(24);
-        self.store
-            .create(NewJob {
-                arn: JobArn::new(REGION, ACCOUNT, id.clone()).to_string(),
-                id,
-                name: r.job_name,
-                model_id: r.model_id,
-                role_arn: Some(r.role_arn),
-                client_request_token: r.client_request_token,
-                invocation_type: r.invocation_type,
-                input_uri: r.input_uri,
-                output_uri: r.output_uri,
-                timeout_hours: r.timeout_hours,
-                job_expiration_ms: Some(now_ms() + i64::from(hours) * 3_600_000),
-                request_json: Some(r.request_json),
-            })
-            .await
-            .map_err(internal)
-    }
-
-    async fn get_job(&self, id: &JobId) -> Result<JobRecord, ServiceError> {
-        self.store
-            .get(id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| ServiceError::NotFound(format!("Could not find job {id}")))
-    }
-
-    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, ServiceError> {
-        self.store.list(&filter).await.map_err(internal)
-    }
-
-    async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError> {
-        let job = self.get_job(id).await?;
-        if job.status.is_terminal() || job.status == JobStatus::Stopping {
-            return Err(ServiceError::Conflict(format!(
-                "Job {id} is {} and cannot be stopped",
-                job.status
-            )));
-        }
-        self.store
-            .transition(id, JobStatus::Stopping, None)
-            .await
-            .map(|_| ())
-            .map_err(internal)
-    }
+/// The models the server is configured with (the validation test's good model ids too).
+fn models() -> Vec<String> {
+    vec![
+        MODEL.into(),
+        "my-model".into(),
+        "m".into(),
+        "m".repeat(2048),
+    ]
 }
 
 struct Server {
     base: String,
-    store: JobStore,
+    store: SharedStore,
+    scheduler: Scheduler,
     http: reqwest::Client,
+    dir: tempfile::TempDir,
+    _fake: FakeServer,
 }
 
 async fn start() -> Server {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let store = JobStore::in_memory().await.unwrap();
-    let service = Arc::new(StoreService {
-        store: store.clone(),
-    });
+    start_with(SchedulerConfig::default()).await
+}
+
+async fn start_with(config: SchedulerConfig) -> Server {
+    batchd_testkit::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let storage = Arc::new(Storage::new(StorageConfig {
+        data_dir: dir.path().into(),
+        ..Default::default()
+    }));
+    let store: SharedStore = Arc::new(
+        SqliteStore::open(&dir.path().join("batchd.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let backend = Arc::new(
+        OpenAiBackend::new(OpenAiConfig {
+            base_url: fake.base_url(),
+            model: "fake".into(),
+            api_key: None,
+            max_connections: 4,
+        })
+        .unwrap(),
+    );
+    let models = models()
+        .into_iter()
+        .map(|id| {
+            let entry = ModelEntry {
+                backend: backend.clone(),
+                concurrency: 4,
+                records: RecordOptions::default(),
+            };
+            (id, entry)
+        })
+        .collect::<HashMap<_, _>>();
+    let scheduler = Scheduler::new(
+        Engine::new(storage, EngineConfig::default()),
+        store.clone(),
+        models,
+        SchedulerConfig {
+            region: REGION.into(),
+            account_id: ACCOUNT.into(),
+            poll_interval: Duration::from_millis(20),
+            ..config
+        },
+    );
     let app = router(
-        service,
+        Arc::new(SchedulerService(scheduler.clone())),
         ApiConfig {
             region: REGION.into(),
             account_id: ACCOUNT.into(),
@@ -129,7 +105,10 @@ async fn start() -> Server {
     Server {
         base: format!("http://{addr}"),
         store,
+        scheduler,
         http: reqwest::Client::new(),
+        dir,
+        _fake: fake,
     }
 }
 
@@ -137,7 +116,7 @@ fn valid_body(name: &str) -> Value {
     json!({
         "jobName": name,
         "roleArn": "arn:aws:iam::123456789012:role/batchd",
-        "modelId": "anthropic.claude-3-haiku-20240307-v1:0",
+        "modelId": MODEL,
         "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://bucket/in/"}},
         "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://bucket/out/"}},
     })
@@ -266,7 +245,7 @@ async fn create_then_get_round_trips_every_field() {
     let expiry = assert_iso_ms(&job["jobExpirationTime"]) - submit;
     assert!(
         (expiry - 48 * 3_600_000).abs() < 1000,
-        "the mock sets expiry to about submit + 48h: {expiry}"
+        "the expiry is submit + 48h: {expiry}"
     );
     for absent in ["endTime", "message", "tags"] {
         assert!(job.get(absent).is_none(), "{absent} in {job}");
@@ -334,8 +313,9 @@ async fn a_percent_encoded_arn_names_the_job_in_get_and_stop() {
     assert_eq!(stop.body, json!({}));
     assert_eq!(header(&stop, "content-type"), "application/json");
     assert_eq!(header(&stop, "x-amzn-RequestId").len(), 36);
+    // Not validating or running yet, so the scheduler stops it at once.
     let job = s.get(&format!("/model-invocation-job/{id}")).await.body;
-    assert_eq!(job["status"], "Stopping");
+    assert_eq!(job["status"], "Stopped");
 }
 
 /// Sets (or with `None` removes) the member at a JSON pointer, creating objects on the way.
@@ -364,7 +344,12 @@ fn with(mut body: Value, pointer: &str, value: Option<Value>) -> Value {
 
 #[tokio::test]
 async fn every_validation_rule_accepts_good_values_and_names_the_field_of_bad_ones() {
-    let s = start().await;
+    // Every good case creates a job of one model: more than the default quota allows.
+    let s = start_with(SchedulerConfig {
+        max_active_jobs_per_model: 1000,
+        ..SchedulerConfig::default()
+    })
+    .await;
     let tags = |n: usize| json!(vec![json!({"key": "k", "value": "v"}); n]);
     let ids = |n: usize| json!(vec!["id-1"; n]);
     let input = "/inputDataConfig/s3InputDataConfig";
@@ -773,7 +758,11 @@ async fn list_rejects_bad_parameters_naming_them() {
 
 #[tokio::test]
 async fn each_error_type_has_its_status_headers_and_body() {
-    let s = start().await;
+    let s = start_with(SchedulerConfig {
+        max_active_jobs_per_model: 1,
+        ..SchedulerConfig::default()
+    })
+    .await;
     let id = s.create_ok("taken").await;
 
     let message = assert_error(
@@ -787,16 +776,17 @@ async fn each_error_type_has_its_status_headers_and_body() {
         404,
         "ResourceNotFoundException",
     );
-    assert_error(
+    let message = assert_error(
         &s.create(&with(
             valid_body("nomodel"),
             "/modelId",
             Some(json!("no-such-model")),
         ))
         .await,
-        404,
-        "ResourceNotFoundException",
+        400,
+        "ValidationException",
     );
+    assert!(message.contains("no-such-model"), "{message}");
 
     for bad in [
         "nope",
@@ -822,6 +812,13 @@ async fn each_error_type_has_its_status_headers_and_body() {
         "ConflictException",
     );
     assert!(message.contains("in use"), "{message}");
+    // "taken" is the model's one active job.
+    assert_error(
+        &s.create(&valid_body("q")).await,
+        400,
+        "ServiceQuotaExceededException",
+    );
+
     s.store
         .transition(&id, JobStatus::Validating, None)
         .await
@@ -836,24 +833,119 @@ async fn each_error_type_has_its_status_headers_and_body() {
         "ConflictException",
     );
 
-    assert_error(
-        &s.create(&with(
-            valid_body("q"),
-            "/modelId",
-            Some(json!("quota-model")),
-        ))
-        .await,
-        400,
-        "ServiceQuotaExceededException",
-    );
-
+    // A store that fails: 500, and nothing of the database error reaches the client.
+    s.store.close().await;
     let message = assert_error(
-        &s.create(&with(valid_body("b"), "/modelId", Some(json!("boom"))))
-            .await,
+        &s.create(&valid_body("b")).await,
         500,
         "InternalServerException",
     );
-    assert!(!message.contains("secret"), "{message}");
+    for detail in ["pool", "closed", "sqlite", "database"] {
+        assert!(!message.to_lowercase().contains(detail), "{message}");
+    }
+}
+
+/// With the scheduling loop running, a job created over HTTP validates, runs on the fake
+/// backend and completes; Get and List show what the scheduler did.
+#[tokio::test]
+async fn a_job_created_over_http_runs_to_completion_on_the_real_scheduler() {
+    let s = start().await;
+    let records: String = (0..3)
+        .map(|i| {
+            format!(
+                "{{\"recordId\":\"r{i}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
+            )
+        })
+        .collect();
+    let input = s.dir.path().join("buckets/bucket/in/a.jsonl");
+    std::fs::create_dir_all(input.parent().unwrap()).unwrap();
+    std::fs::write(&input, records).unwrap();
+    s.scheduler.start();
+    let body = with(
+        valid_body("runs"),
+        "/modelInvocationType",
+        Some(json!("Converse")),
+    );
+    let a = s.create(&body).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let id = JobArn::parse(a.body["jobArn"].as_str().unwrap())
+        .unwrap()
+        .id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let job = s.get(&format!("/model-invocation-job/{id}")).await.body;
+        if job["status"] == "Completed" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "not done: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (
+            &job["totalRecordCount"],
+            &job["processedRecordCount"],
+            &job["successRecordCount"],
+            &job["errorRecordCount"]
+        ),
+        (&json!(3), &json!(3), &json!(3), &json!(0))
+    );
+    assert_iso_ms(&job["endTime"]);
+    let out = s
+        .dir
+        .path()
+        .join(format!("buckets/bucket/out/{id}/a.jsonl.out"));
+    assert_eq!(std::fs::read_to_string(out).unwrap().lines().count(), 3);
+    let (ids, _) = list_all(&s, "statusEquals=Completed").await;
+    assert_eq!(ids, [id.to_string()]);
+    assert_error(
+        &s.post(&format!("/model-invocation-job/{id}/stop")).await,
+        400,
+        "ConflictException",
+    );
+    s.scheduler.shutdown().await;
+}
+
+/// `batchd run`'s jobs share the store but are not the API's: not listed, not found, not
+/// stoppable through it, and their names do not conflict with the API's.
+#[tokio::test]
+async fn jobs_of_batchd_run_are_invisible_to_the_api() {
+    let s = start().await;
+    let id = JobId::parse("0000000000aa").unwrap();
+    s.store
+        .create(batchd_core::NewJob {
+            id: id.clone(),
+            arn: JobArn::new(REGION, ACCOUNT, id.clone()).to_string(),
+            request: batchd_core::JobRequest {
+                name: "local-run".into(),
+                model_id: MODEL.into(),
+                origin: batchd_core::JobOrigin::Run,
+                role_arn: None,
+                client_request_token: None,
+                invocation_type: batchd_core::InvocationType::Converse,
+                inputs: vec!["/data/a.jsonl".into(), "/data/b/".into()],
+                output: "/data/out".into(),
+                timeout_hours: None,
+                request_json: None,
+            },
+            job_expiration_ms: None,
+        })
+        .await
+        .unwrap();
+    let api_job = s.create_ok("local-run").await;
+    let (ids, _) = list_all(&s, "").await;
+    assert_eq!(ids, [api_job.to_string()]);
+    for answer in [
+        s.get(&format!("/model-invocation-job/{id}")).await,
+        s.post(&format!("/model-invocation-job/{id}/stop")).await,
+    ] {
+        assert_error(&answer, 404, "ResourceNotFoundException");
+    }
+    let run_job = s.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        run_job.status,
+        JobStatus::Submitted,
+        "the stop did not touch it"
+    );
 }
 
 #[tokio::test]

@@ -1,14 +1,17 @@
 //! Domain vocabulary of batchd: job ids and ARNs, the ten job statuses and their legal
-//! transitions, record counters, generated record ids, the invocation type and model ids.
+//! transitions, record counters, generated record ids, the invocation type, model ids and the
+//! job model every API, the engine and the job stores share (`job`).
 //!
 //! This crate does no IO and depends on no runtime, HTTP or JSON crate (ARCHITECTURE.md,
 //! invariant 1), so every other crate can share these types without pulling anything in.
 
 mod ids;
+pub mod job;
 pub mod model_id;
 mod status;
 
 pub use ids::{IdError, JobArn, JobId, generated_record_id, stable_hash64};
+pub use job::{Job, JobFile, JobFilter, JobOrigin, JobRequest, NewJob, UnknownOrigin};
 pub use model_id::ModelId;
 pub use status::{InvocationType, JobStatus, StatusError};
 // Checkpoint is defined below, next to Counters.

@@ -14,6 +14,8 @@ mod record;
 pub mod retry;
 pub mod run;
 pub mod scheduler;
+#[cfg(feature = "api")]
+pub mod service;
 pub mod validate;
 
 // The scheduler's unit tests share tests/support with the integration tests, which name the
@@ -25,11 +27,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchd_backends::ModelBackend;
-use batchd_core::{Checkpoint, Counters, InvocationType, JobId, JobStatus};
+use batchd_core::{Checkpoint, Counters, InvocationType, Job, JobFile, JobId, JobStatus};
 use batchd_formats::converse::ConverseOptions;
 use batchd_formats::native::ModelFamily;
 use batchd_storage::{InputFile, Storage, StorageError, StorageUri};
-use batchd_store::{JobFile, JobStore, StoreError};
+use batchd_store::{JobStore, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -135,6 +137,30 @@ pub struct JobSpec {
     pub concurrency: usize,
 }
 
+impl JobSpec {
+    /// The spec of a stored job: its inputs and output parsed (stored URIs are absolute), and
+    /// the record options and concurrency of the model it names.
+    pub fn for_job(
+        job: &Job,
+        records: RecordOptions,
+        concurrency: usize,
+    ) -> Result<Self, StorageError> {
+        let r = &job.request;
+        Ok(Self {
+            job_id: job.id.clone(),
+            inputs: r
+                .inputs
+                .iter()
+                .map(|uri| StorageUri::parse(uri))
+                .collect::<Result<_, _>>()?,
+            output: StorageUri::parse(&r.output)?,
+            invocation_type: r.invocation_type,
+            records,
+            concurrency,
+        })
+    }
+}
+
 /// How one model's records are validated, translated and sent; from the model's config.
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
@@ -236,7 +262,7 @@ fn job_file(file: &InputFile) -> JobFile {
 /// Ends a running job as `Failed` because of `error`, and returns that error.
 async fn fail_running<T>(
     spec: &JobSpec,
-    store: &JobStore,
+    store: &dyn JobStore,
     progress: &watch::Sender<Progress>,
     error: EngineError,
 ) -> Result<T, EngineError> {
@@ -276,7 +302,7 @@ impl Engine {
         &self,
         spec: &JobSpec,
         backend: Arc<dyn ModelBackend>,
-        store: &JobStore,
+        store: &dyn JobStore,
         progress: &watch::Sender<Progress>,
         stop: &StopSignal,
     ) -> Result<JobOutcome, EngineError> {
@@ -302,7 +328,7 @@ impl Engine {
     pub async fn validate_job(
         &self,
         spec: &JobSpec,
-        store: &JobStore,
+        store: &dyn JobStore,
         progress: &watch::Sender<Progress>,
     ) -> Result<Option<JobOutcome>, EngineError> {
         let started = Instant::now();
@@ -393,7 +419,7 @@ impl Engine {
     async fn validated_files(
         &self,
         spec: &JobSpec,
-        store: &JobStore,
+        store: &dyn JobStore,
     ) -> Result<Vec<InputFile>, EngineError> {
         let recorded = store.job_files(&spec.job_id).await?;
         if recorded.is_empty() {
@@ -435,7 +461,7 @@ impl Engine {
         &self,
         spec: &JobSpec,
         backend: Arc<dyn ModelBackend>,
-        store: &JobStore,
+        store: &dyn JobStore,
         progress: &watch::Sender<Progress>,
         stop: &StopSignal,
     ) -> Result<JobOutcome, EngineError> {

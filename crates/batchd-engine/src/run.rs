@@ -78,7 +78,7 @@ struct OutputFiles<'a> {
     engine: &'a Engine,
     files: &'a [InputFile],
     spec: &'a JobSpec,
-    store: &'a JobStore,
+    store: &'a dyn JobStore,
     current: Option<(usize, OutputSink)>,
     /// Records written to the current file (including those before a resume).
     records_in_current: u64,
@@ -188,7 +188,7 @@ pub(crate) async fn run_records(
     files: &[InputFile],
     resume_from: Checkpoint,
     backend: Arc<dyn ModelBackend>,
-    store: &JobStore,
+    store: &dyn JobStore,
     progress: &watch::Sender<Progress>,
     stop: &StopSignal,
 ) -> Result<RunEnd, EngineError> {

@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batchd_backends::ModelBackend;
-use batchd_core::{Counters, InvocationType, JobArn, JobId, JobStatus, ModelId};
+use batchd_core::{
+    Counters, Job, JobArn, JobId, JobOrigin, JobRequest, JobStatus, ModelId, NewJob,
+};
 use batchd_storage::StorageUri;
-use batchd_store::{JobRecord, JobStore, NewJob, StoreError, now_ms};
+use batchd_store::{ACTIVE_STATUSES, JobStore, SharedStore, StoreError, now_ms};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -78,20 +80,6 @@ pub enum SchedulerError {
     Store(#[from] StoreError),
 }
 
-/// A job to create (already validated for shape by the API).
-#[derive(Debug, Clone)]
-pub struct CreateJob {
-    pub name: String,
-    pub model_id: String,
-    pub role_arn: Option<String>,
-    pub client_request_token: Option<String>,
-    pub invocation_type: InvocationType,
-    pub input_uri: String,
-    pub output_uri: String,
-    pub timeout_hours: Option<u32>,
-    pub request_json: Option<String>,
-}
-
 #[derive(Clone)]
 pub struct Scheduler {
     inner: Arc<Inner>,
@@ -99,7 +87,7 @@ pub struct Scheduler {
 
 struct Inner {
     engine: Engine,
-    store: JobStore,
+    store: SharedStore,
     models: HashMap<String, ModelEntry>,
     config: SchedulerConfig,
     /// Executing jobs and how to stop each.
@@ -121,7 +109,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Scheduler {
     pub fn new(
         engine: Engine,
-        store: JobStore,
+        store: SharedStore,
         models: HashMap<String, ModelEntry>,
         config: SchedulerConfig,
     ) -> Self {
@@ -142,8 +130,8 @@ impl Scheduler {
         }
     }
 
-    pub fn store(&self) -> &JobStore {
-        &self.inner.store
+    pub fn store(&self) -> &dyn JobStore {
+        self.inner.store.as_ref()
     }
 
     /// Starts the scheduling loop (resuming unfinished jobs first).
@@ -166,7 +154,15 @@ impl Scheduler {
         self.inner.tasks.wait().await;
     }
 
-    pub async fn create(&self, req: CreateJob) -> Result<JobRecord, SchedulerError> {
+    /// Creates a job of the server (the request's origin is `Api`; a `Run` request is refused,
+    /// since this scheduler would never run it).
+    pub async fn create(&self, mut req: JobRequest) -> Result<Job, SchedulerError> {
+        if req.origin != JobOrigin::Api {
+            return Err(SchedulerError::BadRequest(format!(
+                "a job of origin {} is not the server's to run",
+                req.origin
+            )));
+        }
         let _creates = self.inner.creates.lock().await;
         let store = &self.inner.store;
         if let Some(token) = &req.client_request_token
@@ -183,31 +179,23 @@ impl Scheduler {
                 known.join(", ")
             )));
         };
-        for (field, uri) in [
-            ("inputDataConfig", &req.input_uri),
-            ("outputDataConfig", &req.output_uri),
-        ] {
+        let uris = req.inputs.iter().map(|uri| ("inputDataConfig", uri));
+        for (field, uri) in uris.chain([("outputDataConfig", &req.output)]) {
             StorageUri::parse(uri)
                 .map_err(|e| SchedulerError::BadRequest(format!("{field}: {e}")))?;
         }
-        if let Some(active) = store.find_active_by_name(&req.name).await? {
+        if let Some(active) = store.find_active_by_name(JobOrigin::Api, &req.name).await? {
             return Err(SchedulerError::Conflict(format!(
                 "The provided job name is currently in use: job {} ({}) is {}",
-                active.id, active.name, active.status
+                active.id, active.request.name, active.status
             )));
         }
         // Per configured model, whichever form of its id (ARN, profile id) each job used.
         let active = store
-            .list_in_status(&[
-                JobStatus::Submitted,
-                JobStatus::Validating,
-                JobStatus::Scheduled,
-                JobStatus::InProgress,
-                JobStatus::Stopping,
-            ])
+            .list_in_status(JobOrigin::Api, &ACTIVE_STATUSES)
             .await?
             .iter()
-            .filter(|job| self.model_key(&job.model_id) == Some(model_key))
+            .filter(|job| self.model_key(&job.request.model_id) == Some(model_key))
             .count();
         let active = u64::try_from(active).unwrap_or(u64::MAX);
         if active >= self.inner.config.max_active_jobs_per_model {
@@ -229,24 +217,18 @@ impl Scheduler {
             .timeout_hours
             .unwrap_or(self.inner.config.default_timeout_hours);
         let timeout_ms = self.inner.config.timeout_unit.as_millis() as i64 * i64::from(hours);
+        req.timeout_hours = Some(hours);
+        let token = req.client_request_token.clone();
         let new_job = NewJob {
             id,
             arn: arn.to_string(),
-            name: req.name,
-            model_id: req.model_id.clone(),
-            role_arn: req.role_arn,
-            client_request_token: req.client_request_token.clone(),
-            invocation_type: req.invocation_type,
-            input_uri: req.input_uri,
-            output_uri: req.output_uri,
-            timeout_hours: Some(hours),
+            request: req,
             job_expiration_ms: Some(now_ms() + timeout_ms),
-            request_json: req.request_json,
         };
         let job = match store.create(new_job).await {
             Ok(job) => job,
             // Two creates with one token raced: the first one's job is the answer.
-            Err(e) => match &req.client_request_token {
+            Err(e) => match &token {
                 Some(token) => store.find_by_token(token).await?.ok_or(e)?,
                 None => return Err(e.into()),
             },
@@ -286,12 +268,12 @@ impl Scheduler {
     }
 
     /// A job stopped before it ran: the manifest says so, then `Stopped`.
-    async fn finish_stopped_unstarted(&self, job: &JobRecord) -> Result<(), SchedulerError> {
+    async fn finish_stopped_unstarted(&self, job: &Job) -> Result<(), SchedulerError> {
         let counters = Counters {
             total: job.counters.total,
             ..Counters::default()
         };
-        if let Ok(out) = StorageUri::parse(&job.output_uri) {
+        if let Ok(out) = StorageUri::parse(&job.request.output) {
             let manifest = batchd_formats::manifest::Manifest::from(&counters).to_json();
             let uri = out.join(&format!("{}/manifest.json.out", job.id));
             if let Err(e) = self.inner.engine.storage().put(&uri, manifest.into()).await {
@@ -325,27 +307,14 @@ impl Scheduler {
         ModelId::new(model_id).resolve(|id| self.inner.models.get(id))
     }
 
-    fn spec(&self, job: &JobRecord) -> Result<JobSpec, String> {
-        let model = self.model(&job.model_id).ok_or_else(|| {
+    fn spec(&self, job: &Job) -> Result<JobSpec, String> {
+        let model = self.model(&job.request.model_id).ok_or_else(|| {
             format!(
                 "model {} is no longer configured on this server",
-                job.model_id
+                job.request.model_id
             )
         })?;
-        let inputs = job
-            .input_uri
-            .lines()
-            .map(StorageUri::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        Ok(JobSpec {
-            job_id: job.id.clone(),
-            inputs,
-            output: StorageUri::parse(&job.output_uri).map_err(|e| e.to_string())?,
-            invocation_type: job.invocation_type,
-            records: model.records.clone(),
-            concurrency: model.concurrency,
-        })
+        JobSpec::for_job(job, model.records.clone(), model.concurrency).map_err(|e| e.to_string())
     }
 
     async fn run_loop(&self) {
@@ -368,7 +337,10 @@ impl Scheduler {
         let jobs = self
             .inner
             .store
-            .list_in_status(&[JobStatus::InProgress, JobStatus::Stopping])
+            .list_in_status(
+                JobOrigin::Api,
+                &[JobStatus::InProgress, JobStatus::Stopping],
+            )
             .await?;
         for job in jobs {
             tracing::info!(job = %job.id, status = %job.status, "resuming job");
@@ -384,12 +356,15 @@ impl Scheduler {
         // Tasks leave `running` / `validating` only under `decisions`, so what this pass reads
         // from the store and what it sees in those sets agree.
         let waiting = store
-            .list_in_status(&[
-                JobStatus::Submitted,
-                JobStatus::Validating,
-                JobStatus::Scheduled,
-                JobStatus::Stopping,
-            ])
+            .list_in_status(
+                JobOrigin::Api,
+                &[
+                    JobStatus::Submitted,
+                    JobStatus::Validating,
+                    JobStatus::Scheduled,
+                    JobStatus::Stopping,
+                ],
+            )
             .await?;
         for job in waiting {
             if self.inner.shutdown.is_cancelled() {
@@ -399,6 +374,7 @@ impl Scheduler {
             match job.status {
                 JobStatus::Scheduled if expired => {
                     let hours = job
+                        .request
                         .timeout_hours
                         .unwrap_or(self.inner.config.default_timeout_hours);
                     let message =
@@ -439,7 +415,7 @@ impl Scheduler {
         Ok(())
     }
 
-    fn start_validation(&self, job: JobRecord) {
+    fn start_validation(&self, job: Job) {
         lock(&self.inner.validating).insert(job.id.clone());
         let this = self.clone();
         self.inner.tasks.spawn(async move {
@@ -448,7 +424,7 @@ impl Scheduler {
                 Ok(spec) => {
                     let (progress, _) = watch::channel(Progress { status: job.status, counters: Counters::default() });
                     tokio::select! {
-                        r = this.inner.engine.validate_job(&spec, &this.inner.store, &progress) => r.map(|_| ()),
+                        r = this.inner.engine.validate_job(&spec, this.inner.store.as_ref(), &progress) => r.map(|_| ()),
                         // Redone from the start after a restart.
                         _ = this.inner.shutdown.cancelled() => Ok(()),
                     }
@@ -484,7 +460,7 @@ impl Scheduler {
         }
     }
 
-    async fn fail(&self, job: &JobRecord, message: &str) -> Result<(), EngineError> {
+    async fn fail(&self, job: &Job, message: &str) -> Result<(), EngineError> {
         tracing::warn!(job = %job.id, message, "job failed");
         let status = job.status;
         if status == JobStatus::Submitted {
@@ -506,7 +482,7 @@ impl Scheduler {
         Ok(())
     }
 
-    fn start_execution(&self, job: JobRecord) {
+    fn start_execution(&self, job: Job) {
         let signal = StopSignal::new();
         {
             // Checked and registered under the lock `shutdown` signals under: a job either
@@ -535,8 +511,8 @@ impl Scheduler {
         });
     }
 
-    async fn execute(&self, job: &JobRecord, spec: &JobSpec, signal: &StopSignal) {
-        let Some(model) = self.model(&job.model_id) else {
+    async fn execute(&self, job: &Job, spec: &JobSpec, signal: &StopSignal) {
+        let Some(model) = self.model(&job.request.model_id) else {
             return;
         };
         // The job's timeout stops it where it is: PartiallyCompleted.
@@ -558,7 +534,7 @@ impl Scheduler {
             .execute_job(
                 spec,
                 model.backend.clone(),
-                &self.inner.store,
+                self.inner.store.as_ref(),
                 &progress,
                 signal,
             )
@@ -700,7 +676,7 @@ mod tests {
             s.inner.tasks.wait().await;
             let after = s
                 .store()
-                .list_in_status(&[JobStatus::Completed])
+                .list_in_status(JobOrigin::Api, &[JobStatus::Completed])
                 .await
                 .unwrap();
             assert!(

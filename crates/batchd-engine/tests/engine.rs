@@ -12,8 +12,9 @@ use batchd_engine::{
     Engine, EngineConfig, JobSpec, Progress, RecordOptions, RetryPolicy, StopReason, StopSignal,
 };
 
+use batchd_core::{JobOrigin, JobRequest, NewJob};
 use batchd_storage::{Storage, StorageConfig, StorageUri};
-use batchd_store::{JobStore, NewJob};
+use batchd_store::{JobStore, SqliteStore};
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::Value;
 use support::{write_prefixed, write_records};
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 struct Harness {
     dir: tempfile::TempDir,
     engine: Engine,
-    store: JobStore,
+    store: SqliteStore,
     backend: Arc<OpenAiBackend>,
     job_id: JobId,
 }
@@ -42,22 +43,25 @@ impl Harness {
                 ..EngineConfig::default()
             },
         );
-        let store = JobStore::in_memory().await.unwrap();
+        let store = SqliteStore::in_memory().await.unwrap();
         let job_id = JobId::parse("testjob00001").unwrap();
         store
             .create(NewJob {
                 id: job_id.clone(),
                 arn: "arn".into(),
-                name: "t".into(),
-                model_id: "m".into(),
-                role_arn: None,
-                client_request_token: None,
-                invocation_type: InvocationType::Converse,
-                input_uri: "in".into(),
-                output_uri: "out".into(),
-                timeout_hours: None,
+                request: JobRequest {
+                    name: "t".into(),
+                    model_id: "m".into(),
+                    origin: JobOrigin::Run,
+                    role_arn: None,
+                    client_request_token: None,
+                    invocation_type: InvocationType::Converse,
+                    inputs: vec!["in".into()],
+                    output: "out".into(),
+                    timeout_hours: None,
+                    request_json: None,
+                },
                 job_expiration_ms: None,
-                request_json: None,
             })
             .await
             .unwrap();

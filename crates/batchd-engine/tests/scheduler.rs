@@ -7,8 +7,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use batchd_core::JobStatus;
-use batchd_engine::scheduler::{CreateJob, Scheduler, SchedulerConfig, SchedulerError};
+use batchd_core::{JobOrigin, JobRequest, JobStatus, NewJob};
+use batchd_engine::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
 use batchd_testkit::{FakeConfig, FakeServer};
 use support::{create, output_ids, wait_for, write_records};
 
@@ -25,7 +25,7 @@ async fn jobs_complete_and_create_is_idempotent_by_token() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
     write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 20);
     let s = scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
-    let with_token = CreateJob {
+    let with_token = JobRequest {
         client_request_token: Some("tok1".into()),
         ..create("one", None)
     };
@@ -38,7 +38,7 @@ async fn jobs_complete_and_create_is_idempotent_by_token() {
     let done = wait_for(&s, &job.id, |j| j.status.is_terminal()).await;
     assert_eq!(done.status, JobStatus::Completed, "{:?}", done.message);
     assert_eq!(done.counters.processed, 20);
-    assert_eq!(done.timeout_hours, Some(24));
+    assert_eq!(done.request.timeout_hours, Some(24));
     assert!(done.end_time_ms.is_some());
     assert_eq!(output_ids(dir.path(), &job.id).len(), 20);
     let err = s.stop(&job.id).await.unwrap_err();
@@ -46,7 +46,7 @@ async fn jobs_complete_and_create_is_idempotent_by_token() {
     let err = s.create(create("two", None).clone()).await.map(|_| ());
     assert!(err.is_ok(), "a finished job's name may be reused");
     let unknown = s
-        .create(CreateJob {
+        .create(JobRequest {
             model_id: "nope".into(),
             ..create("three", None)
         })
@@ -190,19 +190,19 @@ async fn model_id_forms_resolve_and_share_one_quota() {
     let s = scheduler(dir.path(), &fake, config).await;
     let profile_arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.test.model-v1";
     let job = s
-        .create(CreateJob {
+        .create(JobRequest {
             model_id: profile_arn.into(),
             ..create("by-arn", None)
         })
         .await
         .unwrap();
     assert_eq!(
-        job.model_id, profile_arn,
+        job.request.model_id, profile_arn,
         "the job keeps the id as the caller wrote it"
     );
     for other in ["test.model-v1", "eu.test.model-v1"] {
         let err = s
-            .create(CreateJob {
+            .create(JobRequest {
                 model_id: other.into(),
                 ..create(&format!("while-busy-{other}"), None)
             })
@@ -224,7 +224,7 @@ async fn model_id_forms_resolve_and_share_one_quota() {
     .enumerate()
     {
         let job = s
-            .create(CreateJob {
+            .create(JobRequest {
                 model_id: form.into(),
                 ..create(&format!("form-{i}"), None)
             })
@@ -239,7 +239,7 @@ async fn model_id_forms_resolve_and_share_one_quota() {
         );
     }
     let unknown = s
-        .create(CreateJob {
+        .create(JobRequest {
             model_id: "us.other.model-v1".into(),
             ..create("unknown", None)
         })
@@ -249,5 +249,73 @@ async fn model_id_forms_resolve_and_share_one_quota() {
         matches!(&unknown, SchedulerError::UnknownModel(m) if m.contains("us.other.model-v1")),
         "{unknown}"
     );
+    s.shutdown().await;
+}
+
+/// A `batchd run` job left in the store (its process died mid-run) belongs to `batchd run
+/// --resume`: the server neither resumes, validates nor counts it, and refuses to create one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_leaves_jobs_of_batchd_run_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 5);
+    let idle = support::scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
+    let run = |n: u32| NewJob {
+        id: batchd_core::JobId::parse(&format!("{n:012x}")).unwrap(),
+        arn: String::new(),
+        request: JobRequest {
+            origin: JobOrigin::Run,
+            ..create("local", None)
+        },
+        job_expiration_ms: None,
+    };
+    let store = idle.store();
+    let submitted = store.create(run(1)).await.unwrap();
+    let running = store.create(run(2)).await.unwrap();
+    for to in [
+        JobStatus::Validating,
+        JobStatus::Scheduled,
+        JobStatus::InProgress,
+    ] {
+        store.transition(&running.id, to, None).await.unwrap();
+    }
+    let err = idle
+        .create(JobRequest {
+            origin: JobOrigin::Run,
+            ..create("via-server", None)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SchedulerError::BadRequest(_)), "{err}");
+
+    let s = scheduler(
+        dir.path(),
+        &fake,
+        SchedulerConfig {
+            max_active_jobs_per_model: 1,
+            ..SchedulerConfig::default()
+        },
+    )
+    .await;
+    // An API job of the same model and name runs: the run jobs neither hold the quota nor
+    // the name.
+    let api = s.create(create("local", None)).await.unwrap();
+    let done = wait_for(&s, &api.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.message);
+    // Several passes later the run jobs are as they were, with no output.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (job, status) in [
+        (&submitted, JobStatus::Submitted),
+        (&running, JobStatus::InProgress),
+    ] {
+        let now = s.store().get(&job.id).await.unwrap().unwrap();
+        assert_eq!(now.status, status);
+        assert_eq!(now.counters.processed, 0);
+        assert!(
+            !dir.path()
+                .join(format!("buckets/bucket/out/{}", job.id))
+                .exists()
+        );
+    }
     s.shutdown().await;
 }

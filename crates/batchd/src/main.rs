@@ -17,11 +17,11 @@ use batchd_backends::ModelBackend;
 use batchd_backends::adaptive::{AdaptiveBackend, AdaptiveConfig, Limiter};
 use batchd_backends::bedrock::{BedrockBackend, BedrockConfig};
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
-use batchd_core::{InvocationType, JobArn, JobId, JobStatus};
+use batchd_core::{InvocationType, Job, JobArn, JobId, JobOrigin, JobRequest, JobStatus, NewJob};
 use batchd_engine::{Engine, JobSpec, Progress, RecordOptions, StopReason, StopSignal};
 use batchd_formats::native::ModelFamily;
 use batchd_storage::{Storage, StorageUri};
-use batchd_store::{JobStore, NewJob};
+use batchd_store::{JobStore, SqliteStore};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
@@ -392,28 +392,32 @@ fn absolute_uri(uri: StorageUri) -> anyhow::Result<StorageUri> {
 }
 
 /// Tells about runs in this data dir that died before they ended.
-async fn note_interrupted_runs(store: &JobStore, data_dir: &std::path::Path) {
+async fn note_interrupted_runs(store: &dyn JobStore, data_dir: &std::path::Path) {
+    // The server resumes its own jobs; only `batchd run`'s are this process's to mention.
     let Ok(jobs) = store
-        .list_in_status(&[
-            JobStatus::InProgress,
-            JobStatus::Validating,
-            JobStatus::Scheduled,
-            JobStatus::Stopping,
-        ])
+        .list_in_status(
+            JobOrigin::Run,
+            &[
+                JobStatus::InProgress,
+                JobStatus::Validating,
+                JobStatus::Scheduled,
+                JobStatus::Stopping,
+            ],
+        )
         .await
     else {
         return;
     };
     for job in jobs {
-        // Jobs of `batchd serve` carry a role ARN; the server resumes those itself.
-        if job.role_arn.is_some() {
-            continue;
-        }
         if let Ok(Some(_lock)) = JobLock::try_acquire(data_dir, job.id.as_str()) {
             eprintln!(
                 "note: job {} ({}) was interrupted at {} of {} records; resume it with \
                  `batchd run --resume {}`",
-                job.id, job.name, job.checkpoint.counters.processed, job.counters.total, job.id
+                job.id,
+                job.request.name,
+                job.checkpoint.counters.processed,
+                job.counters.total,
+                job.id
             );
         }
     }
@@ -422,7 +426,7 @@ async fn note_interrupted_runs(store: &JobStore, data_dir: &std::path::Path) {
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     let data_dir = config.data_dir(args.data_dir.as_deref());
-    let store = JobStore::open(&data_dir.join("batchd.sqlite"))
+    let store = SqliteStore::open(&data_dir.join("batchd.sqlite"))
         .await
         .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
 
@@ -434,7 +438,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .get(&job_id)
                 .await?
                 .with_context(|| format!("--resume {id}: no such job in {}", data_dir.display()))?;
-            if job.role_arn.is_some() {
+            if job.request.origin != JobOrigin::Run {
                 bail!("--resume {id}: the job belongs to `batchd serve`, which resumes it itself");
             }
             if job.status.is_terminal() {
@@ -444,27 +448,18 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let (model_id, invocation_type, input_strings, format) = match &resumed {
+    let (model_id, format) = match &resumed {
         Some(job) => {
             let record: RunRecord = job
+                .request
                 .request_json
                 .as_deref()
                 .and_then(|j| serde_json::from_str(j).ok())
                 .unwrap_or_default();
             let stored = record.format.as_deref().and_then(ModelFamily::from_name);
-            (
-                job.model_id.clone(),
-                job.invocation_type,
-                job.input_uri.lines().map(str::to_owned).collect::<Vec<_>>(),
-                args.format.or(stored),
-            )
+            (job.request.model_id.clone(), args.format.or(stored))
         }
-        None => (
-            args.model_id.clone(),
-            args.invocation_type,
-            args.inputs.clone(),
-            args.format,
-        ),
+        None => (args.model_id.clone(), args.format),
     };
     let model = config.model(&model_id)?;
     let embedded_models = embedded::EmbeddedModels::new(config.embedded.clone());
@@ -476,19 +471,16 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .preload(embedded::embedded_kind(model.model.as_deref(), &model.id)?)
             .await?;
     }
-    let inputs = parse_uris(&input_strings)?
-        .into_iter()
-        .map(absolute_uri)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let out = match (&resumed, &args.out) {
-        (Some(job), _) => StorageUri::parse(&job.output_uri)?,
-        (None, Some(out)) => absolute_uri(StorageUri::parse(out)?)?,
-        (None, None) => absolute_uri(StorageUri::Local(data_dir.join("output")))?,
-    };
     let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
     let engine = Engine::new(storage, config.engine_config(args.max_attempts));
 
-    let (job_id, arn, _lock) = match &resumed {
+    let validated = resumed.as_ref().is_some_and(|job| {
+        matches!(
+            job.status,
+            JobStatus::Scheduled | JobStatus::InProgress | JobStatus::Stopping
+        )
+    });
+    let (job, _lock) = match resumed {
         Some(job) => {
             let Some(lock) = JobLock::try_acquire(&data_dir, job.id.as_str())? else {
                 bail!("job {} is being run by another process", job.id);
@@ -497,60 +489,15 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "resuming job {} from record {} ({})",
                 job.id, job.checkpoint.counters.processed, job.status
             );
-            (job.id.clone(), job.arn.clone(), lock)
+            (job, lock)
         }
         None => {
             note_interrupted_runs(&store, &data_dir).await;
-            let job_id = JobId::from_random(
-                (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)),
-            );
-            let arn = JobArn::new(
-                &config.server.region,
-                &config.server.account_id,
-                job_id.clone(),
-            )
-            .to_string();
-            let Some(lock) = JobLock::try_acquire(&data_dir, job_id.as_str())? else {
-                bail!("job {job_id} is locked by another process");
-            };
-            let job_name = args
-                .job_name
-                .clone()
-                .unwrap_or_else(|| format!("batchd-run-{job_id}"));
-            let record = RunRecord {
-                format: format.map(|f| f.name().to_owned()),
-            };
-            store
-                .create(NewJob {
-                    id: job_id.clone(),
-                    arn: arn.clone(),
-                    name: job_name,
-                    model_id: model_id.clone(),
-                    role_arn: None,
-                    client_request_token: None,
-                    invocation_type,
-                    input_uri: inputs
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    output_uri: out.to_string(),
-                    timeout_hours: None,
-                    job_expiration_ms: None,
-                    request_json: serde_json::to_string(&record).ok(),
-                })
-                .await?;
-            (job_id, arn, lock)
+            create_run_job(&store, &config, &args, format, &data_dir).await?
         }
     };
-    let spec = JobSpec {
-        job_id: job_id.clone(),
-        inputs,
-        output: out,
-        invocation_type,
-        records: record_options(model, format),
-        concurrency,
-    };
+    let spec = JobSpec::for_job(&job, record_options(model, format), concurrency)?;
+    let (job_id, arn) = (&job.id, &job.arn);
 
     let stop = StopSignal::new();
     spawn_signal_handler(stop.clone());
@@ -562,16 +509,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let bar_task = tokio::spawn(show_progress(progress_rx, show_bar, limiter));
     eprintln!(
         "job {job_id}: {} on model {} ({} in flight)",
-        input_strings.join(" "),
+        job.request.inputs.join(" "),
         model_id,
         concurrency
     );
-    let validated = resumed.as_ref().is_some_and(|job| {
-        matches!(
-            job.status,
-            JobStatus::Scheduled | JobStatus::InProgress | JobStatus::Stopping
-        )
-    });
     let outcome = if validated {
         engine
             .execute_job(&spec, backend, &store, &progress_tx, &stop)
@@ -618,6 +559,62 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         JobStatus::Stopped => ExitCode::from(130),
         _ => ExitCode::from(1),
     })
+}
+
+/// A new `batchd run` job in the store, from the command line (local paths made absolute),
+/// and the lock that makes it this process's.
+async fn create_run_job(
+    store: &SqliteStore,
+    config: &Config,
+    args: &RunArgs,
+    format: Option<ModelFamily>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Job, JobLock)> {
+    let inputs = parse_uris(&args.inputs)?
+        .into_iter()
+        .map(|uri| absolute_uri(uri).map(|uri| uri.to_string()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let output = match &args.out {
+        Some(out) => absolute_uri(StorageUri::parse(out)?)?,
+        None => absolute_uri(StorageUri::Local(data_dir.join("output")))?,
+    };
+    let job_id =
+        JobId::from_random((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)));
+    let arn = JobArn::new(
+        &config.server.region,
+        &config.server.account_id,
+        job_id.clone(),
+    );
+    let Some(lock) = JobLock::try_acquire(data_dir, job_id.as_str())? else {
+        bail!("job {job_id} is locked by another process");
+    };
+    let record = RunRecord {
+        format: format.map(|f| f.name().to_owned()),
+    };
+    let request = JobRequest {
+        name: args
+            .job_name
+            .clone()
+            .unwrap_or_else(|| format!("batchd-run-{job_id}")),
+        model_id: args.model_id.clone(),
+        origin: JobOrigin::Run,
+        role_arn: None,
+        client_request_token: None,
+        invocation_type: args.invocation_type,
+        inputs,
+        output: output.to_string(),
+        timeout_hours: None,
+        request_json: serde_json::to_string(&record).ok(),
+    };
+    let job = store
+        .create(NewJob {
+            id: job_id,
+            arn: arn.to_string(),
+            request,
+            job_expiration_ms: None,
+        })
+        .await?;
+    Ok((job, lock))
 }
 
 /// First Ctrl-C / SIGTERM: stop taking records and finish cleanly. Second: exit now.

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use batchd_api::{ApiConfig, CreateJobRequest, JobService, ServiceError};
-use batchd_core::JobId;
+use batchd_api::ApiConfig;
+use batchd_core::JobOrigin;
 use batchd_engine::Engine;
-use batchd_engine::scheduler::{CreateJob, ModelEntry, Scheduler, SchedulerConfig, SchedulerError};
+use batchd_engine::scheduler::{ModelEntry, Scheduler, SchedulerConfig};
+use batchd_engine::service::SchedulerService;
 use batchd_storage::Storage;
-use batchd_store::{JobFilter, JobRecord, JobStore};
+use batchd_store::{SharedStore, SqliteStore};
 
 use crate::config::Config;
 
@@ -24,63 +25,10 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 }
 
-/// The API's view of the scheduler.
-struct SchedulerService(Scheduler);
-
-fn service_error(e: SchedulerError) -> ServiceError {
-    match e {
-        SchedulerError::UnknownModel(m) | SchedulerError::BadRequest(m) => {
-            ServiceError::Validation(m)
-        }
-        SchedulerError::Conflict(m) => ServiceError::Conflict(m),
-        SchedulerError::QuotaExceeded(m) => ServiceError::QuotaExceeded(m),
-        SchedulerError::NotFound(id) => ServiceError::NotFound(format!("Could not find job {id}")),
-        SchedulerError::Store(e) => ServiceError::Internal(e.to_string()),
-    }
-}
-
-#[async_trait::async_trait]
-impl JobService for SchedulerService {
-    async fn create_job(&self, r: CreateJobRequest) -> Result<JobRecord, ServiceError> {
-        let job = CreateJob {
-            name: r.job_name,
-            model_id: r.model_id,
-            role_arn: Some(r.role_arn),
-            client_request_token: r.client_request_token,
-            invocation_type: r.invocation_type,
-            input_uri: r.input_uri,
-            output_uri: r.output_uri,
-            timeout_hours: r.timeout_hours,
-            request_json: Some(r.request_json),
-        };
-        self.0.create(job).await.map_err(service_error)
-    }
-
-    async fn get_job(&self, id: &JobId) -> Result<JobRecord, ServiceError> {
-        match self.0.store().get(id).await {
-            Ok(Some(job)) => Ok(job),
-            Ok(None) => Err(ServiceError::NotFound(format!("Could not find job {id}"))),
-            Err(e) => Err(ServiceError::Internal(e.to_string())),
-        }
-    }
-
-    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, ServiceError> {
-        self.0
-            .store()
-            .list(&filter)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))
-    }
-
-    async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError> {
-        self.0.stop(id).await.map_err(service_error)
-    }
-}
-
 /// What `GET /batchd/metrics` reads.
 struct Metrics {
     limiters: Vec<(String, Arc<batchd_backends::adaptive::Limiter>)>,
-    store: JobStore,
+    store: SharedStore,
 }
 
 /// `GET /batchd/metrics`: each remote model's adaptive concurrency limit, and the running
@@ -107,7 +55,7 @@ async fn metrics(
         .collect();
     let running = m
         .store
-        .list_in_status(&[batchd_core::JobStatus::InProgress])
+        .list_in_status(JobOrigin::Api, &[batchd_core::JobStatus::InProgress])
         .await
         .unwrap_or_default();
     let jobs: Vec<serde_json::Value> = running
@@ -115,10 +63,10 @@ async fn metrics(
         .map(|j| {
             serde_json::json!({
                 "jobId": j.id.as_str(),
-                "modelId": j.model_id,
+                "modelId": j.request.model_id,
                 "processedRecordCount": j.counters.processed,
                 "totalRecordCount": j.counters.total,
-                "concurrencyLimit": limit_of(&j.model_id).map(|l| l.current_limit()),
+                "concurrencyLimit": limit_of(&j.request.model_id).map(|l| l.current_limit()),
             })
         })
         .collect();
@@ -132,9 +80,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut engine_config = config.engine_config(None);
     engine_config.quotas = Some(config.quotas.quotas());
     let engine = Engine::new(storage, engine_config);
-    let store = JobStore::open(&data_dir.join("batchd.sqlite"))
-        .await
-        .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
+    let store: SharedStore = Arc::new(
+        SqliteStore::open(&data_dir.join("batchd.sqlite"))
+            .await
+            .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?,
+    );
 
     let mut models = HashMap::new();
     // Each remote model's adaptive limit, for GET /batchd/metrics.

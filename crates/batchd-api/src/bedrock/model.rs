@@ -1,8 +1,7 @@
 //! The job object of GetModelInvocationJob and of ListModelInvocationJobs' summaries, built
-//! from a stored [`JobRecord`]. Absent optional members are omitted, never `null`.
+//! from a stored [`Job`]. Absent optional members are omitted, never `null`.
 
-use batchd_core::JobArn;
-use batchd_store::JobRecord;
+use batchd_core::{Job, JobArn};
 use serde_json::{Map, Value, json};
 
 use super::ApiConfig;
@@ -13,15 +12,16 @@ pub const MESSAGE_MAX_CHARS: usize = 2048;
 
 /// The job as Bedrock's `GetModelInvocationJobResponse` / `ModelInvocationJobSummary` (the
 /// two share their members; `jobName` is always present here).
-pub fn job_json(job: &JobRecord, config: &ApiConfig) -> Value {
+pub fn job_json(job: &Job, config: &ApiConfig) -> Value {
+    let r = &job.request;
     let mut m = Map::new();
     m.insert("jobArn".into(), job_arn(job, config).into());
-    m.insert("jobName".into(), job.name.clone().into());
-    m.insert("modelId".into(), job.model_id.clone().into());
-    if let Some(token) = &job.client_request_token {
+    m.insert("jobName".into(), r.name.clone().into());
+    m.insert("modelId".into(), r.model_id.clone().into());
+    if let Some(token) = &r.client_request_token {
         m.insert("clientRequestToken".into(), token.clone().into());
     }
-    if let Some(role) = &job.role_arn {
+    if let Some(role) = &r.role_arn {
         m.insert("roleArn".into(), role.clone().into());
     }
     m.insert("status".into(), job.status.as_str().into());
@@ -41,24 +41,26 @@ pub fn job_json(job: &JobRecord, config: &ApiConfig) -> Value {
     time("endTime", job.end_time_ms);
     time("jobExpirationTime", job.job_expiration_ms);
 
-    let echoed = Echoed::from_request(job.request_json.as_deref());
+    let echoed = Echoed::from_request(r.request_json.as_deref());
+    // A job of this API has exactly one input (its create request's s3Uri).
+    let input = r.inputs.first().map_or("", String::as_str);
     m.insert(
         "inputDataConfig".into(),
-        json!({ "s3InputDataConfig": echoed.input.unwrap_or_else(|| json!({ "s3Uri": job.input_uri })) }),
+        json!({ "s3InputDataConfig": echoed.input.unwrap_or_else(|| json!({ "s3Uri": input })) }),
     );
     m.insert(
         "outputDataConfig".into(),
-        json!({ "s3OutputDataConfig": echoed.output.unwrap_or_else(|| json!({ "s3Uri": job.output_uri })) }),
+        json!({ "s3OutputDataConfig": echoed.output.unwrap_or_else(|| json!({ "s3Uri": r.output })) }),
     );
     if let Some(vpc) = echoed.vpc {
         m.insert("vpcConfig".into(), vpc);
     }
-    if let Some(hours) = job.timeout_hours {
+    if let Some(hours) = r.timeout_hours {
         m.insert("timeoutDurationInHours".into(), hours.into());
     }
     m.insert(
         "modelInvocationType".into(),
-        job.invocation_type.as_str().into(),
+        r.invocation_type.as_str().into(),
     );
     let c = &job.counters;
     m.insert("totalRecordCount".into(), c.total.into());
@@ -69,7 +71,7 @@ pub fn job_json(job: &JobRecord, config: &ApiConfig) -> Value {
 }
 
 /// The stored ARN; one made from the config for a job stored without one.
-pub fn job_arn(job: &JobRecord, config: &ApiConfig) -> String {
+pub fn job_arn(job: &Job, config: &ApiConfig) -> String {
     if job.arn.is_empty() {
         JobArn::new(&config.region, &config.account_id, job.id.clone()).to_string()
     } else {
@@ -143,29 +145,32 @@ impl Echoed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use batchd_core::{Counters, InvocationType, JobId, JobStatus};
+    use batchd_core::{Counters, InvocationType, JobId, JobOrigin, JobRequest, JobStatus};
 
-    fn record() -> JobRecord {
-        JobRecord {
+    fn record() -> Job {
+        Job {
             id: JobId::parse("abc123def456").unwrap(),
             arn: "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123def456".into(),
-            name: "j".into(),
-            model_id: "m".into(),
-            role_arn: None,
-            client_request_token: None,
-            invocation_type: InvocationType::Converse,
-            input_uri: "s3://b/in/".into(),
-            output_uri: "s3://b/out/".into(),
+            request: JobRequest {
+                name: "j".into(),
+                model_id: "m".into(),
+                origin: JobOrigin::Api,
+                role_arn: None,
+                client_request_token: None,
+                invocation_type: InvocationType::Converse,
+                inputs: vec!["s3://b/in/".into()],
+                output: "s3://b/out/".into(),
+                timeout_hours: None,
+                request_json: None,
+            },
             status: JobStatus::Submitted,
             message: None,
-            timeout_hours: None,
             submit_time_ms: 1_736_935_200_123,
             last_modified_ms: 1_736_935_200_124,
             end_time_ms: None,
             job_expiration_ms: None,
             counters: Counters::default(),
             checkpoint: Default::default(),
-            request_json: None,
         }
     }
 
@@ -210,7 +215,7 @@ mod tests {
         let mut job = record();
         job.arn = String::new();
         job.message = Some("é".repeat(3000));
-        job.request_json = Some(
+        job.request.request_json = Some(
             r#"{"inputDataConfig":{"s3InputDataConfig":{"s3Uri":"s3://b/in/","s3InputFormat":"JSONL","junk":1}},
                 "outputDataConfig":{"s3OutputDataConfig":{"s3Uri":"s3://b/out/","s3BucketOwner":"123456789012"}},
                 "vpcConfig":{"subnetIds":["s-1"],"securityGroupIds":["sg-1"]}}"#

@@ -8,7 +8,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use batchd_core::{JobArn, JobId};
-use batchd_store::JobFilter;
+use batchd_core::{JobFilter, JobOrigin};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
@@ -103,6 +103,7 @@ pub(super) async fn list(
     })?;
     let q = validate::parse_list_query(&pairs)?;
     let filter = JobFilter {
+        origin: JobOrigin::Api,
         submit_time_after_ms: q.submit_time_after_ms,
         submit_time_before_ms: q.submit_time_before_ms,
         status: q.status,

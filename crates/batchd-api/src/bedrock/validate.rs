@@ -6,13 +6,12 @@
 //! The model's patterns are matched whole (as the service's Java validators do); there is
 //! no regex crate in the workspace, so each pattern is a small hand-written matcher.
 
-use batchd_core::{InvocationType, JobId, JobStatus};
+use batchd_core::{InvocationType, JobId, JobOrigin, JobRequest, JobStatus};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::timestamp;
 use super::token::PageToken;
-use crate::CreateJobRequest;
 
 pub const JOB_NAME_PATTERN: &str = r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}";
 pub const ROLE_ARN_PATTERN: &str = "arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+";
@@ -430,7 +429,7 @@ fn check_bucket_owner(v: &mut Violations, obj: &Map<String, Value>, parent: &str
 
 /// Validates a CreateModelInvocationJob body and turns it into a [`CreateJobRequest`]
 /// (`request_json` is the body as received). An empty body counts as `{}`.
-pub fn parse_create(body: &[u8]) -> Result<CreateJobRequest, ApiError> {
+pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::validation("The request body is not valid UTF-8."))?;
     let value: Value = if text.trim().is_empty() {
@@ -530,16 +529,18 @@ pub fn parse_create(body: &[u8]) -> Result<CreateJobRequest, ApiError> {
             "1 validation error detected: a required member is missing",
         ));
     };
-    Ok(CreateJobRequest {
-        job_name: job_name.to_owned(),
+    Ok(JobRequest {
+        name: job_name.to_owned(),
         model_id: model_id.to_owned(),
-        role_arn: role_arn.to_owned(),
+        origin: JobOrigin::Api,
+        role_arn: Some(role_arn.to_owned()),
         client_request_token: token.map(str::to_owned),
         invocation_type: invocation_type.unwrap_or(InvocationType::InvokeModel),
-        input_uri: input_uri.to_owned(),
-        output_uri: output_uri.to_owned(),
+        inputs: vec![input_uri.to_owned()],
+        output: output_uri.to_owned(),
         timeout_hours,
-        request_json: text.to_owned(),
+        // Get echoes `inputDataConfig`, `outputDataConfig`, `vpcConfig` and `tags` from it.
+        request_json: Some(text.to_owned()),
     })
 }
 
@@ -895,13 +896,18 @@ mod tests {
     #[test]
     fn a_minimal_create_body_parses_with_defaults() {
         let req = parse_create(body("").as_bytes()).unwrap();
-        assert_eq!(req.job_name, "j1");
+        assert_eq!(req.name, "j1");
+        assert_eq!(req.origin, JobOrigin::Api);
+        assert_eq!(
+            req.role_arn.as_deref(),
+            Some("arn:aws:iam::123456789012:role/r")
+        );
         assert_eq!(req.invocation_type, InvocationType::InvokeModel);
-        assert_eq!(req.input_uri, "s3://bucket/in/");
-        assert_eq!(req.output_uri, "s3://bucket/out/");
+        assert_eq!(req.inputs, ["s3://bucket/in/"]);
+        assert_eq!(req.output, "s3://bucket/out/");
         assert_eq!(req.timeout_hours, None);
         assert_eq!(req.client_request_token, None);
-        assert_eq!(req.request_json, body(""));
+        assert_eq!(req.request_json, Some(body("")));
     }
 
     #[test]

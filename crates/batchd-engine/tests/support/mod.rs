@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
-use batchd_core::{InvocationType, JobId};
-use batchd_engine::scheduler::{CreateJob, ModelEntry, Scheduler, SchedulerConfig};
+use batchd_core::{InvocationType, Job, JobId, JobOrigin, JobRequest};
+use batchd_engine::scheduler::{ModelEntry, Scheduler, SchedulerConfig};
 use batchd_engine::{Engine, EngineConfig, RecordOptions};
 use batchd_storage::{Storage, StorageConfig};
-use batchd_store::{JobRecord, JobStore};
+use batchd_store::SqliteStore;
 use batchd_testkit::FakeServer;
 
 pub const MODEL: &str = "test.model-v1";
@@ -42,7 +42,7 @@ pub async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -
         ..Default::default()
     }));
     let engine = Engine::new(storage, EngineConfig::default());
-    let store = JobStore::open(&dir.join("batchd.sqlite")).await.unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.join("batchd.sqlite")).await.unwrap());
     let backend = Arc::new(
         OpenAiBackend::new(OpenAiConfig {
             base_url: fake.base_url(),
@@ -71,21 +71,23 @@ pub async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -
     )
 }
 
-pub fn create(name: &str, timeout_hours: Option<u32>) -> CreateJob {
-    CreateJob {
+/// A server job's request over `s3://bucket/in/`.
+pub fn create(name: &str, timeout_hours: Option<u32>) -> JobRequest {
+    JobRequest {
         name: name.into(),
         model_id: MODEL.into(),
+        origin: JobOrigin::Api,
         role_arn: None,
         client_request_token: None,
         invocation_type: InvocationType::Converse,
-        input_uri: "s3://bucket/in/".into(),
-        output_uri: "s3://bucket/out/".into(),
+        inputs: vec!["s3://bucket/in/".into()],
+        output: "s3://bucket/out/".into(),
         timeout_hours,
         request_json: None,
     }
 }
 
-pub async fn wait_for(s: &Scheduler, id: &JobId, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
+pub async fn wait_for(s: &Scheduler, id: &JobId, done: impl Fn(&Job) -> bool) -> Job {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let job = s.store().get(id).await.unwrap().unwrap();

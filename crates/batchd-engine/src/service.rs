@@ -1,0 +1,52 @@
+//! The scheduler as the APIs' [`JobService`] (feature `api`): one adapter that `batchd serve`
+//! and the API crate's HTTP tests both use, so those tests exercise the real scheduler.
+
+use batchd_api::{JobService, ServiceError};
+use batchd_core::{Job, JobFilter, JobId, JobOrigin, JobRequest};
+
+use crate::scheduler::{Scheduler, SchedulerError};
+
+/// The API's view of the scheduler: only jobs of origin `Api` exist for it.
+#[derive(Clone)]
+pub struct SchedulerService(pub Scheduler);
+
+fn service_error(e: SchedulerError) -> ServiceError {
+    match e {
+        SchedulerError::UnknownModel(m) | SchedulerError::BadRequest(m) => {
+            ServiceError::Validation(m)
+        }
+        SchedulerError::Conflict(m) => ServiceError::Conflict(m),
+        SchedulerError::QuotaExceeded(m) => ServiceError::QuotaExceeded(m),
+        SchedulerError::NotFound(id) => ServiceError::NotFound(format!("Could not find job {id}")),
+        SchedulerError::Store(e) => ServiceError::Internal(e.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl JobService for SchedulerService {
+    async fn create_job(&self, request: JobRequest) -> Result<Job, ServiceError> {
+        self.0.create(request).await.map_err(service_error)
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Job, ServiceError> {
+        match self.0.store().get(id).await {
+            // `batchd run`'s jobs are not the API's: not found, as an unknown id.
+            Ok(Some(job)) if job.request.origin == JobOrigin::Api => Ok(job),
+            Ok(_) => Err(ServiceError::NotFound(format!("Could not find job {id}"))),
+            Err(e) => Err(ServiceError::Internal(e.to_string())),
+        }
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, ServiceError> {
+        self.0
+            .store()
+            .list(&filter)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError> {
+        self.get_job(id).await?;
+        self.0.stop(id).await.map_err(service_error)
+    }
+}

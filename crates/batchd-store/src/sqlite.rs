@@ -1,0 +1,557 @@
+//! [`SqliteStore`]: the job store in one SQLite file (or in memory) through `sqlx`, with the
+//! schema made by the embedded migrations in `migrations/`.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use batchd_core::{
+    Checkpoint, Counters, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobStatus, NewJob,
+};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, SqlSafeStr, Sqlite, SqlitePool};
+
+use crate::{ACTIVE_STATUSES, JobStore, StoreError, now_ms};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "jobs", include_str!("../migrations/0001_jobs.sql")),
+    (
+        2,
+        "checkpoints",
+        include_str!("../migrations/0002_checkpoints.sql"),
+    ),
+    (
+        3,
+        "job files",
+        include_str!("../migrations/0003_job_files.sql"),
+    ),
+    (
+        4,
+        "origin and inputs",
+        include_str!("../migrations/0004_origin_inputs.sql"),
+    ),
+];
+
+fn migrator() -> Migrator {
+    migrator_upto(MIGRATIONS.len())
+}
+
+/// The first `n` migrations (tests build older schemas with it).
+fn migrator_upto(n: usize) -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS[..n.min(MIGRATIONS.len())]
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Jobs in SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL survives a process crash (not a power loss) without an fsync per commit.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// An in-memory store (tests, and `batchd run` with no data dir to keep).
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // One connection: each in-memory connection would otherwise be its own database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for SqliteStore {
+    async fn create(&self, job: NewJob) -> Result<Job, StoreError> {
+        let now = now_ms();
+        let r = &job.request;
+        let inputs = serde_json::to_string(&r.inputs).map_err(|e| StoreError::Corrupt {
+            column: "inputs",
+            value: e.to_string(),
+        })?;
+        sqlx::query(
+            "INSERT INTO jobs (job_id, job_arn, job_name, model_id, origin, role_arn,
+                client_request_token, invocation_type, inputs, input_uri, output_uri, status,
+                timeout_hours, submit_time_ms, last_modified_ms, job_expiration_ms, request_json)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(job.id.as_str())
+        .bind(&job.arn)
+        .bind(&r.name)
+        .bind(&r.model_id)
+        .bind(r.origin.as_str())
+        .bind(&r.role_arn)
+        .bind(&r.client_request_token)
+        .bind(r.invocation_type.as_str())
+        .bind(inputs)
+        // The column `inputs` replaced; kept filled for a batchd from before it that opens
+        // this file.
+        .bind(r.inputs.join("\n"))
+        .bind(&r.output)
+        .bind(JobStatus::Submitted.as_str())
+        .bind(r.timeout_hours.map(i64::from))
+        .bind(now)
+        .bind(now)
+        .bind(job.job_expiration_ms)
+        .bind(&r.request_json)
+        .execute(&self.pool)
+        .await?;
+        self.get(&job.id).await?.ok_or(StoreError::NotFound(job.id))
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE job_id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_job).transpose()
+    }
+
+    async fn list_in_status(
+        &self,
+        origin: JobOrigin,
+        statuses: &[JobStatus],
+    ) -> Result<Vec<Job>, StoreError> {
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE origin = ");
+        q.push_bind(origin.as_str()).push(" AND status IN (");
+        let mut list = q.separated(", ");
+        for status in statuses {
+            list.push_bind(status.as_str());
+        }
+        q.push(") ORDER BY submit_time_ms, job_id");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(row_to_job).collect()
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE origin = ");
+        q.push_bind(filter.origin.as_str());
+        if let Some(t) = filter.submit_time_after_ms {
+            q.push(" AND submit_time_ms > ").push_bind(t);
+        }
+        if let Some(t) = filter.submit_time_before_ms {
+            q.push(" AND submit_time_ms < ").push_bind(t);
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(name) = &filter.name_contains {
+            q.push(" AND instr(job_name, ")
+                .push_bind(name.clone())
+                .push(") > 0");
+        }
+        let (cmp, order) = if filter.ascending {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        if let Some((time, id)) = &filter.after {
+            q.push(format_args!(" AND (submit_time_ms, job_id) {cmp} ("))
+                .push_bind(*time)
+                .push(", ")
+                .push_bind(id.clone())
+                .push(")");
+        }
+        q.push(format_args!(
+            " ORDER BY submit_time_ms {order}, job_id {order} LIMIT "
+        ))
+        .push_bind(i64::from(filter.limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(row_to_job).collect()
+    }
+
+    async fn find_by_token(&self, token: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE client_request_token = ?")
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_job).transpose()
+    }
+
+    async fn find_active_by_name(
+        &self,
+        origin: JobOrigin,
+        name: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE job_name = ");
+        q.push_bind(name)
+            .push(" AND origin = ")
+            .push_bind(origin.as_str())
+            .push(" AND status IN (");
+        let mut list = q.separated(", ");
+        for status in ACTIVE_STATUSES {
+            list.push_bind(status.as_str());
+        }
+        q.push(") LIMIT 1");
+        let row = q.build().fetch_optional(&self.pool).await?;
+        row.as_ref().map(row_to_job).transpose()
+    }
+
+    async fn set_job_files(&self, id: &JobId, files: &[JobFile]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM job_files WHERE job_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for (idx, file) in files.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO job_files (job_id, idx, uri, relative, size, version) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id.as_str())
+            .bind(i64::try_from(idx).unwrap_or(i64::MAX))
+            .bind(&file.uri)
+            .bind(&file.relative)
+            .bind(i64::try_from(file.size).unwrap_or(i64::MAX))
+            .bind(file.version.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn job_files(&self, id: &JobId) -> Result<Vec<JobFile>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT uri, relative, size, version FROM job_files WHERE job_id = ? ORDER BY idx",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(JobFile {
+                    uri: row.try_get("uri")?,
+                    relative: row.try_get("relative")?,
+                    size: to_u64(row.try_get("size")?),
+                    version: row.try_get("version")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn transition(
+        &self,
+        id: &JobId,
+        to: JobStatus,
+        message: Option<&str>,
+    ) -> Result<Job, StoreError> {
+        loop {
+            let job = self
+                .get(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            job.status
+                .transition(to)
+                .map_err(|source| StoreError::Transition {
+                    job: id.clone(),
+                    source,
+                })?;
+            let now = now_ms();
+            let end_time = to.is_terminal().then_some(now);
+            let done = sqlx::query(
+                "UPDATE jobs SET status = ?, message = COALESCE(?, message), last_modified_ms = ?,
+                    end_time_ms = COALESCE(?, end_time_ms)
+                 WHERE job_id = ? AND status = ?",
+            )
+            .bind(to.as_str())
+            .bind(message)
+            .bind(now)
+            .bind(end_time)
+            .bind(id.as_str())
+            .bind(job.status.as_str())
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                return self
+                    .get(id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(id.clone()));
+            }
+        }
+    }
+
+    async fn update_counters(&self, id: &JobId, c: &Counters) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET total_records = ?, processed_records = ?, success_records = ?,
+                error_records = ?, input_tokens = ?, output_tokens = ?, last_modified_ms = ?
+             WHERE job_id = ?",
+        )
+        .bind(to_i64(c.total))
+        .bind(to_i64(c.processed))
+        .bind(to_i64(c.success))
+        .bind(to_i64(c.error))
+        .bind(to_i64(c.input_tokens))
+        .bind(to_i64(c.output_tokens))
+        .bind(now_ms())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&self, id: &JobId, ckpt: &Checkpoint) -> Result<bool, StoreError> {
+        let c = &ckpt.counters;
+        let done = sqlx::query(
+            "UPDATE jobs SET ckpt_file = ?, ckpt_records = ?, ckpt_position = ?,
+                total_records = ?, processed_records = ?, success_records = ?, error_records = ?,
+                input_tokens = ?, output_tokens = ?, last_modified_ms = ?
+             WHERE job_id = ? AND (ckpt_file, ckpt_records) <= (?, ?)",
+        )
+        .bind(to_i64(ckpt.file_index))
+        .bind(to_i64(ckpt.records_in_file))
+        .bind(to_i64(ckpt.position))
+        .bind(to_i64(c.total))
+        .bind(to_i64(c.processed))
+        .bind(to_i64(c.success))
+        .bind(to_i64(c.error))
+        .bind(to_i64(c.input_tokens))
+        .bind(to_i64(c.output_tokens))
+        .bind(now_ms())
+        .bind(id.as_str())
+        .bind(to_i64(ckpt.file_index))
+        .bind(to_i64(ckpt.records_in_file))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_message(&self, id: &JobId, message: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET message = ?, last_modified_ms = ? WHERE job_id = ?")
+            .bind(message)
+            .bind(now_ms())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        // Closing the pool checkpoints SQLite's WAL into the database file.
+        self.pool.close().await;
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
+    let id: String = row.try_get("job_id")?;
+    let status: String = row.try_get("status")?;
+    let origin: String = row.try_get("origin")?;
+    let invocation_type: String = row.try_get("invocation_type")?;
+    let inputs: String = row.try_get("inputs")?;
+    let timeout_hours: Option<i64> = row.try_get("timeout_hours")?;
+    let corrupt = |column: &'static str, value: &str| StoreError::Corrupt {
+        column,
+        value: value.to_owned(),
+    };
+    let counters = Counters {
+        total: to_u64(row.try_get("total_records")?),
+        processed: to_u64(row.try_get("processed_records")?),
+        success: to_u64(row.try_get("success_records")?),
+        error: to_u64(row.try_get("error_records")?),
+        input_tokens: to_u64(row.try_get("input_tokens")?),
+        output_tokens: to_u64(row.try_get("output_tokens")?),
+    };
+    Ok(Job {
+        id: JobId::parse(&id).map_err(|_| corrupt("job_id", &id))?,
+        arn: row.try_get("job_arn")?,
+        request: JobRequest {
+            name: row.try_get("job_name")?,
+            model_id: row.try_get("model_id")?,
+            origin: origin.parse().map_err(|_| corrupt("origin", &origin))?,
+            role_arn: row.try_get("role_arn")?,
+            client_request_token: row.try_get("client_request_token")?,
+            invocation_type: invocation_type
+                .parse()
+                .map_err(|_| corrupt("invocation_type", &invocation_type))?,
+            inputs: serde_json::from_str(&inputs).map_err(|_| corrupt("inputs", &inputs))?,
+            output: row.try_get("output_uri")?,
+            timeout_hours: timeout_hours.and_then(|h| u32::try_from(h).ok()),
+            request_json: row.try_get("request_json")?,
+        },
+        status: status.parse().map_err(|_| corrupt("status", &status))?,
+        message: row.try_get("message")?,
+        submit_time_ms: row.try_get("submit_time_ms")?,
+        last_modified_ms: row.try_get("last_modified_ms")?,
+        end_time_ms: row.try_get("end_time_ms")?,
+        job_expiration_ms: row.try_get("job_expiration_ms")?,
+        counters,
+        checkpoint: Checkpoint {
+            file_index: to_u64(row.try_get("ckpt_file")?),
+            records_in_file: to_u64(row.try_get("ckpt_records")?),
+            position: to_u64(row.try_get("ckpt_position")?),
+            counters,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! What only SQLite does: files, reopening, migrating older files. The behaviour every
+    //! store shares is in `tests/conformance.rs`.
+    use super::*;
+    use batchd_core::InvocationType;
+
+    fn new_job(id: &str) -> NewJob {
+        NewJob {
+            id: JobId::parse(id).unwrap(),
+            arn: format!("arn:aws:bedrock:us-east-1:000000000000:model-invocation-job/{id}"),
+            request: JobRequest {
+                name: "job".into(),
+                model_id: "m".into(),
+                origin: JobOrigin::Api,
+                role_arn: Some("arn:aws:iam::000000000000:role/r".into()),
+                client_request_token: Some(format!("tok-{id}")),
+                invocation_type: InvocationType::Converse,
+                inputs: vec!["in".into()],
+                output: "out".into(),
+                timeout_hours: Some(24),
+                request_json: None,
+            },
+            job_expiration_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn counters_and_jobs_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db/batchd.sqlite");
+        let id = JobId::parse("bbbbbbbbbbbb").unwrap();
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store.create(new_job(id.as_str())).await.unwrap();
+            store
+                .transition(&id, JobStatus::Validating, None)
+                .await
+                .unwrap();
+            let c = Counters {
+                total: 10,
+                processed: 4,
+                success: 3,
+                error: 1,
+                input_tokens: 40,
+                output_tokens: 50,
+            };
+            store.update_counters(&id, &c).await.unwrap();
+            store.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let job = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Validating);
+        assert_eq!(job.counters.processed, 4);
+        assert_eq!(job.counters.output_tokens, 50);
+        assert_eq!(job.request, new_job(id.as_str()).request);
+        let validating = store
+            .list_in_status(JobOrigin::Api, &[JobStatus::Validating])
+            .await
+            .unwrap();
+        assert_eq!(validating.len(), 1);
+    }
+
+    /// A file written by a batchd from before migration 4 (inputs "\n"-joined, origin
+    /// implied by the role ARN) reads back with the inputs as a list and the origin explicit.
+    #[tokio::test]
+    async fn a_file_from_before_origin_and_inputs_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("batchd.sqlite");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        migrator_upto(3).run(&pool).await.unwrap();
+        for (id, role, inputs) in [
+            ("aaaaaaaaaaa1", Some("arn:aws:iam::1:role/r"), "s3://b/in/"),
+            (
+                "aaaaaaaaaaa2",
+                None,
+                "/x/a.jsonl\n/x/b dir/\n/x/\"q\".jsonl",
+            ),
+        ] {
+            sqlx::query(
+                "INSERT INTO jobs (job_id, job_arn, job_name, model_id, role_arn, invocation_type,
+                    input_uri, output_uri, status, submit_time_ms, last_modified_ms)
+                 VALUES (?, '', 'n', 'm', ?, 'Converse', ?, 'out', 'Completed', 1, 1)",
+            )
+            .bind(id)
+            .bind(role)
+            .bind(inputs)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let get = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .get(&JobId::parse(id).unwrap())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        let api = get("aaaaaaaaaaa1").await;
+        assert_eq!(api.request.origin, JobOrigin::Api);
+        assert_eq!(api.request.inputs, ["s3://b/in/"]);
+        let run = get("aaaaaaaaaaa2").await;
+        assert_eq!(run.request.origin, JobOrigin::Run);
+        assert_eq!(
+            run.request.inputs,
+            ["/x/a.jsonl", "/x/b dir/", "/x/\"q\".jsonl"]
+        );
+    }
+}

@@ -1,0 +1,418 @@
+//! The `JobStore` conformance suite: what every implementation must do, run against each one
+//! (SQLite in memory and in a file today; a new implementation adds one line to `stores!`).
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchd_core::{
+    Checkpoint, Counters, InvocationType, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest,
+    JobStatus, NewJob,
+};
+use batchd_store::{JobStore, SharedStore, SqliteStore, StoreError};
+
+type Maker = fn() -> Pin<Box<dyn Future<Output = (SharedStore, Option<tempfile::TempDir>)>>>;
+
+fn sqlite_memory() -> Pin<Box<dyn Future<Output = (SharedStore, Option<tempfile::TempDir>)>>> {
+    Box::pin(async {
+        let store: SharedStore = Arc::new(SqliteStore::in_memory().await.unwrap());
+        (store, None)
+    })
+}
+
+fn sqlite_file() -> Pin<Box<dyn Future<Output = (SharedStore, Option<tempfile::TempDir>)>>> {
+    Box::pin(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(
+            SqliteStore::open(&dir.path().join("batchd.sqlite"))
+                .await
+                .unwrap(),
+        );
+        (store, Some(dir))
+    })
+}
+
+/// One `#[tokio::test]` per (store, case).
+macro_rules! stores {
+    ($($store:ident: $maker:expr;)*) => {
+        $(mod $store {
+            use super::*;
+            const MAKE: Maker = $maker;
+            cases!(
+                a_job_reads_back_as_it_was_created,
+                jobs_move_only_through_legal_transitions,
+                racing_transitions_have_one_winner,
+                list_filters_orders_and_pages_with_a_cursor,
+                list_in_status_keeps_to_its_origin_oldest_first,
+                tokens_and_active_names_are_found,
+                checkpoints_never_move_backwards,
+                a_jobs_file_list_round_trips_in_order_and_is_replaced_whole,
+                counters_and_messages_change_nothing_else,
+            );
+        })*
+    };
+}
+
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        $(#[tokio::test]
+        async fn $case() {
+            let (store, _dir) = MAKE().await;
+            super::$case(store.as_ref()).await;
+            store.close().await;
+        })*
+    };
+}
+
+stores! {
+    sqlite_in_memory: sqlite_memory;
+    sqlite_in_a_file: sqlite_file;
+}
+
+fn id(n: u32) -> JobId {
+    JobId::parse(&format!("{n:012x}")).unwrap()
+}
+
+fn request(origin: JobOrigin) -> JobRequest {
+    JobRequest {
+        name: "job".into(),
+        model_id: "m".into(),
+        origin,
+        role_arn: (origin == JobOrigin::Api).then(|| "arn:aws:iam::000000000000:role/r".into()),
+        client_request_token: None,
+        invocation_type: InvocationType::Converse,
+        inputs: vec!["s3://b/in/".into()],
+        output: "s3://b/out/".into(),
+        timeout_hours: Some(24),
+        request_json: None,
+    }
+}
+
+fn new_job(n: u32, request: JobRequest) -> NewJob {
+    NewJob {
+        id: id(n),
+        arn: format!(
+            "arn:aws:bedrock:us-east-1:000000000000:model-invocation-job/{}",
+            id(n)
+        ),
+        request,
+        job_expiration_ms: Some(1_000_000 + i64::from(n)),
+    }
+}
+
+/// Creates jobs a few milliseconds apart, so their submit times differ.
+async fn create_spaced(store: &dyn JobStore, jobs: Vec<NewJob>) -> Vec<Job> {
+    let mut out = Vec::new();
+    for job in jobs {
+        out.push(store.create(job).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    out
+}
+
+fn ids(jobs: &[Job]) -> Vec<String> {
+    jobs.iter().map(|j| j.id.to_string()).collect()
+}
+
+async fn a_job_reads_back_as_it_was_created(store: &dyn JobStore) {
+    let mut run = request(JobOrigin::Run);
+    run.inputs = vec![
+        "/data/a.jsonl".into(),
+        "/data/with space/".into(),
+        "s3://b/x\"y\".jsonl".into(),
+    ];
+    run.request_json = Some(r#"{"format":"nova"}"#.into());
+    run.timeout_hours = None;
+    for (n, request) in [(1, request(JobOrigin::Api)), (2, run)] {
+        let created = store.create(new_job(n, request.clone())).await.unwrap();
+        assert_eq!(created.request, request);
+        assert_eq!(created.status, JobStatus::Submitted);
+        assert_eq!(created.counters, Counters::default());
+        assert_eq!(created.checkpoint, Checkpoint::default());
+        assert_eq!(created.job_expiration_ms, Some(1_000_000 + i64::from(n)));
+        assert!(created.submit_time_ms > 0);
+        assert_eq!(created.end_time_ms, None);
+        assert_eq!(store.get(&id(n)).await.unwrap(), Some(created));
+    }
+    assert_eq!(store.get(&id(99)).await.unwrap(), None);
+}
+
+async fn jobs_move_only_through_legal_transitions(store: &dyn JobStore) {
+    let job = store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    let err = store
+        .transition(&job.id, JobStatus::InProgress, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Transition { .. }), "{err}");
+    for to in [
+        JobStatus::Validating,
+        JobStatus::Scheduled,
+        JobStatus::InProgress,
+    ] {
+        assert_eq!(
+            store.transition(&job.id, to, None).await.unwrap().status,
+            to
+        );
+    }
+    let done = store
+        .transition(&job.id, JobStatus::Completed, Some("all done"))
+        .await
+        .unwrap();
+    assert_eq!(done.message.as_deref(), Some("all done"));
+    assert!(done.end_time_ms.is_some());
+    let err = store
+        .transition(&job.id, JobStatus::Stopping, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Transition { .. }), "{err}");
+    let err = store
+        .transition(&id(99), JobStatus::Validating, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+/// Compare-and-set: of many writers making the same move, exactly one wins.
+async fn racing_transitions_have_one_winner(store: &dyn JobStore) {
+    store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    let job = id(1);
+    // Polled together on one task, so their reads and writes interleave.
+    let results = futures::future::join_all(
+        (0..8).map(|_| store.transition(&job, JobStatus::Validating, None)),
+    )
+    .await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "{results:?}");
+}
+
+async fn list_filters_orders_and_pages_with_a_cursor(store: &dyn JobStore) {
+    let jobs = (1..=4)
+        .map(|n| {
+            let mut r = request(JobOrigin::Api);
+            r.name = format!("{}-job-{n}", if n % 2 == 0 { "even" } else { "odd" });
+            new_job(n, r)
+        })
+        .chain([new_job(5, request(JobOrigin::Run))])
+        .collect();
+    let jobs = create_spaced(store, jobs).await;
+    store
+        .transition(&id(2), JobStatus::Validating, None)
+        .await
+        .unwrap();
+
+    let page = |after, ascending| JobFilter {
+        ascending,
+        after,
+        ..JobFilter::new(JobOrigin::Api, 2)
+    };
+    let first = store.list(&page(None, false)).await.unwrap();
+    assert_eq!(ids(&first), ids(&[jobs[3].clone(), jobs[2].clone()]));
+    let last = first.last().unwrap();
+    let cursor = Some((last.submit_time_ms, last.id.to_string()));
+    let second = store.list(&page(cursor, false)).await.unwrap();
+    assert_eq!(ids(&second), ids(&[jobs[1].clone(), jobs[0].clone()]));
+    let asc = store.list(&page(None, true)).await.unwrap();
+    assert_eq!(ids(&asc), ids(&jobs[..2]));
+
+    let odd = JobFilter {
+        name_contains: Some("odd".into()),
+        ..JobFilter::new(JobOrigin::Api, 10)
+    };
+    assert_eq!(store.list(&odd).await.unwrap().len(), 2);
+    let validating = JobFilter {
+        status: Some(JobStatus::Validating),
+        ..JobFilter::new(JobOrigin::Api, 10)
+    };
+    assert_eq!(
+        ids(&store.list(&validating).await.unwrap()),
+        [id(2).to_string()]
+    );
+    let after = JobFilter {
+        submit_time_after_ms: Some(jobs[1].submit_time_ms),
+        ..JobFilter::new(JobOrigin::Api, 10)
+    };
+    assert_eq!(store.list(&after).await.unwrap().len(), 2);
+    let before = JobFilter {
+        submit_time_before_ms: Some(jobs[1].submit_time_ms),
+        ..JobFilter::new(JobOrigin::Api, 10)
+    };
+    assert_eq!(
+        ids(&store.list(&before).await.unwrap()),
+        [id(1).to_string()]
+    );
+    let runs = store
+        .list(&JobFilter::new(JobOrigin::Run, 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(&runs), [id(5).to_string()]);
+}
+
+async fn list_in_status_keeps_to_its_origin_oldest_first(store: &dyn JobStore) {
+    let jobs = vec![
+        new_job(1, request(JobOrigin::Api)),
+        new_job(2, request(JobOrigin::Run)),
+        new_job(3, request(JobOrigin::Api)),
+        new_job(4, request(JobOrigin::Api)),
+    ];
+    create_spaced(store, jobs).await;
+    store
+        .transition(&id(4), JobStatus::Validating, None)
+        .await
+        .unwrap();
+    let submitted = store
+        .list_in_status(JobOrigin::Api, &[JobStatus::Submitted])
+        .await
+        .unwrap();
+    assert_eq!(ids(&submitted), [id(1).to_string(), id(3).to_string()]);
+    let both = store
+        .list_in_status(
+            JobOrigin::Api,
+            &[JobStatus::Validating, JobStatus::Submitted],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&both),
+        [id(1).to_string(), id(3).to_string(), id(4).to_string()]
+    );
+    let runs = store
+        .list_in_status(JobOrigin::Run, &[JobStatus::Submitted])
+        .await
+        .unwrap();
+    assert_eq!(ids(&runs), [id(2).to_string()]);
+    assert!(
+        store
+            .list_in_status(JobOrigin::Api, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn tokens_and_active_names_are_found(store: &dyn JobStore) {
+    let mut with_token = request(JobOrigin::Api);
+    with_token.client_request_token = Some("tok-1".into());
+    with_token.name = "named".into();
+    store.create(new_job(1, with_token.clone())).await.unwrap();
+    assert_eq!(
+        store.find_by_token("tok-1").await.unwrap().map(|j| j.id),
+        Some(id(1))
+    );
+    assert!(store.find_by_token("nope").await.unwrap().is_none());
+    // A second job with the same token is refused; the first stays.
+    assert!(store.create(new_job(2, with_token)).await.is_err());
+    assert!(store.get(&id(2)).await.unwrap().is_none());
+
+    let found = store
+        .find_active_by_name(JobOrigin::Api, "named")
+        .await
+        .unwrap();
+    assert_eq!(found.map(|j| j.id), Some(id(1)));
+    assert!(
+        store
+            .find_active_by_name(JobOrigin::Run, "named")
+            .await
+            .unwrap()
+            .is_none(),
+        "names are per origin"
+    );
+    for to in [JobStatus::Validating, JobStatus::Failed] {
+        store.transition(&id(1), to, Some("no")).await.unwrap();
+    }
+    assert!(
+        store
+            .find_active_by_name(JobOrigin::Api, "named")
+            .await
+            .unwrap()
+            .is_none(),
+        "an ended job does not hold its name"
+    );
+}
+
+async fn checkpoints_never_move_backwards(store: &dyn JobStore) {
+    let job = store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    let at = |file, records, processed| Checkpoint {
+        file_index: file,
+        records_in_file: records,
+        position: records * 10,
+        counters: Counters {
+            total: 100,
+            processed,
+            success: processed,
+            ..Counters::default()
+        },
+    };
+    assert!(store.checkpoint(&job.id, &at(0, 5, 5)).await.unwrap());
+    assert!(store.checkpoint(&job.id, &at(1, 2, 12)).await.unwrap());
+    assert!(
+        !store.checkpoint(&job.id, &at(0, 9, 9)).await.unwrap(),
+        "backwards is refused"
+    );
+    let job = store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(job.checkpoint, at(1, 2, 12));
+    assert_eq!(job.counters, at(1, 2, 12).counters);
+}
+
+async fn a_jobs_file_list_round_trips_in_order_and_is_replaced_whole(store: &dyn JobStore) {
+    let job = store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    assert!(store.job_files(&job.id).await.unwrap().is_empty());
+    let file = |n: u64, version: Option<&str>| JobFile {
+        uri: format!("s3://b/in/{n}.jsonl"),
+        relative: format!("{n}.jsonl"),
+        size: n * 1000,
+        version: version.map(str::to_owned),
+    };
+    let files = vec![
+        file(2, Some("\"e2\"")),
+        file(1, None),
+        file(3, Some("\"e3\"")),
+    ];
+    store.set_job_files(&job.id, &files).await.unwrap();
+    assert_eq!(store.job_files(&job.id).await.unwrap(), files);
+    store.set_job_files(&job.id, &files[..1]).await.unwrap();
+    assert_eq!(store.job_files(&job.id).await.unwrap(), files[..1]);
+    let other = store
+        .create(new_job(2, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    assert!(store.job_files(&other.id).await.unwrap().is_empty());
+}
+
+async fn counters_and_messages_change_nothing_else(store: &dyn JobStore) {
+    let job = store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    let c = Counters {
+        total: 10,
+        processed: 4,
+        success: 3,
+        error: 1,
+        input_tokens: 40,
+        output_tokens: 50,
+    };
+    store.update_counters(&job.id, &c).await.unwrap();
+    store.set_message(&job.id, "busy").await.unwrap();
+    let now = store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(now.counters, c);
+    assert_eq!(now.message.as_deref(), Some("busy"));
+    assert_eq!(now.status, JobStatus::Submitted);
+    assert_eq!(now.request, job.request);
+    assert_eq!(now.checkpoint.file_index, 0);
+    let err = store.update_counters(&id(99), &c).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
