@@ -1,6 +1,7 @@
 //! Where the embedded model files live: the cache dir and the layout `scripts/models.sh`
 //! writes. Nothing here downloads; a missing file is an error that names the fetch command.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::EmbeddedError;
@@ -13,9 +14,10 @@ pub const CHAT_DIR: &str = "smollm2-135m-instruct";
 pub const EMBEDDINGS_DIR: &str = "all-minilm-l6-v2";
 
 /// The models cache dir: `$BATCHD_MODELS_DIR`, else `${XDG_CACHE_HOME:-~/.cache}/batchd/models`
-/// (the same rule as `scripts/models.sh`). Reads the environment: call it once at start-up.
-pub fn default_cache_dir() -> PathBuf {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+/// (the same rule as `scripts/models.sh`), with `env` looking the variables up: the binary
+/// passes the process environment (ARCHITECTURE.md, invariant 8), tests pass what they like.
+pub fn default_cache_dir(env: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
     if let Some(dir) = var("BATCHD_MODELS_DIR") {
         return PathBuf::from(dir);
     }
@@ -94,5 +96,34 @@ mod tests {
         let err = locate(&dir).unwrap_err().to_string();
         assert!(err.contains("scripts/models.sh"), "{err}");
         assert!(err.contains(CHAT_GGUF), "{err}");
+    }
+
+    #[test]
+    fn the_cache_dir_follows_the_models_sh_rule() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let dir = |vars| default_cache_dir(env(vars));
+        assert_eq!(
+            dir(&[("BATCHD_MODELS_DIR", "/m"), ("HOME", "/h")]),
+            PathBuf::from("/m")
+        );
+        assert_eq!(
+            dir(&[
+                ("BATCHD_MODELS_DIR", ""),
+                ("XDG_CACHE_HOME", "/x"),
+                ("HOME", "/h")
+            ]),
+            PathBuf::from("/x/batchd/models")
+        );
+        assert_eq!(
+            dir(&[("HOME", "/h")]),
+            PathBuf::from("/h/.cache/batchd/models")
+        );
+        assert_eq!(dir(&[]), PathBuf::from(".cache/batchd/models"));
     }
 }

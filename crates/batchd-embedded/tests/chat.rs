@@ -23,7 +23,8 @@ const SLOTS: usize = 4;
 fn chat() -> Option<&'static EmbeddedChat> {
     static CHAT: OnceLock<Option<EmbeddedChat>> = OnceLock::new();
     CHAT.get_or_init(|| {
-        let files = match ChatModelFiles::locate(&default_cache_dir()) {
+        let files = match ChatModelFiles::locate(&default_cache_dir(|name| std::env::var_os(name)))
+        {
             Ok(files) => files,
             Err(e) if std::env::var_os("CI").is_none() => {
                 // Straight to stderr: libtest captures `eprintln!` of passing tests.

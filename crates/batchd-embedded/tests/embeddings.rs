@@ -18,7 +18,9 @@ fn model() -> Option<&'static EmbeddedEmbeddings> {
     static MODEL: OnceLock<Option<EmbeddedEmbeddings>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let files = match EmbeddingModelFiles::locate(&default_cache_dir()) {
+            let files = match EmbeddingModelFiles::locate(&default_cache_dir(|name| {
+                std::env::var_os(name)
+            })) {
                 Ok(files) => files,
                 Err(e) if std::env::var_os("CI").is_none() => {
                     // Straight to stderr: libtest captures `eprintln!` of passing tests.

@@ -38,7 +38,7 @@ impl EmbeddedSection {
     pub fn models_dir(&self) -> PathBuf {
         self.models_dir
             .clone()
-            .unwrap_or_else(batchd_embedded::default_cache_dir)
+            .unwrap_or_else(|| batchd_embedded::default_cache_dir(|name| std::env::var_os(name)))
     }
 
     pub fn chat_config(&self) -> anyhow::Result<ChatModelConfig> {

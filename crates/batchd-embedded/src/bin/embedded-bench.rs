@@ -48,7 +48,8 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let files = ChatModelFiles::locate(&default_cache_dir()).map_err(|e| e.to_string())?;
+    let files = ChatModelFiles::locate(&default_cache_dir(|name| std::env::var_os(name)))
+        .map_err(|e| e.to_string())?;
     let mut args = Args {
         records: 64,
         max_tokens: 128,
