@@ -50,8 +50,9 @@ pub enum EngineError {
     NotRunnable { job: JobId, status: JobStatus },
 }
 
-/// What to do with blank (whitespace-only) lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What to do with blank (whitespace-only) lines (`engine.blank_lines = "skip" | "reject"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BlankLines {
     /// Skip them: they are not records and not defects (line numbers still count them).
     #[default]
@@ -94,14 +95,19 @@ pub struct Quotas {
     pub max_job_bytes: u64,
 }
 
+impl Quotas {
+    /// Bedrock states the size quotas "in GB": decimal gigabytes, as the config's `*_gb` keys.
+    pub const BYTES_PER_GB: u64 = 1_000_000_000;
+}
+
 impl Default for Quotas {
     fn default() -> Self {
         Self {
             max_records_per_file: 50_000,
             max_records_per_job: 50_000,
             min_records_per_job: 1,
-            max_file_bytes: 1 << 30,
-            max_job_bytes: 5 << 30,
+            max_file_bytes: Self::BYTES_PER_GB,
+            max_job_bytes: 5 * Self::BYTES_PER_GB,
         }
     }
 }
@@ -133,6 +139,11 @@ pub struct JobSpec {
     pub records: RecordOptions,
     /// Records in flight at once.
     pub concurrency: usize,
+}
+
+impl JobSpec {
+    /// Records in flight per job when neither the model nor the caller says.
+    pub const DEFAULT_CONCURRENCY: usize = 16;
 }
 
 /// How one model's records are validated, translated and sent; from the model's config.
