@@ -688,60 +688,6 @@ mod tests {
     }
 
     #[test]
-    fn every_backend_reads_its_own_keys() {
-        let config: Config = toml::from_str(
-            r#"
-            [[models]]
-            id = "o"
-            backend = "openai"
-            base_url = "http://127.0.0.1:8000/v1"
-            api_key_env = "KEY"
-            [[models]]
-            id = "b"
-            backend = "bedrock"
-            model = "us.b"
-            region = "eu-west-1"
-            profile = "p"
-            endpoint_url = "http://127.0.0.1:1"
-            [[models]]
-            id = "e"
-            backend = "embedded"
-            model = "all-minilm-l6-v2"
-            embed_batch_size = 4
-            allow_tool_config = false
-            format = "titan-embed"
-            "#,
-        )
-        .unwrap();
-        config.check().unwrap();
-        let [o, b, e] = &config.models[..] else {
-            panic!("{:?}", config.models)
-        };
-        assert_eq!(
-            o.backend,
-            Backend::OpenAi(OpenAiModel {
-                base_url: "http://127.0.0.1:8000/v1".into(),
-                api_key_env: Some("KEY".into())
-            })
-        );
-        assert_eq!(o.backend_model(), "o");
-        assert_eq!(
-            b.backend,
-            Backend::Bedrock(BedrockModel {
-                endpoint_url: Some("http://127.0.0.1:1".into()),
-                region: Some("eu-west-1".into()),
-                profile: Some("p".into()),
-            })
-        );
-        assert_eq!(b.backend_model(), "us.b");
-        assert_eq!(e.backend.name(), "embedded");
-        let options = e.record_options();
-        assert_eq!(options.embed_batch_size, 4);
-        assert!(!options.converse.allow_tool_config);
-        assert_eq!(options.family, Some(ModelFamily::TitanEmbed));
-    }
-
-    #[test]
     fn config_defaults_are_the_engine_defaults() {
         let config = Config::default();
         // Debug covers every field, so a default written twice and changed once shows here.
@@ -782,8 +728,35 @@ mod tests {
         assert_eq!(blocks.len(), 2, "{blocks:?}");
         let full: Config = toml::from_str(blocks[0]).unwrap();
         full.check().unwrap();
-        let backends: Vec<_> = full.models.iter().map(|m| m.backend.name()).collect();
-        assert_eq!(backends, ["openai", "bedrock"]);
+        // Every backend's own keys reach its variant.
+        let [openai, bedrock] = &full.models[..] else {
+            panic!("{:?}", full.models)
+        };
+        assert_eq!(
+            openai.backend,
+            Backend::OpenAi(OpenAiModel {
+                base_url: "http://127.0.0.1:8000/v1".into(),
+                api_key_env: Some("OPENAI_API_KEY".into())
+            })
+        );
+        assert_eq!(openai.backend_model(), "name-the-server-knows");
+        let options = openai.record_options();
+        assert_eq!(
+            (options.family, options.embed_batch_size),
+            (Some(ModelFamily::Anthropic), 16)
+        );
+        assert_eq!(
+            bedrock.backend,
+            Backend::Bedrock(BedrockModel {
+                endpoint_url: Some("https://bedrock-runtime.us-east-1.amazonaws.com".into()),
+                region: Some("us-east-1".into()),
+                profile: Some("default".into()),
+            })
+        );
+        assert_eq!(
+            bedrock.backend_model(),
+            "us.anthropic.claude-3-5-sonnet-20240620-v1:0"
+        );
         // The README says its [engine], [server], [limits] and [quotas] values are the defaults.
         let defaults = Config::default();
         assert_eq!(full.engine, defaults.engine);
@@ -793,5 +766,6 @@ mod tests {
         let embedded: Config = toml::from_str(blocks[1]).unwrap();
         embedded.check().unwrap();
         assert_eq!(embedded.models[0].backend.name(), "embedded");
+        assert_eq!(embedded.embedded.slots, Some(32));
     }
 }

@@ -306,6 +306,13 @@ pub(crate) fn build_backend(
         .or(model.max_concurrency)
         .unwrap_or(default_concurrency)
         .max(1);
+    let cannot_build = || {
+        format!(
+            "model {}: cannot build the {} backend",
+            model.id,
+            model.backend.name()
+        )
+    };
     match &model.backend {
         Backend::Embedded(_) => {
             let kind = embedded::embedded_kind(model.model.as_deref(), &model.id)?;
@@ -329,13 +336,7 @@ pub(crate) fn build_backend(
                 api_key,
                 max_connections: concurrency,
             })
-            .with_context(|| {
-                format!(
-                    "model {}: cannot build the {} backend",
-                    model.id,
-                    model.backend.name()
-                )
-            })?;
+            .with_context(cannot_build)?;
             Ok((Arc::new(backend), concurrency))
         }
         Backend::Bedrock(bedrock) => {
@@ -346,13 +347,7 @@ pub(crate) fn build_backend(
                 max_connections: concurrency,
                 profile: bedrock.profile.clone(),
             })
-            .with_context(|| {
-                format!(
-                    "model {}: cannot build the {} backend",
-                    model.id,
-                    model.backend.name()
-                )
-            })?;
+            .with_context(cannot_build)?;
             Ok((Arc::new(backend), concurrency))
         }
     }
