@@ -619,6 +619,28 @@ mod tests {
         assert!(format!("{:#}", bad.check().unwrap_err()).contains("does not exist"));
     }
 
+    #[test]
+    fn backend_names_are_the_backend_keys_values() {
+        for backend in [
+            Backend::OpenAi(OpenAiModel {
+                base_url: "http://x/v1".into(),
+                api_key_env: None,
+            }),
+            Backend::Bedrock(BedrockModel::default()),
+            Backend::Embedded(EmbeddedModel {}),
+        ] {
+            let mut text = format!(
+                "[[models]]\nid = \"batchd.all-minilm-l6-v2\"\nbackend = \"{}\"\n",
+                backend.name()
+            );
+            if let Backend::OpenAi(o) = &backend {
+                text.push_str(&format!("base_url = \"{}\"\n", o.base_url));
+            }
+            let config: Config = toml::from_str(&text).unwrap();
+            assert_eq!(config.models[0].backend, backend);
+        }
+    }
+
     /// The parse error of a config with one `[[models]]` entry after a valid one.
     fn second_entry_error(entry: &str) -> String {
         let text = format!(
