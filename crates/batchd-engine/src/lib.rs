@@ -52,8 +52,9 @@ pub enum EngineError {
     NotRunnable { job: JobId, status: JobStatus },
 }
 
-/// What to do with blank (whitespace-only) lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What to do with blank (whitespace-only) lines (`engine.blank_lines = "skip" | "reject"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BlankLines {
     /// Skip them: they are not records and not defects (line numbers still count them).
     #[default]
@@ -96,14 +97,19 @@ pub struct Quotas {
     pub max_job_bytes: u64,
 }
 
+impl Quotas {
+    /// Bedrock states the size quotas "in GB": decimal gigabytes, as the config's `*_gb` keys.
+    pub const BYTES_PER_GB: u64 = 1_000_000_000;
+}
+
 impl Default for Quotas {
     fn default() -> Self {
         Self {
             max_records_per_file: 50_000,
             max_records_per_job: 50_000,
             min_records_per_job: 1,
-            max_file_bytes: 1 << 30,
-            max_job_bytes: 5 << 30,
+            max_file_bytes: Self::BYTES_PER_GB,
+            max_job_bytes: 5 * Self::BYTES_PER_GB,
         }
     }
 }
@@ -138,6 +144,9 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// Records in flight per job when neither the model nor the caller says.
+    pub const DEFAULT_CONCURRENCY: usize = 16;
+
     /// The spec of a stored job: its inputs and output parsed (stored URIs are absolute), and
     /// the record options and concurrency of the model it names.
     pub fn for_job(

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use batchd_engine::{BlankLines, EngineConfig, RecordOptions, RetryPolicy};
+use batchd_engine::scheduler::SchedulerConfig;
+use batchd_engine::{BlankLines, EngineConfig, JobSpec, Quotas, RecordOptions, RetryPolicy};
 use batchd_formats::converse::ConverseOptions;
 use batchd_formats::native::ModelFamily;
 use batchd_storage::StorageConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,12 +30,12 @@ pub struct Config {
     pub quotas: QuotasSection,
     #[serde(default)]
     pub embedded: crate::embedded::EmbeddedSection,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "models")]
     pub models: Vec<ModelConfig>,
 }
 
-/// Scheduling limits of `batchd serve`.
-#[derive(Debug, Clone, Deserialize)]
+/// Scheduling limits of `batchd serve`; the defaults are [`SchedulerConfig`]'s.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// Jobs executing at once.
@@ -50,17 +51,19 @@ pub struct LimitsSection {
 
 impl Default for LimitsSection {
     fn default() -> Self {
+        let s = SchedulerConfig::default();
         Self {
-            max_running_jobs: 2,
-            max_jobs_per_model: 20,
-            timeout_unit_seconds: 3600.0,
-            default_timeout_hours: 24,
+            max_running_jobs: s.max_running_jobs,
+            max_jobs_per_model: s.max_active_jobs_per_model,
+            timeout_unit_seconds: s.timeout_unit.as_secs_f64(),
+            default_timeout_hours: s.default_timeout_hours,
         }
     }
 }
 
-/// Bedrock's batch quotas, checked while a server job validates.
-#[derive(Debug, Clone, Deserialize)]
+/// Bedrock's batch quotas, checked while a server job validates; the defaults are
+/// [`Quotas`]'s.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotasSection {
     /// "Records per input file per batch inference job".
@@ -69,7 +72,7 @@ pub struct QuotasSection {
     pub records_per_job: u64,
     /// "Minimum number of records per batch inference job" (Bedrock: 100).
     pub min_records_per_job: u64,
-    /// "Batch inference input file size (in GB)".
+    /// "Batch inference input file size (in GB)", GB = 10^9 bytes.
     pub input_file_size_gb: f64,
     /// "Batch inference job size (in GB)".
     pub job_size_gb: f64,
@@ -77,31 +80,32 @@ pub struct QuotasSection {
 
 impl Default for QuotasSection {
     fn default() -> Self {
-        let q = batchd_engine::Quotas::default();
+        let q = Quotas::default();
+        let gb = |bytes: u64| bytes as f64 / Quotas::BYTES_PER_GB as f64;
         Self {
             records_per_input_file: q.max_records_per_file,
             records_per_job: q.max_records_per_job,
             min_records_per_job: q.min_records_per_job,
-            input_file_size_gb: 1.0,
-            job_size_gb: 5.0,
+            input_file_size_gb: gb(q.max_file_bytes),
+            job_size_gb: gb(q.max_job_bytes),
         }
     }
 }
 
 impl QuotasSection {
-    pub fn quotas(&self) -> batchd_engine::Quotas {
-        let gb = |g: f64| (g * 1e9).max(0.0) as u64;
-        batchd_engine::Quotas {
+    pub fn quotas(&self) -> Quotas {
+        let bytes = |g: f64| (g * Quotas::BYTES_PER_GB as f64).max(0.0) as u64;
+        Quotas {
             max_records_per_file: self.records_per_input_file,
             max_records_per_job: self.records_per_job,
             min_records_per_job: self.min_records_per_job,
-            max_file_bytes: gb(self.input_file_size_gb),
-            max_job_bytes: gb(self.job_size_gb),
+            max_file_bytes: bytes(self.input_file_size_gb),
+            max_job_bytes: bytes(self.job_size_gb),
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     /// S3 or S3-compatible endpoint; credentials and region come from `AWS_*` variables.
@@ -109,7 +113,8 @@ pub struct StorageSection {
     pub s3_region: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[engine]`; the defaults are the engine's ([`EngineConfig`], [`RetryPolicy`], [`JobSpec`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     /// Records in flight per model, unless the model sets `max_concurrency`.
@@ -121,7 +126,7 @@ pub struct EngineSection {
     pub retry_after_max_secs: f64,
     pub max_line_bytes: usize,
     /// "skip" (default) or "reject".
-    pub blank_lines: String,
+    pub blank_lines: BlankLines,
     /// After SIGTERM/SIGINT (or a stop), records in flight get this long to finish.
     pub shutdown_grace_seconds: f64,
     /// While a backend refuses connections, records wait this long before failing.
@@ -132,24 +137,26 @@ pub struct EngineSection {
 
 impl Default for EngineSection {
     fn default() -> Self {
-        let retry = RetryPolicy::default();
+        let engine = EngineConfig::default();
+        let retry = &engine.retry;
         Self {
-            concurrency: 16,
+            concurrency: JobSpec::DEFAULT_CONCURRENCY,
             max_attempts: retry.max_attempts,
             attempt_timeout_secs: retry.attempt_timeout.as_secs_f64(),
             backoff_base_ms: retry.base_backoff.as_millis() as u64,
             backoff_max_ms: retry.max_backoff.as_millis() as u64,
             retry_after_max_secs: retry.max_retry_after.as_secs_f64(),
-            max_line_bytes: EngineConfig::default().max_line_bytes,
-            blank_lines: "skip".into(),
-            shutdown_grace_seconds: EngineConfig::default().shutdown_grace.as_secs_f64(),
-            backend_down_seconds: EngineConfig::default().backend_down.as_secs_f64(),
+            max_line_bytes: engine.max_line_bytes,
+            blank_lines: engine.blank_lines,
+            shutdown_grace_seconds: engine.shutdown_grace.as_secs_f64(),
+            backend_down_seconds: engine.backend_down.as_secs_f64(),
             adaptive_concurrency: true,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[server]`; the defaults are [`SchedulerConfig`]'s.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Region and account that job ARNs carry.
@@ -159,84 +166,211 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
+        let s = SchedulerConfig::default();
         Self {
-            region: "us-east-1".into(),
-            account_id: "000000000000".into(),
+            region: s.region,
+            account_id: s.account_id,
         }
     }
 }
 
-/// A model id jobs may name, and the backend that serves it.
+/// A `[[models]]` entry: a model id jobs may name, and the backend that serves it. The keys
+/// every backend takes are fields here; `backend = "..."` picks a [`Backend`] variant, which
+/// takes the rest of the entry's keys and refuses any other.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The Bedrock model id jobs name.
     pub id: String,
-    /// openai | embedded | bedrock.
-    pub backend: String,
-    /// The OpenAI-compatible server's base URL (`http://host:port/v1`).
-    pub base_url: Option<String>,
-    /// The model name the server knows; defaults to `id`.
+    /// The model name the backend knows (openai: the server's, bedrock: Bedrock's model id,
+    /// embedded: which embedded model); defaults to `id`.
     pub model: Option<String>,
     pub max_concurrency: Option<usize>,
-    /// Name of the environment variable holding the API key, if the server needs one.
-    pub api_key_env: Option<String>,
-    /// Whether Converse records with `toolConfig` are accepted (default true).
+    /// Whether Converse records with `toolConfig` are accepted (default: [`ConverseOptions`]).
     pub allow_tool_config: Option<bool>,
     /// The InvokeModel body format of a custom model id (`anthropic`, `titan-text`,
     /// `titan-embed`, `nova`, `llama`, `mistral`); Bedrock ids imply theirs.
-    pub format: Option<String>,
-    /// Embedding records per backend call (default 16).
+    #[serde(default, deserialize_with = "family")]
+    pub format: Option<ModelFamily>,
+    /// Embedding records per backend call (default: [`RecordOptions::DEFAULT_EMBED_BATCH`]).
     pub embed_batch_size: Option<usize>,
-    /// bedrock: the bedrock-runtime endpoint (default: AWS's, for the region).
+    /// `backend = "openai" | "bedrock" | "embedded"` and that backend's own keys.
+    #[serde(flatten)]
+    pub backend: Backend,
+}
+
+/// The backend of a model entry, with the keys only it takes. Serde's tag and
+/// `deny_unknown_fields` on each variant make an unknown backend, a key of another backend and
+/// a missing required key errors.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "backend")]
+pub enum Backend {
+    /// An OpenAI-compatible server (vLLM, SGLang, llama.cpp's `llama-server`, Ollama).
+    #[serde(rename = "openai")]
+    OpenAi(OpenAiModel),
+    /// bedrock-runtime on demand.
+    #[serde(rename = "bedrock")]
+    Bedrock(BedrockModel),
+    /// One of the models built into batchd (`model` names which).
+    #[serde(rename = "embedded")]
+    Embedded(EmbeddedModel),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiModel {
+    /// The OpenAI-compatible server's base URL (`http://host:port/v1`).
+    pub base_url: String,
+    /// Name of the environment variable holding the API key, if the server needs one.
+    pub api_key_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BedrockModel {
+    /// The bedrock-runtime endpoint (default: AWS's, for the region).
     pub endpoint_url: Option<String>,
-    /// bedrock: the region (default: the AWS environment/profile chain).
+    /// The region (default: the AWS environment/profile chain).
     pub region: Option<String>,
-    /// bedrock: the AWS profile to read credentials and region from.
+    /// The AWS profile to read credentials and region from.
     pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedModel {}
+
+impl Backend {
+    /// The `backend = "..."` value of this variant.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::OpenAi(_) => "openai",
+            Backend::Bedrock(_) => "bedrock",
+            Backend::Embedded(_) => "embedded",
+        }
+    }
+}
+
+/// `[[models]]`: each entry is read on its own (a seed that knows its index), so that an
+/// error names the entry (`models[1] (id)`), the key (serde_path_to_error) and, through the
+/// TOML deserializer, the entry's line.
+fn models<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ModelConfig>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<ModelConfig>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("[[models]] tables")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut models = Vec::new();
+            while let Some(model) = seq.next_element_seed(Entry(models.len()))? {
+                models.push(model);
+            }
+            Ok(models)
+        }
+    }
+    deserializer.deserialize_seq(Entries)
+}
+
+/// The `[[models]]` entry at this index. It is read as a table and checked inside the
+/// visitor, so that the TOML deserializer gives the error this entry's position.
+struct Entry(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Entry {
+    type Value = ModelConfig;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<ModelConfig, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Entry {
+    type Value = ModelConfig;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a [[models]] table")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ModelConfig, A::Error> {
+        let entry = toml::Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        let mut name = format!("models[{}]", self.0);
+        if let Some(id) = entry.get("id").and_then(toml::Value::as_str) {
+            name.push_str(&format!(" ({id})"));
+        }
+        let backend = entry
+            .get("backend")
+            .and_then(toml::Value::as_str)
+            .map(str::to_owned);
+        serde_path_to_error::deserialize(toml::Value::Table(entry)).map_err(|e| {
+            let path = e.path().to_string();
+            // Keys of the flattened backend part have no path of their own ("?"): name the
+            // backend, whose keys serde's message lists.
+            if !matches!(path.as_str(), "." | "?") {
+                name.push_str(&format!(": {path}"));
+            } else if let Some(backend) = backend {
+                name.push_str(&format!(": backend {backend:?}"));
+            }
+            serde::de::Error::custom(format!("{name}: {}", e.inner().message()))
+        })
+    }
+}
+
+/// `format = "..."`: a model family by its config name.
+fn family<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ModelFamily>, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    ModelFamily::from_name(&name).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown format {name:?}; one of {}",
+            ModelFamily::ALL.map(ModelFamily::name).join(", ")
+        ))
+    })
 }
 
 impl ModelConfig {
     /// A model entry with every optional key unset.
-    pub fn new(id: impl Into<String>, backend: impl Into<String>) -> Self {
+    pub fn new(id: impl Into<String>, backend: Backend) -> Self {
         Self {
             id: id.into(),
-            backend: backend.into(),
-            base_url: None,
             model: None,
             max_concurrency: None,
-            api_key_env: None,
             allow_tool_config: None,
             format: None,
             embed_batch_size: None,
-            endpoint_url: None,
-            region: None,
-            profile: None,
+            backend,
         }
     }
 
     /// The InvokeModel body family: `format`, else the one the id (or the backend's model
     /// name) implies.
     pub fn family(&self) -> Option<ModelFamily> {
-        match &self.format {
-            Some(name) => ModelFamily::from_name(name),
-            None => ModelFamily::from_model_id(&self.id)
-                .or_else(|| self.model.as_deref().and_then(ModelFamily::from_model_id)),
-        }
+        self.format.or_else(|| {
+            ModelFamily::from_model_id(&self.id)
+                .or_else(|| self.model.as_deref().and_then(ModelFamily::from_model_id))
+        })
     }
 
     /// How this model's records are read and sent.
     pub fn record_options(&self) -> RecordOptions {
+        let defaults = RecordOptions::default();
         RecordOptions {
             converse: ConverseOptions {
-                allow_tool_config: self.allow_tool_config.unwrap_or(true),
+                allow_tool_config: self
+                    .allow_tool_config
+                    .unwrap_or(defaults.converse.allow_tool_config),
             },
             family: self.family(),
             embed_batch_size: self
                 .embed_batch_size
-                .unwrap_or(RecordOptions::DEFAULT_EMBED_BATCH)
+                .unwrap_or(defaults.embed_batch_size)
                 .max(1),
         }
+    }
+
+    /// The model name the backend knows: `model`, else the id.
+    pub fn backend_model(&self) -> String {
+        self.model.clone().unwrap_or_else(|| self.id.clone())
     }
 }
 
@@ -256,11 +390,11 @@ impl Config {
             (BUILTIN_EMBEDDINGS_ID, EMBEDDINGS_MODEL),
         ] {
             if !self.models.iter().any(|m| m.id == id) {
-                let mut entry = ModelConfig::new(id, "embedded");
+                let mut entry = ModelConfig::new(id, Backend::Embedded(EmbeddedModel {}));
                 entry.model = Some(model.into());
                 // Titan embedding records run on the built-in embedding model as they are.
                 if model == EMBEDDINGS_MODEL {
-                    entry.format = Some(ModelFamily::TitanEmbed.name().into());
+                    entry.format = Some(ModelFamily::TitanEmbed);
                 }
                 self.models.push(entry);
             }
@@ -291,36 +425,15 @@ impl Config {
                     m.id
                 );
             }
-            if let Some(name) = &m.format
-                && ModelFamily::from_name(name).is_none()
-            {
-                bail!(
-                    "models[{i}] ({}): unknown format {name:?}; one of {}",
-                    m.id,
-                    ModelFamily::ALL.map(ModelFamily::name).join(", ")
-                );
-            }
             if m.embed_batch_size == Some(0) {
                 bail!(
                     "models[{i}] ({}): embed_batch_size must be at least 1",
                     m.id
                 );
             }
-            match m.backend.as_str() {
-                "openai" => {
-                    if m.base_url.is_none() {
-                        bail!("models[{i}] ({}): backend \"openai\" needs base_url", m.id);
-                    }
-                }
-                "embedded" => {
-                    crate::embedded::embedded_kind(m.model.as_deref(), &m.id)
-                        .with_context(|| format!("models[{i}]"))?;
-                }
-                "bedrock" => {}
-                other => bail!(
-                    "models[{i}] ({}): unknown backend {other:?} (expected openai, embedded or bedrock)",
-                    m.id
-                ),
+            if let Backend::Embedded(_) = m.backend {
+                crate::embedded::embedded_kind(m.model.as_deref(), &m.id)
+                    .with_context(|| format!("models[{i}]"))?;
             }
             if m.max_concurrency == Some(0) {
                 bail!("models[{i}] ({}): max_concurrency must be at least 1", m.id);
@@ -350,9 +463,6 @@ impl Config {
             if !value.is_finite() || value < 0.0 {
                 bail!("engine.{key} must be a number of seconds, 0 or more");
             }
-        }
-        if !matches!(self.engine.blank_lines.as_str(), "skip" | "reject") {
-            bail!("engine.blank_lines must be \"skip\" or \"reject\"");
         }
         Ok(())
     }
@@ -418,14 +528,23 @@ impl Config {
                 max_retry_after: Duration::from_secs_f64(e.retry_after_max_secs.max(0.0)),
             },
             max_line_bytes: e.max_line_bytes,
-            blank_lines: if e.blank_lines == "reject" {
-                BlankLines::Reject
-            } else {
-                BlankLines::Skip
-            },
+            blank_lines: e.blank_lines,
             shutdown_grace: Duration::from_secs_f64(e.shutdown_grace_seconds.clamp(0.0, 1e9)),
             backend_down: Duration::from_secs_f64(e.backend_down_seconds.clamp(0.0, 1e9)),
             ..EngineConfig::default()
+        }
+    }
+
+    /// `batchd serve`'s scheduler: `[limits]` and `[server]`.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            max_running_jobs: self.limits.max_running_jobs,
+            max_active_jobs_per_model: self.limits.max_jobs_per_model,
+            timeout_unit: Duration::from_secs_f64(self.limits.timeout_unit_seconds),
+            default_timeout_hours: self.limits.default_timeout_hours,
+            region: self.server.region.clone(),
+            account_id: self.server.account_id.clone(),
+            ..SchedulerConfig::default()
         }
     }
 }
@@ -474,10 +593,14 @@ mod tests {
         let config = Config::load(None).unwrap();
         let chat = config.model("batchd.smollm2-135m-instruct").unwrap();
         assert_eq!(
-            (chat.backend.as_str(), chat.model.as_deref()),
-            ("embedded", Some("smollm2-135m-instruct"))
+            (&chat.backend, chat.model.as_deref()),
+            (
+                &Backend::Embedded(EmbeddedModel {}),
+                Some("smollm2-135m-instruct")
+            )
         );
-        assert!(config.model("batchd.all-minilm-l6-v2").is_ok());
+        let embeddings = config.model("batchd.all-minilm-l6-v2").unwrap();
+        assert_eq!(embeddings.family(), Some(ModelFamily::TitanEmbed));
         let mut own: Config = toml::from_str(
             "[[models]]\nid = \"batchd.smollm2-135m-instruct\"\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\n",
         )
@@ -485,7 +608,10 @@ mod tests {
         own = own.with_builtins();
         assert_eq!(
             own.model("batchd.smollm2-135m-instruct").unwrap().backend,
-            "openai"
+            Backend::OpenAi(OpenAiModel {
+                base_url: "http://x/v1".into(),
+                api_key_env: None
+            })
         );
         let bad: Config =
             toml::from_str("[[models]]\nid = \"m\"\nbackend = \"embedded\"\nmodel = \"gpt-9\"\n")
@@ -494,16 +620,174 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_entries_with_their_index() {
+    fn backend_names_are_the_backend_keys_values() {
+        for backend in [
+            Backend::OpenAi(OpenAiModel {
+                base_url: "http://x/v1".into(),
+                api_key_env: None,
+            }),
+            Backend::Bedrock(BedrockModel::default()),
+            Backend::Embedded(EmbeddedModel {}),
+        ] {
+            let mut text = format!(
+                "[[models]]\nid = \"batchd.all-minilm-l6-v2\"\nbackend = \"{}\"\n",
+                backend.name()
+            );
+            if let Backend::OpenAi(o) = &backend {
+                text.push_str(&format!("base_url = \"{}\"\n", o.base_url));
+            }
+            let config: Config = toml::from_str(&text).unwrap();
+            assert_eq!(config.models[0].backend, backend);
+        }
+    }
+
+    /// The parse error of a config with one `[[models]]` entry after a valid one.
+    fn second_entry_error(entry: &str) -> String {
+        let text = format!(
+            "[[models]]\nid = \"a\"\nbackend = \"bedrock\"\n[[models]]\nid = \"b\"\n{entry}"
+        );
+        toml::from_str::<Config>(&text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_bad_entries_naming_the_entry_and_the_key() {
+        for (entry, expected) in [
+            (
+                "backend = \"openai\"\n",
+                "models[1] (b): backend \"openai\": missing field `base_url`",
+            ),
+            (
+                "backend = \"tgi\"\n",
+                "models[1] (b): backend \"tgi\": unknown variant `tgi`, expected one of `openai`, `bedrock`, `embedded`",
+            ),
+            ("model = \"x\"\n", "models[1] (b): missing field `backend`"),
+            // A key of another backend.
+            (
+                "backend = \"openai\"\nbase_url = \"http://x/v1\"\nregion = \"us-east-1\"\n",
+                "models[1] (b): backend \"openai\": unknown field `region`",
+            ),
+            (
+                "backend = \"bedrock\"\nbase_url = \"http://x/v1\"\n",
+                "models[1] (b): backend \"bedrock\": unknown field `base_url`",
+            ),
+            (
+                "backend = \"embedded\"\napi_key_env = \"K\"\n",
+                "models[1] (b): backend \"embedded\": unknown field `api_key_env`",
+            ),
+            (
+                "backend = \"bedrock\"\nmax_concurency = 3\n",
+                "models[1] (b): backend \"bedrock\": unknown field `max_concurency`",
+            ),
+            (
+                "backend = \"bedrock\"\nmax_concurrency = \"3\"\n",
+                "models[1] (b): max_concurrency: invalid type: string \"3\"",
+            ),
+            (
+                "backend = \"bedrock\"\nformat = \"gpt\"\n",
+                "models[1] (b): format: unknown format \"gpt\"; one of anthropic,",
+            ),
+        ] {
+            let err = second_entry_error(entry);
+            assert!(err.contains(expected), "{entry}: {err}");
+        }
         let config: Config = toml::from_str(
-            "[[models]]\nid = \"a\"\nbackend = \"openai\"\n[[models]]\nid = \"b\"\nbackend = \"tgi\"\n",
+            "[[models]]\nid = \"a\"\nbackend = \"bedrock\"\n[[models]]\nid = \"a\"\nbackend = \"bedrock\"\n",
         )
         .unwrap();
         let err = config.check().unwrap_err().to_string();
         assert!(
-            err.contains("models[0] (a): backend \"openai\" needs base_url"),
+            err.contains("models[1]: id \"a\" is already used by models[0]"),
             "{err}"
         );
         assert!(toml::from_str::<Config>("[engine]\nconcurency = 3\n").is_err());
+        let err = toml::from_str::<Config>("[engine]\nblank_lines = \"keep\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant `keep`, expected `skip` or `reject`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_defaults_are_the_engine_defaults() {
+        let config = Config::default();
+        // Debug covers every field, so a default written twice and changed once shows here.
+        assert_eq!(
+            format!("{:?}", config.engine_config(None)),
+            format!("{:?}", EngineConfig::default())
+        );
+        assert_eq!(
+            format!("{:?}", config.scheduler_config()),
+            format!("{:?}", SchedulerConfig::default())
+        );
+        assert_eq!(config.quotas.quotas(), Quotas::default());
+        assert_eq!(config.engine.concurrency, JobSpec::DEFAULT_CONCURRENCY);
+        let record = ModelConfig::new("m", Backend::Bedrock(BedrockModel::default()));
+        assert_eq!(
+            format!("{:?}", record.record_options()),
+            format!("{:?}", RecordOptions::default())
+        );
+        // Bedrock's size quotas are "in GB": 10^9 bytes, in the engine and in the config.
+        assert_eq!(Quotas::default().max_file_bytes, 1_000_000_000);
+        assert_eq!(Quotas::default().max_job_bytes, 5_000_000_000);
+        let quotas: Config = toml::from_str("[quotas]\ninput_file_size_gb = 0.5\n").unwrap();
+        assert_eq!(quotas.quotas.quotas().max_file_bytes, 500_000_000);
+    }
+
+    /// The ```toml blocks of the README.
+    fn readme_configs() -> Vec<&'static str> {
+        include_str!("../../../README.md")
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_configs_parse_and_state_the_defaults() {
+        let blocks = readme_configs();
+        assert_eq!(blocks.len(), 2, "{blocks:?}");
+        let full: Config = toml::from_str(blocks[0]).unwrap();
+        full.check().unwrap();
+        // Every backend's own keys reach its variant.
+        let [openai, bedrock] = &full.models[..] else {
+            panic!("{:?}", full.models)
+        };
+        assert_eq!(
+            openai.backend,
+            Backend::OpenAi(OpenAiModel {
+                base_url: "http://127.0.0.1:8000/v1".into(),
+                api_key_env: Some("OPENAI_API_KEY".into())
+            })
+        );
+        assert_eq!(openai.backend_model(), "name-the-server-knows");
+        let options = openai.record_options();
+        assert_eq!(
+            (options.family, options.embed_batch_size),
+            (Some(ModelFamily::Anthropic), 16)
+        );
+        assert_eq!(
+            bedrock.backend,
+            Backend::Bedrock(BedrockModel {
+                endpoint_url: Some("https://bedrock-runtime.us-east-1.amazonaws.com".into()),
+                region: Some("us-east-1".into()),
+                profile: Some("default".into()),
+            })
+        );
+        assert_eq!(
+            bedrock.backend_model(),
+            "us.anthropic.claude-3-5-sonnet-20240620-v1:0"
+        );
+        // The README says its [engine], [server], [limits] and [quotas] values are the defaults.
+        let defaults = Config::default();
+        assert_eq!(full.engine, defaults.engine);
+        assert_eq!(full.server, defaults.server);
+        assert_eq!(full.limits, defaults.limits);
+        assert_eq!(full.quotas, defaults.quotas);
+        let embedded: Config = toml::from_str(blocks[1]).unwrap();
+        embedded.check().unwrap();
+        assert_eq!(embedded.models[0].backend.name(), "embedded");
+        assert_eq!(embedded.embedded.slots, Some(32));
     }
 }

@@ -18,7 +18,9 @@ use batchd_backends::adaptive::{AdaptiveBackend, AdaptiveConfig, Limiter};
 use batchd_backends::bedrock::{BedrockBackend, BedrockConfig};
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{InvocationType, Job, JobArn, JobId, JobOrigin, JobRequest, JobStatus, NewJob};
-use batchd_engine::{Engine, JobSpec, Progress, RecordOptions, StopReason, StopSignal};
+use batchd_engine::{
+    Engine, JobSpec, Progress, RecordOptions, RetryPolicy, StopReason, StopSignal,
+};
 use batchd_formats::native::ModelFamily;
 use batchd_storage::{Storage, StorageUri};
 use batchd_store::{JobStore, SqliteStore};
@@ -26,7 +28,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
-use crate::config::{Config, ModelConfig};
+use crate::config::{Backend, Config, ModelConfig};
+
+/// Where `batchd serve` listens, and where `batchd jobs` looks for it, by default.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
 
 #[derive(Parser)]
 #[command(
@@ -78,11 +84,16 @@ enum Command {
         /// mistral); default: the model's `format`, else what its id implies.
         #[arg(long, value_parser = parse_family)]
         format: Option<ModelFamily>,
-        /// Records in flight at once (default: the model's max_concurrency, else 16).
-        #[arg(long)]
+        #[arg(long, help = format!(
+            "Records in flight at once (default: the model's max_concurrency, else \
+             engine.concurrency, {})",
+            JobSpec::DEFAULT_CONCURRENCY
+        ))]
         concurrency: Option<usize>,
-        /// Attempts per record for retryable errors (default 5).
-        #[arg(long)]
+        #[arg(long, help = format!(
+            "Attempts per record for retryable errors (default: engine.max_attempts, {})",
+            RetryPolicy::default().max_attempts
+        ))]
         max_attempts: Option<u32>,
         #[arg(long)]
         config: Option<PathBuf>,
@@ -99,7 +110,7 @@ enum Command {
     /// Serve the Bedrock batch control plane (boto3 / AWS CLI with --endpoint-url) and run jobs.
     Serve {
         /// Address to listen on (port 0 picks a free port, printed on the first line).
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -108,7 +119,7 @@ enum Command {
     },
     /// Talk to a running `batchd serve`: create, get, list, stop and wait for jobs.
     Jobs {
-        #[arg(long, env = "BATCHD_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+        #[arg(long, env = "BATCHD_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
         endpoint: String,
         #[command(subcommand)]
         command: client::JobsCommand,
@@ -275,7 +286,7 @@ pub(crate) fn build_backend_adaptive(
     embedded: &Arc<embedded::EmbeddedModels>,
 ) -> anyhow::Result<AdaptiveModel> {
     let (backend, concurrency) = build_backend(model, requested, engine.concurrency, embedded)?;
-    if model.backend == "embedded" || !engine.adaptive_concurrency {
+    if matches!(model.backend, Backend::Embedded(_)) || !engine.adaptive_concurrency {
         return Ok((backend, concurrency, None));
     }
     let adaptive = AdaptiveBackend::new(backend, AdaptiveConfig::with_max(concurrency));
@@ -295,8 +306,15 @@ pub(crate) fn build_backend(
         .or(model.max_concurrency)
         .unwrap_or(default_concurrency)
         .max(1);
-    match model.backend.as_str() {
-        "embedded" => {
+    let cannot_build = || {
+        format!(
+            "model {}: cannot build the {} backend",
+            model.id,
+            model.backend.name()
+        )
+    };
+    match &model.backend {
+        Backend::Embedded(_) => {
             let kind = embedded::embedded_kind(model.model.as_deref(), &model.id)?;
             let concurrency = match kind {
                 embedded::CHAT_MODEL => requested.unwrap_or_else(|| embedded.section().slots()),
@@ -305,37 +323,33 @@ pub(crate) fn build_backend(
             let backend = embedded::EmbeddedBackend::new(embedded.clone(), kind);
             Ok((Arc::new(backend), concurrency.max(1)))
         }
-        "openai" => {
-            let api_key = match &model.api_key_env {
+        Backend::OpenAi(openai) => {
+            let api_key = match &openai.api_key_env {
                 Some(var) => Some(std::env::var(var).with_context(|| {
                     format!("model {}: api_key_env {var} is not set", model.id)
                 })?),
                 None => None,
             };
             let backend = OpenAiBackend::new(OpenAiConfig {
-                base_url: model.base_url.clone().unwrap_or_default(),
-                model: model.model.clone().unwrap_or_else(|| model.id.clone()),
+                base_url: openai.base_url.clone(),
+                model: model.backend_model(),
                 api_key,
                 max_connections: concurrency,
             })
-            .with_context(|| format!("model {}: cannot build the openai backend", model.id))?;
+            .with_context(cannot_build)?;
             Ok((Arc::new(backend), concurrency))
         }
-        "bedrock" => {
+        Backend::Bedrock(bedrock) => {
             let backend = BedrockBackend::new(BedrockConfig {
-                model_id: model.model.clone().unwrap_or_else(|| model.id.clone()),
-                region: model.region.clone(),
-                endpoint_url: model.endpoint_url.clone(),
+                model_id: model.backend_model(),
+                region: bedrock.region.clone(),
+                endpoint_url: bedrock.endpoint_url.clone(),
                 max_connections: concurrency,
-                profile: model.profile.clone(),
+                profile: bedrock.profile.clone(),
             })
-            .with_context(|| format!("model {}: cannot build the bedrock backend", model.id))?;
+            .with_context(cannot_build)?;
             Ok((Arc::new(backend), concurrency))
         }
-        other => bail!(
-            "model {}: backend {other:?} is not available in this build yet",
-            model.id
-        ),
     }
 }
 
@@ -465,7 +479,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let embedded_models = embedded::EmbeddedModels::new(config.embedded.clone());
     let (backend, concurrency, limiter) =
         build_backend_adaptive(model, args.concurrency, &config.engine, &embedded_models)?;
-    if model.backend == "embedded" {
+    if let Backend::Embedded(_) = model.backend {
         // Missing model files are an error now, not one error line per record.
         embedded_models
             .preload(embedded::embedded_kind(model.model.as_deref(), &model.id)?)
@@ -755,5 +769,20 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             report.total_records
         );
         Ok(ExitCode::from(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_look_for_the_server_where_serve_listens_by_default() {
+        assert_eq!(DEFAULT_ENDPOINT, format!("http://{DEFAULT_LISTEN}"));
+        let serve = Cli::try_parse_from(["batchd", "serve"]).unwrap();
+        let Command::Serve { listen, .. } = serve.command else {
+            panic!("not serve")
+        };
+        assert_eq!(listen.to_string(), DEFAULT_LISTEN);
     }
 }

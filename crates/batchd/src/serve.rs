@@ -6,13 +6,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use batchd_api::ApiConfig;
 use batchd_core::JobOrigin;
 use batchd_engine::Engine;
-use batchd_engine::scheduler::{ModelEntry, Scheduler, SchedulerConfig};
+use batchd_engine::scheduler::{ModelEntry, Scheduler};
 use batchd_engine::service::SchedulerService;
 use batchd_storage::Storage;
 use batchd_store::{SharedStore, SqliteStore};
@@ -79,6 +78,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
     let mut engine_config = config.engine_config(None);
     engine_config.quotas = Some(config.quotas.quotas());
+    let shutdown_grace = engine_config.shutdown_grace;
     let engine = Engine::new(storage, engine_config);
     let store: SharedStore = Arc::new(
         SqliteStore::open(&data_dir.join("batchd.sqlite"))
@@ -105,16 +105,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         );
     }
-    let scheduler_config = SchedulerConfig {
-        max_running_jobs: config.limits.max_running_jobs,
-        max_active_jobs_per_model: config.limits.max_jobs_per_model,
-        timeout_unit: Duration::from_secs_f64(config.limits.timeout_unit_seconds),
-        default_timeout_hours: config.limits.default_timeout_hours,
-        region: config.server.region.clone(),
-        account_id: config.server.account_id.clone(),
-        ..SchedulerConfig::default()
-    };
-    let scheduler = Scheduler::new(engine, store.clone(), models, scheduler_config);
+    let scheduler = Scheduler::new(engine, store.clone(), models, config.scheduler_config());
     scheduler.start();
 
     let api_config = ApiConfig {
@@ -150,7 +141,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!(
         "batchd serve: shutting down; records in flight get {:?} to finish, running jobs \
          checkpoint and resume on the next start (a second signal exits at once)",
-        Duration::from_secs_f64(config.engine.shutdown_grace_seconds.clamp(0.0, 1e9))
+        shutdown_grace
     );
     // The last checkpoint stays valid whenever the process dies, so a second signal may
     // simply exit: the jobs resume from there.
