@@ -268,22 +268,29 @@ fn job_file(file: &InputFile) -> JobFile {
     }
 }
 
-/// Ends a running job as `Failed` because of `error`, and returns that error.
-async fn fail_running<T>(
-    spec: &JobSpec,
-    store: &dyn JobStore,
-    progress: &watch::Sender<Progress>,
-    error: EngineError,
-) -> Result<T, EngineError> {
-    let message = format!("job failed while running: {error}");
-    store
-        .transition(&spec.job_id, JobStatus::Failed, Some(&message))
-        .await?;
-    progress.send_replace(Progress {
-        status: JobStatus::Failed,
-        counters: Counters::default(),
-    });
-    Err(error)
+/// What every step of one job's execution needs: the engine, the job, where its status goes
+/// and how it is told to stop.
+pub(crate) struct JobRun<'a> {
+    pub engine: &'a Engine,
+    pub spec: &'a JobSpec,
+    pub store: &'a dyn JobStore,
+    pub progress: &'a watch::Sender<Progress>,
+    pub stop: &'a StopSignal,
+}
+
+impl JobRun<'_> {
+    /// Ends the running job as `Failed` because of `error`, and returns that error.
+    async fn fail<T>(&self, error: EngineError) -> Result<T, EngineError> {
+        let message = format!("job failed while running: {error}");
+        self.store
+            .transition(&self.spec.job_id, JobStatus::Failed, Some(&message))
+            .await?;
+        self.progress.send_replace(Progress {
+            status: JobStatus::Failed,
+            counters: Counters::default(),
+        });
+        Err(error)
+    }
 }
 
 /// Runs jobs on shared storage.
@@ -475,31 +482,14 @@ impl Engine {
         stop: &StopSignal,
     ) -> Result<JobOutcome, EngineError> {
         let started = Instant::now();
-        let output_dir = spec.output.join(spec.job_id.as_str());
-        let job = store
-            .get(&spec.job_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(spec.job_id.clone()))?;
-        match job.status {
-            JobStatus::Scheduled => {
-                store
-                    .transition(&spec.job_id, JobStatus::InProgress, None)
-                    .await?;
-            }
-            JobStatus::Stopping => stop.stop(StopReason::User),
-            JobStatus::InProgress => {}
-            status => {
-                return Err(EngineError::NotRunnable {
-                    job: spec.job_id.clone(),
-                    status,
-                });
-            }
-        }
-        let resume_from = job.checkpoint;
-        progress.send_replace(Progress {
-            status: JobStatus::InProgress,
-            counters: resume_from.counters,
-        });
+        let job = JobRun {
+            engine: self,
+            spec,
+            store,
+            progress,
+            stop,
+        };
+        let resume_from = self.start_execution(&job).await?;
         let files = match self.validated_files(spec, store).await {
             Ok(files) => files,
             // A changed input fails the job; a storage fault leaves it to resume.
@@ -508,47 +498,78 @@ impl Engine {
                 | EngineError::Input(_)),
             ) => {
                 // Nothing is run or removed: what earlier runs wrote stays where it is.
-                return fail_running(spec, store, progress, e).await;
+                return job.fail(e).await;
             }
             Err(e) => return Err(e),
         };
-        let end = run::run_records(
-            self,
-            spec,
-            &files,
-            resume_from,
-            backend,
-            store,
-            progress,
-            stop,
-        )
-        .await;
-        let end = match end {
+        let end = match run::run_records(&job, &files, resume_from, backend).await {
             Ok(end) => end,
             Err(e) if stop.reason() == Some(StopReason::Shutdown) => return Err(e),
-            Err(e) => return fail_running(spec, store, progress, e).await,
+            Err(e) => return job.fail(e).await,
         };
-        let counters = end.counters;
-        let outcome = |status, message: String| JobOutcome {
+        let (status, message) = self.end_execution(&job, &end).await?;
+        Ok(JobOutcome {
             status,
-            counters,
+            counters: end.counters,
             message: Some(message),
             validation: None,
             elapsed: started.elapsed(),
-            output_dir: output_dir.clone(),
-        };
-        if stop.reason() == Some(StopReason::Shutdown) {
+            output_dir: spec.output.join(spec.job_id.as_str()),
+        })
+    }
+
+    /// Moves the job to `InProgress` (or takes up a stop or a resume) and returns the
+    /// checkpoint to run from; a job that ended or is not validated is `NotRunnable`.
+    async fn start_execution(&self, job: &JobRun<'_>) -> Result<Checkpoint, EngineError> {
+        let id = &job.spec.job_id;
+        let stored = job
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        match stored.status {
+            JobStatus::Scheduled => {
+                job.store
+                    .transition(id, JobStatus::InProgress, None)
+                    .await?;
+            }
+            JobStatus::Stopping => job.stop.stop(StopReason::User),
+            JobStatus::InProgress => {}
+            status => {
+                return Err(EngineError::NotRunnable {
+                    job: id.clone(),
+                    status,
+                });
+            }
+        }
+        job.progress.send_replace(Progress {
+            status: JobStatus::InProgress,
+            counters: stored.checkpoint.counters,
+        });
+        Ok(stored.checkpoint)
+    }
+
+    /// After the records: a shutdown leaves the job `InProgress` for its resume; otherwise
+    /// the manifest is written and the job ends `Completed`, `PartiallyCompleted` (timeout)
+    /// or `Stopped`. Returns the status and the message stored with it.
+    async fn end_execution(
+        &self,
+        job: &JobRun<'_>,
+        end: &run::RunEnd,
+    ) -> Result<(JobStatus, String), EngineError> {
+        let (spec, store, counters) = (job.spec, job.store, end.counters);
+        if job.stop.reason() == Some(StopReason::Shutdown) {
             let abandoned = match end.abandoned {
                 0 => String::new(),
                 n => format!(" ({n} records in flight past the grace period run again)"),
             };
-            return Ok(outcome(
+            return Ok((
                 JobStatus::InProgress,
                 format!("interrupted by shutdown; resumes on restart{abandoned}"),
             ));
         }
-
         let manifest = batchd_formats::manifest::Manifest::from(&counters);
+        let output_dir = spec.output.join(spec.job_id.as_str());
         self.storage
             .put(
                 &output_dir.join("manifest.json.out"),
@@ -565,7 +586,7 @@ impl Engine {
                 self.config.backend_down.as_secs()
             );
         }
-        let (status, message) = match stop.reason() {
+        let (status, message) = match job.stop.reason() {
             _ if end.complete => (JobStatus::Completed, summary),
             Some(StopReason::Timeout) => (
                 JobStatus::PartiallyCompleted,
@@ -587,7 +608,7 @@ impl Engine {
         store
             .transition(&spec.job_id, status, Some(&message))
             .await?;
-        progress.send_replace(Progress { status, counters });
-        Ok(outcome(status, message))
+        job.progress.send_replace(Progress { status, counters });
+        Ok((status, message))
     }
 }

@@ -58,17 +58,16 @@ impl RecordContext {
     }
 }
 
-/// A finished record: its output line and what it adds to the counters.
-pub(crate) struct Finished {
-    pub seq: u64,
-    pub file_index: usize,
+/// How a record ended: its output line and what it adds to the counters. Where it goes
+/// (sequence, file) is the pipeline's business, not the record's.
+pub(crate) struct RecordOutcome {
     pub line: Vec<u8>,
     pub success: bool,
     pub input_tokens: u64,
     pub output_tokens: u64,
 }
 
-pub(crate) fn internal_error(seq: u64, file_index: usize, line: &[u8], message: &str) -> Finished {
+pub(crate) fn internal_error(line: &[u8], message: &str) -> RecordOutcome {
     let text = String::from_utf8_lossy(line);
     let (record_id, input) = match parse_record_line(&text) {
         Ok(r) => (
@@ -86,9 +85,7 @@ pub(crate) fn internal_error(seq: u64, file_index: usize, line: &[u8], message: 
         500,
         &format!("internal error: {message}"),
     );
-    Finished {
-        seq,
-        file_index,
+    RecordOutcome {
         line: out,
         success: false,
         input_tokens: 0,
@@ -213,11 +210,9 @@ pub(crate) async fn process_record(
     file: Arc<str>,
     line_no: u64,
     line: Bytes,
-) -> Finished {
+) -> RecordOutcome {
     let mut out = Vec::with_capacity(line.len() + 512);
-    let failed = |out: Vec<u8>| Finished {
-        seq: 0,
-        file_index: 0,
+    let failed = |out: Vec<u8>| RecordOutcome {
         line: out,
         success: false,
         input_tokens: 0,
@@ -257,9 +252,7 @@ pub(crate) async fn process_record(
         let error = match result {
             Ok(Ok(answer)) => {
                 write_success_line(&mut out, &record_id, record.model_input, &answer.body);
-                return Finished {
-                    seq: 0,
-                    file_index: 0,
+                return RecordOutcome {
                     line: out,
                     success: true,
                     input_tokens: answer.input_tokens,

@@ -13,11 +13,10 @@ use batchd_store::JobStore;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::watch;
 
-use crate::record::{Finished, RecordContext, internal_error, process_record};
+use crate::record::{RecordContext, RecordOutcome, internal_error, process_record};
 use crate::retry::WaitWhileDown;
-use crate::{Engine, EngineError, JobSpec, Progress, StopReason, StopSignal};
+use crate::{Engine, EngineError, JobRun, JobSpec, StopReason};
 
 /// A record task that is aborted when its handle is dropped: records abandoned after the
 /// stop grace period must not keep calling the backend.
@@ -177,21 +176,23 @@ pub(crate) struct RunEnd {
     pub abandoned: usize,
 }
 
-/// Runs the records of `files` from `resume_from`; returns the final counters. When `stop`
-/// fires, no new record starts; those in flight finish and are written, for at most
-/// `shutdown_grace`: then the rest are abandoned, unwritten. On a shutdown stop
-/// the open output file stays open for a later resume; on any other stop it is finished.
-#[allow(clippy::too_many_arguments)]
+/// A record whose task ended, waiting in the reorder window for the ones before it.
+struct Ready {
+    file_index: usize,
+    outcome: RecordOutcome,
+}
+
+/// Runs the records of `files` from `resume_from`; returns the final counters. When the stop
+/// signal fires, no new record starts; those in flight finish and are written, for at most
+/// `shutdown_grace`: then the rest are abandoned, unwritten. On a shutdown stop the open
+/// output file stays open for a later resume; on any other stop it is finished.
 pub(crate) async fn run_records(
-    engine: &Engine,
-    spec: &JobSpec,
+    job: &JobRun<'_>,
     files: &[InputFile],
     resume_from: Checkpoint,
     backend: Arc<dyn ModelBackend>,
-    store: &dyn JobStore,
-    progress: &watch::Sender<Progress>,
-    stop: &StopSignal,
 ) -> Result<RunEnd, EngineError> {
+    let (engine, spec, stop) = (job.engine, job.spec, job.stop);
     let reachability = Arc::new(WaitWhileDown::new(
         backend,
         engine.config.backend_down,
@@ -202,152 +203,238 @@ pub(crate) async fn run_records(
         reachability.clone(),
         engine.config.retry.clone(),
     ));
-    let relative: Vec<Arc<str>> = files
-        .iter()
-        .map(|f| Arc::from(f.relative.as_str()))
-        .collect();
-    let concurrency = spec.concurrency.max(1);
-    // Finished records wait here for the slowest earlier one; the window bounds that memory.
-    let window = (concurrency as u64 * 8).clamp(256, 65_536);
-    let mut counters = resume_from.counters;
-
-    let first_file = usize::try_from(resume_from.file_index)
-        .unwrap_or(usize::MAX)
-        .min(files.len());
-    let mut input = InputCursor {
-        engine,
-        files,
-        next_file: first_file,
-        reader: None,
-        skip_records: resume_from.records_in_file,
-    };
-    let mut output = OutputFiles {
-        engine,
-        files,
-        spec,
-        store,
-        current: None,
-        records_in_current: 0,
-        done_below: first_file,
-    };
-    if first_file < files.len() && (resume_from.records_in_file > 0 || resume_from.position > 0) {
-        let uri = output_uri(spec, &files[first_file]);
-        let sink = engine.storage.open_sink(&uri, resume_from.position).await?;
-        output.current = Some((first_file, sink));
-        output.records_in_current = resume_from.records_in_file;
-    }
-    let mut inflight = FuturesUnordered::new();
-    let mut pending: VecDeque<Option<Finished>> = VecDeque::new();
-    let (mut next_seq, mut write_seq) = (0u64, 0u64);
-    let mut exhausted = false;
-    let mut last_progress = Instant::now();
-    let mut abandoned = 0;
+    let mut pipeline = Pipeline::new(job, files, resume_from).await?;
     // Set when a stop is first seen: in-flight records have until then to finish.
     let mut grace_ends: Option<tokio::time::Instant> = None;
-
     loop {
-        while !exhausted
-            && !stop.is_stopped()
-            && inflight.len() < concurrency
-            && next_seq - write_seq < window
-        {
-            let Some((file_index, line_no, line)) = input.next().await? else {
-                exhausted = true;
+        while !pipeline.exhausted && !stop.is_stopped() && pipeline.has_room() {
+            let Some((file_index, line_no, line)) = pipeline.input.next().await? else {
+                pipeline.exhausted = true;
                 break;
             };
-            let seq = next_seq;
-            next_seq += 1;
-            let mut task = AbortOnDrop(tokio::spawn(process_record(
-                ctx.clone(),
-                relative[file_index].clone(),
-                line_no,
-                line.clone(),
-            )));
-            inflight.push(async move {
-                let result = (&mut task.0).await;
-                (seq, file_index, line, result)
-            });
+            let relative = pipeline.relative[file_index].clone();
+            let task = process_record(ctx.clone(), relative, line_no, line.clone());
+            pipeline.dispatch(file_index, line, tokio::spawn(task));
         }
         if stop.is_stopped() && grace_ends.is_none() {
             grace_ends = Some(tokio::time::Instant::now() + engine.config.shutdown_grace);
         }
         let next = tokio::select! {
-            next = inflight.next() => next,
+            next = pipeline.inflight.next() => next,
             // A stop wakes the loop so that it stops dispatching even while records run.
             _ = stop.cancelled(), if !stop.is_stopped() => continue,
             _ = sleep_until_opt(grace_ends) => {
-                abandoned = inflight.len();
-                tracing::warn!(job = %spec.job_id, abandoned, "stop grace period over; abandoning records in flight");
+                pipeline.abandoned = pipeline.inflight.len();
+                tracing::warn!(job = %spec.job_id, abandoned = pipeline.abandoned, "stop grace period over; abandoning records in flight");
                 break;
             }
         };
         let Some((seq, file_index, line, result)) = next else {
             break;
         };
-        let finished = match result {
-            Ok(mut finished) => {
-                finished.seq = seq;
-                finished.file_index = file_index;
-                finished
-            }
+        let outcome = match result {
+            Ok(outcome) => outcome,
             // A panicked task must still leave its record in the output.
-            Err(join_error) => internal_error(seq, file_index, &line, &join_error.to_string()),
+            Err(join_error) => internal_error(&line, &join_error.to_string()),
         };
-        let slot = (finished.seq - write_seq) as usize;
-        if pending.len() <= slot {
-            pending.resize_with(slot + 1, || None);
+        pipeline.accept(
+            seq,
+            Ready {
+                file_index,
+                outcome,
+            },
+        );
+        pipeline.write_ready().await?;
+    }
+    let counters = pipeline.finish().await?;
+    job.progress.send_modify(|p| p.counters = counters);
+    Ok(RunEnd {
+        counters,
+        complete: pipeline.exhausted && !stop.is_stopped(),
+        unreachable: reachability.gave_up(),
+        abandoned: pipeline.abandoned,
+    })
+}
+
+type Inflight = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    u64,
+                    usize,
+                    Bytes,
+                    Result<RecordOutcome, tokio::task::JoinError>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// The state of one run: input cursor, record tasks in flight, the reorder window and the
+/// output files, with the counters as written.
+struct Pipeline<'a> {
+    job: &'a JobRun<'a>,
+    input: InputCursor<'a>,
+    output: OutputFiles<'a>,
+    /// Each input file's path relative to its prefix, shared by its records' tasks.
+    relative: Vec<Arc<str>>,
+    inflight: FuturesUnordered<Inflight>,
+    /// Finished records by sequence number from `write_seq` on; `None` until that one ends.
+    pending: VecDeque<Option<Ready>>,
+    next_seq: u64,
+    write_seq: u64,
+    /// Records in flight or waiting to be written, at most.
+    window: u64,
+    concurrency: usize,
+    counters: Counters,
+    exhausted: bool,
+    abandoned: usize,
+    last_progress: Instant,
+}
+
+impl<'a> Pipeline<'a> {
+    /// Positions input and output at `resume_from` (reopening the output file at the
+    /// recorded position when the checkpoint is inside one).
+    async fn new(
+        job: &'a JobRun<'a>,
+        files: &'a [InputFile],
+        resume_from: Checkpoint,
+    ) -> Result<Self, EngineError> {
+        let (engine, spec) = (job.engine, job.spec);
+        let concurrency = spec.concurrency.max(1);
+        let first_file = usize::try_from(resume_from.file_index)
+            .unwrap_or(usize::MAX)
+            .min(files.len());
+        let mut output = OutputFiles {
+            engine,
+            files,
+            spec,
+            store: job.store,
+            current: None,
+            records_in_current: 0,
+            done_below: first_file,
+        };
+        if first_file < files.len() && (resume_from.records_in_file > 0 || resume_from.position > 0)
+        {
+            let uri = output_uri(spec, &files[first_file]);
+            let sink = engine.storage.open_sink(&uri, resume_from.position).await?;
+            output.current = Some((first_file, sink));
+            output.records_in_current = resume_from.records_in_file;
         }
-        pending[slot] = Some(finished);
-        while let Some(Some(_)) = pending.front() {
-            let Some(Some(done)) = pending.pop_front() else {
+        Ok(Self {
+            job,
+            input: InputCursor {
+                engine,
+                files,
+                next_file: first_file,
+                reader: None,
+                skip_records: resume_from.records_in_file,
+            },
+            output,
+            relative: files
+                .iter()
+                .map(|f| Arc::from(f.relative.as_str()))
+                .collect(),
+            inflight: FuturesUnordered::new(),
+            pending: VecDeque::new(),
+            next_seq: 0,
+            write_seq: 0,
+            // Finished records wait for the slowest earlier one; the window bounds that memory.
+            window: (concurrency as u64 * 8).clamp(256, 65_536),
+            concurrency,
+            counters: resume_from.counters,
+            exhausted: false,
+            abandoned: 0,
+            last_progress: Instant::now(),
+        })
+    }
+
+    fn has_room(&self) -> bool {
+        self.inflight.len() < self.concurrency && self.next_seq - self.write_seq < self.window
+    }
+
+    /// Takes a started record task; its result comes back from `inflight` with its sequence.
+    fn dispatch(
+        &mut self,
+        file_index: usize,
+        line: Bytes,
+        task: tokio::task::JoinHandle<RecordOutcome>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut task = AbortOnDrop(task);
+        self.inflight.push(Box::pin(async move {
+            let result = (&mut task.0).await;
+            (seq, file_index, line, result)
+        }));
+    }
+
+    /// Puts a finished record in its slot of the reorder window.
+    fn accept(&mut self, seq: u64, ready: Ready) {
+        let slot = (seq - self.write_seq) as usize;
+        if self.pending.len() <= slot {
+            self.pending.resize_with(slot + 1, || None);
+        }
+        self.pending[slot] = Some(ready);
+    }
+
+    /// Writes every record that is next in input order, then checkpoints and reports
+    /// progress when due.
+    async fn write_ready(&mut self) -> Result<(), EngineError> {
+        while let Some(Some(_)) = self.pending.front() {
+            let Some(Some(ready)) = self.pending.pop_front() else {
                 break;
             };
             // Written before it is counted: a checkpoint taken while switching files must
             // not count a record its file position does not cover.
-            output.write(done.file_index, &done.line, &counters).await?;
-            counters.processed += 1;
+            let done = &ready.outcome;
+            self.output
+                .write(ready.file_index, &done.line, &self.counters)
+                .await?;
+            let c = &mut self.counters;
+            c.processed += 1;
             if done.success {
-                counters.success += 1;
+                c.success += 1;
             } else {
-                counters.error += 1;
+                c.error += 1;
             }
-            counters.input_tokens += done.input_tokens;
-            counters.output_tokens += done.output_tokens;
-            write_seq += 1;
+            c.input_tokens += done.input_tokens;
+            c.output_tokens += done.output_tokens;
+            self.write_seq += 1;
         }
-        output.checkpoint_if_due(&counters).await?;
-        if last_progress.elapsed() >= Duration::from_millis(50) {
-            progress.send_modify(|p| p.counters = counters);
-            last_progress = Instant::now();
+        self.output.checkpoint_if_due(&self.counters).await?;
+        if self.last_progress.elapsed() >= Duration::from_millis(50) {
+            let counters = self.counters;
+            self.job.progress.send_modify(|p| p.counters = counters);
+            self.last_progress = Instant::now();
         }
+        Ok(())
     }
-    // Abandoned records' tasks are aborted here; their results are not written.
-    drop(inflight);
-    drop(pending);
-    let complete = exhausted && !stop.is_stopped();
-    match stop.reason() {
-        // The job stays running: keep the open file open for the resume.
-        Some(StopReason::Shutdown) => output.checkpoint(&counters).await?,
-        Some(_) => {
-            let end = output
-                .current
-                .as_ref()
-                .map_or(output.done_below, |(i, _)| i + 1);
-            output.finish_below(end, &counters).await?;
-            output.checkpoint(&counters).await?;
+
+    /// Abandons what is still in flight (aborting the tasks; their results are not written)
+    /// and leaves the output as the stop reason wants it; returns the final counters.
+    async fn finish(&mut self) -> Result<Counters, EngineError> {
+        self.inflight.clear();
+        self.pending.clear();
+        let counters = self.counters;
+        let output = &mut self.output;
+        match self.job.stop.reason() {
+            // The job stays running: keep the open file open for the resume.
+            Some(StopReason::Shutdown) => output.checkpoint(&counters).await?,
+            Some(_) => {
+                let end = output
+                    .current
+                    .as_ref()
+                    .map_or(output.done_below, |(i, _)| i + 1);
+                output.finish_below(end, &counters).await?;
+                output.checkpoint(&counters).await?;
+            }
+            None => {
+                output.finish_below(output.files.len(), &counters).await?;
+                output.checkpoint(&counters).await?;
+            }
         }
-        None => {
-            output.finish_below(files.len(), &counters).await?;
-            output.checkpoint(&counters).await?;
-        }
+        Ok(counters)
     }
-    progress.send_modify(|p| p.counters = counters);
-    Ok(RunEnd {
-        counters,
-        complete,
-        unreachable: reachability.gave_up(),
-        abandoned,
-    })
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

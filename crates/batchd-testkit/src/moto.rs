@@ -1,5 +1,6 @@
 //! A moto S3-compatible server for tests: started on a free loopback port, killed on drop.
 //! `scripts/test.sh` installs moto into `.venv` and sets `BATCHD_TEST_MOTO_SERVER`.
+#![allow(clippy::expect_used)] // test scaffolding: moto failing to start fails the test, loudly
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
