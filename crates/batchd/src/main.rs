@@ -19,7 +19,7 @@ use batchd_backends::bedrock::{BedrockBackend, BedrockConfig};
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{InvocationType, Job, JobArn, JobId, JobOrigin, JobRequest, JobStatus, NewJob};
 use batchd_engine::{
-    Engine, JobSpec, Progress, RecordOptions, RetryPolicy, StopReason, StopSignal,
+    Engine, JobOutcome, JobSpec, Progress, RecordOptions, RetryPolicy, StopReason, StopSignal,
 };
 use batchd_formats::native::ModelFamily;
 use batchd_storage::{Storage, StorageUri};
@@ -511,7 +511,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let spec = JobSpec::for_job(&job, record_options(model, format), concurrency)?;
-    let (job_id, arn) = (&job.id, &job.arn);
 
     let stop = StopSignal::new();
     spawn_signal_handler(stop.clone());
@@ -522,7 +521,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
     let bar_task = tokio::spawn(show_progress(progress_rx, show_bar, limiter));
     eprintln!(
-        "job {job_id}: {} on model {} ({} in flight)",
+        "job {}: {} on model {} ({} in flight)",
+        job.id,
         job.request.inputs.join(" "),
         model_id,
         concurrency
@@ -541,15 +541,21 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     store.close().await;
     let outcome = outcome?;
 
+    Ok(report(&job, &outcome))
+}
+
+/// Prints the run's summary on stdout and returns the exit code: 0 completed, 130 stopped,
+/// 1 otherwise (a failed job prints its message instead of the counts).
+fn report(job: &Job, outcome: &JobOutcome) -> ExitCode {
     let c = outcome.counters;
     let secs = outcome.elapsed.as_secs_f64();
-    println!("job:       {job_id} ({arn})");
+    println!("job:       {} ({})", job.id, job.arn);
     println!("status:    {}", outcome.status);
     if outcome.status == JobStatus::Failed {
         if let Some(message) = &outcome.message {
             println!("{message}");
         }
-        return Ok(ExitCode::from(1));
+        return ExitCode::from(1);
     }
     println!(
         "records:   {} total, {} processed, {} succeeded, {} failed",
@@ -559,20 +565,18 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "tokens:    {} input, {} output",
         c.input_tokens, c.output_tokens
     );
-    println!(
-        "elapsed:   {secs:.2} s ({:.1} records/s)",
-        if secs > 0.0 {
-            c.processed as f64 / secs
-        } else {
-            0.0
-        }
-    );
+    let rate = if secs > 0.0 {
+        c.processed as f64 / secs
+    } else {
+        0.0
+    };
+    println!("elapsed:   {secs:.2} s ({rate:.1} records/s)");
     println!("output:    {}", outcome.output_dir);
-    Ok(match outcome.status {
+    match outcome.status {
         JobStatus::Completed => ExitCode::SUCCESS,
         JobStatus::Stopped => ExitCode::from(130),
         _ => ExitCode::from(1),
-    })
+    }
 }
 
 /// A new `batchd run` job in the store, from the command line (local paths made absolute),
