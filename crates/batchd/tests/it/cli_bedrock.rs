@@ -1,0 +1,190 @@
+//! `batchd run` with a `backend = "bedrock"` model: the real binary signs each record's call
+//! with SigV4 and the fake bedrock-runtime checks every signature and answers Converse and
+//! InvokeModel (Anthropic) bodies.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use batchd_testkit::fake_bedrock::{
+    ACCESS_KEY_ID, FakeBedrock, FakeBedrockConfig, SECRET_ACCESS_KEY,
+};
+use batchd_testkit::harness::{
+    Config, Model, TestEnv, describe, manifest, read_jsonl, shared_data,
+};
+use serde_json::Value;
+
+use crate::{MODEL, test_env};
+
+/// A config naming the fake as the bedrock endpoint of `MODEL`, and only these credentials:
+/// nothing from the machine's own AWS setup.
+fn env_for(fake: &FakeBedrock, secret: &str) -> TestEnv {
+    let env = test_env(
+        &Config::new()
+            .backoff_ms(1, 20)
+            .model(Model::bedrock(MODEL, fake, "us-east-1").max_concurrency(4)),
+    );
+    let home = env.root().to_owned();
+    env.env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("HOME", home)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .env_remove("AWS_CONFIG_FILE")
+}
+
+/// Runs `batchd run` over `input` into `<dir>/<out>` and returns the job's output folder.
+async fn run(env: &TestEnv, input: &Path, out: &str, extra: &[&str]) -> (Output, Option<PathBuf>) {
+    let mut args = vec!["--quiet"];
+    args.extend_from_slice(extra);
+    env.run(&[input], MODEL, out, &args).await
+}
+
+/// The text of the last user message of a Converse or Anthropic body, as the fake echoes it.
+fn user_text(model_input: &Value) -> String {
+    let messages = model_input["messages"].as_array().unwrap();
+    let last = messages.iter().rev().find(|m| m["role"] == "user").unwrap();
+    match &last["content"] {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => panic!("content {other}"),
+    }
+}
+
+fn echo(text: &str, max_words: usize) -> String {
+    let full = format!("echo: {text}");
+    full.split_whitespace()
+        .take(max_words)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_and_invoke_model_records_run_through_signed_bedrock_calls() {
+    let fake = FakeBedrock::start(FakeBedrockConfig {
+        region: Some("us-east-1".into()),
+        ..FakeBedrockConfig::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake, SECRET_ACCESS_KEY);
+
+    // Converse records.
+    let input = shared_data("converse-basic.jsonl");
+    let (out, job_dir) = run(&env, &input, "out-converse", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let job_dir = job_dir.unwrap();
+    let inputs = read_jsonl(&input);
+    let outputs = read_jsonl(&job_dir.join("converse-basic.jsonl.out"));
+    assert_eq!(inputs.len(), outputs.len());
+    let (mut tokens_in, mut tokens_out) = (0, 0);
+    for (i, o) in inputs.iter().zip(&outputs) {
+        assert_eq!(o["recordId"], i["recordId"]);
+        assert_eq!(o["modelInput"], i["modelInput"]);
+        assert!(o.get("error").is_none(), "{o}");
+        let m = &o["modelOutput"];
+        let max = i["modelInput"]["inferenceConfig"]["maxTokens"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        assert_eq!(
+            m["output"]["message"]["content"][0]["text"],
+            echo(&user_text(&i["modelInput"]), max as usize),
+            "{o}"
+        );
+        tokens_in += m["usage"]["inputTokens"].as_u64().unwrap();
+        tokens_out += m["usage"]["outputTokens"].as_u64().unwrap();
+    }
+    let m = manifest(&job_dir);
+    assert_eq!(m["successRecordCount"], inputs.len());
+    assert_eq!(m["errorRecordCount"], 0);
+    assert_eq!(m["inputTokenCount"], tokens_in);
+    assert_eq!(m["outputTokenCount"], tokens_out);
+    let stats = fake.stats();
+    assert_eq!(stats.converse, inputs.len() as u64, "{stats:?}");
+    assert_eq!(stats.rejected_signatures, 0, "{stats:?}");
+
+    // InvokeModel records in Anthropic's Messages format; token counts from the headers.
+    fake.reset_stats();
+    let input = shared_data("invoke-anthropic.jsonl");
+    let (out, job_dir) = run(
+        &env,
+        &input,
+        "out-invoke",
+        &["--invocation-type", "invoke-model"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let job_dir = job_dir.unwrap();
+    let inputs = read_jsonl(&input);
+    let outputs = read_jsonl(&job_dir.join("invoke-anthropic.jsonl.out"));
+    assert_eq!(inputs.len(), outputs.len());
+    let (mut tokens_in, mut tokens_out) = (0, 0);
+    for (i, o) in inputs.iter().zip(&outputs) {
+        assert_eq!(o["recordId"], i["recordId"]);
+        assert_eq!(o["modelInput"], i["modelInput"]);
+        let m = &o["modelOutput"];
+        assert_eq!(m["type"], "message", "{o}");
+        assert_eq!(m["role"], "assistant");
+        let max = i["modelInput"]["max_tokens"].as_u64().unwrap();
+        assert_eq!(
+            m["content"][0]["text"],
+            echo(&user_text(&i["modelInput"]), max as usize),
+            "{o}"
+        );
+        tokens_in += m["usage"]["input_tokens"].as_u64().unwrap();
+        tokens_out += m["usage"]["output_tokens"].as_u64().unwrap();
+    }
+    let m = manifest(&job_dir);
+    assert_eq!(m["successRecordCount"], inputs.len());
+    assert_eq!(m["inputTokenCount"], tokens_in);
+    assert_eq!(m["outputTokenCount"], tokens_out);
+    let stats = fake.stats();
+    assert_eq!(stats.invoke, inputs.len() as u64, "{stats:?}");
+    assert_eq!(stats.rejected_signatures, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_records_are_retried_and_succeed() {
+    let fake = FakeBedrock::start(FakeBedrockConfig {
+        throttle_first_n: 3,
+        ..FakeBedrockConfig::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake, SECRET_ACCESS_KEY);
+    let input = shared_data("converse-basic.jsonl");
+    let (out, job_dir) = run(&env, &input, "out", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let m = manifest(&job_dir.unwrap());
+    let records = read_jsonl(&input).len() as u64;
+    assert_eq!(m["successRecordCount"], records, "{m}");
+    let stats = fake.stats();
+    assert_eq!(stats.throttled, 3, "{stats:?}");
+    assert_eq!(stats.ok, records, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_gives_error_lines_without_retries() {
+    let fake = FakeBedrock::start(FakeBedrockConfig::default())
+        .await
+        .unwrap();
+    let env = env_for(&fake, "not-the-secret");
+    let input = shared_data("converse-basic.jsonl");
+    let (out, job_dir) = run(&env, &input, "out", &[]).await;
+    let job_dir = job_dir.unwrap_or_else(|| panic!("{}", describe(&out)));
+    let lines = read_jsonl(&job_dir.join("converse-basic.jsonl.out"));
+    for line in &lines {
+        assert!(line.get("modelOutput").is_none(), "{line}");
+        assert_eq!(line["error"]["errorCode"], 403, "{line}");
+        let message = line["error"]["errorMessage"].as_str().unwrap();
+        assert!(message.contains("InvalidSignatureException"), "{line}");
+    }
+    let stats = fake.stats();
+    assert_eq!(stats.rejected_signatures, lines.len() as u64, "{stats:?}");
+    assert_eq!(stats.requests, lines.len() as u64, "not retried: {stats:?}");
+    assert_eq!(manifest(&job_dir)["errorRecordCount"], lines.len());
+}

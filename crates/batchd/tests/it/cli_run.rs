@@ -1,0 +1,366 @@
+//! `batchd run` and `batchd validate` against the fake OpenAI-compatible server: output layout,
+//! line shapes, order and the manifest.
+
+use std::path::Path;
+use std::process::Output;
+
+use batchd_testkit::harness::{
+    Config, Model, TestEnv, converse_record, describe, first_entry, manifest, read_jsonl,
+    shared_data, write_jsonl,
+};
+use batchd_testkit::{FakeConfig, FakeServer};
+use serde_json::Value;
+
+use crate::{MODEL, test_env};
+
+/// A config naming the fake server as `MODEL`.
+fn env_for(fake: &FakeServer) -> TestEnv {
+    test_env(
+        &Config::new()
+            .backoff_ms(1, 20)
+            .model(Model::fake(MODEL, fake).max_concurrency(8)),
+    )
+}
+
+async fn run(
+    env: &TestEnv,
+    inputs: &[&Path],
+    extra: &[&str],
+) -> (Output, Option<std::path::PathBuf>) {
+    env.run(inputs, MODEL, "out", extra).await
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Checks one success line against its input record.
+fn assert_success_line(out: &Value, input: &Value) {
+    assert_eq!(
+        out["modelInput"], input["modelInput"],
+        "modelInput is echoed unchanged"
+    );
+    assert!(out.get("error").is_none(), "{out}");
+    let m = &out["modelOutput"];
+    assert_eq!(m["output"]["message"]["role"], "assistant");
+    let text = m["output"]["message"]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(text.starts_with("echo:"), "{text}");
+    let stop = m["stopReason"].as_str().unwrap();
+    assert!(
+        ["end_turn", "max_tokens", "stop_sequence"].contains(&stop),
+        "{stop}"
+    );
+    let usage = &m["usage"];
+    let (i, o, t) = (
+        usage["inputTokens"].as_u64().unwrap(),
+        usage["outputTokens"].as_u64().unwrap(),
+        usage["totalTokens"].as_u64().unwrap(),
+    );
+    assert!(i > 0 && o > 0);
+    assert_eq!(t, i + o);
+    assert!(m["metrics"]["latencyMs"].is_u64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_names_every_broken_line_and_field_and_no_valid_line() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let env = env_for(&fake);
+    let file = shared_data("converse-defects.jsonl");
+    let out = env.batchd(&["validate", file.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let mut found: Vec<(u64, String)> = Vec::new();
+    for line in stdout(&out).lines() {
+        let rest = line
+            .strip_prefix(&format!("{}:", file.display()))
+            .unwrap_or_else(|| panic!("{line}"));
+        let (num, rest) = rest.split_once(": ").unwrap();
+        let (field, reason) = rest.split_once(": ").unwrap();
+        assert!(!reason.is_empty(), "{line}");
+        found.push((num.parse().unwrap(), field.to_string()));
+    }
+    let expected: Vec<(u64, &str)> = vec![
+        (2, "line"),
+        (3, "line"),
+        (4, "recordId"),
+        (5, "modelInput"),
+        (6, "modelInput.messages[0].role"),
+        (7, "modelInput.messages[0].content"),
+        (8, "modelInput.messages[0].content[0]"),
+        (9, "modelInput.inferenceConfig.temperature"),
+        (10, "recordId"),
+    ];
+    let expected: Vec<(u64, String)> = expected
+        .into_iter()
+        .map(|(n, f)| (n, f.to_string()))
+        .collect();
+    assert_eq!(found, expected, "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("duplicate \"ok1\""),
+        "line 4 names the duplicate id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_defects_fails_before_any_record_runs() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let env = env_for(&fake);
+    let (out, job_dir) = run(&env, &[&shared_data("converse-defects.jsonl")], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(text.contains("status:    Failed"), "{text}");
+    assert!(
+        text.contains("converse-defects.jsonl:6: modelInput.messages[0].role:"),
+        "{text}"
+    );
+    assert_eq!(
+        fake.stats().requests,
+        0,
+        "no record may run when validation fails"
+    );
+    assert!(
+        job_dir.is_none(),
+        "no output is written for a failed validation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_basic_and_rich_writes_ordered_output_and_manifest() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_jitter_ms: 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake);
+    let basic = shared_data("converse-basic.jsonl");
+    let rich = shared_data("converse-rich.jsonl");
+    let (out, job_dir) = run(&env, &[&basic, &rich], &["--concurrency", "4"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let job_dir = job_dir.unwrap();
+    let job_id = job_dir.file_name().unwrap().to_str().unwrap().to_owned();
+    assert_eq!(job_id.len(), 12);
+    assert!(stdout(&out).contains(&format!("model-invocation-job/{job_id}")));
+
+    let mut names: Vec<String> = std::fs::read_dir(&job_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "converse-basic.jsonl.out",
+            "converse-rich.jsonl.out",
+            "manifest.json.out"
+        ]
+    );
+
+    let mut total_in = 0;
+    let mut total_out = 0;
+    for (input, output) in [
+        (&basic, "converse-basic.jsonl.out"),
+        (&rich, "converse-rich.jsonl.out"),
+    ] {
+        let inputs = read_jsonl(input);
+        let outputs = read_jsonl(&job_dir.join(output));
+        assert_eq!(inputs.len(), outputs.len());
+        for (i, o) in inputs.iter().zip(&outputs) {
+            assert_success_line(o, i);
+            match i.get("recordId") {
+                Some(id) => assert_eq!(&o["recordId"], id, "output order equals input order"),
+                None => {
+                    let id = o["recordId"].as_str().unwrap();
+                    assert_eq!(id.len(), 11, "{id}");
+                    assert!(
+                        id.bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+                        "{id}"
+                    );
+                }
+            }
+            total_in += o["modelOutput"]["usage"]["inputTokens"].as_u64().unwrap();
+            total_out += o["modelOutput"]["usage"]["outputTokens"].as_u64().unwrap();
+        }
+    }
+    let m = manifest(&job_dir);
+    assert_eq!(m.as_object().unwrap().len(), 6, "{m}");
+    assert_eq!(m["totalRecordCount"], 14);
+    assert_eq!(m["processedRecordCount"], 14);
+    assert_eq!(m["successRecordCount"], 14);
+    assert_eq!(m["errorRecordCount"], 0);
+    assert_eq!(m["inputTokenCount"], total_in);
+    assert_eq!(m["outputTokenCount"], total_out);
+    assert!(
+        fake.stats().max_in_flight <= 4,
+        "concurrency bound: {:?}",
+        fake.stats()
+    );
+}
+
+/// `n` records with ids `<prefix>-00000`, ...; with `marker_every = Some(k)`, records
+/// 1, 1 + k, ... carry the fake's failure marker.
+fn write_records(path: &Path, prefix: &str, n: usize, marker_every: Option<usize>) {
+    write_jsonl(
+        path,
+        (0..n).map(|i| {
+            let prompt = match marker_every {
+                Some(k) if i % k == 1 => format!("please FAIL-ME {i}"),
+                _ => format!("prompt number {i}"),
+            };
+            converse_record(&format!("{prefix}-{i:05}"), &prompt)
+        }),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_429_and_503_still_all_succeed_through_retries() {
+    let fake = FakeServer::start(FakeConfig {
+        rate_429: 0.15,
+        rate_503: 0.15,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake);
+    let input = env.path("in/records.jsonl");
+    write_records(&input, "rec", 300, None);
+    // 12 attempts: a record fails only if all 12 draw an error, p = 0.3^12 ≈ 5e-7.
+    let (out, job_dir) = run(
+        &env,
+        &[&input],
+        &["--max-attempts", "12", "--concurrency", "16"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let job_dir = job_dir.unwrap();
+    let lines = read_jsonl(&job_dir.join("records.jsonl.out"));
+    assert_eq!(lines.len(), 300);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["recordId"], format!("rec-{i:05}"));
+        assert!(
+            line.get("modelOutput").is_some(),
+            "record {i} failed: {line}"
+        );
+    }
+    let m = manifest(&job_dir);
+    assert_eq!(
+        (
+            m["successRecordCount"].as_u64(),
+            m["errorRecordCount"].as_u64()
+        ),
+        (Some(300), Some(0))
+    );
+    let stats = fake.stats();
+    assert!(
+        stats.status_429 > 20 && stats.status_503 > 20,
+        "the fake did fail requests: {stats:?}"
+    );
+    assert_eq!(
+        stats.ok, 300,
+        "exactly one successful call per record: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_becomes_an_error_line_and_the_job_still_completes() {
+    let fake = FakeServer::start(FakeConfig {
+        fail_when_prompt_contains: Some("FAIL-ME".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake);
+    let input = env.path("in/records.jsonl");
+    write_records(&input, "rec", 9, Some(3)); // records 1, 4, 7 carry the marker
+    let (out, job_dir) = run(&env, &[&input], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(stdout(&out).contains("status:    Completed"));
+    let job_dir = job_dir.unwrap();
+    let lines = read_jsonl(&job_dir.join("records.jsonl.out"));
+    let inputs = read_jsonl(&input);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["modelInput"], inputs[i]["modelInput"]);
+        if i % 3 == 1 {
+            assert!(line.get("modelOutput").is_none(), "{line}");
+            assert_eq!(line["error"]["errorCode"], 400, "{line}");
+            assert!(!line["error"]["errorMessage"].as_str().unwrap().is_empty());
+        } else {
+            assert_success_line(line, &inputs[i]);
+        }
+    }
+    let m = manifest(&job_dir);
+    assert_eq!(m["successRecordCount"], 6);
+    assert_eq!(m["errorRecordCount"], 3);
+    assert_eq!(m["processedRecordCount"], 9);
+    assert_eq!(fake.stats().status_400, 3, "a 400 is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_input_mirrors_sub_folders_in_the_output() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let env = env_for(&fake);
+    write_records(&env.path("in/b/deep/second.jsonl"), "second", 3, None);
+    write_records(&env.path("in/a/first.jsonl"), "first", 5, None);
+    std::fs::write(env.path("in/a/readme.txt"), "not an input").unwrap();
+    let (out, job_dir) = run(&env, &[&env.path("in")], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let job_dir = job_dir.unwrap();
+    assert_eq!(read_jsonl(&job_dir.join("a/first.jsonl.out")).len(), 5);
+    assert_eq!(
+        read_jsonl(&job_dir.join("b/deep/second.jsonl.out")).len(),
+        3
+    );
+    assert!(!job_dir.join("a/readme.txt.out").exists());
+    assert_eq!(manifest(&job_dir)["totalRecordCount"], 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_uris_without_an_endpoint_use_the_data_dir() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let env = env_for(&fake);
+    write_records(
+        &env.bucket("my-bucket").join("jobs/in/records.jsonl"),
+        "rec",
+        4,
+        None,
+    );
+    let args = [
+        "run",
+        "s3://my-bucket/jobs/in/",
+        "--model-id",
+        MODEL,
+        "--out",
+        "s3://my-bucket/jobs/out",
+    ];
+    let out = env.batchd(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let job_dir = first_entry(&env.bucket("my-bucket").join("jobs/out")).unwrap();
+    assert_eq!(read_jsonl(&job_dir.join("records.jsonl.out")).len(), 4);
+    assert_eq!(manifest(&job_dir)["successRecordCount"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_model_id_is_an_error_before_anything_runs() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let env = env_for(&fake);
+    let input = env.path("in/records.jsonl");
+    write_records(&input, "rec", 2, None);
+    let out = env
+        .batchd(&[
+            "run",
+            input.to_str().unwrap(),
+            "--model-id",
+            "no.such-model",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown model id \"no.such-model\""), "{err}");
+    assert!(
+        err.contains(MODEL),
+        "the error lists the configured models: {err}"
+    );
+    assert_eq!(fake.stats().requests, 0);
+}
