@@ -385,6 +385,23 @@ pub fn manifest(job_dir: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Asserts a finished job's manifest counts: `total` records read and processed, `errors` of
+/// them error lines, the rest successes.
+pub fn assert_counts(manifest: &Value, total: usize, errors: usize) {
+    let count = |key: &str| manifest[key].as_u64();
+    let want = |n: usize| u64::try_from(n).ok();
+    assert_eq!(
+        [
+            count("totalRecordCount"),
+            count("processedRecordCount"),
+            count("successRecordCount"),
+            count("errorRecordCount"),
+        ],
+        [want(total), want(total), want(total - errors), want(errors)],
+        "total, processed, success, error counts of {manifest}"
+    );
+}
+
 /// A Converse record: one user message with `text`.
 pub fn converse_record(id: &str, text: &str) -> Value {
     json!({
@@ -439,6 +456,17 @@ mod tests {
         assert_eq!(models[0]["max_concurrency"].as_integer(), Some(8));
         assert_eq!(models[1]["id"].as_str(), Some("e"));
         assert_eq!(models[1]["model"].as_str(), Some("all-minilm-l6-v2"));
+    }
+
+    #[test]
+    fn assert_counts_passes_on_the_counts_and_fails_on_others() {
+        let manifest = json!({"totalRecordCount": 3, "processedRecordCount": 3,
+            "successRecordCount": 2, "errorRecordCount": 1});
+        assert_counts(&manifest, 3, 1);
+        for (total, errors) in [(3, 0), (4, 1), (2, 1)] {
+            let wrong = std::panic::catch_unwind(|| assert_counts(&manifest, total, errors));
+            assert!(wrong.is_err(), "{total} {errors} passed");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Output;
 
 use batchd_testkit::harness::{
-    Config, Model, TestEnv, describe, manifest, read_jsonl, shared_data,
+    Config, Model, TestEnv, assert_counts, describe, manifest, read_jsonl, shared_data,
 };
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::Value;
@@ -67,10 +67,7 @@ fn outputs(input: &Path, lines: &[Value], manifest: &Value) -> Vec<Value> {
         assert_eq!(line["modelInput"], record["modelInput"]);
         assert!(line.get("error").is_none(), "{line}");
     }
-    assert_eq!(manifest["totalRecordCount"], records.len());
-    assert_eq!(manifest["processedRecordCount"], records.len());
-    assert_eq!(manifest["successRecordCount"], records.len());
-    assert_eq!(manifest["errorRecordCount"], 0);
+    assert_counts(manifest, records.len(), 0);
     lines.iter().map(|l| l["modelOutput"].clone()).collect()
 }
 

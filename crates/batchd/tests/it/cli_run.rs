@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Output;
 
 use batchd_testkit::harness::{
-    Config, Model, TestEnv, converse_record, describe, first_entry, manifest, read_jsonl,
-    shared_data, write_jsonl,
+    Config, Model, TestEnv, assert_counts, converse_record, describe, first_entry, manifest,
+    read_jsonl, shared_data, write_jsonl,
 };
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::Value;
@@ -186,10 +186,7 @@ async fn run_basic_and_rich_writes_ordered_output_and_manifest() {
     }
     let m = manifest(&job_dir);
     assert_eq!(m.as_object().unwrap().len(), 6, "{m}");
-    assert_eq!(m["totalRecordCount"], 14);
-    assert_eq!(m["processedRecordCount"], 14);
-    assert_eq!(m["successRecordCount"], 14);
-    assert_eq!(m["errorRecordCount"], 0);
+    assert_counts(&m, 14, 0);
     assert_eq!(m["inputTokenCount"], total_in);
     assert_eq!(m["outputTokenCount"], total_out);
     assert!(
@@ -244,14 +241,7 @@ async fn thirty_percent_429_and_503_still_all_succeed_through_retries() {
             "record {i} failed: {line}"
         );
     }
-    let m = manifest(&job_dir);
-    assert_eq!(
-        (
-            m["successRecordCount"].as_u64(),
-            m["errorRecordCount"].as_u64()
-        ),
-        (Some(300), Some(0))
-    );
+    assert_counts(&manifest(&job_dir), 300, 0);
     let stats = fake.stats();
     assert!(
         stats.status_429 > 20 && stats.status_503 > 20,
@@ -290,10 +280,7 @@ async fn a_400_becomes_an_error_line_and_the_job_still_completes() {
             assert_success_line(line, &inputs[i]);
         }
     }
-    let m = manifest(&job_dir);
-    assert_eq!(m["successRecordCount"], 6);
-    assert_eq!(m["errorRecordCount"], 3);
-    assert_eq!(m["processedRecordCount"], 9);
+    assert_counts(&manifest(&job_dir), 9, 3);
     assert_eq!(fake.stats().status_400, 3, "a 400 is not retried");
 }
 

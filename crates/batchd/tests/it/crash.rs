@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use batchd_testkit::harness::{
-    Config, Model, Served, TestEnv, converse_record, manifest, read_jsonl, record_ids, write_jsonl,
+    Config, Model, Served, TestEnv, assert_counts, converse_record, manifest, read_jsonl,
+    record_ids, write_jsonl,
 };
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::{Value, json};
@@ -58,11 +59,7 @@ fn check_output(env: &TestEnv, job_id: &str, inputs: &[(String, Vec<String>)]) {
             assert!(line.get("modelOutput").is_some(), "{line}");
         }
     }
-    let manifest = manifest(&out);
-    assert_eq!(manifest["totalRecordCount"], total, "{manifest}");
-    assert_eq!(manifest["processedRecordCount"], total, "{manifest}");
-    assert_eq!(manifest["successRecordCount"], total, "{manifest}");
-    assert_eq!(manifest["errorRecordCount"], 0, "{manifest}");
+    assert_counts(&manifest(&out), total, 0);
     // No part objects or stray files left next to the outputs.
     let mut names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()

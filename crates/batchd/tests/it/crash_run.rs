@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use batchd_testkit::harness::{
-    Config, Model, TestEnv, converse_record, describe, manifest, read_jsonl, record_ids,
-    write_jsonl,
+    Config, Model, TestEnv, assert_counts, converse_record, describe, manifest, read_jsonl,
+    record_ids, write_jsonl,
 };
 use batchd_testkit::{FakeConfig, FakeServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -123,10 +123,7 @@ async fn sigkill_batchd_run_at_random_points_then_resume_loses_and_repeats_nothi
     assert_eq!(got, ids, "order or identity differs");
     assert!(lines.iter().all(|l| l.get("modelOutput").is_some()));
     let manifest = manifest(&job_dir);
-    assert_eq!(manifest["totalRecordCount"], 3000);
-    assert_eq!(manifest["processedRecordCount"], 3000);
-    assert_eq!(manifest["successRecordCount"], 3000);
-    assert_eq!(manifest["errorRecordCount"], 0);
+    assert_counts(&manifest, 3000, 0);
     let input_tokens: u64 = lines
         .iter()
         .map(|l| l["modelOutput"]["usage"]["inputTokens"].as_u64().unwrap())

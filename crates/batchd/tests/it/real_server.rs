@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use batchd_testkit::harness::{
-    Config, Model, describe, first_entry, manifest, read_jsonl, repo_root,
+    Config, Model, assert_counts, describe, first_entry, manifest, read_jsonl, repo_root,
 };
 use batchd_testkit::skip_unless_ci;
 use serde_json::Value;
@@ -175,10 +175,8 @@ fn converse_records_run_through_llama_server() {
         assert_real_success(out, input);
     }
     let manifest = manifest(&job_dir);
-    let n = inputs.len() as u64;
-    assert_eq!(manifest["totalRecordCount"], n, "{manifest}");
-    assert_eq!(manifest["successRecordCount"], n, "{manifest}");
-    assert_eq!(manifest["errorRecordCount"], 0, "{manifest}");
+    let n = inputs.len();
+    assert_counts(&manifest, n, 0);
     let output_tokens: u64 = outputs
         .iter()
         .map(|o| o["modelOutput"]["usage"]["outputTokens"].as_u64().unwrap())
