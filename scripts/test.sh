@@ -25,7 +25,7 @@ first=""
 [ -d target/debug ] || first=" (first run: compiles every crate and llama.cpp, ~10 min on 2 cores)"
 step "cargo clippy$first"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-# A real OpenAI-compatible server for crates/batchd/tests/real_server.rs: llama.cpp's
+# A real OpenAI-compatible server for crates/batchd/tests/it/real_server.rs: llama.cpp's
 # llama-server with SmolLM2 on 127.0.0.1 (built once into the cache by the script: ~10 min on 2
 # idle cores; then a few seconds to start). Stopped on exit.
 step "llama-server for the real-server test (scripts/model-server.sh; built once, ~10 min)"

@@ -3,7 +3,6 @@
 //! Without the model files these tests print why and pass, unless `CI` is set.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use batchd_embedded::{
 use batchd_formats::neutral::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, EmbedRequest, Role, StopReason,
 };
+use batchd_testkit::skip_unless_ci;
 use futures::future::join_all;
 
 const SLOTS: usize = 4;
@@ -26,12 +26,13 @@ fn chat() -> Option<&'static EmbeddedChat> {
         let files = match ChatModelFiles::locate(&default_cache_dir(|name| std::env::var_os(name)))
         {
             Ok(files) => files,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                // Straight to stderr: libtest captures `eprintln!` of passing tests.
-                let _ = writeln!(std::io::stderr(), "skipping the model tests: {e}");
+            Err(e) => {
+                skip_unless_ci(
+                    &format!("the model tests: {e}"),
+                    "CI must run scripts/models.sh first",
+                );
                 return None;
             }
-            Err(e) => panic!("{e} (CI must run scripts/models.sh first)"),
         };
         let config = ChatModelConfig {
             max_sequences: SLOTS,

@@ -3,7 +3,6 @@
 //! Without the model files these tests print why and pass, unless `CI` is set.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::sync::OnceLock;
 
 use batchd_backends::{ErrorKind, ModelBackend};
@@ -12,6 +11,7 @@ use batchd_embedded::{
     default_cache_dir,
 };
 use batchd_formats::neutral::{ChatRequest, EmbedRequest};
+use batchd_testkit::skip_unless_ci;
 use futures::future::join_all;
 
 fn model() -> Option<&'static EmbeddedEmbeddings> {
@@ -22,12 +22,13 @@ fn model() -> Option<&'static EmbeddedEmbeddings> {
                 std::env::var_os(name)
             })) {
                 Ok(files) => files,
-                Err(e) if std::env::var_os("CI").is_none() => {
-                    // Straight to stderr: libtest captures `eprintln!` of passing tests.
-                    let _ = writeln!(std::io::stderr(), "skipping the model tests: {e}");
+                Err(e) => {
+                    skip_unless_ci(
+                        &format!("the model tests: {e}"),
+                        "CI must run scripts/models.sh first",
+                    );
                     return None;
                 }
-                Err(e) => panic!("{e} (CI must run scripts/models.sh first)"),
             };
             Some(EmbeddedEmbeddings::load(EmbeddingsConfig::new(files)).unwrap())
         })

@@ -13,11 +13,16 @@
 //! `{"error":{..}}` body; only successful answers wait for the configured latency.
 //!
 //! [`moto::MotoServer`] starts a moto S3-compatible server for storage tests.
+//!
+//! [`harness::TestEnv`] is the one test environment of the `batchd` binary's tests: a typed
+//! config written as `batchd.toml`, `batchd run`/`serve` as child processes, output readers.
 
 mod fake;
 pub mod fake_bedrock;
+pub mod harness;
 pub mod moto;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -143,6 +148,15 @@ impl FakeServer {
             task.abort();
         }
     }
+}
+
+/// For a test that needs what this machine may lack (model files, a server): prints why and
+/// returns, so a developer's `cargo test` passes; under CI (`CI` set) it fails, saying
+/// `ci_fix`, so CI never passes by skipping.
+pub fn skip_unless_ci(why: &str, ci_fix: &str) {
+    assert!(std::env::var_os("CI").is_none(), "{why} ({ci_fix})");
+    // Straight to stderr: libtest captures `eprintln!` of passing tests.
+    let _ = writeln!(std::io::stderr(), "skipping: {why}");
 }
 
 /// Installs ring as the process-wide rustls provider if none is installed yet. reqwest is

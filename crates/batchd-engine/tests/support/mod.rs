@@ -14,6 +14,7 @@ use batchd_engine::{Engine, EngineConfig, RecordOptions};
 use batchd_storage::{Storage, StorageConfig};
 use batchd_store::SqliteStore;
 use batchd_testkit::FakeServer;
+use batchd_testkit::harness::{converse_record, read_jsonl, record_ids, write_jsonl};
 
 pub const MODEL: &str = "test.model-v1";
 
@@ -24,15 +25,10 @@ pub fn write_records(path: &Path, n: usize) {
 
 /// `n` Converse records with ids `<prefix>0000`, ...: unique across the files of one job.
 pub fn write_prefixed(path: &Path, prefix: &str, n: usize) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let text: String = (0..n)
-        .map(|i| {
-            format!(
-                "{{\"recordId\":\"{prefix}{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"hi {i}\"}}]}}]}}}}\n"
-            )
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
+    write_jsonl(
+        path,
+        (0..n).map(|i| converse_record(&format!("{prefix}{i:04}"), &format!("hi {i}"))),
+    );
 }
 
 /// A scheduler over `dir` (SQLite store, local buckets) and the fake; its loop is not started.
@@ -104,15 +100,6 @@ pub async fn wait_for(s: &Scheduler, id: &JobId, done: impl Fn(&Job) -> bool) ->
 }
 
 pub fn output_ids(dir: &Path, id: &JobId) -> Vec<String> {
-    let path = dir.join(format!("buckets/bucket/out/{id}/a.jsonl.out"));
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["recordId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
+    let lines = read_jsonl(&dir.join(format!("buckets/bucket/out/{id}/a.jsonl.out")));
+    record_ids(&lines).into_iter().map(str::to_owned).collect()
 }

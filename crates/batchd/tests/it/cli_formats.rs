@@ -1,17 +1,19 @@
-//! Black-box tests of InvokeModel bodies: every family's file in `shared/data` runs end to end
-//! through `batchd run` against the fake OpenAI-compatible server, and each output line has
-//! the family's native response shape (keys and types).
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+//! InvokeModel bodies: every family's file in `shared/data` runs end to end through
+//! `batchd run` against the fake OpenAI-compatible server, and each output line has the
+//! family's native response shape (keys and types).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
+use batchd_testkit::harness::{
+    Config, Model, TestEnv, assert_counts, describe, manifest, read_jsonl, shared_data,
+};
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::Value;
 
-const BATCHD: &str = env!("CARGO_BIN_EXE_batchd");
+use crate::test_env;
 
-const ANTHROPIC: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+const ANTHROPIC: &str = crate::MODEL;
 const TITAN_TEXT: &str = "amazon.titan-text-express-v1";
 const TITAN_EMBED: &str = "amazon.titan-embed-text-v2:0";
 const NOVA: &str = "amazon.nova-lite-v1:0";
@@ -20,101 +22,43 @@ const MISTRAL: &str = "mistral.mistral-7b-instruct-v0:2";
 /// A custom id whose family comes from `format` in its config entry.
 const CUSTOM: &str = "my-team/claude-like";
 
-fn shared_data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
-        .join(name)
+/// Every family's id on the fake, plus `CUSTOM`.
+fn env_for(fake: &FakeServer) -> TestEnv {
+    let mut config = Config::new().backoff_ms(1, 20);
+    for id in [ANTHROPIC, TITAN_TEXT, TITAN_EMBED, NOVA, LLAMA, MISTRAL] {
+        config = config.model(
+            Model::fake(id, fake)
+                .max_concurrency(8)
+                .set("embed_batch_size", 4),
+        );
+    }
+    test_env(&config.model(Model::openai(CUSTOM, &fake.base_url()).set("format", "anthropic")))
 }
 
-struct TestEnv {
-    dir: tempfile::TempDir,
-}
-
-impl TestEnv {
-    fn new(fake: &FakeServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = String::from("[engine]\nbackoff_base_ms = 1\nbackoff_max_ms = 20\n");
-        for id in [ANTHROPIC, TITAN_TEXT, TITAN_EMBED, NOVA, LLAMA, MISTRAL] {
-            config.push_str(&format!(
-                "\n[[models]]\nid = \"{id}\"\nbackend = \"openai\"\nbase_url = \"{}\"\nmodel = \"fake\"\nmax_concurrency = 8\nembed_batch_size = 4\n",
-                fake.base_url()
-            ));
-        }
-        config.push_str(&format!(
-            "\n[[models]]\nid = \"{CUSTOM}\"\nbackend = \"openai\"\nbase_url = \"{}\"\nformat = \"anthropic\"\n",
-            fake.base_url()
-        ));
-        std::fs::write(dir.path().join("batchd.toml"), config).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    async fn batchd(&self, args: &[&str]) -> Output {
-        let mut cmd = tokio::process::Command::new(BATCHD);
-        cmd.args(args)
-            .arg("--config")
-            .arg(self.path("batchd.toml"))
-            .arg("--data-dir")
-            .arg(self.path("data"));
-        cmd.output().await.unwrap()
-    }
-
-    /// Runs one file as InvokeModel records on `model`; returns the output lines, in order.
-    async fn run_invoke(&self, input: &Path, model: &str) -> (Output, Vec<Value>, Value) {
-        let out_dir = self.path(&format!("out-{}", model.replace(['/', ':'], "_")));
-        let output = self
-            .batchd(&[
-                "run",
-                &input.display().to_string(),
-                "--model-id",
-                model,
-                "--invocation-type",
-                "invoke-model",
-                "--out",
-                &out_dir.display().to_string(),
-                "--quiet",
-            ])
-            .await;
-        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-        let job_dir = std::fs::read_dir(&out_dir)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        let name = input.file_name().unwrap().to_string_lossy();
-        let lines = read_lines(&job_dir.join(format!("{name}.out")));
-        let manifest: Value = serde_json::from_str(
-            &std::fs::read_to_string(job_dir.join("manifest.json.out")).unwrap(),
+/// Runs one file as InvokeModel records on `model`; returns the output lines, in order, and
+/// the manifest.
+async fn run_invoke(env: &TestEnv, input: &Path, model: &str) -> (Output, Vec<Value>, Value) {
+    let out = format!("out-{}", model.replace(['/', ':'], "_"));
+    let (output, job_dir) = env
+        .run(
+            &[input],
+            model,
+            &out,
+            &["--invocation-type", "invoke-model", "--quiet"],
         )
-        .unwrap();
-        (output, lines, manifest)
-    }
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+        .await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let job_dir = job_dir.unwrap();
+    let name = input.file_name().unwrap().to_string_lossy();
+    let lines = read_jsonl(&job_dir.join(format!("{name}.out")));
+    let manifest = manifest(&job_dir);
+    (output, lines, manifest)
 }
 
 /// Checks order, echo and success of every line, and the manifest's counts; returns each
 /// line's modelOutput.
 fn outputs(input: &Path, lines: &[Value], manifest: &Value) -> Vec<Value> {
-    let records = read_lines(input);
+    let records = read_jsonl(input);
     assert_eq!(lines.len(), records.len());
     for (line, record) in lines.iter().zip(&records) {
         if let Some(id) = record.get("recordId") {
@@ -123,10 +67,7 @@ fn outputs(input: &Path, lines: &[Value], manifest: &Value) -> Vec<Value> {
         assert_eq!(line["modelInput"], record["modelInput"]);
         assert!(line.get("error").is_none(), "{line}");
     }
-    assert_eq!(manifest["totalRecordCount"], records.len());
-    assert_eq!(manifest["processedRecordCount"], records.len());
-    assert_eq!(manifest["successRecordCount"], records.len());
-    assert_eq!(manifest["errorRecordCount"], 0);
+    assert_counts(manifest, records.len(), 0);
     lines.iter().map(|l| l["modelOutput"].clone()).collect()
 }
 
@@ -141,10 +82,10 @@ fn is_text(v: &Value) -> bool {
 #[tokio::test]
 async fn anthropic_records_answer_in_the_messages_shape() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     for model in [ANTHROPIC, CUSTOM] {
         let input = shared_data("invoke-anthropic.jsonl");
-        let (_, lines, manifest) = env.run_invoke(&input, model).await;
+        let (_, lines, manifest) = run_invoke(&env, &input, model).await;
         for out in outputs(&input, &lines, &manifest) {
             assert_eq!(out["type"], "message", "{out}");
             assert_eq!(out["role"], "assistant", "{out}");
@@ -166,9 +107,9 @@ async fn anthropic_records_answer_in_the_messages_shape() {
 #[tokio::test]
 async fn titan_text_records_answer_with_results() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let input = shared_data("invoke-titan-text.jsonl");
-    let (_, lines, manifest) = env.run_invoke(&input, TITAN_TEXT).await;
+    let (_, lines, manifest) = run_invoke(&env, &input, TITAN_TEXT).await;
     for out in outputs(&input, &lines, &manifest) {
         assert!(is_uint(&out["inputTextTokenCount"]), "{out}");
         let result = &out["results"][0];
@@ -187,10 +128,10 @@ async fn titan_embed_records_are_batched_and_answer_with_vectors() {
     })
     .await
     .unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let input = shared_data("invoke-titan-embed.jsonl");
-    let records = read_lines(&input);
-    let (_, lines, manifest) = env.run_invoke(&input, TITAN_EMBED).await;
+    let records = read_jsonl(&input);
+    let (_, lines, manifest) = run_invoke(&env, &input, TITAN_EMBED).await;
     for (out, record) in outputs(&input, &lines, &manifest).iter().zip(&records) {
         assert!(is_uint(&out["inputTextTokenCount"]), "{out}");
         let vector = out["embedding"].as_array().unwrap();
@@ -217,9 +158,9 @@ async fn titan_embed_records_are_batched_and_answer_with_vectors() {
 #[tokio::test]
 async fn nova_records_answer_in_the_nova_shape() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let input = shared_data("invoke-nova.jsonl");
-    let (_, lines, manifest) = env.run_invoke(&input, NOVA).await;
+    let (_, lines, manifest) = run_invoke(&env, &input, NOVA).await;
     for out in outputs(&input, &lines, &manifest) {
         let message = &out["output"]["message"];
         assert_eq!(message["role"], "assistant", "{out}");
@@ -234,9 +175,9 @@ async fn nova_records_answer_in_the_nova_shape() {
 #[tokio::test]
 async fn llama_and_mistral_records_answer_in_their_shapes() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let input = shared_data("invoke-llama.jsonl");
-    let (_, lines, manifest) = env.run_invoke(&input, LLAMA).await;
+    let (_, lines, manifest) = run_invoke(&env, &input, LLAMA).await;
     for out in outputs(&input, &lines, &manifest) {
         assert!(is_text(&out["generation"]), "{out}");
         assert!(is_uint(&out["prompt_token_count"]), "{out}");
@@ -244,7 +185,7 @@ async fn llama_and_mistral_records_answer_in_their_shapes() {
         assert!(is_text(&out["stop_reason"]), "{out}");
     }
     let input = shared_data("invoke-mistral.jsonl");
-    let (_, lines, manifest) = env.run_invoke(&input, MISTRAL).await;
+    let (_, lines, manifest) = run_invoke(&env, &input, MISTRAL).await;
     for out in outputs(&input, &lines, &manifest) {
         let first = &out["outputs"][0];
         assert!(is_text(&first["text"]), "{out}");
@@ -255,7 +196,7 @@ async fn llama_and_mistral_records_answer_in_their_shapes() {
 #[tokio::test]
 async fn native_defects_fail_validation_with_file_line_and_field() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let good = r#"{"recordId":"a","modelInput":{"anthropic_version":"bedrock-2023-05-31","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}}"#;
     let no_version = r#"{"recordId":"b","modelInput":{"max_tokens":16,"messages":[{"role":"user","content":"hi"}]}}"#;
     let no_max = r#"{"recordId":"c","modelInput":{"anthropic_version":"bedrock-2023-05-31","messages":[{"role":"user","content":"hi"}]}}"#;
@@ -326,7 +267,7 @@ async fn native_defects_fail_validation_with_file_line_and_field() {
 #[tokio::test]
 async fn invoke_model_without_a_known_format_is_refused_with_the_fix() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let out = env
         .batchd(&[
             "validate",

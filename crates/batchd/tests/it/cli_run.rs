@@ -1,100 +1,37 @@
-//! Black-box tests of `batchd run` and `batchd validate`: the real binary against the fake
-//! OpenAI-compatible server, checking output layout, line shapes, order and the manifest.
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+//! `batchd run` and `batchd validate` against the fake OpenAI-compatible server: output layout,
+//! line shapes, order and the manifest.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
+use batchd_testkit::harness::{
+    Config, Model, TestEnv, assert_counts, converse_record, describe, first_entry, manifest,
+    read_jsonl, shared_data, write_jsonl,
+};
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::Value;
 
-const BATCHD: &str = env!("CARGO_BIN_EXE_batchd");
-const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+use crate::{MODEL, test_env};
 
-fn shared_data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
-        .join(name)
+/// A config naming the fake server as `MODEL`.
+fn env_for(fake: &FakeServer) -> TestEnv {
+    test_env(
+        &Config::new()
+            .backoff_ms(1, 20)
+            .model(Model::fake(MODEL, fake).max_concurrency(8)),
+    )
 }
 
-/// A temp dir with a config naming the fake server as `MODEL`.
-struct TestEnv {
-    dir: tempfile::TempDir,
-}
-
-impl TestEnv {
-    fn new(fake: &FakeServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "[engine]\nbackoff_base_ms = 1\nbackoff_max_ms = 20\n\n[[models]]\nid = \"{MODEL}\"\nbackend = \"openai\"\nbase_url = \"{}\"\nmodel = \"fake\"\nmax_concurrency = 8\n",
-            fake.base_url()
-        );
-        std::fs::write(dir.path().join("batchd.toml"), config).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    async fn batchd(&self, args: &[&str]) -> Output {
-        let mut cmd = tokio::process::Command::new(BATCHD);
-        cmd.args(args)
-            .arg("--config")
-            .arg(self.path("batchd.toml"))
-            .arg("--data-dir")
-            .arg(self.path("data"));
-        cmd.output().await.unwrap()
-    }
-
-    async fn run(&self, inputs: &[&Path], extra: &[&str]) -> (Output, Option<PathBuf>) {
-        let out_dir = self.path("out");
-        let mut args: Vec<String> = vec!["run".into()];
-        args.extend(inputs.iter().map(|p| p.display().to_string()));
-        args.extend([
-            "--model-id".into(),
-            MODEL.into(),
-            "--out".into(),
-            out_dir.display().to_string(),
-        ]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let output = self.batchd(&refs).await;
-        let job_dir = std::fs::read_dir(&out_dir)
-            .ok()
-            .and_then(|mut entries| entries.next())
-            .map(|e| e.unwrap().path());
-        (output, job_dir)
-    }
+async fn run(
+    env: &TestEnv,
+    inputs: &[&Path],
+    extra: &[&str],
+) -> (Output, Option<std::path::PathBuf>) {
+    env.run(inputs, MODEL, "out", extra).await
 }
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn manifest(job_dir: &Path) -> Value {
-    let text = std::fs::read_to_string(job_dir.join("manifest.json.out")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn input_records(path: &Path) -> Vec<Value> {
-    read_lines(path)
 }
 
 /// Checks one success line against its input record.
@@ -129,7 +66,7 @@ fn assert_success_line(out: &Value, input: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_names_every_broken_line_and_field_and_no_valid_line() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let file = shared_data("converse-defects.jsonl");
     let out = env.batchd(&["validate", file.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -168,10 +105,8 @@ async fn validate_names_every_broken_line_and_field_and_no_valid_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_defects_fails_before_any_record_runs() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
-    let (out, job_dir) = env
-        .run(&[&shared_data("converse-defects.jsonl")], &[])
-        .await;
+    let env = env_for(&fake);
+    let (out, job_dir) = run(&env, &[&shared_data("converse-defects.jsonl")], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let text = stdout(&out);
     assert!(text.contains("status:    Failed"), "{text}");
@@ -198,10 +133,10 @@ async fn run_basic_and_rich_writes_ordered_output_and_manifest() {
     })
     .await
     .unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let basic = shared_data("converse-basic.jsonl");
     let rich = shared_data("converse-rich.jsonl");
-    let (out, job_dir) = env.run(&[&basic, &rich], &["--concurrency", "4"]).await;
+    let (out, job_dir) = run(&env, &[&basic, &rich], &["--concurrency", "4"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let job_dir = job_dir.unwrap();
     let job_id = job_dir.file_name().unwrap().to_str().unwrap().to_owned();
@@ -228,8 +163,8 @@ async fn run_basic_and_rich_writes_ordered_output_and_manifest() {
         (&basic, "converse-basic.jsonl.out"),
         (&rich, "converse-rich.jsonl.out"),
     ] {
-        let inputs = input_records(input);
-        let outputs = read_lines(&job_dir.join(output));
+        let inputs = read_jsonl(input);
+        let outputs = read_jsonl(&job_dir.join(output));
         assert_eq!(inputs.len(), outputs.len());
         for (i, o) in inputs.iter().zip(&outputs) {
             assert_success_line(o, i);
@@ -251,10 +186,7 @@ async fn run_basic_and_rich_writes_ordered_output_and_manifest() {
     }
     let m = manifest(&job_dir);
     assert_eq!(m.as_object().unwrap().len(), 6, "{m}");
-    assert_eq!(m["totalRecordCount"], 14);
-    assert_eq!(m["processedRecordCount"], 14);
-    assert_eq!(m["successRecordCount"], 14);
-    assert_eq!(m["errorRecordCount"], 0);
+    assert_counts(&m, 14, 0);
     assert_eq!(m["inputTokenCount"], total_in);
     assert_eq!(m["outputTokenCount"], total_out);
     assert!(
@@ -264,26 +196,19 @@ async fn run_basic_and_rich_writes_ordered_output_and_manifest() {
     );
 }
 
-fn write_records(path: &Path, n: usize, marker_every: Option<usize>) {
-    write_records_with_prefix(path, "rec", n, marker_every);
-}
-
-fn write_records_with_prefix(path: &Path, prefix: &str, n: usize, marker_every: Option<usize>) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut text = String::new();
-    for i in 0..n {
-        let prompt = match marker_every {
-            Some(k) if i % k == 1 => format!("please FAIL-ME {i}"),
-            _ => format!("prompt number {i}"),
-        };
-        let line = serde_json::json!({
-            "recordId": format!("{prefix}-{i:05}"),
-            "modelInput": {"messages": [{"role": "user", "content": [{"text": prompt}]}]},
-        });
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap();
+/// `n` records with ids `<prefix>-00000`, ...; with `marker_every = Some(k)`, records
+/// 1, 1 + k, ... carry the fake's failure marker.
+fn write_records(path: &Path, prefix: &str, n: usize, marker_every: Option<usize>) {
+    write_jsonl(
+        path,
+        (0..n).map(|i| {
+            let prompt = match marker_every {
+                Some(k) if i % k == 1 => format!("please FAIL-ME {i}"),
+                _ => format!("prompt number {i}"),
+            };
+            converse_record(&format!("{prefix}-{i:05}"), &prompt)
+        }),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,16 +220,19 @@ async fn thirty_percent_429_and_503_still_all_succeed_through_retries() {
     })
     .await
     .unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let input = env.path("in/records.jsonl");
-    write_records(&input, 300, None);
+    write_records(&input, "rec", 300, None);
     // 12 attempts: a record fails only if all 12 draw an error, p = 0.3^12 ≈ 5e-7.
-    let (out, job_dir) = env
-        .run(&[&input], &["--max-attempts", "12", "--concurrency", "16"])
-        .await;
+    let (out, job_dir) = run(
+        &env,
+        &[&input],
+        &["--max-attempts", "12", "--concurrency", "16"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let job_dir = job_dir.unwrap();
-    let lines = read_lines(&job_dir.join("records.jsonl.out"));
+    let lines = read_jsonl(&job_dir.join("records.jsonl.out"));
     assert_eq!(lines.len(), 300);
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["recordId"], format!("rec-{i:05}"));
@@ -313,14 +241,7 @@ async fn thirty_percent_429_and_503_still_all_succeed_through_retries() {
             "record {i} failed: {line}"
         );
     }
-    let m = manifest(&job_dir);
-    assert_eq!(
-        (
-            m["successRecordCount"].as_u64(),
-            m["errorRecordCount"].as_u64()
-        ),
-        (Some(300), Some(0))
-    );
+    assert_counts(&manifest(&job_dir), 300, 0);
     let stats = fake.stats();
     assert!(
         stats.status_429 > 20 && stats.status_503 > 20,
@@ -340,15 +261,15 @@ async fn a_400_becomes_an_error_line_and_the_job_still_completes() {
     })
     .await
     .unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let input = env.path("in/records.jsonl");
-    write_records(&input, 9, Some(3)); // records 1, 4, 7 carry the marker
-    let (out, job_dir) = env.run(&[&input], &[]).await;
+    write_records(&input, "rec", 9, Some(3)); // records 1, 4, 7 carry the marker
+    let (out, job_dir) = run(&env, &[&input], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(stdout(&out).contains("status:    Completed"));
     let job_dir = job_dir.unwrap();
-    let lines = read_lines(&job_dir.join("records.jsonl.out"));
-    let inputs = input_records(&input);
+    let lines = read_jsonl(&job_dir.join("records.jsonl.out"));
+    let inputs = read_jsonl(&input);
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["modelInput"], inputs[i]["modelInput"]);
         if i % 3 == 1 {
@@ -359,26 +280,23 @@ async fn a_400_becomes_an_error_line_and_the_job_still_completes() {
             assert_success_line(line, &inputs[i]);
         }
     }
-    let m = manifest(&job_dir);
-    assert_eq!(m["successRecordCount"], 6);
-    assert_eq!(m["errorRecordCount"], 3);
-    assert_eq!(m["processedRecordCount"], 9);
+    assert_counts(&manifest(&job_dir), 9, 3);
     assert_eq!(fake.stats().status_400, 3, "a 400 is not retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folder_input_mirrors_sub_folders_in_the_output() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
-    write_records_with_prefix(&env.path("in/b/deep/second.jsonl"), "second", 3, None);
-    write_records_with_prefix(&env.path("in/a/first.jsonl"), "first", 5, None);
+    let env = env_for(&fake);
+    write_records(&env.path("in/b/deep/second.jsonl"), "second", 3, None);
+    write_records(&env.path("in/a/first.jsonl"), "first", 5, None);
     std::fs::write(env.path("in/a/readme.txt"), "not an input").unwrap();
-    let (out, job_dir) = env.run(&[&env.path("in")], &[]).await;
+    let (out, job_dir) = run(&env, &[&env.path("in")], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let job_dir = job_dir.unwrap();
-    assert_eq!(read_lines(&job_dir.join("a/first.jsonl.out")).len(), 5);
+    assert_eq!(read_jsonl(&job_dir.join("a/first.jsonl.out")).len(), 5);
     assert_eq!(
-        read_lines(&job_dir.join("b/deep/second.jsonl.out")).len(),
+        read_jsonl(&job_dir.join("b/deep/second.jsonl.out")).len(),
         3
     );
     assert!(!job_dir.join("a/readme.txt.out").exists());
@@ -388,9 +306,10 @@ async fn folder_input_mirrors_sub_folders_in_the_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_uris_without_an_endpoint_use_the_data_dir() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     write_records(
-        &env.path("data/buckets/my-bucket/jobs/in/records.jsonl"),
+        &env.bucket("my-bucket").join("jobs/in/records.jsonl"),
+        "rec",
         4,
         None,
     );
@@ -404,23 +323,17 @@ async fn s3_uris_without_an_endpoint_use_the_data_dir() {
     ];
     let out = env.batchd(&args).await;
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let out_root = env.path("data/buckets/my-bucket/jobs/out");
-    let job_dir = std::fs::read_dir(&out_root)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    assert_eq!(read_lines(&job_dir.join("records.jsonl.out")).len(), 4);
+    let job_dir = first_entry(&env.bucket("my-bucket").join("jobs/out")).unwrap();
+    assert_eq!(read_jsonl(&job_dir.join("records.jsonl.out")).len(), 4);
     assert_eq!(manifest(&job_dir)["successRecordCount"], 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_model_id_is_an_error_before_anything_runs() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = TestEnv::new(&fake);
+    let env = env_for(&fake);
     let input = env.path("in/records.jsonl");
-    write_records(&input, 2, None);
+    write_records(&input, "rec", 2, None);
     let out = env
         .batchd(&[
             "run",

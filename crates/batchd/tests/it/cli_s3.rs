@@ -1,20 +1,22 @@
 //! `batchd run` with `[storage] s3_endpoint` against a real S3-compatible server (moto):
 //! input prefix and output prefix in a bucket, credentials from `AWS_*` variables.
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 use batchd_storage::{Storage, StorageConfig, StorageUri};
+use batchd_testkit::harness::{Config, Model, assert_counts, converse_record, describe};
 use batchd_testkit::moto::MotoServer;
 use batchd_testkit::{FakeConfig, FakeServer};
 use bytes::Bytes;
 use serde_json::Value;
 
-const BATCHD: &str = env!("CARGO_BIN_EXE_batchd");
+use crate::test_env;
 
+/// `n` Converse records with ids `<prefix>0`, `<prefix>1`, ...
 fn records(prefix: &str, n: usize) -> Bytes {
     let text: String = (0..n)
         .map(|i| {
             format!(
-                "{{\"recordId\":\"{prefix}{i}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"q {i}\"}}]}}]}}}}\n"
+                "{}\n",
+                converse_record(&format!("{prefix}{i}"), &format!("q {i}"))
             )
         })
         .collect();
@@ -28,9 +30,16 @@ async fn run_reads_and_writes_an_s3_compatible_store() {
     };
     moto.create_bucket("jobs-bucket");
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(
+        &Config::new()
+            .storage("s3_endpoint", moto.endpoint())
+            .model(Model::openai("m", &fake.base_url())),
+    )
+    .env("AWS_ACCESS_KEY_ID", "test")
+    .env("AWS_SECRET_ACCESS_KEY", "test")
+    .env("AWS_REGION", "us-east-1");
     let storage = Storage::new(StorageConfig {
-        data_dir: dir.path().into(),
+        data_dir: env.root().into(),
         s3_endpoint: Some(moto.endpoint()),
         s3_region: Some("us-east-1".into()),
         s3_access_key_id: Some("test".into()),
@@ -47,18 +56,8 @@ async fn run_reads_and_writes_an_s3_compatible_store() {
         .await
         .unwrap();
 
-    let config = dir.path().join("batchd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\ns3_endpoint = \"{}\"\n\n[[models]]\nid = \"m\"\nbackend = \"openai\"\nbase_url = \"{}\"\n",
-            moto.endpoint(),
-            fake.base_url()
-        ),
-    )
-    .unwrap();
-    let out = tokio::process::Command::new(BATCHD)
-        .args([
+    let out = env
+        .batchd(&[
             "run",
             "s3://jobs-bucket/batch/in/",
             "--model-id",
@@ -66,22 +65,9 @@ async fn run_reads_and_writes_an_s3_compatible_store() {
             "--out",
             "s3://jobs-bucket/batch/out/",
         ])
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .await
-        .unwrap();
+        .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", describe(&out));
     let job_id = stdout
         .lines()
         .find_map(|l| l.strip_prefix("job:"))
@@ -127,10 +113,9 @@ async fn run_reads_and_writes_an_s3_compatible_store() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(manifest["totalRecordCount"], 8);
-    assert_eq!(manifest["successRecordCount"], 8);
+    assert_counts(&manifest, 8, 0);
     assert!(
-        !dir.path().join("data/buckets").exists(),
+        !env.path("data/buckets").exists(),
         "with an endpoint nothing goes to the local buckets"
     );
 }

@@ -6,22 +6,22 @@
 //! llama-server is already built (`start --no-install`; building it takes minutes), and stops it
 //! at the end. With no server to be had it prints why and passes, unless `CI` is set: then it
 //! fails. Traffic goes to 127.0.0.1 only.
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
+use batchd_testkit::harness::{
+    Config, Model, assert_counts, describe, first_entry, manifest, read_jsonl, repo_root,
+};
+use batchd_testkit::skip_unless_ci;
 use serde_json::Value;
 
-const BATCHD: &str = env!("CARGO_BIN_EXE_batchd");
+use crate::test_env;
+
 /// The Bedrock model id the records are run as, and the alias llama-server serves.
 const MODEL_ID: &str = "smollm2-135m-instruct";
 const STOP_REASONS: [&str; 3] = ["end_turn", "max_tokens", "stop_sequence"];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// A running llama-server: one that scripts/test.sh started, or one this test started (and
 /// stops on drop, through the script, from its own run dir).
@@ -85,27 +85,11 @@ impl Drop for RealServer {
 /// `bash scripts/model-server.sh ARGS` with its run state in `run_dir`.
 fn script(run_dir: &Path, args: &[&str]) -> Output {
     Command::new("bash")
-        .arg(repo().join("scripts/model-server.sh"))
+        .arg(repo_root().join("scripts/model-server.sh"))
         .args(args)
         .env("BATCHD_MODEL_SERVER_RUN", run_dir)
         .output()
         .unwrap()
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Checks one output line against its input record: the echoed input, a non-empty assistant
@@ -151,58 +135,48 @@ fn assert_real_success(out: &Value, input: &Value) {
 fn converse_records_run_through_llama_server() {
     let server = match RealServer::get() {
         Ok(server) => server,
-        Err(why) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: {why}");
+        Err(why) => {
+            skip_unless_ci(&why, "CI must start the server: scripts/test.sh does");
             return;
         }
-        Err(why) => panic!("{why}\n(CI must start the server: scripts/test.sh does)"),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[[models]]\nid = \"{MODEL_ID}\"\nbackend = \"openai\"\nbase_url = \"{}\"\n\
-         model = \"{MODEL_ID}\"\nmax_concurrency = 4\n",
-        server.base_url
+    let env = test_env(
+        &Config::new().model(
+            Model::openai(MODEL_ID, &server.base_url)
+                .set("model", MODEL_ID)
+                .max_concurrency(4),
+        ),
     );
-    std::fs::write(dir.path().join("batchd.toml"), config).unwrap();
     // Seven Converse records: system prompts, a multi-turn conversation, stop sequences, topP,
     // temperatures, a record without a recordId, and one whose maxTokens (8) cuts it short.
-    let input = repo().join("examples/converse-demo.jsonl");
-    let out_dir = dir.path().join("out");
+    let input = repo_root().join("examples/converse-demo.jsonl");
+    let out_dir = env.path("out");
 
     let started = Instant::now();
-    let output = Command::new(BATCHD)
-        .arg("run")
-        .arg(&input)
-        .args(["--model-id", MODEL_ID, "--out"])
-        .arg(&out_dir)
-        .arg("--config")
-        .arg(dir.path().join("batchd.toml"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
+    let output = env
+        .std_command(&[
+            "run",
+            input.to_str().unwrap(),
+            "--model-id",
+            MODEL_ID,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let elapsed = started.elapsed();
     assert!(output.status.success(), "{}", describe(&output));
 
-    let job_dir = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let inputs = read_lines(&input);
-    let outputs = read_lines(&job_dir.join("converse-demo.jsonl.out"));
+    let job_dir = first_entry(&out_dir).unwrap();
+    let inputs = read_jsonl(&input);
+    let outputs = read_jsonl(&job_dir.join("converse-demo.jsonl.out"));
     assert_eq!(outputs.len(), inputs.len(), "one output line per record");
     for (out, input) in outputs.iter().zip(&inputs) {
         assert_real_success(out, input);
     }
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(job_dir.join("manifest.json.out")).unwrap())
-            .unwrap();
-    let n = inputs.len() as u64;
-    assert_eq!(manifest["totalRecordCount"], n, "{manifest}");
-    assert_eq!(manifest["successRecordCount"], n, "{manifest}");
-    assert_eq!(manifest["errorRecordCount"], 0, "{manifest}");
+    let manifest = manifest(&job_dir);
+    let n = inputs.len();
+    assert_counts(&manifest, n, 0);
     let output_tokens: u64 = outputs
         .iter()
         .map(|o| o["modelOutput"]["usage"]["outputTokens"].as_u64().unwrap())

@@ -1,15 +1,15 @@
 //! Adaptive concurrency end to end: `batchd run` against a fake that answers 429 (with
 //! `Retry-After`) to every request beyond its capacity. The limiter must learn the capacity:
 //! no record fails, and 429s become rarer as the job goes on.
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 use std::time::Duration;
 
+use batchd_testkit::harness::{
+    Config, Model, converse_record, describe, first_entry, read_jsonl, write_jsonl,
+};
 use batchd_testkit::{FakeConfig, FakeServer};
-use serde_json::{Value, json};
 
-const BATCHD: &str = env!("CARGO_BIN_EXE_batchd");
-const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+use crate::{MODEL, test_env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_learns_a_rate_limited_backend_and_no_record_fails() {
@@ -23,36 +23,29 @@ async fn the_limit_learns_a_rate_limited_backend_and_no_record_fails() {
     })
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[engine]\nbackoff_base_ms = 5\nbackoff_max_ms = 50\nmax_attempts = 50\n\n\
-         [[models]]\nid = \"{MODEL}\"\nbackend = \"openai\"\nbase_url = \"{}\"\n\
-         model = \"fake\"\nmax_concurrency = 16\n",
-        fake.base_url()
+    let env = test_env(
+        &Config::new()
+            .backoff_ms(5, 50)
+            .engine("max_attempts", 50)
+            .model(Model::fake(MODEL, &fake).max_concurrency(16)),
     );
-    std::fs::write(dir.path().join("batchd.toml"), config).unwrap();
-    let input = dir.path().join("in.jsonl");
-    let mut text = String::new();
-    for i in 0..N {
-        let record = json!({
-            "recordId": format!("r{i:04}"),
-            "modelInput": {"messages": [{"role": "user", "content": [{"text": format!("n {i}")}]}]},
-        });
-        text.push_str(&record.to_string());
-        text.push('\n');
-    }
-    std::fs::write(&input, text).unwrap();
+    let input = env.path("in.jsonl");
+    write_jsonl(
+        &input,
+        (0..N).map(|i| converse_record(&format!("r{i:04}"), &format!("n {i}"))),
+    );
 
-    let out = dir.path().join("out");
-    let child = tokio::process::Command::new(BATCHD)
-        .arg("run")
-        .arg(&input)
-        .args(["--model-id", MODEL, "--quiet", "--out"])
-        .arg(&out)
-        .arg("--config")
-        .arg(dir.path().join("batchd.toml"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
+    let out = env.path("out");
+    let child = env
+        .command(&[
+            "run",
+            input.to_str().unwrap(),
+            "--model-id",
+            MODEL,
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -72,27 +65,13 @@ async fn the_limit_learns_a_rate_limited_backend_and_no_record_fails() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let report = format!(
-        "{:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = describe(&output);
     assert!(output.status.success(), "{report}");
     let end = fake.stats();
     let half = half.unwrap();
 
-    let job_dir = std::fs::read_dir(&out)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let lines: Vec<Value> = std::fs::read_to_string(job_dir.join("in.jsonl.out"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let job_dir = first_entry(&out).unwrap();
+    let lines = read_jsonl(&job_dir.join("in.jsonl.out"));
     assert_eq!(lines.len() as u64, N);
     let errors = lines.iter().filter(|l| l.get("error").is_some()).count();
     assert_eq!(errors, 0, "zero error records\n{report}");

@@ -1,93 +1,50 @@
 //! Crash tests of `batchd run`: SIGKILL the process at random points, then
 //! `batchd run --resume JOB_ID`, many times over. Each input record must end in the output
 //! exactly once, in input order, with an exact manifest.
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use batchd_testkit::harness::{
+    Config, Model, TestEnv, assert_counts, converse_record, describe, manifest, read_jsonl,
+    record_ids, write_jsonl,
+};
 use batchd_testkit::{FakeConfig, FakeServer};
-use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const BATCHD: &str = env!("CARGO_BIN_EXE_batchd");
-const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+use crate::{MODEL, test_env};
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new(fake: &FakeServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "[engine]\nbackoff_base_ms = 5\nbackoff_max_ms = 50\n\n[[models]]\nid = \"{MODEL}\"\n\
-             backend = \"openai\"\nbase_url = \"{}\"\nmodel = \"fake\"\nmax_concurrency = 16\n",
-            fake.base_url()
-        );
-        std::fs::write(dir.path().join("batchd.toml"), config).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// Writes `name` with `n` records under `in/`; returns their recordIds.
-    fn write_input(&self, name: &str, n: usize) -> Vec<String> {
-        std::fs::create_dir_all(self.path("in")).unwrap();
-        let mut text = String::new();
-        let ids: Vec<String> = (0..n).map(|i| format!("{name}-{i:05}")).collect();
-        for id in &ids {
-            let record = json!({
-                "recordId": id,
-                "modelInput": {"messages": [{"role": "user", "content": [{"text": format!("record {id}")}]}]},
-            });
-            text.push_str(&record.to_string());
-            text.push('\n');
-        }
-        std::fs::write(self.path("in").join(name), text).unwrap();
-        ids
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BATCHD);
-        cmd.args(args)
-            .arg("--config")
-            .arg(self.path("batchd.toml"))
-            .arg("--data-dir")
-            .arg(self.path("data"))
-            .arg("--quiet")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        cmd
-    }
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+fn env_for(fake: &FakeServer) -> TestEnv {
+    test_env(
+        &Config::new()
+            .backoff_ms(5, 50)
+            .model(Model::fake(MODEL, fake).max_concurrency(16)),
     )
 }
 
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+/// Writes `name` with `n` records under `in/`; returns their recordIds.
+fn write_input(env: &TestEnv, name: &str, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{name}-{i:05}")).collect();
+    write_jsonl(
+        &env.path("in").join(name),
+        ids.iter()
+            .map(|id| converse_record(id, &format!("record {id}"))),
+    );
+    ids
+}
+
+/// `batchd ARGS --quiet` in `env`.
+fn command(env: &TestEnv, args: &[&str]) -> Command {
+    let mut cmd = env.command(args);
+    cmd.arg("--quiet");
+    cmd
 }
 
 /// Starts a run, reads its job id from the first stderr line, and kills it with SIGKILL after
 /// `after`; returns the job id, or None when the run ended before the kill.
-async fn run_and_kill(env: &Env, args: &[&str], after: Duration) -> (String, bool) {
-    let mut child = env
-        .command(args)
+async fn run_and_kill(env: &TestEnv, args: &[&str], after: Duration) -> (String, bool) {
+    let mut child = command(env, args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -133,8 +90,8 @@ async fn sigkill_batchd_run_at_random_points_then_resume_loses_and_repeats_nothi
     })
     .await
     .unwrap();
-    let env = Env::new(&fake);
-    let ids = env.write_input("records.jsonl", 3000);
+    let env = env_for(&fake);
+    let ids = write_input(&env, "records.jsonl", 3000);
     let input = env.path("in/records.jsonl").display().to_string();
     let out = env.path("out").display().to_string();
 
@@ -155,26 +112,18 @@ async fn sigkill_batchd_run_at_random_points_then_resume_loses_and_repeats_nothi
     );
     if killed {
         // Let the last resume finish.
-        let output = env.command(&resume).output().await.unwrap();
+        let output = command(&env, &resume).output().await.unwrap();
         assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     }
 
     let job_dir = env.path("out").join(&job_id);
     let lines = read_jsonl(&job_dir.join("records.jsonl.out"));
-    let got: Vec<&str> = lines
-        .iter()
-        .map(|l| l["recordId"].as_str().unwrap())
-        .collect();
+    let got = record_ids(&lines);
     assert_eq!(got.len(), ids.len(), "lost or repeated records");
     assert_eq!(got, ids, "order or identity differs");
     assert!(lines.iter().all(|l| l.get("modelOutput").is_some()));
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(job_dir.join("manifest.json.out")).unwrap())
-            .unwrap();
-    assert_eq!(manifest["totalRecordCount"], 3000);
-    assert_eq!(manifest["processedRecordCount"], 3000);
-    assert_eq!(manifest["successRecordCount"], 3000);
-    assert_eq!(manifest["errorRecordCount"], 0);
+    let manifest = manifest(&job_dir);
+    assert_counts(&manifest, 3000, 0);
     let input_tokens: u64 = lines
         .iter()
         .map(|l| l["modelOutput"]["usage"]["inputTokens"].as_u64().unwrap())
@@ -190,7 +139,7 @@ async fn sigkill_batchd_run_at_random_points_then_resume_loses_and_repeats_nothi
     );
 
     // The job has ended: resuming it again is refused.
-    let output = env.command(&resume).output().await.unwrap();
+    let output = command(&env, &resume).output().await.unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("already ended"));
 }
@@ -203,8 +152,8 @@ async fn a_new_run_points_at_the_interrupted_one_and_a_running_job_cannot_be_res
     })
     .await
     .unwrap();
-    let env = Env::new(&fake);
-    env.write_input("slow.jsonl", 200);
+    let env = env_for(&fake);
+    write_input(&env, "slow.jsonl", 200);
     let input = env.path("in/slow.jsonl").display().to_string();
     let out = env.path("out").display().to_string();
     let args = ["run", &input, "--model-id", MODEL, "--out", &out];
@@ -212,8 +161,7 @@ async fn a_new_run_points_at_the_interrupted_one_and_a_running_job_cannot_be_res
     assert!(killed);
 
     // Resume in the background; a second resume meanwhile is refused.
-    let mut first = env
-        .command(&["run", "--resume", &job_id])
+    let mut first = command(&env, &["run", "--resume", &job_id])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -224,8 +172,7 @@ async fn a_new_run_points_at_the_interrupted_one_and_a_running_job_cannot_be_res
         line.starts_with(&format!("resuming job {job_id}")),
         "{line}"
     );
-    let second = env
-        .command(&["run", "--resume", &job_id])
+    let second = command(&env, &["run", "--resume", &job_id])
         .output()
         .await
         .unwrap();
@@ -239,10 +186,9 @@ async fn a_new_run_points_at_the_interrupted_one_and_a_running_job_cannot_be_res
     first.wait().await.unwrap();
 
     // A new run in the same data dir mentions the interrupted job and how to resume it.
-    std::fs::write(env.path("in/one.jsonl"), "{\"recordId\":\"x\",\"modelInput\":{\"messages\":[{\"role\":\"user\",\"content\":[{\"text\":\"hi\"}]}]}}\n").unwrap();
+    write_jsonl(&env.path("in/one.jsonl"), [converse_record("x", "hi")]);
     let one = env.path("in/one.jsonl").display().to_string();
-    let output = env
-        .command(&["run", &one, "--model-id", MODEL, "--out", &out])
+    let output = command(&env, &["run", &one, "--model-id", MODEL, "--out", &out])
         .output()
         .await
         .unwrap();

@@ -1,0 +1,312 @@
+//! Crash and shutdown tests of `batchd serve`: SIGKILL at random points during a job, then a
+//! restart, many times over; SIGTERM mid-job. Each input record must end in the output
+//! exactly once, in input order, with an exact manifest.
+
+use std::time::{Duration, Instant};
+
+use batchd_testkit::harness::{
+    Config, Model, Served, TestEnv, assert_counts, converse_record, manifest, read_jsonl,
+    record_ids, write_jsonl,
+};
+use batchd_testkit::{FakeConfig, FakeServer};
+use serde_json::{Value, json};
+
+use crate::{MODEL, test_env};
+
+const BUCKET: &str = "crash";
+
+/// A data dir and config for `batchd serve` with `MODEL` on the OpenAI-compatible backend at
+/// `base_url`; `engine` holds the test's own `[engine]` knobs.
+fn env_for(base_url: &str, concurrency: i64, engine: Config) -> TestEnv {
+    let config = engine.backoff_ms(5, 50).model(
+        Model::openai(MODEL, base_url)
+            .set("model", "fake")
+            .max_concurrency(concurrency),
+    );
+    test_env(&config).env("BATCHD_LOG", "batchd_engine=info")
+}
+
+/// Writes `files` (name, record count) under the bucket's `in/`; returns every recordId per
+/// file.
+fn write_inputs(env: &TestEnv, files: &[(&str, usize)]) -> Vec<(String, Vec<String>)> {
+    let dir = env.bucket(BUCKET).join("in");
+    let mut all = Vec::new();
+    for (name, n) in files {
+        let ids: Vec<String> = (0..*n).map(|i| format!("{name}-{i:05}")).collect();
+        write_jsonl(
+            &dir.join(name),
+            ids.iter()
+                .map(|id| converse_record(id, &format!("record {id}"))),
+        );
+        all.push((name.to_string(), ids));
+    }
+    all
+}
+
+/// Checks the finished job's output: every recordId once, in order, and the manifest.
+fn check_output(env: &TestEnv, job_id: &str, inputs: &[(String, Vec<String>)]) {
+    let out = env.bucket(BUCKET).join("out").join(job_id);
+    let total: usize = inputs.iter().map(|(_, ids)| ids.len()).sum();
+    for (name, ids) in inputs {
+        let lines = read_jsonl(&out.join(format!("{name}.out")));
+        let got = record_ids(&lines);
+        assert_eq!(got.len(), ids.len(), "{name}: line count");
+        assert!(
+            got == *ids,
+            "{name}: every recordId exactly once, in input order"
+        );
+        for line in &lines {
+            assert!(line.get("modelOutput").is_some(), "{line}");
+        }
+    }
+    assert_counts(&manifest(&out), total, 0);
+    // No part objects or stray files left next to the outputs.
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = inputs.iter().map(|(n, _)| format!("{n}.out")).collect();
+    expected.push("manifest.json.out".into());
+    expected.sort();
+    assert_eq!(names, expected);
+}
+
+/// CreateModelInvocationJob over the bucket's `in/` and `out/`; returns the job id.
+async fn create_job(server: &Served, name: &str) -> String {
+    let body = json!({
+        "jobName": name,
+        "modelId": MODEL,
+        "roleArn": "arn:aws:iam::123456789012:role/batchd",
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": format!("s3://{BUCKET}/in/")}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": format!("s3://{BUCKET}/out/")}},
+        "modelInvocationType": "Converse",
+    });
+    let answer = server.post_json("model-invocation-job", &body).await;
+    let arn = answer["jobArn"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    arn.rsplit('/').next().unwrap().to_owned()
+}
+
+async fn job(server: &Served, id: &str) -> Value {
+    server.get_json(&format!("model-invocation-job/{id}")).await
+}
+
+/// Polls the job until it has `status`; fails at once if it ends otherwise.
+async fn wait_for(server: &Served, id: &str, status: &str, limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let job = job(server, id).await;
+        if job["status"] == status {
+            return job;
+        }
+        assert!(
+            !["Failed", "Stopped", "Expired"].contains(&job["status"].as_str().unwrap_or("")),
+            "{job}"
+        );
+        assert!(
+            started.elapsed() < limit,
+            "job not {status} after {limit:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_then_restart_loses_and_repeats_nothing() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 5,
+        latency_jitter_ms: 30,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake.base_url(), 4, Config::new());
+    // Two files: kills also land between files and while one file is being finished.
+    let inputs = write_inputs(&env, &[("a.jsonl", 1300), ("b.jsonl", 1700)]);
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    eprintln!("seed {seed}");
+
+    let mut server = env.serve().await;
+    let job_id = create_job(&server, "crash-test").await;
+    let mut kills = 0;
+    let mut processed_at_kill = Vec::new();
+    while kills < 12 {
+        // Anywhere from validation to well past a checkpoint (local commits are 100 ms apart).
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..1000))).await;
+        let job = job(&server, &job_id).await;
+        if job["status"] == "Completed" {
+            break;
+        }
+        assert_ne!(job["status"], "Failed", "{job}");
+        processed_at_kill.push(job["processedRecordCount"].as_u64().unwrap_or(0));
+        server.kill9().await;
+        kills += 1;
+        server = env.serve().await;
+    }
+    eprintln!("{kills} kills; processed (last checkpoint) at each: {processed_at_kill:?}");
+    assert!(
+        kills >= 10,
+        "the job ended before 10 kills (seed {seed}): make it longer"
+    );
+    let job = wait_for(&server, &job_id, "Completed", Duration::from_secs(60)).await;
+    assert_eq!(job["processedRecordCount"], 3000, "{job}");
+    check_output(&env, &job_id, &inputs);
+    // Killed work is done again: at least every record once.
+    assert!(fake.stats().ok >= 3000);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_job_exits_0_and_the_restart_completes_it_exactly_once() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 20,
+        latency_jitter_ms: 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(
+        &fake.base_url(),
+        4,
+        Config::new().engine("shutdown_grace_seconds", 10),
+    );
+    let inputs = write_inputs(&env, &[("only.jsonl", 400)]);
+    let mut server = env.serve().await;
+    let job_id = create_job(&server, "sigterm-test").await;
+    let started = Instant::now();
+    loop {
+        let job = job(&server, &job_id).await;
+        if job["processedRecordCount"].as_u64().unwrap_or(0) >= 40 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    server.signal("-TERM");
+    let status = server.wait(Duration::from_secs(20)).await; // exits within the grace period
+    assert_eq!(status.code(), Some(0), "{}", env.serve_log());
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+
+    let server = env.serve().await;
+    let job = job(&server, &job_id).await;
+    let resumed_at = job["processedRecordCount"].as_u64().unwrap();
+    assert!((40..400).contains(&resumed_at), "{job}");
+    wait_for(&server, &job_id, "Completed", Duration::from_secs(60)).await;
+    check_output(&env, &job_id, &inputs);
+    // Records in flight at SIGTERM finished and were checkpointed: none ran twice.
+    assert_eq!(fake.stats().ok, 400, "{:?}", fake.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_period_bounds_a_shutdown_and_abandoned_records_run_again() {
+    // Answers take 20 s; the grace period is 0.5 s.
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 20_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(
+        &fake.base_url(),
+        4,
+        Config::new().engine("shutdown_grace_seconds", 0.5),
+    );
+    let inputs = write_inputs(&env, &[("slow.jsonl", 20)]);
+    let mut server = env.serve().await;
+    let job_id = create_job(&server, "grace-test").await;
+    wait_for(&server, &job_id, "InProgress", Duration::from_secs(30)).await;
+    while fake.stats().requests < 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    server.signal("-TERM");
+    let status = server.wait(Duration::from_secs(15)).await; // the grace period bounds it
+    assert_eq!(status.code(), Some(0), "{}", env.serve_log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopping.elapsed()
+    );
+
+    fake.set_config(FakeConfig::default());
+    let server = env.serve().await;
+    let job = wait_for(&server, &job_id, "Completed", Duration::from_secs(60)).await;
+    assert_eq!(job["processedRecordCount"], 20, "{job}");
+    check_output(&env, &job_id, &inputs);
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_wait_while_the_backend_is_down_and_run_when_it_is_back() {
+    let port = free_port();
+    let env = env_for(
+        &format!("http://127.0.0.1:{port}/v1"),
+        4,
+        Config::new().engine("backend_down_seconds", 20),
+    );
+    let inputs = write_inputs(&env, &[("down.jsonl", 30)]);
+    let server = env.serve().await;
+    let job_id = create_job(&server, "down-then-up").await;
+    wait_for(&server, &job_id, "InProgress", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = job(&server, &job_id).await;
+    assert_eq!(
+        job["processedRecordCount"], 0,
+        "records wait, not fail: {job}"
+    );
+    let fake = FakeServer::bind(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        FakeConfig::default(),
+    )
+    .await
+    .unwrap();
+    let job = wait_for(&server, &job_id, "Completed", Duration::from_secs(30)).await;
+    assert_eq!(job["errorRecordCount"], 0, "{job}");
+    check_output(&env, &job_id, &inputs);
+    assert_eq!(fake.stats().ok, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_down_past_the_limit_fails_records_as_unreachable() {
+    let port = free_port();
+    let env = env_for(
+        &format!("http://127.0.0.1:{port}/v1"),
+        4,
+        Config::new()
+            .engine("backend_down_seconds", 1)
+            .engine("max_attempts", 2),
+    );
+    write_inputs(&env, &[("never.jsonl", 10)]);
+    let server = env.serve().await;
+    let job_id = create_job(&server, "never-up").await;
+    let started = Instant::now();
+    let job = wait_for(&server, &job_id, "Completed", Duration::from_secs(30)).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "records waited first"
+    );
+    assert_eq!(job["errorRecordCount"], 10, "{job}");
+    let message = job["message"].as_str().unwrap();
+    assert!(message.contains("backend was unreachable"), "{message}");
+    let lines = read_jsonl(
+        &env.bucket(BUCKET)
+            .join("out")
+            .join(&job_id)
+            .join("never.jsonl.out"),
+    );
+    assert_eq!(lines.len(), 10);
+    for line in lines {
+        assert_eq!(line["error"]["errorCode"], 503, "{line}");
+        let text = line["error"]["errorMessage"].as_str().unwrap();
+        assert!(text.contains("unreachable"), "{text}");
+    }
+}
