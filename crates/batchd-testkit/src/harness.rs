@@ -6,6 +6,7 @@
 //! (`env!("CARGO_BIN_EXE_batchd")`).
 //!
 //! Helpers panic with a message on any failure: they are for tests only.
+#![allow(clippy::expect_used)] // test scaffolding: a helper that cannot do its job fails the test, loudly
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
-//! Black-box tests of the `batchd` binary, in one test binary so llama.cpp and candle are
-//! linked into one test executable, not one per file. Each module is one area (they were
+//! Black-box tests of the `batchd` binary, in one test binary: one link of the test
+//! dependencies, not one per file. Each module is one area (they were
 //! separate `tests/*.rs` binaries); new black-box tests go here as modules too. The test
 //! environment (config, temp dir, `run`/`serve`, output readers) is `batchd_testkit::harness`.
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod adaptive;
 mod cli_bedrock;
