@@ -136,11 +136,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE job_id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(row_to_job).transpose()
+        self.find_one("job_id", id.as_str()).await
     }
 
     async fn list_in_status(
@@ -152,12 +148,9 @@ impl JobStore for SqliteStore {
             return Ok(Vec::new());
         }
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE origin = ");
-        q.push_bind(origin.as_str()).push(" AND status IN (");
-        let mut list = q.separated(", ");
-        for status in statuses {
-            list.push_bind(status.as_str());
-        }
-        q.push(") ORDER BY submit_time_ms, job_id");
+        q.push_bind(origin.as_str());
+        push_status_in(&mut q, statuses);
+        q.push(" ORDER BY submit_time_ms, job_id");
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(row_to_job).collect()
     }
@@ -200,11 +193,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn find_by_token(&self, token: &str) -> Result<Option<Job>, StoreError> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE client_request_token = ?")
-            .bind(token)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(row_to_job).transpose()
+        self.find_one("client_request_token", token).await
     }
 
     async fn find_active_by_name(
@@ -215,13 +204,9 @@ impl JobStore for SqliteStore {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE job_name = ");
         q.push_bind(name)
             .push(" AND origin = ")
-            .push_bind(origin.as_str())
-            .push(" AND status IN (");
-        let mut list = q.separated(", ");
-        for status in ACTIVE_STATUSES {
-            list.push_bind(status.as_str());
-        }
-        q.push(") LIMIT 1");
+            .push_bind(origin.as_str());
+        push_status_in(&mut q, &ACTIVE_STATUSES);
+        q.push(" LIMIT 1");
         let row = q.build().fetch_optional(&self.pool).await?;
         row.as_ref().map(row_to_job).transpose()
     }
@@ -374,6 +359,28 @@ impl JobStore for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The job whose `column` (a column name, never user input) equals `value`.
+    async fn find_one(&self, column: &'static str, value: &str) -> Result<Option<Job>, StoreError> {
+        let sql = format!("SELECT * FROM jobs WHERE {column} = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_job).transpose()
+    }
+}
+
+/// ` AND status IN (?, ...)` for `statuses` (non-empty).
+fn push_status_in(q: &mut QueryBuilder<Sqlite>, statuses: &[JobStatus]) {
+    q.push(" AND status IN (");
+    let mut list = q.separated(", ");
+    for status in statuses {
+        list.push_bind(status.as_str());
+    }
+    q.push(")");
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -476,10 +483,8 @@ mod tests {
             let c = Counters {
                 total: 10,
                 processed: 4,
-                success: 3,
-                error: 1,
-                input_tokens: 40,
                 output_tokens: 50,
+                ..Counters::default()
             };
             store.update_counters(&id, &c).await.unwrap();
             store.close().await;

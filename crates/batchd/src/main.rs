@@ -63,50 +63,7 @@ impl From<InvocationArg> for InvocationType {
 #[derive(Subcommand)]
 enum Command {
     /// Run one batch job in this process and print a summary.
-    Run {
-        /// Input `.jsonl` files or folders/prefixes (local paths or s3://bucket/key).
-        #[arg(required_unless_present = "resume", conflicts_with = "resume")]
-        inputs: Vec<String>,
-        /// The model id the records run on (a [[models]] entry of the config).
-        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
-        model_id: Option<String>,
-        /// Resume an interrupted run (killed, crashed, or stopped by a shutdown) from its last
-        /// checkpoint: its inputs, model and output come from the job store in --data-dir.
-        #[arg(long, value_name = "JOB_ID")]
-        resume: Option<String>,
-        /// Output folder or s3:// prefix; the job writes to <out>/<jobId>/.
-        #[arg(long)]
-        out: Option<String>,
-        /// Format of the records' modelInput.
-        #[arg(long, value_enum, default_value = "converse")]
-        invocation_type: InvocationArg,
-        /// InvokeModel body format (anthropic, titan-text, titan-embed, nova, llama,
-        /// mistral); default: the model's `format`, else what its id implies.
-        #[arg(long, value_parser = parse_family)]
-        format: Option<ModelFamily>,
-        #[arg(long, help = format!(
-            "Records in flight at once (default: the model's max_concurrency, else \
-             engine.concurrency, {})",
-            JobSpec::DEFAULT_CONCURRENCY
-        ))]
-        concurrency: Option<usize>,
-        #[arg(long, help = format!(
-            "Attempts per record for retryable errors (default: engine.max_attempts, {})",
-            RetryPolicy::default().max_attempts
-        ))]
-        max_attempts: Option<u32>,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Local state: the job database and s3:// buckets without an endpoint.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Name recorded for the job.
-        #[arg(long)]
-        job_name: Option<String>,
-        /// Print no progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Run(RunArgs),
     /// Serve the Bedrock batch control plane (boto3 / AWS CLI with --endpoint-url) and run jobs.
     Serve {
         /// Address to listen on (port 0 picks a free port, printed on the first line).
@@ -176,36 +133,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run {
-            inputs,
-            model_id,
-            resume,
-            out,
-            invocation_type,
-            format,
-            concurrency,
-            max_attempts,
-            config,
-            data_dir,
-            job_name,
-            quiet,
-        } => {
-            let args = RunArgs {
-                inputs,
-                model_id: model_id.unwrap_or_default(),
-                resume,
-                out,
-                invocation_type: invocation_type.into(),
-                format,
-                concurrency,
-                max_attempts,
-                config,
-                data_dir,
-                job_name,
-                quiet,
-            };
-            run(args).await
-        }
+        Command::Run(args) => run(args).await,
         Command::Jobs { endpoint, command } => client::run(&endpoint, command).await,
         Command::Serve {
             listen,
@@ -241,18 +169,50 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `batchd run`'s arguments.
+#[derive(clap::Args)]
 struct RunArgs {
+    /// Input `.jsonl` files or folders/prefixes (local paths or s3://bucket/key).
+    #[arg(required_unless_present = "resume", conflicts_with = "resume")]
     inputs: Vec<String>,
-    model_id: String,
+    /// The model id the records run on (a [[models]] entry of the config).
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    model_id: Option<String>,
+    /// Resume an interrupted run (killed, crashed, or stopped by a shutdown) from its last
+    /// checkpoint: its inputs, model and output come from the job store in --data-dir.
+    #[arg(long, value_name = "JOB_ID")]
     resume: Option<String>,
+    /// Output folder or s3:// prefix; the job writes to <out>/<jobId>/.
+    #[arg(long)]
     out: Option<String>,
-    invocation_type: InvocationType,
+    /// Format of the records' modelInput.
+    #[arg(long, value_enum, default_value = "converse")]
+    invocation_type: InvocationArg,
+    /// InvokeModel body format (anthropic, titan-text, titan-embed, nova, llama,
+    /// mistral); default: the model's `format`, else what its id implies.
+    #[arg(long, value_parser = parse_family)]
     format: Option<ModelFamily>,
+    #[arg(long, help = format!(
+        "Records in flight at once (default: the model's max_concurrency, else \
+         engine.concurrency, {})",
+        JobSpec::DEFAULT_CONCURRENCY
+    ))]
     concurrency: Option<usize>,
+    #[arg(long, help = format!(
+        "Attempts per record for retryable errors (default: engine.max_attempts, {})",
+        RetryPolicy::default().max_attempts
+    ))]
     max_attempts: Option<u32>,
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// Local state: the job database and s3:// buckets without an endpoint.
+    #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Name recorded for the job.
+    #[arg(long)]
     job_name: Option<String>,
+    /// Print no progress bar.
+    #[arg(long)]
     quiet: bool,
 }
 
@@ -473,7 +433,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let stored = record.format.as_deref().and_then(ModelFamily::from_name);
             (job.request.model_id.clone(), args.format.or(stored))
         }
-        None => (args.model_id.clone(), args.format),
+        None => (args.model_id.clone().unwrap_or_default(), args.format),
     };
     let model = config.model(&model_id)?;
     let embedded_models = embedded::EmbeddedModels::new(config.embedded.clone());
@@ -614,11 +574,11 @@ async fn create_run_job(
             .job_name
             .clone()
             .unwrap_or_else(|| format!("batchd-run-{job_id}")),
-        model_id: args.model_id.clone(),
+        model_id: args.model_id.clone().unwrap_or_default(),
         origin: JobOrigin::Run,
         role_arn: None,
         client_request_token: None,
-        invocation_type: args.invocation_type,
+        invocation_type: args.invocation_type.into(),
         inputs,
         output: output.to_string(),
         timeout_hours: None,
