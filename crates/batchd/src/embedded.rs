@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use batchd_backends::{BackendError, ErrorKind, ModelBackend};
+use batchd_backends::{BackendError, BackendInfo, ErrorKind, ModelBackend};
 use batchd_embedded::{
     ChatModelConfig, ChatModelFiles, EmbeddedChat, EmbeddedEmbeddings, EmbeddingModelFiles,
     EmbeddingsConfig,
@@ -160,6 +160,22 @@ impl EmbeddedBackend {
 
 #[async_trait::async_trait]
 impl ModelBackend for EmbeddedBackend {
+    /// The info of the model it runs, known before that model is loaded: the loaded model's
+    /// own once it is, else what loading gives it.
+    fn info(&self) -> BackendInfo {
+        if self.kind == CHAT_MODEL {
+            return self
+                .models
+                .chat
+                .get()
+                .map_or(EmbeddedChat::INFO, |model| model.info());
+        }
+        self.models.embeddings.get().map_or_else(
+            || EmbeddedEmbeddings::info_for(EmbeddingsConfig::DEFAULT_MAX_BATCH_INPUTS),
+            |model| model.info(),
+        )
+    }
+
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
         if self.kind == CHAT_MODEL {
             self.models.chat().await?.chat(request).await
