@@ -12,8 +12,11 @@
 //! Failures (by rate, `fail_first_n`, or a prompt marker) answer at once with an OpenAI-style
 //! `{"error":{..}}` body; only successful answers wait for the configured latency.
 //!
+//! [`conformance`] holds the checks every `ModelBackend` passes.
+//!
 //! [`moto::MotoServer`] starts a moto S3-compatible server for storage tests.
 
+pub mod conformance;
 mod fake;
 pub mod fake_bedrock;
 pub mod moto;
