@@ -169,9 +169,7 @@ impl ModelBackend for WaitWhileDown {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
-    use batchd_testkit::conformance::{check_fails_with, check_working, check_wrapper};
-    use batchd_testkit::{FakeConfig, FakeServer};
+    use batchd_testkit::conformance::check_around_openai;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -306,19 +304,6 @@ mod tests {
         }
     }
 
-    fn openai(base_url: String) -> Arc<dyn ModelBackend> {
-        batchd_testkit::install_crypto_provider();
-        Arc::new(
-            OpenAiBackend::new(OpenAiConfig {
-                base_url,
-                model: "fake-model".into(),
-                api_key: None,
-                max_connections: 4,
-            })
-            .unwrap(),
-        )
-    }
-
     fn wait_while_down(inner: Arc<dyn ModelBackend>) -> Arc<dyn ModelBackend> {
         Arc::new(WaitWhileDown::new(
             inner,
@@ -330,27 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_while_down_around_openai_conforms() {
-        let server = FakeServer::start(FakeConfig::default()).await.unwrap();
-        let inner = openai(server.base_url());
-        let backend = wait_while_down(inner.clone());
-        check_wrapper(backend.as_ref(), inner.as_ref()).unwrap();
-        check_working(&backend, BackendInfo::NEUTRAL).await.unwrap();
-
-        // Nothing listening: refused until the limit, then Connect (still the retry class).
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let free = listener.local_addr().unwrap();
-        drop(listener);
-        let down = wait_while_down(openai(format!("http://{free}/v1")));
-        check_fails_with(&down, ErrorKind::Connect).await.unwrap();
-
-        // Throttling is not an outage: it passes through at once, for the record's retries.
-        server.set_config(FakeConfig {
-            rate_429: 1.0,
-            ..FakeConfig::default()
-        });
-        check_fails_with(&backend, ErrorKind::RateLimited)
-            .await
-            .unwrap();
-        assert_eq!(server.stats().status_429, 2, "one try per call");
+        // Down: refused until the 300 ms limit, then `Connect`, still the retry class.
+        check_around_openai(wait_while_down).await.unwrap();
     }
 }

@@ -2,7 +2,8 @@
 //! a backend (and what it is expected to serve) and return the first broken rule as a
 //! [`Violation`]. Each backend's tests run them against a working instance
 //! ([`check_working`]), a down or throttling one ([`check_fails_with`]) and, for wrappers,
-//! the backend they wrap ([`check_wrapper`]).
+//! the backend they wrap ([`check_wrapper`]); [`check_around_openai`] does all three for a
+//! wrapper (or none) around the OpenAI backend on a [`FakeServer`].
 //!
 //! Every call runs in its own task with a time limit, so a backend that panics or hangs is a
 //! violation, not a crashed or stuck test.
@@ -12,12 +13,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_backends::{
     BackendError, BackendInfo, ErrorKind, ModelBackend, NativeAnswer, NativeCall,
 };
 use batchd_formats::neutral::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, EmbedRequest, EmbedResponse, Role,
 };
+
+use crate::{FakeConfig, FakeServer};
 
 /// The longest one call may take (the embedded models load on their first call).
 pub const CALL_LIMIT: Duration = Duration::from_secs(120);
@@ -363,6 +367,67 @@ pub fn check_wrapper(wrapper: &dyn ModelBackend, inner: &dyn ModelBackend) -> Ch
     Ok(())
 }
 
+/// `http://127.0.0.1:PORT` where nothing listens: a port that was free a moment ago.
+pub async fn nothing_listening() -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    Ok(format!("http://{addr}"))
+}
+
+/// An OpenAI-compatible backend on `base_url` for model `fake-model`.
+pub fn openai_backend(base_url: String) -> Result<Arc<dyn ModelBackend>, BackendError> {
+    crate::install_crypto_provider();
+    let backend = OpenAiBackend::new(OpenAiConfig {
+        base_url,
+        model: "fake-model".into(),
+        api_key: None,
+        max_connections: 4,
+    })?;
+    Ok(Arc::new(backend))
+}
+
+/// The suite against `wrap(openai on a FakeServer)`: the wrapper's info is openai's, it works,
+/// and it fails with the right retry class when nothing listens (`Connect`), when the server
+/// throttles (`RateLimited`) and when it is overloaded (`Server`).
+pub async fn check_around_openai(
+    wrap: impl Fn(Arc<dyn ModelBackend>) -> Arc<dyn ModelBackend>,
+) -> Checked {
+    let setup = |e: &dyn fmt::Display| violation("setup", e.to_string());
+    let server = FakeServer::start(FakeConfig::default())
+        .await
+        .map_err(|e| setup(&e))?;
+    let inner = openai_backend(server.base_url()).map_err(|e| setup(&e))?;
+    let backend = wrap(inner.clone());
+    check_wrapper(backend.as_ref(), inner.as_ref())?;
+    check_working(&backend, BackendInfo::NEUTRAL).await?;
+
+    let url = nothing_listening().await.map_err(|e| setup(&e))?;
+    let down = wrap(openai_backend(url).map_err(|e| setup(&e))?);
+    check_fails_with(&down, ErrorKind::Connect).await?;
+
+    for (config, want) in [
+        (
+            FakeConfig {
+                rate_429: 1.0,
+                ..FakeConfig::default()
+            },
+            ErrorKind::RateLimited,
+        ),
+        (
+            FakeConfig {
+                rate_503: 1.0,
+                ..FakeConfig::default()
+            },
+            ErrorKind::Server,
+        ),
+    ] {
+        server.set_config(config);
+        check_fails_with(&backend, want).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     //! Each check fails on a backend that breaks its rule.
@@ -520,25 +585,27 @@ mod tests {
         failed(check_working(&b, BackendInfo::NEUTRAL).await, "info");
     }
 
+    /// Runs the named check on `backend` and asserts it fails saying `says`.
+    async fn violates(check: &'static str, backend: Arc<dyn ModelBackend>, says: &str) {
+        let result = match check {
+            "chat" => check_chat(&backend).await,
+            "embed" => check_embed(&backend).await,
+            _ => check_native(&backend).await,
+        };
+        let detail = failed(result, check);
+        assert!(detail.contains(says), "{detail}");
+    }
+
+    fn lying(info: BackendInfo, inner: Arc<dyn ModelBackend>) -> Arc<dyn ModelBackend> {
+        Arc::new(Lying { info, inner })
+    }
+
     #[tokio::test]
     async fn chat_needs_text_usage_no_panic_and_an_answer_in_time() {
-        let d = failed(
-            check_chat(&scripted(CHAT_ONLY, Fault::EmptyText)).await,
-            "chat",
-        );
-        assert!(d.contains("no text"), "{d}");
-        let d = failed(
-            check_chat(&scripted(CHAT_ONLY, Fault::NoUsage)).await,
-            "chat",
-        );
-        assert!(d.contains("usage"), "{d}");
-        let d = failed(
-            check_chat(&scripted(CHAT_ONLY, Fault::Panics)).await,
-            "chat",
-        );
-        assert!(d.contains("panicked"), "{d}");
-        let d = failed(check_chat(&scripted(CHAT_ONLY, Fault::Down)).await, "chat");
-        assert!(d.contains("Connect"), "{d}");
+        violates("chat", scripted(CHAT_ONLY, Fault::EmptyText), "no text").await;
+        violates("chat", scripted(CHAT_ONLY, Fault::NoUsage), "usage").await;
+        violates("chat", scripted(CHAT_ONLY, Fault::Panics), "panicked").await;
+        violates("chat", scripted(CHAT_ONLY, Fault::Down), "Connect").await;
     }
 
     #[tokio::test]
@@ -554,56 +621,38 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_not_served_must_be_refused_for_good() {
-        let b = scripted(EMBED_ONLY, Fault::ChatsThoughInfoSaysNot);
-        let d = failed(check_chat(&b).await, "chat");
-        assert!(d.contains("does not serve"), "{d}");
-        let b = scripted(EMBED_ONLY, Fault::RetryableRefusal);
-        let d = failed(check_chat(&b).await, "chat");
-        assert!(d.contains("Server"), "{d}");
-        let b: Arc<dyn ModelBackend> = Arc::new(Lying {
-            info: CHAT_ONLY,
-            inner: scripted(BackendInfo::NEUTRAL, Fault::None),
-        });
-        let d = failed(check_embed(&b).await, "embed");
-        assert!(d.contains("does not serve"), "{d}");
-        let b: Arc<dyn ModelBackend> = Arc::new(Lying {
-            info: CHAT_ONLY,
-            inner: scripted(NATIVE, Fault::None),
-        });
-        let d = failed(check_native(&b).await, "native");
-        assert!(d.contains("ran a native body"), "{d}");
+        let chats_anyway = scripted(EMBED_ONLY, Fault::ChatsThoughInfoSaysNot);
+        violates("chat", chats_anyway, "does not serve").await;
+        violates(
+            "chat",
+            scripted(EMBED_ONLY, Fault::RetryableRefusal),
+            "Server",
+        )
+        .await;
+        let embeds_anyway = lying(CHAT_ONLY, scripted(BackendInfo::NEUTRAL, Fault::None));
+        violates("embed", embeds_anyway, "does not serve").await;
+        let runs_anyway = lying(CHAT_ONLY, scripted(NATIVE, Fault::None));
+        violates("native", runs_anyway, "ran a native body").await;
     }
 
     #[tokio::test]
     async fn embed_needs_one_vector_per_input_in_order_within_the_batch_limit() {
-        let d = failed(
-            check_embed(&scripted(EMBED_ONLY, Fault::OneVectorShort)).await,
-            "embed",
-        );
-        assert!(d.contains("3 vectors for 4 inputs"), "{d}");
-        let d = failed(
-            check_embed(&scripted(EMBED_ONLY, Fault::Shuffled)).await,
-            "embed",
-        );
-        assert!(d.contains("order"), "{d}");
+        let short = scripted(EMBED_ONLY, Fault::OneVectorShort);
+        violates("embed", short, "3 vectors for 4 inputs").await;
+        violates("embed", scripted(EMBED_ONLY, Fault::Shuffled), "order").await;
         // A backend that refuses as many inputs as it says it takes.
-        let mut overstated = EMBED_ONLY;
-        overstated.max_embed_batch = NonZeroUsize::new(8);
-        let b: Arc<dyn ModelBackend> = Arc::new(Lying {
-            info: overstated,
-            inner: scripted(EMBED_ONLY, Fault::None),
-        });
-        let d = failed(check_embed(&b).await, "embed");
-        assert!(d.contains("8 inputs"), "{d}");
+        let overstated = BackendInfo {
+            max_embed_batch: NonZeroUsize::new(8),
+            ..EMBED_ONLY
+        };
+        let b = lying(overstated, scripted(EMBED_ONLY, Fault::None));
+        violates("embed", b, "8 inputs").await;
     }
 
     #[tokio::test]
     async fn native_needs_token_counts() {
-        let d = failed(
-            check_native(&scripted(NATIVE, Fault::NativeWithoutTokens)).await,
-            "native",
-        );
-        assert!(d.contains("token counts"), "{d}");
+        let b = scripted(NATIVE, Fault::NativeWithoutTokens);
+        violates("native", b, "token counts").await;
     }
 
     #[tokio::test]
