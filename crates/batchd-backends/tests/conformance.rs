@@ -61,19 +61,21 @@ async fn adaptive_around_openai_conforms() {
     check_around_openai(adaptive).await.unwrap();
 }
 
-#[tokio::test]
-async fn bedrock_conforms() {
+/// The suite against `wrap(bedrock on the fake bedrock-runtime)`: working, down, throttling.
+async fn check_around_bedrock(wrap: fn(Arc<dyn ModelBackend>) -> Arc<dyn ModelBackend>) {
     let fake = FakeBedrock::start(FakeBedrockConfig::default())
         .await
         .unwrap();
-    let backend = bedrock(fake.url());
+    let inner = bedrock(fake.url());
+    let backend = wrap(inner.clone());
+    check_wrapper(backend.as_ref(), inner.as_ref()).unwrap();
     check_working(&backend, BEDROCK).await.unwrap();
     assert!(
         fake.stats().converse > 0,
         "the native call reached the fake"
     );
 
-    let down = bedrock(nothing_listening().await.unwrap());
+    let down = wrap(bedrock(nothing_listening().await.unwrap()));
     check_fails_with(&down, ErrorKind::Connect).await.unwrap();
 
     fake.set_config(FakeBedrockConfig {
@@ -86,12 +88,11 @@ async fn bedrock_conforms() {
 }
 
 #[tokio::test]
-async fn adaptive_around_bedrock_forwards_its_info() {
-    let fake = FakeBedrock::start(FakeBedrockConfig::default())
-        .await
-        .unwrap();
-    let inner = bedrock(fake.url());
-    let backend = adaptive(inner.clone());
-    check_wrapper(backend.as_ref(), inner.as_ref()).unwrap();
-    check_working(&backend, BEDROCK).await.unwrap();
+async fn bedrock_conforms() {
+    check_around_bedrock(unwrapped).await;
+}
+
+#[tokio::test]
+async fn adaptive_around_bedrock_conforms() {
+    check_around_bedrock(adaptive).await;
 }

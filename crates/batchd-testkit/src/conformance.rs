@@ -446,7 +446,7 @@ mod tests {
         NoUsage,
         Panics,
         Hangs,
-        ChatsThoughInfoSaysNot,
+        ChatsAnyway,
         RetryableRefusal,
         OneVectorShort,
         Shuffled,
@@ -481,7 +481,7 @@ mod tests {
                 Fault::Down => return Err(BackendError::new(ErrorKind::Connect, "refused")),
                 _ => {}
             }
-            if !self.info.chat && self.fault != Fault::ChatsThoughInfoSaysNot {
+            if !self.info.chat && self.fault != Fault::ChatsAnyway {
                 let kind = if self.fault == Fault::RetryableRefusal {
                     ErrorKind::Server
                 } else {
@@ -601,11 +601,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn chat_needs_text_usage_no_panic_and_an_answer_in_time() {
-        violates("chat", scripted(CHAT_ONLY, Fault::EmptyText), "no text").await;
-        violates("chat", scripted(CHAT_ONLY, Fault::NoUsage), "usage").await;
-        violates("chat", scripted(CHAT_ONLY, Fault::Panics), "panicked").await;
-        violates("chat", scripted(CHAT_ONLY, Fault::Down), "Connect").await;
+    async fn each_check_fails_on_a_backend_that_breaks_its_rule() {
+        // A backend that refuses as many inputs as it says it takes.
+        let overstated = BackendInfo {
+            max_embed_batch: NonZeroUsize::new(8),
+            ..EMBED_ONLY
+        };
+        let neutral = scripted(BackendInfo::NEUTRAL, Fault::None);
+        let native = scripted(NATIVE, Fault::None);
+        let embeds = scripted(EMBED_ONLY, Fault::None);
+        let cases = [
+            ("chat", scripted(CHAT_ONLY, Fault::EmptyText), "no text"),
+            ("chat", scripted(CHAT_ONLY, Fault::NoUsage), "usage"),
+            ("chat", scripted(CHAT_ONLY, Fault::Panics), "panicked"),
+            ("chat", scripted(CHAT_ONLY, Fault::Down), "Connect"),
+            // Calls the info says it does not serve: refused, for good.
+            (
+                "chat",
+                scripted(EMBED_ONLY, Fault::ChatsAnyway),
+                "does not serve",
+            ),
+            (
+                "chat",
+                scripted(EMBED_ONLY, Fault::RetryableRefusal),
+                "Server",
+            ),
+            ("embed", lying(CHAT_ONLY, neutral), "does not serve"),
+            ("native", lying(CHAT_ONLY, native), "ran a native body"),
+            (
+                "embed",
+                scripted(EMBED_ONLY, Fault::OneVectorShort),
+                "3 vectors",
+            ),
+            ("embed", scripted(EMBED_ONLY, Fault::Shuffled), "order"),
+            ("embed", lying(overstated, embeds), "8 inputs"),
+            (
+                "native",
+                scripted(NATIVE, Fault::NativeWithoutTokens),
+                "token counts",
+            ),
+        ];
+        for (check, backend, says) in cases {
+            violates(check, backend, says).await;
+        }
     }
 
     #[tokio::test]
@@ -617,42 +655,6 @@ mod tests {
         });
         let d = failed(called.await.map(|_| ()), "chat");
         assert!(d.contains("no answer within 50ms"), "{d}");
-    }
-
-    #[tokio::test]
-    async fn a_call_not_served_must_be_refused_for_good() {
-        let chats_anyway = scripted(EMBED_ONLY, Fault::ChatsThoughInfoSaysNot);
-        violates("chat", chats_anyway, "does not serve").await;
-        violates(
-            "chat",
-            scripted(EMBED_ONLY, Fault::RetryableRefusal),
-            "Server",
-        )
-        .await;
-        let embeds_anyway = lying(CHAT_ONLY, scripted(BackendInfo::NEUTRAL, Fault::None));
-        violates("embed", embeds_anyway, "does not serve").await;
-        let runs_anyway = lying(CHAT_ONLY, scripted(NATIVE, Fault::None));
-        violates("native", runs_anyway, "ran a native body").await;
-    }
-
-    #[tokio::test]
-    async fn embed_needs_one_vector_per_input_in_order_within_the_batch_limit() {
-        let short = scripted(EMBED_ONLY, Fault::OneVectorShort);
-        violates("embed", short, "3 vectors for 4 inputs").await;
-        violates("embed", scripted(EMBED_ONLY, Fault::Shuffled), "order").await;
-        // A backend that refuses as many inputs as it says it takes.
-        let overstated = BackendInfo {
-            max_embed_batch: NonZeroUsize::new(8),
-            ..EMBED_ONLY
-        };
-        let b = lying(overstated, scripted(EMBED_ONLY, Fault::None));
-        violates("embed", b, "8 inputs").await;
-    }
-
-    #[tokio::test]
-    async fn native_needs_token_counts() {
-        let b = scripted(NATIVE, Fault::NativeWithoutTokens);
-        violates("native", b, "token counts").await;
     }
 
     #[tokio::test]
