@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
 use tokio::sync::Notify;
 
-use crate::{BackendError, ErrorKind, ModelBackend, NativeAnswer, NativeCall};
+use crate::{BackendError, BackendInfo, ErrorKind, ModelBackend, NativeAnswer, NativeCall};
 
 /// How the limit moves.
 #[derive(Debug, Clone)]
@@ -268,8 +268,8 @@ impl ModelBackend for AdaptiveBackend {
         result
     }
 
-    fn runs_native(&self) -> bool {
-        self.inner.runs_native()
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
     }
 
     async fn invoke_native(&self, call: NativeCall<'_>) -> Result<NativeAnswer, BackendError> {
@@ -277,10 +277,6 @@ impl ModelBackend for AdaptiveBackend {
         let result = self.inner.invoke_native(call).await;
         permit.finish(&result);
         result
-    }
-
-    fn max_embed_batch(&self) -> usize {
-        self.inner.max_embed_batch()
     }
 }
 

@@ -23,7 +23,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName
 use serde::Deserialize;
 
 use crate::http::{error_chain, retry_after, transport_error};
-use crate::{BackendError, ErrorKind, ModelBackend, NativeAnswer, NativeCall};
+use crate::{BackendError, BackendInfo, ErrorKind, ModelBackend, NativeAnswer, NativeCall};
 use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -284,8 +284,13 @@ impl ModelBackend for BedrockBackend {
         ))
     }
 
-    fn runs_native(&self) -> bool {
-        true
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            chat: false,
+            embed: false,
+            runs_native: true,
+            max_embed_batch: None,
+        }
     }
 
     async fn invoke_native(&self, call: NativeCall<'_>) -> Result<NativeAnswer, BackendError> {

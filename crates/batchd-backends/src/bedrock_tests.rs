@@ -451,7 +451,7 @@ fn native_usage_from_the_family_bodies() {
 async fn signed_converse_is_accepted_with_its_token_counts() {
     let fake = fake().await;
     let backend = backend_for(&fake, CLAUDE, &fake_env());
-    assert!(backend.runs_native());
+    assert!(backend.info().runs_native);
     let answer = backend
         .invoke_native(NativeCall::Converse(CONVERSE_BODY))
         .await

@@ -2,6 +2,10 @@
 //! `batchd-formats`) and its implementations, with errors classified for retry.
 //!
 //! - [`openai`]: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama).
+//! - [`bedrock`]: bedrock-runtime on demand, record bodies as they are.
+//! - [`adaptive`]: an AIMD concurrency limiter around any backend.
+//!
+//! What a backend can do is one [`BackendInfo`] value ([`ModelBackend::info`]).
 //!
 //! Backends know nothing of jobs, records or files: the engine owns retries, timeouts and
 //! concurrency, deciding from [`BackendError::is_retryable`], never from message text.
@@ -11,6 +15,7 @@ pub mod bedrock;
 mod http;
 pub mod openai;
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
@@ -108,13 +113,13 @@ pub trait ModelBackend: Send + Sync {
     /// Embeddings for one or more texts, one vector per input in order.
     async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, BackendError>;
 
-    /// Whether this backend runs record bodies as they are (Bedrock on-demand), through
-    /// [`ModelBackend::invoke_native`], instead of the neutral chat/embed calls.
-    fn runs_native(&self) -> bool {
-        false
-    }
+    /// What this backend can do. Required, with no default: a wrapper must say what it
+    /// serves (usually its inner backend's info), so it cannot drop a capability by forgetting
+    /// to forward one method.
+    fn info(&self) -> BackendInfo;
 
-    /// Runs one record body as it is and returns the model's answer as it is.
+    /// Runs one record body as it is and returns the model's answer as it is (backends whose
+    /// [`BackendInfo::runs_native`] is set).
     async fn invoke_native(&self, call: NativeCall<'_>) -> Result<NativeAnswer, BackendError> {
         let _ = call;
         Err(BackendError::new(
@@ -122,11 +127,37 @@ pub trait ModelBackend: Send + Sync {
             "this backend does not run native record bodies",
         ))
     }
+}
 
-    /// The most embedding inputs one [`ModelBackend::embed`] call may carry; backends with
-    /// no limit of their own leave it to the model's `embed_batch_size`.
-    fn max_embed_batch(&self) -> usize {
-        usize::MAX
+/// Everything the engine asks of a backend before calling it, as one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// [`ModelBackend::chat`] answers (else it returns a typed error).
+    pub chat: bool,
+    /// [`ModelBackend::embed`] answers (else it returns a typed error).
+    pub embed: bool,
+    /// Record bodies run as they are (Bedrock on-demand), through
+    /// [`ModelBackend::invoke_native`], instead of the neutral chat/embed calls.
+    pub runs_native: bool,
+    /// The most inputs one [`ModelBackend::embed`] call may carry; `None` leaves it to the
+    /// model's `embed_batch_size`.
+    pub max_embed_batch: Option<NonZeroUsize>,
+}
+
+impl BackendInfo {
+    /// A server that chats and embeds through the neutral calls, with no batch limit of its own.
+    pub const NEUTRAL: BackendInfo = BackendInfo {
+        chat: true,
+        embed: true,
+        runs_native: false,
+        max_embed_batch: None,
+    };
+
+    /// Inputs per embed call: `wanted`, cut to this backend's limit, at least 1.
+    pub fn embed_batch(&self, wanted: usize) -> usize {
+        self.max_embed_batch
+            .map_or(wanted, |max| wanted.min(max.get()))
+            .max(1)
     }
 }
 
@@ -150,6 +181,16 @@ pub struct NativeAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embed_batch_is_cut_to_the_backend_limit() {
+        let mut info = BackendInfo::NEUTRAL;
+        assert_eq!(info.embed_batch(16), 16);
+        assert_eq!(info.embed_batch(0), 1);
+        info.max_embed_batch = NonZeroUsize::new(4);
+        assert_eq!(info.embed_batch(16), 4);
+        assert_eq!(info.embed_batch(3), 3);
+    }
 
     #[test]
     fn statuses_are_classified_for_retry() {

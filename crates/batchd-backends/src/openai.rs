@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::http::{error_chain, retry_after, transport_error};
-use crate::{BackendError, ErrorKind, ModelBackend};
+use crate::{BackendError, BackendInfo, ErrorKind, ModelBackend};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a non-JSON error body goes into the error message.
@@ -120,6 +120,11 @@ impl OpenAiBackend {
 
 #[async_trait::async_trait]
 impl ModelBackend for OpenAiBackend {
+    /// The server decides what the model can do; both calls are sent.
+    fn info(&self) -> BackendInfo {
+        BackendInfo::NEUTRAL
+    }
+
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
         let body = to_json(&chat_body(&self.model, request)?)?;
         let completion: ChatCompletionWire = self.post(&self.chat_url, body).await?;

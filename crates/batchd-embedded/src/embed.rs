@@ -9,7 +9,9 @@
 use std::path::Path;
 use std::sync::mpsc;
 
-use batchd_backends::{BackendError, ErrorKind, ModelBackend};
+use std::num::NonZeroUsize;
+
+use batchd_backends::{BackendError, BackendInfo, ErrorKind, ModelBackend};
 use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -35,12 +37,15 @@ pub struct EmbeddingsConfig {
 }
 
 impl EmbeddingsConfig {
+    /// Texts per forward pass unless configured otherwise.
+    pub const DEFAULT_MAX_BATCH_INPUTS: usize = 32;
+
     /// Defaults: truncate at 256 tokens, up to 32 texts per forward pass.
     pub fn new(files: EmbeddingModelFiles) -> Self {
         Self {
             files,
             max_input_tokens: 256,
-            max_batch_inputs: 32,
+            max_batch_inputs: Self::DEFAULT_MAX_BATCH_INPUTS,
         }
     }
 }
@@ -89,10 +94,25 @@ impl EmbeddedEmbeddings {
     pub fn config(&self) -> &EmbeddingsConfig {
         &self.config
     }
+
+    /// What a model with `max_batch_inputs` texts per forward pass serves: embeddings only,
+    /// one forward pass's worth of inputs per call (the engine's calls then map onto passes).
+    pub fn info_for(max_batch_inputs: usize) -> BackendInfo {
+        BackendInfo {
+            chat: false,
+            embed: true,
+            runs_native: false,
+            max_embed_batch: NonZeroUsize::new(max_batch_inputs),
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl ModelBackend for EmbeddedEmbeddings {
+    fn info(&self) -> BackendInfo {
+        Self::info_for(self.config.max_batch_inputs)
+    }
+
     async fn chat(&self, _request: &ChatRequest) -> Result<ChatResponse, BackendError> {
         Err(unsupported(
             "the embedded embeddings model does not chat; use batchd.smollm2-135m-instruct",

@@ -156,6 +156,7 @@ fn split_tokens(total: u64, lengths: &[usize]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use batchd_backends::BackendInfo;
     use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedResponse};
     use std::sync::Mutex;
 
@@ -176,6 +177,12 @@ mod tests {
 
     #[async_trait::async_trait]
     impl ModelBackend for Recorder {
+        fn info(&self) -> BackendInfo {
+            BackendInfo {
+                chat: false,
+                ..BackendInfo::NEUTRAL
+            }
+        }
         async fn chat(&self, _: &ChatRequest) -> Result<ChatResponse, BackendError> {
             Err(BackendError::new(ErrorKind::Unsupported, "no chat"))
         }

@@ -25,6 +25,8 @@ use crate::{JobSpec, RecordOptions};
 /// What every record task of a job shares.
 pub(crate) struct RecordContext {
     backend: Arc<dyn ModelBackend>,
+    /// The backend's `info().runs_native`, asked once per job.
+    runs_native: bool,
     retry: RetryPolicy,
     invocation_type: InvocationType,
     records: RecordOptions,
@@ -36,19 +38,19 @@ pub(crate) struct RecordContext {
 impl RecordContext {
     /// Must run inside the runtime: the embedding batcher is a task.
     pub(crate) fn new(spec: &JobSpec, backend: Arc<dyn ModelBackend>, retry: RetryPolicy) -> Self {
+        let info = backend.info();
         let embeds = spec.invocation_type == InvocationType::InvokeModel
             && spec.records.family.is_some_and(ModelFamily::is_embedding)
-            && !backend.runs_native();
+            && !info.runs_native;
         let embedder = embeds.then(|| {
-            let size = spec
-                .records
-                .embed_batch_size
-                .min(backend.max_embed_batch())
-                .max(1);
-            EmbedBatcher::new(backend.clone(), size)
+            EmbedBatcher::new(
+                backend.clone(),
+                info.embed_batch(spec.records.embed_batch_size),
+            )
         });
         Self {
             backend,
+            runs_native: info.runs_native,
             retry,
             invocation_type: spec.invocation_type,
             records: spec.records.clone(),
@@ -127,7 +129,7 @@ fn prepare<'a>(ctx: &RecordContext, body: &'a str) -> Result<Prepared<'a>, Strin
         // Still validated: a Bedrock backend must not be sent what batchd rejects.
         InvocationType::Converse => {
             let request = parse_converse(body, &ctx.records.converse).map_err(joined)?;
-            if ctx.backend.runs_native() {
+            if ctx.runs_native {
                 Ok(Prepared::Native(NativeCall::Converse(body)))
             } else {
                 Ok(Prepared::Converse(Box::new(request)))
@@ -139,7 +141,7 @@ fn prepare<'a>(ctx: &RecordContext, body: &'a str) -> Result<Prepared<'a>, Strin
                 .family
                 .ok_or_else(|| "modelInput: the model has no InvokeModel body format".to_owned())?;
             let request = parse_native(family, body).map_err(joined)?;
-            if ctx.backend.runs_native() {
+            if ctx.runs_native {
                 return Ok(Prepared::Native(NativeCall::InvokeModel(body)));
             }
             Ok(match request {

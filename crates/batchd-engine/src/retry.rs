@@ -3,10 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use batchd_backends::{BackendError, ErrorKind, ModelBackend, NativeAnswer, NativeCall};
+use batchd_backends::{
+    BackendError, BackendInfo, ErrorKind, ModelBackend, NativeAnswer, NativeCall,
+};
 use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
+// Tokio's clock, so that tests can run an outage on a paused clock.
+use tokio::time::Instant;
 
 /// Retries of retryable backend errors: capped exponential backoff with full jitter; a
 /// backend's `Retry-After` is honoured (never retried sooner), up to `max_retry_after`.
@@ -54,26 +58,36 @@ impl RetryPolicy {
     }
 }
 
-/// Wraps a job's backend: a call refused with a connection error is tried again with
-/// backoff (0.2 s doubling to 5 s, jittered) while the backend has been unreachable for less
-/// than `limit`; past it, calls fail at once with a message saying so. Any answer from the
-/// backend ends the outage. One call waits at most `per_call`, so that the engine's attempt
-/// timeout does not fire first and turn the outage into timeouts.
+/// Wraps a job's backend: a call refused with a connection error is tried again, after the
+/// backoff of the engine's [`RetryPolicy`] (the one records use), while the backend has been
+/// unreachable for less than `limit`; past it, calls fail at once with a message saying so.
+/// Any answer from the backend ends the outage. One call waits at most `per_call`, so that the
+/// engine's attempt timeout does not fire first and turn the outage into timeouts.
 pub(crate) struct WaitWhileDown {
     inner: Arc<dyn ModelBackend>,
     limit: Duration,
     per_call: Duration,
+    policy: RetryPolicy,
+    /// Uniform in [0, 1): the backoff's jitter (fixed in tests).
+    random: fn() -> f64,
     down_since: Mutex<Option<Instant>>,
     /// Calls that failed because the outage outlasted `limit`.
     gave_up: AtomicU64,
 }
 
 impl WaitWhileDown {
-    pub(crate) fn new(inner: Arc<dyn ModelBackend>, limit: Duration, per_call: Duration) -> Self {
+    pub(crate) fn new(
+        inner: Arc<dyn ModelBackend>,
+        limit: Duration,
+        per_call: Duration,
+        policy: RetryPolicy,
+    ) -> Self {
         Self {
             inner,
             limit,
             per_call,
+            policy,
+            random: fastrand::f64,
             down_since: Mutex::new(None),
             gave_up: AtomicU64::new(0),
         }
@@ -96,8 +110,9 @@ impl WaitWhileDown {
         Fut: std::future::Future<Output = Result<T, BackendError>>,
     {
         let started = Instant::now();
-        let mut wait = Duration::from_millis(200);
+        let mut attempt = 0u32;
         loop {
+            attempt = attempt.saturating_add(1);
             let result = f().await;
             let error = match result {
                 Err(e) if e.kind == ErrorKind::Connect => e,
@@ -119,15 +134,15 @@ impl WaitWhileDown {
                     ..error
                 });
             }
-            let sleep = wait
-                .mul_f64(0.5 + fastrand::f64() / 2.0)
+            let sleep = self
+                .policy
+                .backoff(attempt, None, (self.random)())
                 .min(self.limit - down_for);
             if started.elapsed() + sleep >= self.per_call {
                 // The record's own retry loop takes over from here.
                 return Err(error);
             }
             tokio::time::sleep(sleep).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 }
@@ -142,22 +157,19 @@ impl ModelBackend for WaitWhileDown {
         self.call(|| self.inner.embed(request)).await
     }
 
-    fn runs_native(&self) -> bool {
-        self.inner.runs_native()
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
     }
 
     async fn invoke_native(&self, call: NativeCall<'_>) -> Result<NativeAnswer, BackendError> {
         self.call(|| self.inner.invoke_native(call)).await
-    }
-
-    fn max_embed_batch(&self) -> usize {
-        self.inner.max_embed_batch()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use batchd_testkit::conformance::check_around_openai;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -193,5 +205,117 @@ mod tests {
         assert_eq!(wait, Duration::from_millis(3050));
         let wait = p.backoff(1, Some(Duration::from_secs(3600)), 0.0);
         assert_eq!(wait, Duration::from_secs(10));
+    }
+
+    /// Refuses every connection, noting when each call came.
+    #[derive(Default)]
+    struct Refusing {
+        calls: Mutex<Vec<Instant>>,
+    }
+
+    impl Refusing {
+        fn refuse<T>(&self) -> Result<T, BackendError> {
+            self.calls.lock().unwrap().push(Instant::now());
+            Err(BackendError::new(ErrorKind::Connect, "connection refused"))
+        }
+
+        fn gaps(&self) -> Vec<Duration> {
+            let calls = self.calls.lock().unwrap();
+            calls.windows(2).map(|w| w[1] - w[0]).collect()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ModelBackend for Refusing {
+        fn info(&self) -> BackendInfo {
+            BackendInfo::NEUTRAL
+        }
+        async fn chat(&self, _: &ChatRequest) -> Result<ChatResponse, BackendError> {
+            self.refuse()
+        }
+        async fn embed(&self, _: &EmbedRequest) -> Result<EmbedResponse, BackendError> {
+            self.refuse()
+        }
+    }
+
+    /// A policy whose every backoff is `backoff` (with the jitter fixed at 0.5).
+    fn flat(backoff: Duration) -> RetryPolicy {
+        RetryPolicy {
+            base_backoff: backoff * 2,
+            max_backoff: backoff * 2,
+            ..policy()
+        }
+    }
+
+    async fn outage(policy: RetryPolicy) -> (Arc<Refusing>, BackendError) {
+        let inner = Arc::new(Refusing::default());
+        let mut down = WaitWhileDown::new(
+            inner.clone(),
+            Duration::from_millis(1000),
+            Duration::from_secs(60),
+            policy,
+        );
+        down.random = || 0.5;
+        let error = down.chat(&ChatRequest::default()).await.unwrap_err();
+        assert_eq!(down.gave_up(), 1);
+        (inner, error)
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_down_backend_follows_the_configured_policy() {
+        // Short backoffs: many tries within the limit, none sooner than the policy says.
+        let (inner, error) = outage(flat(Duration::from_millis(50))).await;
+        assert_eq!(error.kind, ErrorKind::Connect);
+        assert!(
+            error.message.contains("unreachable for 1 s"),
+            "{}",
+            error.message
+        );
+        let gaps = inner.gaps();
+        assert!(gaps.len() >= 10, "{gaps:?}");
+        // The last wait is cut to what is left of the limit.
+        let (last, rest) = gaps.split_last().unwrap();
+        assert!(
+            rest.iter().all(|g| *g >= Duration::from_millis(50)),
+            "{gaps:?}"
+        );
+        assert!(*last <= Duration::from_millis(100), "{gaps:?}");
+
+        // Long backoffs: few tries, each after the policy's wait.
+        let (inner, _) = outage(flat(Duration::from_millis(300))).await;
+        let gaps = inner.gaps();
+        assert!((3..=4).contains(&gaps.len()), "{gaps:?}");
+        let (_, rest) = gaps.split_last().unwrap();
+        assert!(
+            rest.iter().all(|g| *g >= Duration::from_millis(300)),
+            "{gaps:?}"
+        );
+
+        // Exponential growth comes from the policy as well: 10, 20, 40, 80 ms.
+        let (inner, _) = outage(RetryPolicy {
+            base_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(160),
+            ..policy()
+        })
+        .await;
+        let gaps = inner.gaps();
+        for (gap, want) in gaps.iter().zip([10, 20, 40, 80]) {
+            assert!(*gap >= Duration::from_millis(want), "{gaps:?}");
+        }
+    }
+
+    fn wait_while_down(inner: Arc<dyn ModelBackend>) -> Arc<dyn ModelBackend> {
+        Arc::new(WaitWhileDown::new(
+            inner,
+            Duration::from_millis(300),
+            Duration::from_secs(10),
+            flat(Duration::from_millis(20)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn wait_while_down_around_openai_conforms() {
+        // Down: refused until the 300 ms limit, then `Connect`, still the retry class.
+        check_around_openai(wait_while_down).await.unwrap();
     }
 }

@@ -197,6 +197,7 @@ pub(crate) async fn run_records(
         backend,
         engine.config.backend_down,
         engine.config.retry.attempt_timeout.mul_f64(0.8),
+        engine.config.retry.clone(),
     ));
     let ctx = Arc::new(RecordContext::new(
         spec,

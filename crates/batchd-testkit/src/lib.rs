@@ -12,11 +12,14 @@
 //! Failures (by rate, `fail_first_n`, or a prompt marker) answer at once with an OpenAI-style
 //! `{"error":{..}}` body; only successful answers wait for the configured latency.
 //!
+//! [`conformance`] holds the checks every `ModelBackend` passes.
+//!
 //! [`moto::MotoServer`] starts a moto S3-compatible server for storage tests.
 //!
 //! [`harness::TestEnv`] is the one test environment of the `batchd` binary's tests: a typed
 //! config written as `batchd.toml`, `batchd run`/`serve` as child processes, output readers.
 
+pub mod conformance;
 mod fake;
 pub mod fake_bedrock;
 pub mod harness;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use batchd_backends::{BackendError, ErrorKind, ModelBackend};
+use batchd_backends::{BackendError, BackendInfo, ErrorKind, ModelBackend};
 use batchd_embedded::{
     ChatModelConfig, ChatModelFiles, EmbeddedChat, EmbeddedEmbeddings, EmbeddingModelFiles,
     EmbeddingsConfig,
@@ -160,6 +160,22 @@ impl EmbeddedBackend {
 
 #[async_trait::async_trait]
 impl ModelBackend for EmbeddedBackend {
+    /// The info of the model it runs, known before that model is loaded: the loaded model's
+    /// own once it is, else what loading gives it.
+    fn info(&self) -> BackendInfo {
+        if self.kind == CHAT_MODEL {
+            return self
+                .models
+                .chat
+                .get()
+                .map_or(EmbeddedChat::INFO, |model| model.info());
+        }
+        self.models.embeddings.get().map_or_else(
+            || EmbeddedEmbeddings::info_for(EmbeddingsConfig::DEFAULT_MAX_BATCH_INPUTS),
+            |model| model.info(),
+        )
+    }
+
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
         if self.kind == CHAT_MODEL {
             self.models.chat().await?.chat(request).await
@@ -173,6 +189,94 @@ impl ModelBackend for EmbeddedBackend {
             self.models.chat().await?.embed(request).await
         } else {
             self.models.embeddings().await?.embed(request).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::num::NonZeroUsize;
+
+    use batchd_testkit::conformance::{check_fails_with, check_working, check_wrapper};
+
+    use super::*;
+
+    /// A few tokens' worth of chat model: one slot, a short context.
+    fn models(dir: PathBuf) -> Arc<EmbeddedModels> {
+        EmbeddedModels::new(EmbeddedSection {
+            models_dir: Some(dir),
+            slots: Some(1),
+            context_per_sequence: Some(256),
+            ..EmbeddedSection::default()
+        })
+    }
+
+    /// Where the model files are, or `None` (test skipped) when they are missing outside CI.
+    fn models_dir() -> Option<PathBuf> {
+        let dir = batchd_embedded::default_cache_dir(|name| std::env::var_os(name));
+        match batchd_embedded::locate(&dir) {
+            Ok(_) => Some(dir),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                let _ = writeln!(std::io::stderr(), "skipping the model tests: {e}");
+                None
+            }
+            Err(e) => panic!("{e} (CI must run scripts/models.sh first)"),
+        }
+    }
+
+    const CHAT_INFO: BackendInfo = BackendInfo {
+        chat: true,
+        embed: false,
+        runs_native: false,
+        max_embed_batch: None,
+    };
+    const EMBEDDINGS_INFO: BackendInfo = BackendInfo {
+        chat: false,
+        embed: true,
+        runs_native: false,
+        max_embed_batch: NonZeroUsize::new(EmbeddingsConfig::DEFAULT_MAX_BATCH_INPUTS),
+    };
+
+    #[test]
+    fn info_is_the_models_before_it_loads() {
+        // The embeddings model's batch limit used to be dropped here (no limit at all).
+        let m = models(PathBuf::from("/nonexistent"));
+        let embeddings = EmbeddedBackend::new(m.clone(), EMBEDDINGS_MODEL);
+        assert_eq!(embeddings.info(), EMBEDDINGS_INFO);
+        assert_eq!(EMBEDDINGS_INFO.embed_batch(64), 32);
+        let chat = EmbeddedBackend::new(m, CHAT_MODEL);
+        assert_eq!(chat.info(), CHAT_INFO);
+    }
+
+    #[tokio::test]
+    async fn missing_model_files_are_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for kind in [CHAT_MODEL, EMBEDDINGS_MODEL] {
+            let backend: Arc<dyn ModelBackend> =
+                Arc::new(EmbeddedBackend::new(models(dir.path().into()), kind));
+            check_fails_with(&backend, ErrorKind::Unsupported)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn embedded_models_conform_and_the_backend_forwards_their_info() {
+        let Some(dir) = models_dir() else {
+            return;
+        };
+        let m = models(dir);
+        for (kind, expected) in [(CHAT_MODEL, CHAT_INFO), (EMBEDDINGS_MODEL, EMBEDDINGS_INFO)] {
+            let backend: Arc<dyn ModelBackend> = Arc::new(EmbeddedBackend::new(m.clone(), kind));
+            check_working(&backend, expected).await.unwrap();
+            let model: Arc<dyn ModelBackend> = if kind == CHAT_MODEL {
+                m.chat().await.unwrap()
+            } else {
+                m.embeddings().await.unwrap()
+            };
+            check_working(&model, expected).await.unwrap();
+            check_wrapper(backend.as_ref(), model.as_ref()).unwrap();
         }
     }
 }

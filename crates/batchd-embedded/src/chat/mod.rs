@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 
-use batchd_backends::{BackendError, ModelBackend};
+use batchd_backends::{BackendError, BackendInfo, ModelBackend};
 use batchd_formats::neutral::{
     ChatRequest, ChatResponse, ContentPart, EmbedRequest, EmbedResponse, Role,
 };
@@ -288,8 +288,22 @@ impl EmbeddedChat {
     }
 }
 
+impl EmbeddedChat {
+    /// What the embedded chat model serves: chat only.
+    pub const INFO: BackendInfo = BackendInfo {
+        chat: true,
+        embed: false,
+        runs_native: false,
+        max_embed_batch: None,
+    };
+}
+
 #[async_trait::async_trait]
 impl ModelBackend for EmbeddedChat {
+    fn info(&self) -> BackendInfo {
+        Self::INFO
+    }
+
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
         let (reply, answer) = oneshot::channel();
         let job = self.job(request, reply)?;
