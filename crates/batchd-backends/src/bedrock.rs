@@ -52,8 +52,9 @@ pub struct BedrockConfig {
     pub profile: Option<String>,
 }
 
-/// The environment the AWS settings are read from: variables and the home folder. The process's
-/// own by [`AwsEnvironment::from_process`]; tests build their own.
+/// The environment the AWS settings are read from: variables and the home folder. The binary
+/// builds it from the process's environment with [`AwsEnvironment::from_lookup`] (only the
+/// binary reads the environment, ARCHITECTURE.md invariant 8); tests build their own.
 #[derive(Debug, Clone, Default)]
 pub struct AwsEnvironment {
     vars: HashMap<String, String>,
@@ -73,15 +74,16 @@ const AWS_VARS: [&str; 9] = [
 ];
 
 impl AwsEnvironment {
-    /// The process's `AWS_*` variables and home folder (`HOME`, else `USERPROFILE`).
-    pub fn from_process() -> Self {
+    /// The `AWS_*` variables and the home folder (`HOME`, else `USERPROFILE`) as `var` looks
+    /// them up: the binary passes the process environment.
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Self {
         let vars = AWS_VARS
             .iter()
-            .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+            .filter_map(|name| Some((name.to_string(), var(name)?)))
             .collect();
         let home = ["HOME", "USERPROFILE"]
             .iter()
-            .find_map(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+            .find_map(|name| var(name).filter(|v| !v.is_empty()))
             .map(PathBuf::from);
         AwsEnvironment { vars, home }
     }
@@ -133,17 +135,9 @@ pub struct BedrockBackend {
 }
 
 impl BedrockBackend {
-    /// Reads credentials and region from the process's environment and AWS files, builds the
+    /// Reads credentials and region from `env` and the AWS files it points at, builds the
     /// client once. Installs ring as the process's rustls provider if none is.
-    pub fn new(config: BedrockConfig) -> Result<Self, BackendError> {
-        Self::with_environment(config, &AwsEnvironment::from_process())
-    }
-
-    /// Like [`BedrockBackend::new`], reading `env` instead of the process's environment.
-    pub fn with_environment(
-        config: BedrockConfig,
-        env: &AwsEnvironment,
-    ) -> Result<Self, BackendError> {
+    pub fn new(config: BedrockConfig, env: &AwsEnvironment) -> Result<Self, BackendError> {
         let model_id = config.model_id.trim();
         if model_id.is_empty() {
             return Err(setup_error("the Bedrock model id is empty"));

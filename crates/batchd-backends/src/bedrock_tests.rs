@@ -44,11 +44,11 @@ async fn fake() -> FakeBedrock {
 }
 
 fn backend_for(fake: &FakeBedrock, model_id: &str, env: &AwsEnvironment) -> BedrockBackend {
-    BedrockBackend::with_environment(config(model_id, Some(fake.url())), env).unwrap()
+    BedrockBackend::new(config(model_id, Some(fake.url())), env).unwrap()
 }
 
 fn setup_err(config: BedrockConfig, env: &AwsEnvironment) -> String {
-    match BedrockBackend::with_environment(config, env) {
+    match BedrockBackend::new(config, env) {
         Ok(_) => panic!("expected a setup error"),
         Err(e) => {
             assert_eq!(e.kind, ErrorKind::Client);
@@ -87,7 +87,7 @@ fn signatures_match_botocore() {
         if let Some(token) = token {
             vars.push(("AWS_SESSION_TOKEN", token));
         }
-        let backend = BedrockBackend::with_environment(config(CLAUDE, None), &env(&vars)).unwrap();
+        let backend = BedrockBackend::new(config(CLAUDE, None), &env(&vars)).unwrap();
         assert_eq!(
             backend.converse_url(),
             "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
@@ -125,7 +125,7 @@ fn model_ids_and_arns_stay_one_path_segment() {
         encode_path_segment("arn:aws:bedrock:us-east-1:123:inference-profile/us.x-v1:0"),
         "arn%3Aaws%3Abedrock%3Aus-east-1%3A123%3Ainference-profile%2Fus.x-v1%3A0"
     );
-    let backend = BedrockBackend::with_environment(
+    let backend = BedrockBackend::new(
         BedrockConfig {
             endpoint_url: Some("http://127.0.0.1:9/prefix/".into()),
             ..config("amazon.nova-lite-v1:0", None)
@@ -653,7 +653,7 @@ async fn connection_failures_are_connect_errors() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let backend = BedrockBackend::with_environment(config(CLAUDE, Some(url)), &fake_env()).unwrap();
+    let backend = BedrockBackend::new(config(CLAUDE, Some(url)), &fake_env()).unwrap();
     let e = backend
         .invoke_native(NativeCall::Converse(CONVERSE_BODY))
         .await
@@ -664,7 +664,7 @@ async fn connection_failures_are_connect_errors() {
 
 #[tokio::test]
 async fn neutral_calls_are_unsupported() {
-    let backend = BedrockBackend::with_environment(config(CLAUDE, None), &fake_env()).unwrap();
+    let backend = BedrockBackend::new(config(CLAUDE, None), &fake_env()).unwrap();
     let e = backend
         .embed(&EmbedRequest {
             inputs: vec!["x".into()],
@@ -674,4 +674,38 @@ async fn neutral_calls_are_unsupported() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported);
     assert_eq!(backend.region(), "us-east-1");
+}
+
+/// `from_lookup` takes the AWS variables and the home folder from the lookup it is given, and
+/// nothing else: what the binary passes is the whole of what the backend sees.
+#[test]
+fn the_environment_comes_from_the_lookup_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
+    std::fs::write(
+        dir.path().join(".aws/config"),
+        "[default]\nregion = ap-south-1\n",
+    )
+    .unwrap();
+    let home = dir.path().to_str().unwrap().to_owned();
+    let lookup = |name: &str| match name {
+        "AWS_ACCESS_KEY_ID" => Some("AKIDLOOKUP".to_owned()),
+        "AWS_SECRET_ACCESS_KEY" => Some("secret".to_owned()),
+        "HOME" => Some(home.clone()),
+        "PATH" => panic!("asked for a variable it has no use for"),
+        _ => None,
+    };
+    let env = AwsEnvironment::from_lookup(lookup);
+    let (_, region) = resolved(&no_region(CLAUDE), &env);
+    assert_eq!(
+        region, "ap-south-1",
+        "the region comes from $HOME/.aws/config"
+    );
+    let nothing = AwsEnvironment::from_lookup(|_| None);
+    assert!(
+        Profile::load(None, &nothing)
+            .and_then(|p| resolve_credentials(false, &nothing, &p))
+            .is_err(),
+        "no variables, no home: no credentials"
+    );
 }

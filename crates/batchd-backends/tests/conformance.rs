@@ -40,7 +40,7 @@ fn bedrock(endpoint: String) -> Arc<dyn ModelBackend> {
         max_connections: 4,
         profile: None,
     };
-    Arc::new(BedrockBackend::with_environment(config, &env).unwrap())
+    Arc::new(BedrockBackend::new(config, &env).unwrap())
 }
 
 fn adaptive(inner: Arc<dyn ModelBackend>) -> Arc<dyn ModelBackend> {

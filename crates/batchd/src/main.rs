@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use batchd_backends::ModelBackend;
 use batchd_backends::adaptive::{AdaptiveBackend, AdaptiveConfig, Limiter};
-use batchd_backends::bedrock::{BedrockBackend, BedrockConfig};
+use batchd_backends::bedrock::{AwsEnvironment, BedrockBackend, BedrockConfig};
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{InvocationType, Job, JobArn, JobId, JobOrigin, JobRequest, JobStatus, NewJob};
 use batchd_engine::{
@@ -300,14 +300,16 @@ pub(crate) fn build_backend(
             Ok((Arc::new(backend), concurrency))
         }
         Backend::Bedrock(bedrock) => {
-            let backend = BedrockBackend::new(BedrockConfig {
+            let config = BedrockConfig {
                 model_id: model.backend_model(),
                 region: bedrock.region.clone(),
                 endpoint_url: bedrock.endpoint_url.clone(),
                 max_connections: concurrency,
                 profile: bedrock.profile.clone(),
-            })
-            .with_context(cannot_build)?;
+            };
+            // Credentials and region: the AWS environment, read here at start-up.
+            let env = AwsEnvironment::from_lookup(|name| std::env::var(name).ok());
+            let backend = BedrockBackend::new(config, &env).with_context(cannot_build)?;
             Ok((Arc::new(backend), concurrency))
         }
     }
