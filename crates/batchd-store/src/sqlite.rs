@@ -296,21 +296,11 @@ impl JobStore for SqliteStore {
     }
 
     async fn update_counters(&self, id: &JobId, c: &Counters) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET total_records = ?, processed_records = ?, success_records = ?,
-                error_records = ?, input_tokens = ?, output_tokens = ?, last_modified_ms = ?
-             WHERE job_id = ?",
-        )
-        .bind(to_i64(c.total))
-        .bind(to_i64(c.processed))
-        .bind(to_i64(c.success))
-        .bind(to_i64(c.error))
-        .bind(to_i64(c.input_tokens))
-        .bind(to_i64(c.output_tokens))
-        .bind(now_ms())
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await?;
+        let sql = format!("UPDATE jobs SET {SET_COUNTERS} WHERE job_id = ?");
+        let done = bind_counters(sqlx::query(sqlx::AssertSqlSafe(sql)), c)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(id.clone()));
         }
@@ -319,27 +309,19 @@ impl JobStore for SqliteStore {
 
     async fn checkpoint(&self, id: &JobId, ckpt: &Checkpoint) -> Result<bool, StoreError> {
         let c = &ckpt.counters;
-        let done = sqlx::query(
-            "UPDATE jobs SET ckpt_file = ?, ckpt_records = ?, ckpt_position = ?,
-                total_records = ?, processed_records = ?, success_records = ?, error_records = ?,
-                input_tokens = ?, output_tokens = ?, last_modified_ms = ?
-             WHERE job_id = ? AND (ckpt_file, ckpt_records) <= (?, ?)",
-        )
-        .bind(to_i64(ckpt.file_index))
-        .bind(to_i64(ckpt.records_in_file))
-        .bind(to_i64(ckpt.position))
-        .bind(to_i64(c.total))
-        .bind(to_i64(c.processed))
-        .bind(to_i64(c.success))
-        .bind(to_i64(c.error))
-        .bind(to_i64(c.input_tokens))
-        .bind(to_i64(c.output_tokens))
-        .bind(now_ms())
-        .bind(id.as_str())
-        .bind(to_i64(ckpt.file_index))
-        .bind(to_i64(ckpt.records_in_file))
-        .execute(&self.pool)
-        .await?;
+        let sql = format!(
+            "UPDATE jobs SET {SET_COUNTERS}, ckpt_file = ?, ckpt_records = ?, ckpt_position = ?
+             WHERE job_id = ? AND (ckpt_file, ckpt_records) <= (?, ?)"
+        );
+        let done = bind_counters(sqlx::query(sqlx::AssertSqlSafe(sql)), c)
+            .bind(to_i64(ckpt.file_index))
+            .bind(to_i64(ckpt.records_in_file))
+            .bind(to_i64(ckpt.position))
+            .bind(id.as_str())
+            .bind(to_i64(ckpt.file_index))
+            .bind(to_i64(ckpt.records_in_file))
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -369,6 +351,22 @@ impl SqliteStore {
             .await?;
         row.as_ref().map(row_to_job).transpose()
     }
+}
+
+/// The counters' columns and the modification time, as `bind_counters` binds them.
+const SET_COUNTERS: &str = "total_records = ?, processed_records = ?, success_records = ?,
+    error_records = ?, input_tokens = ?, output_tokens = ?, last_modified_ms = ?";
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>;
+
+fn bind_counters<'q>(q: SqliteQuery<'q>, c: &Counters) -> SqliteQuery<'q> {
+    q.bind(to_i64(c.total))
+        .bind(to_i64(c.processed))
+        .bind(to_i64(c.success))
+        .bind(to_i64(c.error))
+        .bind(to_i64(c.input_tokens))
+        .bind(to_i64(c.output_tokens))
+        .bind(now_ms())
 }
 
 /// ` AND status IN (?, ...)` for `statuses` (non-empty).
