@@ -22,7 +22,7 @@ use reqwest::Url;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::http::{error_chain, retry_after, transport_error};
+use crate::http::{body_excerpt, error_chain, retry_after, transport_error};
 use crate::{BackendError, BackendInfo, ErrorKind, ModelBackend, NativeAnswer, NativeCall};
 use batchd_formats::neutral::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
 
@@ -33,8 +33,6 @@ const JSON: &str = "application/json";
 const INPUT_TOKENS_HEADER: &str = "x-amzn-bedrock-input-token-count";
 const OUTPUT_TOKENS_HEADER: &str = "x-amzn-bedrock-output-token-count";
 const ERROR_TYPE_HEADER: &str = "x-amzn-errortype";
-/// How much of a non-JSON error body goes into the error message.
-const ERROR_BODY_EXCERPT: usize = 500;
 
 /// One Bedrock model served on demand.
 #[derive(Debug, Clone, Default)]
@@ -458,15 +456,7 @@ fn classify_error(
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(body);
-            let excerpt = text[..text.floor_char_boundary(ERROR_BODY_EXCERPT)].trim();
-            if excerpt.is_empty() {
-                format!("HTTP {status}")
-            } else {
-                excerpt.to_owned()
-            }
-        });
+        .unwrap_or_else(|| body_excerpt(status, body));
     let mut error = BackendError::from_status(status, message, retry_after);
     if let Some(error_type) = error_type {
         if let Some(kind) = error_kind(error_type) {

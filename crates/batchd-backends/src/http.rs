@@ -1,11 +1,27 @@
 //! HTTP plumbing the reqwest-based backends share: transport errors classified for retry,
-//! error chains in messages, and `Retry-After` in every form servers send.
+//! error chains in messages, error bodies cut to an excerpt, and `Retry-After` in every form
+//! servers send.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use crate::{BackendError, ErrorKind};
+
+/// Bytes of an error body a message quotes when the body has no message of its own.
+pub(crate) const ERROR_BODY_EXCERPT: usize = 500;
+
+/// The start of an error body (at most [`ERROR_BODY_EXCERPT`] bytes, cut on a character
+/// boundary), or `HTTP <status>` when it is empty.
+pub(crate) fn body_excerpt(status: impl std::fmt::Display, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let excerpt = text[..text.floor_char_boundary(ERROR_BODY_EXCERPT)].trim();
+    if excerpt.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        excerpt.to_owned()
+    }
+}
 
 pub(crate) fn transport_error(e: reqwest::Error) -> BackendError {
     let kind = if e.is_timeout() {

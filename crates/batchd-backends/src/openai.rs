@@ -18,12 +18,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::http::{error_chain, retry_after, transport_error};
+use crate::http::{body_excerpt, error_chain, retry_after, transport_error};
 use crate::{BackendError, BackendInfo, ErrorKind, ModelBackend};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How much of a non-JSON error body goes into the error message.
-const ERROR_BODY_EXCERPT: usize = 500;
 
 #[derive(Debug, Clone)]
 pub struct OpenAiConfig {
@@ -772,13 +770,7 @@ fn error_message(status: reqwest::StatusCode, body: &[u8]) -> String {
             return message;
         }
     }
-    let text = String::from_utf8_lossy(body);
-    let excerpt = text[..text.floor_char_boundary(ERROR_BODY_EXCERPT)].trim();
-    if excerpt.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        excerpt.to_owned()
-    }
+    body_excerpt(status, body)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use batchd_formats::neutral::{JsonSchemaFormat, Role, ToolSpec};
 use serde_json::json;
 
 use super::*;
-use crate::http::parse_http_date;
+use crate::http::{ERROR_BODY_EXCERPT, parse_http_date};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn body_json(request: &ChatRequest) -> Value {
