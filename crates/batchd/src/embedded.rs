@@ -83,6 +83,21 @@ pub struct EmbeddedModels {
     embeddings: OnceCell<Arc<EmbeddedEmbeddings>>,
 }
 
+/// Loads a model on a blocking thread (loading reads and converts weights for a while).
+async fn load_blocking<T, E>(
+    load: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<Arc<T>, BackendError>
+where
+    T: Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(load)
+        .await
+        .map_err(|e| unavailable(anyhow::anyhow!("{e}")))?
+        .map(Arc::new)
+        .map_err(|e| unavailable(e.into()))
+}
+
 impl EmbeddedModels {
     pub fn new(section: EmbeddedSection) -> Arc<Self> {
         Arc::new(Self {
@@ -99,11 +114,7 @@ impl EmbeddedModels {
         self.chat
             .get_or_try_init(|| async {
                 let config = self.section.chat_config().map_err(unavailable)?;
-                let model = tokio::task::spawn_blocking(move || EmbeddedChat::load(config))
-                    .await
-                    .map_err(|e| unavailable(anyhow::anyhow!("{e}")))?
-                    .map_err(|e| unavailable(e.into()))?;
-                Ok(Arc::new(model))
+                load_blocking(move || EmbeddedChat::load(config)).await
             })
             .await
             .cloned()
@@ -114,13 +125,7 @@ impl EmbeddedModels {
             .get_or_try_init(|| async {
                 let files = EmbeddingModelFiles::locate(&self.section.models_dir())
                     .map_err(|e| unavailable(e.into()))?;
-                let model = tokio::task::spawn_blocking(move || {
-                    EmbeddedEmbeddings::load(EmbeddingsConfig::new(files))
-                })
-                .await
-                .map_err(|e| unavailable(anyhow::anyhow!("{e}")))?
-                .map_err(|e| unavailable(e.into()))?;
-                Ok(Arc::new(model))
+                load_blocking(move || EmbeddedEmbeddings::load(EmbeddingsConfig::new(files))).await
             })
             .await
             .cloned()
