@@ -24,6 +24,7 @@ mod fake;
 pub mod fake_bedrock;
 pub mod harness;
 pub mod moto;
+pub mod process;
 
 use std::io::Write;
 use std::net::SocketAddr;

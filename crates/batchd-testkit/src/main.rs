@@ -1,10 +1,9 @@
 //! `batchd-fake`: the fake OpenAI-compatible server as a process, for benchmarks and scripts.
 //! Prints `listening on http://127.0.0.1:PORT/v1` once bound, serves until SIGTERM or ctrl-c.
 
-use std::io::Write;
 use std::net::SocketAddr;
 
-use batchd_testkit::{FakeConfig, FakeServer};
+use batchd_testkit::{FakeConfig, FakeServer, process};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -26,13 +25,13 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     latency_jitter_ms: u64,
     /// Fraction of requests answered 429 (likewise for the other rates).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     rate_429: f64,
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     rate_500: f64,
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     rate_503: f64,
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     rate_400: f64,
     /// Sent as `Retry-After` on 429 answers.
     #[arg(long)]
@@ -51,22 +50,9 @@ struct Args {
     capacity: Option<u64>,
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
-    let rate: f64 = text.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&rate) {
-        Ok(rate)
-    } else {
-        Err("must be within 0..=1".to_owned())
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+    process::block_on(args.threads, run(args))?
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -84,29 +70,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         capacity: args.capacity,
     };
     let server = FakeServer::bind(SocketAddr::from(([127, 0, 0, 1], args.port)), config).await?;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on {}", server.base_url())?;
-        stdout.flush()?;
-    }
-    wait_for_stop_signal().await?;
+    process::announce(&[format!("listening on {}", server.base_url())])?;
+    process::wait_for_stop_signal().await?;
     server.shutdown().await;
     Ok(())
-}
-
-#[cfg(unix)]
-async fn wait_for_stop_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-async fn wait_for_stop_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
 }

@@ -4,10 +4,10 @@
 //! and secret printed on the next lines (or the ones given with `--access-key-id` and
 //! `--secret-access-key`).
 
-use std::io::Write;
 use std::net::SocketAddr;
 
 use batchd_testkit::fake_bedrock::{FakeBedrock, FakeBedrockConfig};
+use batchd_testkit::process;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -29,7 +29,7 @@ struct Args {
     #[arg(long)]
     region: Option<String>,
     /// Fraction of requests answered 429 ThrottlingException.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     throttle_rate: f64,
     /// The first n requests are throttled.
     #[arg(long, default_value_t = 0)]
@@ -48,22 +48,9 @@ struct Args {
     latency_ms: u64,
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
-    let rate: f64 = text.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&rate) {
-        Ok(rate)
-    } else {
-        Err("must be within 0..=1".to_owned())
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+    process::block_on(1, run(args))?
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -84,31 +71,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.secret_access_key.clone(),
     );
     let server = FakeBedrock::bind(SocketAddr::from(([127, 0, 0, 1], args.port)), config).await?;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on {}", server.url())?;
-        writeln!(stdout, "AWS_ACCESS_KEY_ID={key}")?;
-        writeln!(stdout, "AWS_SECRET_ACCESS_KEY={secret}")?;
-        stdout.flush()?;
-    }
-    wait_for_stop_signal().await?;
+    process::announce(&[
+        format!("listening on {}", server.url()),
+        format!("AWS_ACCESS_KEY_ID={key}"),
+        format!("AWS_SECRET_ACCESS_KEY={secret}"),
+    ])?;
+    process::wait_for_stop_signal().await?;
     server.shutdown().await;
     Ok(())
-}
-
-#[cfg(unix)]
-async fn wait_for_stop_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-async fn wait_for_stop_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
 }
