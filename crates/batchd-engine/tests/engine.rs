@@ -366,37 +366,42 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
 async fn quotas_fail_validation_naming_the_quota_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
     write_records(&dir.path().join("in/a.jsonl"), 2);
-    let b: String = (0..5)
-        .map(|i| format!("{{\"recordId\":\"b{i}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"x\"}}]}}]}}}}\n"))
-        .collect();
-    std::fs::write(dir.path().join("in/b.jsonl"), b).unwrap();
+    write_prefixed(&dir.path().join("in/b.jsonl"), "b", 5);
     let storage = Arc::new(Storage::new(StorageConfig {
         data_dir: dir.path().into(),
         ..Default::default()
     }));
-    let quotas = batchd_engine::Quotas {
+    let inputs = [StorageUri::Local(dir.path().join("in"))];
+    // Validates the inputs under `quotas`.
+    let validate = |quotas: batchd_engine::Quotas| {
+        let engine = Engine::new(
+            storage.clone(),
+            EngineConfig {
+                quotas: Some(quotas),
+                ..EngineConfig::default()
+            },
+        );
+        let inputs = inputs.clone();
+        async move {
+            engine
+                .validate_input(
+                    &inputs,
+                    InvocationType::Converse,
+                    &RecordOptions::default(),
+                    "job000000001",
+                    20,
+                )
+                .await
+                .unwrap()
+        }
+    };
+
+    let report = validate(batchd_engine::Quotas {
         max_records_per_file: 3,
         max_records_per_job: 6,
         ..Default::default()
-    };
-    let engine = Engine::new(
-        storage.clone(),
-        EngineConfig {
-            quotas: Some(quotas),
-            ..EngineConfig::default()
-        },
-    );
-    let inputs = [StorageUri::Local(dir.path().join("in"))];
-    let report = engine
-        .validate_input(
-            &inputs,
-            InvocationType::Converse,
-            &RecordOptions::default(),
-            "job000000001",
-            20,
-        )
-        .await
-        .unwrap();
+    })
+    .await;
     assert!(!report.is_valid());
     let message = report.failure_message(20);
     assert!(
@@ -410,27 +415,11 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
         "{message}"
     );
 
-    let tiny = batchd_engine::Quotas {
+    let report = validate(batchd_engine::Quotas {
         max_file_bytes: 100,
         ..Default::default()
-    };
-    let engine = Engine::new(
-        storage.clone(),
-        EngineConfig {
-            quotas: Some(tiny),
-            ..EngineConfig::default()
-        },
-    );
-    let report = engine
-        .validate_input(
-            &inputs,
-            InvocationType::Converse,
-            &RecordOptions::default(),
-            "job000000001",
-            20,
-        )
-        .await
-        .unwrap();
+    })
+    .await;
     let message = report.failure_message(20);
     assert!(
         message.contains("Batch inference input file size (100 bytes)"),
@@ -441,27 +430,11 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
         "files over the size quota are not read"
     );
 
-    let at_least = batchd_engine::Quotas {
+    let report = validate(batchd_engine::Quotas {
         min_records_per_job: 10,
         ..Default::default()
-    };
-    let engine = Engine::new(
-        storage,
-        EngineConfig {
-            quotas: Some(at_least),
-            ..EngineConfig::default()
-        },
-    );
-    let report = engine
-        .validate_input(
-            &inputs,
-            InvocationType::Converse,
-            &RecordOptions::default(),
-            "job000000001",
-            20,
-        )
-        .await
-        .unwrap();
+    })
+    .await;
     assert!(
         report
             .failure_message(20)
