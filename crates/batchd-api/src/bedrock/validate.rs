@@ -240,29 +240,34 @@ impl Violations {
         self.add(path, None, "Member must not be null");
     }
 
-    /// Length (in characters) and pattern checks of one string member.
-    fn check_str(&mut self, path: &str, s: &str, min: usize, max: usize, pattern: Pattern) {
-        let len = s.chars().count();
+    /// Length limits of a member whose `value` has `len` characters or items.
+    fn check_len(&mut self, path: &str, value: &Value, len: usize, (min, max): (usize, usize)) {
         if len < min {
-            self.add_str(
+            self.add(
                 path,
-                s,
+                Some(value),
                 &format!("Member must have length greater than or equal to {min}"),
             );
         }
         if len > max {
-            self.add_str(
+            self.add(
                 path,
-                s,
+                Some(value),
                 &format!("Member must have length less than or equal to {max}"),
             );
         }
+    }
+
+    /// Length (in characters) and pattern checks of one string member.
+    fn check_str(&mut self, path: &str, s: &str, min: usize, max: usize, pattern: Pattern) {
+        let value = Value::String(s.to_owned());
+        self.check_len(path, &value, s.chars().count(), (min, max));
         if let Some((text, matches)) = pattern
             && !matches(s)
         {
-            self.add_str(
+            self.add(
                 path,
-                s,
+                Some(&value),
                 &format!("Member must satisfy regular expression pattern: {text}"),
             );
         }
@@ -299,14 +304,15 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-/// A string member: records `not null` when required and absent, or a type error.
-fn string_member<'a>(
+/// A member of one JSON type (`as_type` picks it out): records `not null` when required and
+/// absent, or `Member must be <type_name>` when it has another type. Returns the value too.
+fn typed_member<'a, T>(
     v: &mut Violations,
     obj: &'a Map<String, Value>,
-    parent: &str,
-    key: &str,
+    (parent, key): (&str, &str),
     required: bool,
-) -> Option<&'a str> {
+    (type_name, as_type): (&str, fn(&'a Value) -> Option<T>),
+) -> Option<(&'a Value, T)> {
     let path = join(parent, key);
     match member(obj, key) {
         None => {
@@ -315,12 +321,25 @@ fn string_member<'a>(
             }
             None
         }
-        Some(Value::String(s)) => Some(s),
-        Some(other) => {
-            v.add(&path, Some(other), "Member must be a string");
-            None
+        Some(value) => {
+            let typed = as_type(value);
+            if typed.is_none() {
+                v.add(&path, Some(value), &format!("Member must be {type_name}"));
+            }
+            typed.map(|t| (value, t))
         }
     }
+}
+
+/// A string member: records `not null` when required and absent, or a type error.
+fn string_member<'a>(
+    v: &mut Violations,
+    obj: &'a Map<String, Value>,
+    parent: &str,
+    key: &str,
+    required: bool,
+) -> Option<&'a str> {
+    typed_member(v, obj, (parent, key), required, ("a string", Value::as_str)).map(|(_, s)| s)
 }
 
 fn object_member<'a>(
@@ -330,20 +349,14 @@ fn object_member<'a>(
     key: &str,
     required: bool,
 ) -> Option<&'a Map<String, Value>> {
-    let path = join(parent, key);
-    match member(obj, key) {
-        None => {
-            if required {
-                v.required(&path);
-            }
-            None
-        }
-        Some(Value::Object(o)) => Some(o),
-        Some(other) => {
-            v.add(&path, Some(other), "Member must be a structure");
-            None
-        }
-    }
+    typed_member(
+        v,
+        obj,
+        (parent, key),
+        required,
+        ("a structure", Value::as_object),
+    )
+    .map(|(_, o)| o)
 }
 
 /// A list member with its length limits; the elements are the caller's.
@@ -354,36 +367,10 @@ fn list_member<'a>(
     key: &str,
     (required, min, max): (bool, usize, usize),
 ) -> Option<&'a [Value]> {
-    let path = join(parent, key);
-    match member(obj, key) {
-        None => {
-            if required {
-                v.required(&path);
-            }
-            None
-        }
-        Some(value @ Value::Array(items)) => {
-            if items.len() < min {
-                v.add(
-                    &path,
-                    Some(value),
-                    &format!("Member must have length greater than or equal to {min}"),
-                );
-            }
-            if items.len() > max {
-                v.add(
-                    &path,
-                    Some(value),
-                    &format!("Member must have length less than or equal to {max}"),
-                );
-            }
-            Some(items)
-        }
-        Some(other) => {
-            v.add(&path, Some(other), "Member must be a list");
-            None
-        }
-    }
+    let (value, items) =
+        typed_member(v, obj, (parent, key), required, ("a list", Value::as_array))?;
+    v.check_len(&join(parent, key), value, items.len(), (min, max));
+    Some(items)
 }
 
 /// A list of strings, each checked; element paths are `<list>.<n>.member` (1-based).
