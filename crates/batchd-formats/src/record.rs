@@ -101,10 +101,7 @@ pub fn write_success_line(
     model_input: &RawValue,
     model_output: &serde_json::Value,
 ) {
-    buf.extend_from_slice(b"{\"recordId\":");
-    push_str(buf, record_id);
-    buf.extend_from_slice(b",\"modelInput\":");
-    push_raw(buf, model_input);
+    push_line_head(buf, record_id, model_input);
     buf.extend_from_slice(b",\"modelOutput\":");
     push_value(buf, model_output);
     buf.extend_from_slice(b"}\n");
@@ -118,10 +115,7 @@ pub fn write_success_line_with<T: Serialize + ?Sized>(
     model_input: &RawValue,
     model_output: &T,
 ) {
-    buf.extend_from_slice(b"{\"recordId\":");
-    push_str(buf, record_id);
-    buf.extend_from_slice(b",\"modelInput\":");
-    push_raw(buf, model_input);
+    push_line_head(buf, record_id, model_input);
     buf.extend_from_slice(b",\"modelOutput\":");
     push_json(buf, model_output);
     buf.extend_from_slice(b"}\n");
@@ -136,15 +130,20 @@ pub fn write_error_line(
     error_code: u16,
     error_message: &str,
 ) {
-    buf.extend_from_slice(b"{\"recordId\":");
-    push_str(buf, record_id);
-    buf.extend_from_slice(b",\"modelInput\":");
-    push_raw(buf, model_input);
+    push_line_head(buf, record_id, model_input);
     buf.extend_from_slice(b",\"error\":{\"errorCode\":");
     push_json(buf, &error_code);
     buf.extend_from_slice(b",\"errorMessage\":");
     push_json(buf, error_message);
     buf.extend_from_slice(b"}}\n");
+}
+
+/// `{"recordId":..,"modelInput":<raw>`, how every output line starts.
+fn push_line_head(buf: &mut Vec<u8>, record_id: &str, model_input: &RawValue) {
+    buf.extend_from_slice(b"{\"recordId\":");
+    push_str(buf, record_id);
+    buf.extend_from_slice(b",\"modelInput\":");
+    push_raw(buf, model_input);
 }
 
 fn push_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
