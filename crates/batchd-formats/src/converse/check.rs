@@ -74,6 +74,12 @@ pub(crate) fn member<'v>(map: &'v Map<String, Value>, key: &str) -> Option<&'v V
     map.get(key).filter(|v| !v.is_null())
 }
 
+/// A record's modelInput (raw JSON text) parsed; invalid JSON is the record's one defect.
+pub(crate) fn parse_model_input(model_input: &str) -> Result<Value, Vec<Defect>> {
+    serde_json::from_str(model_input)
+        .map_err(|e| vec![Defect::new("modelInput", format!("invalid JSON: {e}"))])
+}
+
 /// Collects defects for one record, up to a limit so a pathological record (say a million
 /// broken blocks) yields a readable error rather than megabytes of it.
 pub(crate) struct Checker {
@@ -93,8 +99,15 @@ impl Checker {
         self.defects.is_empty()
     }
 
-    pub(crate) fn into_defects(self) -> Vec<Defect> {
-        self.defects
+    /// The walk's result when no defect was recorded, else every defect.
+    pub(crate) fn finish<T>(self, result: Option<T>) -> Result<T, Vec<Defect>> {
+        match result {
+            Some(result) if self.is_clean() => Ok(result),
+            // Walks return None only after recording a defect; the fallback keeps that
+            // promise from being load-bearing.
+            _ if self.is_clean() => Err(vec![Defect::new("modelInput", "cannot be translated")]),
+            _ => Err(self.defects),
+        }
     }
 
     pub(crate) fn defect(&mut self, path: &Path<'_>, reason: impl Into<String>) {
