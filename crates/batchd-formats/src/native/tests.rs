@@ -992,6 +992,47 @@ fn mistral_defects() {
     );
 }
 
+/// The string lists of every dialect: each item must be a non-empty string, and a list over
+/// its limit (Mistral's `stop`) is reported once while its items are still checked.
+#[test]
+fn string_lists_report_each_bad_item_and_an_overlong_list() {
+    let bad = json!(["a", "", 5]);
+    let item_defects = |at: &str| {
+        vec![
+            Defect::new(format!("{at}[1]"), "must not be empty"),
+            Defect::new(format!("{at}[2]"), "must be a string, found a number"),
+        ]
+    };
+    let msgs = json!([{"role": "user", "content": "Hi"}]);
+    let anthropic = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5,
+        "messages": msgs, "stop_sequences": bad, "anthropic_beta": bad});
+    let mut expected = item_defects("modelInput.anthropic_beta");
+    expected.extend(item_defects("modelInput.stop_sequences"));
+    assert_eq!(defects(ModelFamily::Anthropic, anthropic), expected);
+    let nova = json!({"messages": [{"role": "user", "content": [{"text": "Hi"}]}],
+        "inferenceConfig": {"stopSequences": bad}});
+    assert_eq!(
+        defects(ModelFamily::Nova, nova),
+        item_defects("modelInput.inferenceConfig.stopSequences")
+    );
+    let titan = json!({"inputText": "Hi", "textGenerationConfig": {"stopSequences": bad}});
+    assert_eq!(
+        defects(ModelFamily::TitanText, titan),
+        item_defects("modelInput.textGenerationConfig.stopSequences")
+    );
+    let mut stop = vec![json!("a"); 10];
+    stop.push(json!(""));
+    let mut expected = vec![Defect::new(
+        "modelInput.stop",
+        "must have at most 10 items, found 11",
+    )];
+    expected.push(Defect::new("modelInput.stop[10]", "must not be empty"));
+    assert_eq!(
+        defects(ModelFamily::Mistral, json!({"prompt": "x", "stop": stop})),
+        expected
+    );
+}
+
 #[test]
 fn mistral_response_shape() {
     let out = render_chat(
