@@ -171,6 +171,36 @@ impl Checker {
         Some(items)
     }
 
+    /// Records `must have at most <max> items, found <len>` when `len` is over `max`.
+    pub(crate) fn at_most(&mut self, path: &Path<'_>, len: usize, max: usize) -> bool {
+        if len > max {
+            self.defect(path, format!("must have at most {max} items, found {len}"));
+        }
+        len <= max
+    }
+
+    /// An array of at most `max` non-empty strings; every bad item is recorded (a list too
+    /// long is recorded and its items still checked).
+    pub(crate) fn non_empty_strings(
+        &mut self,
+        path: &Path<'_>,
+        value: &Value,
+        max: usize,
+    ) -> Vec<String> {
+        let Some(items) = self.array(path, value) else {
+            return Vec::new();
+        };
+        self.at_most(path, items.len(), max);
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                self.non_empty_string(&path.index(i), item)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
     pub(crate) fn string<'v>(&mut self, path: &Path<'_>, value: &'v Value) -> Option<&'v str> {
         match value {
             Value::String(s) => Some(s),

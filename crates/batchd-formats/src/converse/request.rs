@@ -65,14 +65,7 @@ pub(super) fn request(cx: &mut Checker, value: &Value, opts: &ConverseOptions) -
         }
     }
 
-    let path = root.key("messages");
-    match member(body, "messages") {
-        None => cx.defect(&path, "missing"),
-        Some(v) => req.messages = messages(cx, &path, v),
-    }
-    if let Some(v) = member(body, "system") {
-        req.system = system(cx, &root.key("system"), v);
-    }
+    conversation(cx, &root, body, &mut req, (messages, system));
     if let Some(v) = member(body, "inferenceConfig") {
         inference_config(cx, &root.key("inferenceConfig"), v, &mut req);
     }
@@ -96,7 +89,8 @@ pub(super) fn request(cx: &mut Checker, value: &Value, opts: &ConverseOptions) -
             .cloned();
     }
     if let Some(v) = member(body, "additionalModelResponseFieldPaths") {
-        response_field_paths(cx, &root.key("additionalModelResponseFieldPaths"), v);
+        let path = root.key("additionalModelResponseFieldPaths");
+        cx.non_empty_strings(&path, v, MAX_RESPONSE_FIELD_PATHS);
     }
     for key in OBJECT_ONLY {
         if let Some(v) = member(body, key) {
@@ -104,6 +98,71 @@ pub(super) fn request(cx: &mut Checker, value: &Value, opts: &ConverseOptions) -
         }
     }
     req
+}
+
+/// One dialect's walkers of `messages` and of `system`.
+pub(crate) type ConversationWalkers = (
+    fn(&mut Checker, &Path<'_>, &Value) -> Vec<ChatMessage>,
+    fn(&mut Checker, &Path<'_>, &Value) -> Vec<String>,
+);
+
+/// `messages` (required) and `system` of a body into `req`, each by the dialect's walker.
+pub(crate) fn conversation(
+    cx: &mut Checker,
+    root: &Path<'_>,
+    map: &Map<String, Value>,
+    req: &mut ChatRequest,
+    (messages, system): ConversationWalkers,
+) {
+    if let Some(v) = cx.required(root, map, "messages") {
+        req.messages = messages(cx, &root.key("messages"), v);
+    }
+    if let Some(v) = member(map, "system") {
+        req.system = system(cx, &root.key("system"), v);
+    }
+}
+
+/// A sampling setting of the neutral request; each dialect spells it with its own key, the
+/// ranges are the same in all of them.
+#[derive(Clone, Copy)]
+pub(crate) enum Setting {
+    MaxTokens,
+    Temperature,
+    TopP,
+    TopK,
+}
+
+impl Setting {
+    /// Checks `value` (at `path`) and sets it on `req` (`None` when it fails the check).
+    pub(crate) fn apply(
+        self,
+        cx: &mut Checker,
+        path: &Path<'_>,
+        value: &Value,
+        req: &mut ChatRequest,
+    ) {
+        match self {
+            Setting::MaxTokens => req.max_tokens = cx.u32_at_least(path, value, 1),
+            Setting::Temperature => req.temperature = cx.number_in(path, value, 0.0, 1.0),
+            Setting::TopP => req.top_p = cx.number_in(path, value, 0.0, 1.0),
+            Setting::TopK => req.top_k = cx.u32_at_least(path, value, 0),
+        }
+    }
+}
+
+/// The settings of `keys` that `map` has, checked in that order and set on `req`.
+pub(crate) fn settings(
+    cx: &mut Checker,
+    path: &Path<'_>,
+    map: &Map<String, Value>,
+    keys: &[(&str, Setting)],
+    req: &mut ChatRequest,
+) {
+    for &(key, setting) in keys {
+        if let Some(v) = member(map, key) {
+            setting.apply(cx, &path.key(key), v, req);
+        }
+    }
 }
 
 pub(crate) fn messages(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<ChatMessage> {
@@ -642,28 +701,19 @@ fn inference_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req: &mut 
         map,
         &["maxTokens", "temperature", "topP", "stopSequences"],
     );
-    if let Some(v) = member(map, "maxTokens") {
-        req.max_tokens = cx.u32_at_least(&path.key("maxTokens"), v, 1);
-    }
-    if let Some(v) = member(map, "temperature") {
-        req.temperature = cx.number_in(&path.key("temperature"), v, 0.0, 1.0);
-    }
-    if let Some(v) = member(map, "topP") {
-        req.top_p = cx.number_in(&path.key("topP"), v, 0.0, 1.0);
-    }
+    let keys = [
+        ("maxTokens", Setting::MaxTokens),
+        ("temperature", Setting::Temperature),
+        ("topP", Setting::TopP),
+    ];
+    settings(cx, path, map, &keys, req);
     if let Some(v) = member(map, "stopSequences") {
         let seq_path = path.key("stopSequences");
         let Some(items) = cx.array(&seq_path, v) else {
             return;
         };
-        if items.len() > MAX_STOP_SEQUENCES {
-            cx.defect(
-                &seq_path,
-                format!(
-                    "must have at most {MAX_STOP_SEQUENCES} items, found {}",
-                    items.len()
-                ),
-            );
+        // Unlike the other string lists, a list too long is not walked item by item.
+        if !cx.at_most(&seq_path, items.len(), MAX_STOP_SEQUENCES) {
             return;
         }
         for (i, item) in items.iter().enumerate() {
@@ -881,22 +931,4 @@ fn output_config(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<Jso
         description: description.map(str::to_owned),
         schema,
     })
-}
-
-fn response_field_paths(cx: &mut Checker, path: &Path<'_>, value: &Value) {
-    let Some(items) = cx.array(path, value) else {
-        return;
-    };
-    if items.len() > MAX_RESPONSE_FIELD_PATHS {
-        cx.defect(
-            path,
-            format!(
-                "must have at most {MAX_RESPONSE_FIELD_PATHS} items, found {}",
-                items.len()
-            ),
-        );
-    }
-    for (i, item) in items.iter().enumerate() {
-        cx.non_empty_string(&path.index(i), item);
-    }
 }

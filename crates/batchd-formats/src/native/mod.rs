@@ -203,23 +203,26 @@ pub(crate) fn message_id(prefix: &str) -> String {
     format!("{prefix}{a:016x}{:08x}", b >> 32)
 }
 
-/// The chat of a prompt-only body: its template's turns, or the whole prompt as one user
+/// The chat of a prompt-only body, added to `req` (the body's settings): the required
+/// string member `key` split into turns by `template`, or the whole prompt as one user
 /// message when it has no template. A defect when nothing is left to send.
 pub(crate) fn prompt_request(
     cx: &mut Checker,
-    path: &Path<'_>,
-    text: &str,
-    turns: Option<prompt::Turns>,
+    (root, map, key): (&Path<'_>, &Map<String, Value>, &str),
+    template: fn(&str) -> Option<prompt::Turns>,
+    mut req: ChatRequest,
 ) -> Option<ChatRequest> {
+    let path = root.key(key);
+    let text = cx.required(root, map, key)?;
+    let text = cx.string(&path, text)?;
     if text.trim().is_empty() {
-        cx.defect(path, "must not be blank");
+        cx.defect(&path, "must not be blank");
         return None;
     }
-    let mut req = ChatRequest::default();
-    match turns {
+    match template(text) {
         Some(turns) => {
             if turns.messages.is_empty() {
-                cx.defect(path, "the chat template holds no user or assistant text");
+                cx.defect(&path, "the chat template holds no user or assistant text");
                 return None;
             }
             req.system = turns.system;
