@@ -531,42 +531,58 @@ pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
     })
 }
 
-/// `inputDataConfig` (a union with one member today); returns the s3Uri.
-fn input_config<'a>(v: &mut Violations, obj: &'a Map<String, Value>) -> Option<&'a str> {
-    let config = object_member(v, obj, "", "inputDataConfig", true)?;
-    let parent = "inputDataConfig.s3InputDataConfig";
-    let s3 = object_member(v, config, "inputDataConfig", "s3InputDataConfig", true)?;
-    let uri = string_member(v, s3, parent, "s3Uri", true);
+/// `<config>.<s3_config>` (a union with one member today): its s3Uri (returned), the members
+/// `extra` checks, then s3BucketOwner.
+fn s3_data_config<'a>(
+    v: &mut Violations,
+    obj: &'a Map<String, Value>,
+    (config, s3_config): (&str, &str),
+    extra: fn(&mut Violations, &Map<String, Value>, &str),
+) -> Option<&'a str> {
+    let config_map = object_member(v, obj, "", config, true)?;
+    let parent = join(config, s3_config);
+    let s3 = object_member(v, config_map, config, s3_config, true)?;
+    let uri = string_member(v, s3, &parent, "s3Uri", true);
     if let Some(uri) = uri {
-        check_s3_uri(v, &join(parent, "s3Uri"), uri);
+        check_s3_uri(v, &join(&parent, "s3Uri"), uri);
     }
-    if let Some(format) = string_member(v, s3, parent, "s3InputFormat", false) {
-        v.check_enum(&join(parent, "s3InputFormat"), format, &["JSONL"]);
-    }
-    check_bucket_owner(v, s3, parent);
+    extra(v, s3, &parent);
+    check_bucket_owner(v, s3, &parent);
     uri
 }
 
-/// `outputDataConfig` (a union with one member today); returns the s3Uri.
+/// `inputDataConfig`; returns the s3Uri.
+fn input_config<'a>(v: &mut Violations, obj: &'a Map<String, Value>) -> Option<&'a str> {
+    s3_data_config(
+        v,
+        obj,
+        ("inputDataConfig", "s3InputDataConfig"),
+        |v, s3, parent| {
+            if let Some(format) = string_member(v, s3, parent, "s3InputFormat", false) {
+                v.check_enum(&join(parent, "s3InputFormat"), format, &["JSONL"]);
+            }
+        },
+    )
+}
+
+/// `outputDataConfig`; returns the s3Uri.
 fn output_config<'a>(v: &mut Violations, obj: &'a Map<String, Value>) -> Option<&'a str> {
-    let config = object_member(v, obj, "", "outputDataConfig", true)?;
-    let parent = "outputDataConfig.s3OutputDataConfig";
-    let s3 = object_member(v, config, "outputDataConfig", "s3OutputDataConfig", true)?;
-    let uri = string_member(v, s3, parent, "s3Uri", true);
-    if let Some(uri) = uri {
-        check_s3_uri(v, &join(parent, "s3Uri"), uri);
-    }
-    if let Some(key) = string_member(v, s3, parent, "s3EncryptionKeyId", false) {
-        v.check_str(
-            &join(parent, "s3EncryptionKeyId"),
-            key,
-            1,
-            2048,
-            Some((KMS_KEY_ID_PATTERN, is_kms_key_id)),
-        );
-    }
-    check_bucket_owner(v, s3, parent);
-    uri
+    s3_data_config(
+        v,
+        obj,
+        ("outputDataConfig", "s3OutputDataConfig"),
+        |v, s3, parent| {
+            if let Some(key) = string_member(v, s3, parent, "s3EncryptionKeyId", false) {
+                v.check_str(
+                    &join(parent, "s3EncryptionKeyId"),
+                    key,
+                    1,
+                    2048,
+                    Some((KMS_KEY_ID_PATTERN, is_kms_key_id)),
+                );
+            }
+        },
+    )
 }
 
 fn vpc_config(v: &mut Violations, obj: &Map<String, Value>) {
@@ -952,6 +968,62 @@ mod tests {
                 .contains("at 'jobName' failed to satisfy constraint: Member must be a string"),
             "{}",
             err.message
+        );
+    }
+
+    /// Every member walk in one body, so the order, paths, values and constraints of the
+    /// whole message are pinned.
+    #[test]
+    fn each_member_walk_reports_in_order() {
+        let create = br#"{"jobName":"j1","roleArn":"arn:aws:iam::123456789012:role/r","modelId":"m",
+            "inputDataConfig":{"s3InputDataConfig":{"s3Uri":"http://x","s3InputFormat":"CSV","s3BucketOwner":"12"}},
+            "outputDataConfig":{"s3OutputDataConfig":{"s3Uri":7,"s3EncryptionKeyId":"","s3BucketOwner":["x"]}},
+            "vpcConfig":{"subnetIds":[],"securityGroupIds":"sg-1"},
+            "tags":{"key":"k"}}"#;
+        let err = parse_create(create).unwrap_err();
+        let items = [
+            format!(
+                "Value 'http://x' at 'inputDataConfig.s3InputDataConfig.s3Uri' failed to satisfy \
+                 constraint: Member must satisfy regular expression pattern: {S3_URI_PATTERN}"
+            ),
+            "Value 'CSV' at 'inputDataConfig.s3InputDataConfig.s3InputFormat' failed to satisfy \
+             constraint: Member must satisfy enum value set: [JSONL]"
+                .to_owned(),
+            format!(
+                "Value '12' at 'inputDataConfig.s3InputDataConfig.s3BucketOwner' failed to satisfy \
+                 constraint: Member must satisfy regular expression pattern: {ACCOUNT_ID_PATTERN}"
+            ),
+            "Value '7' at 'outputDataConfig.s3OutputDataConfig.s3Uri' failed to satisfy \
+             constraint: Member must be a string"
+                .to_owned(),
+            "Value '' at 'outputDataConfig.s3OutputDataConfig.s3EncryptionKeyId' failed to \
+             satisfy constraint: Member must have length greater than or equal to 1"
+                .to_owned(),
+            format!(
+                "Value '' at 'outputDataConfig.s3OutputDataConfig.s3EncryptionKeyId' failed to \
+                 satisfy constraint: Member must satisfy regular expression pattern: \
+                 {KMS_KEY_ID_PATTERN}"
+            ),
+            "Value '[\"x\"]' at 'outputDataConfig.s3OutputDataConfig.s3BucketOwner' failed to \
+             satisfy constraint: Member must be a string"
+                .to_owned(),
+            "Value '[]' at 'vpcConfig.subnetIds' failed to satisfy constraint: Member must have \
+             length greater than or equal to 1"
+                .to_owned(),
+            "Value 'sg-1' at 'vpcConfig.securityGroupIds' failed to satisfy constraint: Member \
+             must be a list"
+                .to_owned(),
+            "Value '{\"key\":\"k\"}' at 'tags' failed to satisfy constraint: Member must be a \
+             list"
+                .to_owned(),
+        ];
+        assert_eq!(
+            err.message,
+            format!(
+                "{} validation errors detected: {}",
+                items.len(),
+                items.join("; ")
+            )
         );
     }
 
