@@ -133,28 +133,32 @@ impl Checker {
         self.defect(path, format!("must be {expected}, found {}", kind(value)));
     }
 
+    /// The value as the JSON type `as_type` picks out, else a `wrong_type` defect.
+    fn typed<'v, T>(
+        &mut self,
+        path: &Path<'_>,
+        value: &'v Value,
+        expected: &str,
+        as_type: fn(&'v Value) -> Option<T>,
+    ) -> Option<T> {
+        let typed = as_type(value);
+        if typed.is_none() {
+            self.wrong_type(path, expected, value);
+        }
+        typed
+    }
+
     pub(crate) fn object<'v>(
         &mut self,
         path: &Path<'_>,
         value: &'v Value,
     ) -> Option<&'v Map<String, Value>> {
-        match value {
-            Value::Object(map) => Some(map),
-            other => {
-                self.wrong_type(path, "an object", other);
-                None
-            }
-        }
+        self.typed(path, value, "an object", Value::as_object)
     }
 
     pub(crate) fn array<'v>(&mut self, path: &Path<'_>, value: &'v Value) -> Option<&'v [Value]> {
-        match value {
-            Value::Array(items) => Some(items),
-            other => {
-                self.wrong_type(path, "an array", other);
-                None
-            }
-        }
+        self.typed(path, value, "an array", Value::as_array)
+            .map(Vec::as_slice)
     }
 
     /// An array with at least one item.
@@ -202,13 +206,7 @@ impl Checker {
     }
 
     pub(crate) fn string<'v>(&mut self, path: &Path<'_>, value: &'v Value) -> Option<&'v str> {
-        match value {
-            Value::String(s) => Some(s),
-            other => {
-                self.wrong_type(path, "a string", other);
-                None
-            }
-        }
+        self.typed(path, value, "a string", Value::as_str)
     }
 
     pub(crate) fn non_empty_string<'v>(
@@ -225,13 +223,7 @@ impl Checker {
     }
 
     pub(crate) fn boolean(&mut self, path: &Path<'_>, value: &Value) -> Option<bool> {
-        match value {
-            Value::Bool(b) => Some(*b),
-            other => {
-                self.wrong_type(path, "a boolean", other);
-                None
-            }
-        }
+        self.typed(path, value, "a boolean", Value::as_bool)
     }
 
     /// A number in `[min, max]`.
@@ -336,6 +328,16 @@ impl Checker {
     pub(crate) fn unknown_key(&mut self, path: &Path<'_>, key: &str) {
         let shown = display_key(key);
         self.defect(&path.key(&shown), "unknown field");
+    }
+
+    /// [`Checker::union`] of a value that must first be an object.
+    pub(crate) fn object_union<'v>(
+        &mut self,
+        path: &Path<'_>,
+        value: &'v Value,
+    ) -> Option<(&'v str, &'v Value)> {
+        let map = self.object(path, value)?;
+        self.union(path, map)
     }
 
     /// A union (Smithy `union`): exactly one non-null member. Returns its key and value;

@@ -178,17 +178,21 @@ pub(crate) fn messages(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<
     out
 }
 
+/// A message's required `role`: `user` or `assistant`.
+pub(crate) fn role(cx: &mut Checker, path: &Path<'_>, map: &Map<String, Value>) -> Option<Role> {
+    let v = cx.required(path, map, "role")?;
+    let role = cx.one_of(&path.key("role"), v, &["user", "assistant"])?;
+    Some(if role == "user" {
+        Role::User
+    } else {
+        Role::Assistant
+    })
+}
+
 fn message(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ChatMessage> {
     let map = cx.object(path, value)?;
     cx.known_keys(path, map, &["role", "content"]);
-    let role = cx.required(path, map, "role").and_then(|v| {
-        let role = cx.one_of(&path.key("role"), v, &["user", "assistant"])?;
-        Some(if role == "user" {
-            Role::User
-        } else {
-            Role::Assistant
-        })
-    });
+    let role = role(cx, path, map);
     let content = cx.required(path, map, "content").and_then(|v| {
         let path = path.key("content");
         let blocks = cx.non_empty_array(&path, v)?;
@@ -215,8 +219,7 @@ fn unsupported(kind: &str) -> ContentPart {
 /// One message content block. None for blocks with no neutral form that need none
 /// (cachePoint) and for broken blocks.
 fn content_block(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
-    let map = cx.object(path, value)?;
-    let (kind, body) = cx.union(path, map)?;
+    let (kind, body) = cx.object_union(path, value)?;
     let inner = path.key(kind);
     match kind {
         "text" => {
@@ -280,8 +283,7 @@ fn source<'v>(
     value: &'v Value,
     allowed: &[&str],
 ) -> Option<Source<'v>> {
-    let map = cx.object(path, value)?;
-    let (kind, body) = cx.union(path, map)?;
+    let (kind, body) = cx.object_union(path, value)?;
     let inner = path.key(kind);
     if !allowed.contains(&kind) {
         let list = allowed.join(", ");
@@ -306,10 +308,7 @@ fn source<'v>(
             let mut texts = Vec::with_capacity(blocks.len());
             for (i, block) in blocks.iter().enumerate() {
                 let path = inner.index(i);
-                let Some(map) = cx.object(&path, block) else {
-                    continue;
-                };
-                let Some((key, text)) = cx.union(&path, map) else {
+                let Some((key, text)) = cx.object_union(&path, block) else {
                     continue;
                 };
                 if key == "text" {
@@ -526,10 +525,7 @@ fn tool_result(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<Conte
     let mut unrepresentable: Option<&str> = None;
     for (i, block) in blocks.unwrap_or_default().iter().enumerate() {
         let block_path = content_path.index(i);
-        let Some(block_map) = cx.object(&block_path, block) else {
-            continue;
-        };
-        let Some((kind, body)) = cx.union(&block_path, block_map) else {
+        let Some((kind, body)) = cx.object_union(&block_path, block) else {
             continue;
         };
         let inner = block_path.key(kind);
@@ -613,8 +609,7 @@ fn cache_point(cx: &mut Checker, path: &Path<'_>, value: &Value) {
 }
 
 fn reasoning(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
-    let map = cx.object(path, value)?;
-    let (kind, body) = cx.union(path, map)?;
+    let (kind, body) = cx.object_union(path, value)?;
     let inner = path.key(kind);
     match kind {
         "reasoningText" => {
@@ -653,10 +648,7 @@ pub(crate) fn system(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<St
     let mut out = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
         let block_path = path.index(i);
-        let Some(map) = cx.object(&block_path, block) else {
-            continue;
-        };
-        let Some((kind, body)) = cx.union(&block_path, map) else {
+        let Some((kind, body)) = cx.object_union(&block_path, block) else {
             continue;
         };
         let inner = block_path.key(kind);
@@ -737,10 +729,7 @@ pub(crate) fn tool_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req:
         .and_then(|v| cx.non_empty_array(&tools_path, v));
     for (i, tool) in tools.unwrap_or_default().iter().enumerate() {
         let tool_path = tools_path.index(i);
-        let Some(tool_map) = cx.object(&tool_path, tool) else {
-            continue;
-        };
-        let Some((kind, body)) = cx.union(&tool_path, tool_map) else {
+        let Some((kind, body)) = cx.object_union(&tool_path, tool) else {
             continue;
         };
         let inner = tool_path.key(kind);
@@ -802,8 +791,7 @@ fn tool_spec(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ToolSpe
     }
     let schema_path = path.key("inputSchema");
     let schema = cx.required(path, map, "inputSchema").and_then(|v| {
-        let schema_map = cx.object(&schema_path, v)?;
-        let (kind, body) = cx.union(&schema_path, schema_map)?;
+        let (kind, body) = cx.object_union(&schema_path, v)?;
         if kind != "json" {
             cx.defect(
                 &schema_path,
@@ -831,8 +819,7 @@ fn tool_choice(
     value: &Value,
     known: Option<&[&str]>,
 ) -> Option<ToolChoice> {
-    let map = cx.object(path, value)?;
-    let (kind, body) = cx.union(path, map)?;
+    let (kind, body) = cx.object_union(path, value)?;
     let inner = path.key(kind);
     match kind {
         "auto" | "any" => {

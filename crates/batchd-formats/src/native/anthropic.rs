@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::{body, message_id};
 use crate::converse::check::{Checker, Path, matches_name_pattern, member, quoted};
-use crate::converse::request::{Setting, base64, conversation, settings};
+use crate::converse::request::{Setting, base64, conversation, role, settings};
 use crate::neutral::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, JsonSchemaFormat, Role, StopReason,
     ToolChoice, ToolResultPart, ToolSpec,
@@ -169,14 +169,7 @@ fn messages(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<ChatMessage
 
 fn message(cx: &mut Checker, path: &Path<'_>, value: &Value, last: bool) -> Option<ChatMessage> {
     let map = body(cx, path, value, &["role", "content"])?;
-    let role = cx.required(path, map, "role").and_then(|v| {
-        let role = cx.one_of(&path.key("role"), v, &["user", "assistant"])?;
-        Some(if role == "user" {
-            Role::User
-        } else {
-            Role::Assistant
-        })
-    });
+    let role = role(cx, path, map);
     let content_path = path.key("content");
     let content = cx.required(path, map, "content")?;
     // Anthropic allows an empty final assistant turn (nothing prefilled); it says nothing.
