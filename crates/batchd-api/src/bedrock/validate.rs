@@ -531,13 +531,16 @@ pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
     })
 }
 
-/// `<config>.<s3_config>` (a union with one member today): its s3Uri (returned), the members
-/// `extra` checks, then s3BucketOwner.
+/// A member of an S3 data config besides s3Uri and s3BucketOwner: its key and its check.
+type S3Extra = (&'static str, fn(&mut Violations, &str, &str));
+
+/// `<config>.<s3_config>` (a union with one member today): its s3Uri (returned), the `extra`
+/// member, then s3BucketOwner.
 fn s3_data_config<'a>(
     v: &mut Violations,
     obj: &'a Map<String, Value>,
     (config, s3_config): (&str, &str),
-    extra: fn(&mut Violations, &Map<String, Value>, &str),
+    (extra_key, check_extra): S3Extra,
 ) -> Option<&'a str> {
     let config_map = object_member(v, obj, "", config, true)?;
     let parent = join(config, s3_config);
@@ -546,43 +549,27 @@ fn s3_data_config<'a>(
     if let Some(uri) = uri {
         check_s3_uri(v, &join(&parent, "s3Uri"), uri);
     }
-    extra(v, s3, &parent);
+    if let Some(extra) = string_member(v, s3, &parent, extra_key, false) {
+        check_extra(v, &join(&parent, extra_key), extra);
+    }
     check_bucket_owner(v, s3, &parent);
     uri
 }
 
 /// `inputDataConfig`; returns the s3Uri.
 fn input_config<'a>(v: &mut Violations, obj: &'a Map<String, Value>) -> Option<&'a str> {
-    s3_data_config(
-        v,
-        obj,
-        ("inputDataConfig", "s3InputDataConfig"),
-        |v, s3, parent| {
-            if let Some(format) = string_member(v, s3, parent, "s3InputFormat", false) {
-                v.check_enum(&join(parent, "s3InputFormat"), format, &["JSONL"]);
-            }
-        },
-    )
+    let format: S3Extra = ("s3InputFormat", |v, path, s| {
+        v.check_enum(path, s, &["JSONL"]);
+    });
+    s3_data_config(v, obj, ("inputDataConfig", "s3InputDataConfig"), format)
 }
 
 /// `outputDataConfig`; returns the s3Uri.
 fn output_config<'a>(v: &mut Violations, obj: &'a Map<String, Value>) -> Option<&'a str> {
-    s3_data_config(
-        v,
-        obj,
-        ("outputDataConfig", "s3OutputDataConfig"),
-        |v, s3, parent| {
-            if let Some(key) = string_member(v, s3, parent, "s3EncryptionKeyId", false) {
-                v.check_str(
-                    &join(parent, "s3EncryptionKeyId"),
-                    key,
-                    1,
-                    2048,
-                    Some((KMS_KEY_ID_PATTERN, is_kms_key_id)),
-                );
-            }
-        },
-    )
+    let kms_key: S3Extra = ("s3EncryptionKeyId", |v, path, s| {
+        v.check_str(path, s, 1, 2048, Some((KMS_KEY_ID_PATTERN, is_kms_key_id)));
+    });
+    s3_data_config(v, obj, ("outputDataConfig", "s3OutputDataConfig"), kms_key)
 }
 
 fn vpc_config(v: &mut Violations, obj: &Map<String, Value>) {

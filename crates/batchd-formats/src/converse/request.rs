@@ -357,29 +357,29 @@ fn s3_location(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<()> {
     Some(())
 }
 
-/// An image or video block, `{format, source}`: its format (one of `formats`) and its bytes
-/// or s3Location source, each `None` when it has a defect.
-type Media<'v> = (Option<&'v str>, Option<Source<'v>>);
+/// An image or video block, `{format, source}`: each part `None` when it has a defect.
+struct Media<'v> {
+    format: Option<&'v str>,
+    source: Option<Source<'v>>,
+}
 
-fn media<'v>(
-    cx: &mut Checker,
-    path: &Path<'_>,
-    value: &'v Value,
-    formats: &[&str],
-) -> Option<Media<'v>> {
-    let map = cx.object(path, value)?;
-    cx.known_keys(path, map, &["format", "source"]);
-    let format = cx
-        .required(path, map, "format")
-        .and_then(|v| cx.one_of(&path.key("format"), v, formats));
-    let source = cx
-        .required(path, map, "source")
-        .and_then(|v| source(cx, &path.key("source"), v, &["bytes", "s3Location"]));
-    Some((format, source))
+impl<'v> Media<'v> {
+    /// The format must be one of `formats`; the source is bytes or s3Location.
+    fn walk(cx: &mut Checker, path: &Path<'_>, value: &'v Value, formats: &[&str]) -> Option<Self> {
+        let map = cx.object(path, value)?;
+        cx.known_keys(path, map, &["format", "source"]);
+        let format = cx
+            .required(path, map, "format")
+            .and_then(|v| cx.one_of(&path.key("format"), v, formats));
+        let source = cx
+            .required(path, map, "source")
+            .and_then(|v| source(cx, &path.key("source"), v, &["bytes", "s3Location"]));
+        Some(Media { format, source })
+    }
 }
 
 fn image(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
-    let (format, source) = media(cx, path, value, IMAGE_FORMATS)?;
+    let Media { format, source } = Media::walk(cx, path, value, IMAGE_FORMATS)?;
     Some(match source? {
         Source::Bytes(data) => ContentPart::Image {
             format: format?.to_owned(),
@@ -456,7 +456,7 @@ fn document(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<Document
 }
 
 fn video(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<()> {
-    let (format, source) = media(cx, path, value, VIDEO_FORMATS)?;
+    let Media { format, source } = Media::walk(cx, path, value, VIDEO_FORMATS)?;
     format?;
     source?;
     Some(())
