@@ -478,29 +478,27 @@ fn patterned<'v>(
     None
 }
 
-fn tool_use_id<'v>(
-    cx: &mut Checker,
-    path: &Path<'_>,
-    map: &'v Map<String, Value>,
-) -> Option<&'v str> {
-    let v = cx.required(path, map, "toolUseId")?;
-    patterned(cx, &path.key("toolUseId"), v, b".:", TOOL_USE_ID_PATTERN)
-}
+/// A tool use id: `[a-zA-Z0-9_.:-]{1,64}`.
+const TOOL_USE_ID: (&str, &[u8], &str) = ("toolUseId", b".:", TOOL_USE_ID_PATTERN);
+/// A tool name: `[a-zA-Z0-9_-]{1,64}`.
+const TOOL_NAME: (&str, &[u8], &str) = ("name", b"", NAME_PATTERN);
 
-fn tool_name<'v>(
+/// The required member `key` of `map`, a string matching `pattern` (see [`patterned`]).
+fn patterned_member<'v>(
     cx: &mut Checker,
     path: &Path<'_>,
     map: &'v Map<String, Value>,
+    (key, extra, pattern): (&str, &[u8], &str),
 ) -> Option<&'v str> {
-    let v = cx.required(path, map, "name")?;
-    patterned(cx, &path.key("name"), v, b"", NAME_PATTERN)
+    let v = cx.required(path, map, key)?;
+    patterned(cx, &path.key(key), v, extra, pattern)
 }
 
 fn tool_use(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
     let map = cx.object(path, value)?;
     cx.known_keys(path, map, &["toolUseId", "name", "input", "type"]);
-    let id = tool_use_id(cx, path, map);
-    let name = tool_name(cx, path, map);
+    let id = patterned_member(cx, path, map, TOOL_USE_ID);
+    let name = patterned_member(cx, path, map, TOOL_NAME);
     let input = cx.required(path, map, "input");
     if let Some(v) = member(map, "type") {
         cx.string(&path.key("type"), v);
@@ -515,7 +513,7 @@ fn tool_use(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentP
 fn tool_result(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
     let map = cx.object(path, value)?;
     cx.known_keys(path, map, &["toolUseId", "content", "status", "type"]);
-    let id = tool_use_id(cx, path, map);
+    let id = patterned_member(cx, path, map, TOOL_USE_ID);
     let status = match member(map, "status") {
         Some(v) => cx.one_of(&path.key("status"), v, &["success", "error"]),
         None => Some("success"),
@@ -790,7 +788,7 @@ pub(crate) fn tool_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req:
 fn tool_spec(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ToolSpec> {
     let map = cx.object(path, value)?;
     cx.known_keys(path, map, &["name", "description", "inputSchema", "strict"]);
-    let name = tool_name(cx, path, map);
+    let name = patterned_member(cx, path, map, TOOL_NAME);
     let description =
         member(map, "description").map(|v| cx.non_empty_string(&path.key("description"), v));
     if let Some(v) = member(map, "strict") {
