@@ -770,106 +770,112 @@ pub fn parse_list_query(pairs: &[(String, String)]) -> Result<ListQuery, ApiErro
 mod tests {
     use super::*;
 
+    /// `is` accepts every `ok` string and rejects every `bad` one.
+    fn accepts_only(is: fn(&str) -> bool, ok: &[&str], bad: &[&str]) {
+        for s in ok {
+            assert!(is(s), "should accept {s:?}");
+        }
+        for s in bad {
+            assert!(!is(s), "should reject {s:?}");
+        }
+    }
+
     #[test]
     fn job_names() {
-        for ok in ["a", "job-1", "A.b+c-d", "x--y", "a-", &"a".repeat(63)] {
-            assert!(is_job_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", ".a", "bad name!", "a_b", "a/b", "é"] {
-            assert!(!is_job_name(bad), "{bad}");
-        }
+        accepts_only(
+            is_job_name,
+            &["a", "job-1", "A.b+c-d", "x--y", "a-", &"a".repeat(63)],
+            &["", "-a", ".a", "bad name!", "a_b", "a/b", "é"],
+        );
     }
 
     #[test]
     fn client_request_tokens() {
-        for ok in [
-            "a",
-            "abc-123",
-            "0c9b3b57-8d2a-4a5e-9c7b-2f1d3e4a5b6c",
-            "a--b",
-        ] {
-            assert!(is_client_request_token(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "a_b", "a b", "a.b"] {
-            assert!(!is_client_request_token(bad), "{bad}");
-        }
+        accepts_only(
+            is_client_request_token,
+            &[
+                "a",
+                "abc-123",
+                "0c9b3b57-8d2a-4a5e-9c7b-2f1d3e4a5b6c",
+                "a--b",
+            ],
+            &["", "-a", "a-", "a_b", "a b", "a.b"],
+        );
     }
 
     #[test]
     fn role_arns() {
-        for ok in [
-            "arn:aws:iam::123456789012:role/batchd",
-            "arn:aws:iam:::role/x",
-            "arn:aws-us-gov:iam::123456789012:role/path/name",
-            "arn:aws-cn:iam::123456789012:role/a:b",
-        ] {
-            assert!(is_role_arn(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "arn:aws:iam::123456789012:role/",
-            "arn:aws:iam::12345:role/x",
-            "arn:aws:iam::123456789012:user/x",
-            "arn:aws-:iam::123456789012:role/x",
-            "arn:aws:s3::123456789012:role/x",
-            "arn:aws:iam:us-east-1:123456789012:role/x",
-            "arn:aws:iam::123456789012:role/a\nb",
-            "role/x",
-        ] {
-            assert!(!is_role_arn(bad), "{bad}");
-        }
+        accepts_only(
+            is_role_arn,
+            &[
+                "arn:aws:iam::123456789012:role/batchd",
+                "arn:aws:iam:::role/x",
+                "arn:aws-us-gov:iam::123456789012:role/path/name",
+                "arn:aws-cn:iam::123456789012:role/a:b",
+            ],
+            &[
+                "",
+                "arn:aws:iam::123456789012:role/",
+                "arn:aws:iam::12345:role/x",
+                "arn:aws:iam::123456789012:user/x",
+                "arn:aws-:iam::123456789012:role/x",
+                "arn:aws:s3::123456789012:role/x",
+                "arn:aws:iam:us-east-1:123456789012:role/x",
+                "arn:aws:iam::123456789012:role/a\nb",
+                "role/x",
+            ],
+        );
     }
 
     #[test]
     fn s3_uris() {
-        for ok in [
-            "s3://bucket",
-            "s3://bucket/",
-            "s3://my.bucket-1/in/records.jsonl",
-            "s3://abc/a/b/c/",
-            "s3://abc/A!_*'().-z",
-        ] {
-            assert!(is_s3_uri(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "bucket/x",
-            "s3://",
-            "s3://ab",
-            "s3://Bucket/x",
-            "s3://-bucket/x",
-            "s3://bucket-/x",
-            "s3://bucket//x",
-            "s3://bucket/a//b",
-            "s3://bucket/a b",
-            "s3://bucket/date=2024",
-            "file:///tmp/x",
-            &format!("s3://{}", "a".repeat(64)),
-        ] {
-            assert!(!is_s3_uri(bad), "{bad}");
-        }
+        accepts_only(
+            is_s3_uri,
+            &[
+                "s3://bucket",
+                "s3://bucket/",
+                "s3://my.bucket-1/in/records.jsonl",
+                "s3://abc/a/b/c/",
+                "s3://abc/A!_*'().-z",
+            ],
+            &[
+                "",
+                "bucket/x",
+                "s3://",
+                "s3://ab",
+                "s3://Bucket/x",
+                "s3://-bucket/x",
+                "s3://bucket-/x",
+                "s3://bucket//x",
+                "s3://bucket/a//b",
+                "s3://bucket/a b",
+                "s3://bucket/date=2024",
+                "file:///tmp/x",
+                &format!("s3://{}", "a".repeat(64)),
+            ],
+        );
     }
 
     #[test]
     fn kms_vpc_tag_and_account_patterns() {
         let uuid = "1234abcd-12ab-34cd-56ef-1234567890ab";
-        for ok in [
-            uuid.to_owned(),
-            "alias/my_key/x".to_owned(),
-            format!("arn:aws:kms:us-east-1:123456789012:key/{uuid}"),
-            "arn:aws:kms:us-east-1:123456789012:alias/a".to_owned(),
-        ] {
-            assert!(is_kms_key_id(&ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "alias/",
-            "short",
-            "arn:aws:kms:us-east-1:123:key/x",
-            "arn:aws:kms:us-east-1:123456789012:key/short",
-        ] {
-            assert!(!is_kms_key_id(bad), "{bad}");
-        }
+        let key_arn = format!("arn:aws:kms:us-east-1:123456789012:key/{uuid}");
+        accepts_only(
+            is_kms_key_id,
+            &[
+                uuid,
+                "alias/my_key/x",
+                &key_arn,
+                "arn:aws:kms:us-east-1:123456789012:alias/a",
+            ],
+            &[
+                "",
+                "alias/",
+                "short",
+                "arn:aws:kms:us-east-1:123:key/x",
+                "arn:aws:kms:us-east-1:123456789012:key/short",
+            ],
+        );
         assert!(is_vpc_id("subnet-0abc") && !is_vpc_id("") && !is_vpc_id("sg_1"));
         assert!(is_tag_text("") && is_tag_text("a b._:/=+@-") && !is_tag_text("a*b"));
         assert!(is_account_id("123456789012") && !is_account_id("12345678901a"));
