@@ -304,6 +304,13 @@ mod tests {
         }
     }
 
+    /// The line's defect is the whole line's, and its reason starts with `prefix`.
+    fn assert_line_defect(line: &str, prefix: &str) {
+        let d = defect(line);
+        assert_eq!(d.field, "line");
+        assert!(d.reason.starts_with(prefix), "{d}");
+    }
+
     fn parsed(line: &str) -> RecordLine<'_> {
         match parse_record_line(line) {
             Ok(r) => r,
@@ -336,11 +343,9 @@ mod tests {
             assert_eq!(parsed(&line).record_id.as_deref(), Some(id));
         }
         // A raw control character inside the id is still a line defect (serde's check).
-        let d = defect("{\"recordId\": \"a\u{1}b\", \"modelInput\": {}}");
-        assert_eq!(d.field, "line");
-        assert!(
-            d.reason.starts_with("invalid JSON: control character"),
-            "{d}"
+        assert_line_defect(
+            "{\"recordId\": \"a\u{1}b\", \"modelInput\": {}}",
+            "invalid JSON: control character",
         );
     }
 
@@ -368,20 +373,11 @@ mod tests {
             d.reason,
             "invalid JSON: EOF while parsing a list at column 50"
         );
-        let d = defect(r#"{"recordId": "x", "modelInput": {}} trailing"#);
-        assert_eq!(d.field, "line");
-        assert!(
-            d.reason
-                .starts_with("invalid JSON: trailing characters at column"),
-            "{d}"
+        assert_line_defect(
+            r#"{"recordId": "x", "modelInput": {}} trailing"#,
+            "invalid JSON: trailing characters at column",
         );
-        let d = defect("[1, 2");
-        assert_eq!(d.field, "line");
-        assert!(
-            d.reason
-                .starts_with("invalid JSON: EOF while parsing a list"),
-            "{d}"
-        );
+        assert_line_defect("[1, 2", "invalid JSON: EOF while parsing a list");
         let d = defect("nope");
         assert!(d.reason.starts_with("invalid JSON: "), "{d}");
     }
