@@ -406,40 +406,54 @@ mod tests {
         assert_eq!(defect("  \t\r"), Defect::new("line", "blank line"));
     }
 
+    /// Each line's one defect is `(field, reason)`.
+    fn assert_defects(cases: &[(&str, &str, &str)]) {
+        for &(line, field, reason) in cases {
+            assert_eq!(defect(line), Defect::new(field, reason), "{line}");
+        }
+    }
+
     #[test]
     fn model_input_missing_or_wrong_type() {
-        assert_eq!(
-            defect(r#"{"recordId": "a"}"#),
-            Defect::new("modelInput", "missing")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": "a", "modelInput": "hi"}"#),
-            Defect::new("modelInput", "must be an object, found a string")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": "a", "modelInput": null}"#),
-            Defect::new("modelInput", "must be an object, found null")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": "a", "modelInput": [1]}"#),
-            Defect::new("modelInput", "must be an object, found an array")
-        );
+        assert_defects(&[
+            (r#"{"recordId": "a"}"#, "modelInput", "missing"),
+            (
+                r#"{"recordId": "a", "modelInput": "hi"}"#,
+                "modelInput",
+                "must be an object, found a string",
+            ),
+            (
+                r#"{"recordId": "a", "modelInput": null}"#,
+                "modelInput",
+                "must be an object, found null",
+            ),
+            (
+                r#"{"recordId": "a", "modelInput": [1]}"#,
+                "modelInput",
+                "must be an object, found an array",
+            ),
+        ]);
     }
 
     #[test]
     fn record_id_wrong_type_or_empty() {
-        assert_eq!(
-            defect(r#"{"recordId": 12345, "modelInput": {}}"#),
-            Defect::new("recordId", "must be a string, found a number")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": ["a"], "modelInput": {}}"#),
-            Defect::new("recordId", "must be a string, found an array")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": "", "modelInput": {}}"#),
-            Defect::new("recordId", "must not be empty")
-        );
+        assert_defects(&[
+            (
+                r#"{"recordId": 12345, "modelInput": {}}"#,
+                "recordId",
+                "must be a string, found a number",
+            ),
+            (
+                r#"{"recordId": ["a"], "modelInput": {}}"#,
+                "recordId",
+                "must be a string, found an array",
+            ),
+            (
+                r#"{"recordId": "", "modelInput": {}}"#,
+                "recordId",
+                "must not be empty",
+            ),
+        ]);
     }
 
     #[test]
