@@ -53,6 +53,12 @@ fn assistant(content: Vec<ContentPart>) -> ChatMessage {
     }
 }
 
+/// The family's native response to `answer(content, stop_reason)` (latency plays no part in
+/// any native shape).
+fn rendered(family: ModelFamily, content: Vec<ContentPart>, stop_reason: StopReason) -> Value {
+    render_chat(family, &answer(content, stop_reason), 0)
+}
+
 fn answer(content: Vec<ContentPart>, stop_reason: StopReason) -> ChatResponse {
     ChatResponse {
         content,
@@ -552,7 +558,7 @@ fn anthropic_response_shape() {
         (StopReason::MaxTokens, "max_tokens"),
         (StopReason::ContentFiltered, "refusal"),
     ] {
-        let out = render_chat(ModelFamily::Anthropic, &answer(vec![], reason), 0);
+        let out = rendered(ModelFamily::Anthropic, vec![], reason);
         assert_eq!(out["stop_reason"], name);
         assert_eq!(out["stop_sequence"], Value::Null);
     }
@@ -601,10 +607,10 @@ fn titan_text_defects() {
 
 #[test]
 fn titan_text_response_shape() {
-    let out = render_chat(
+    let out = rendered(
         ModelFamily::TitanText,
-        &answer(vec![text("Hello "), text("there")], StopReason::MaxTokens),
-        0,
+        vec![text("Hello "), text("there")],
+        StopReason::MaxTokens,
     );
     expect_shape(
         &out,
@@ -627,7 +633,7 @@ fn titan_text_response_shape() {
         (StopReason::StopSequence, "STOP_CRITERIA_MET"),
         (StopReason::ContentFiltered, "CONTENT_FILTERED"),
     ] {
-        let out = render_chat(ModelFamily::TitanText, &answer(vec![], reason), 0);
+        let out = rendered(ModelFamily::TitanText, vec![], reason);
         assert_eq!(out["results"][0]["completionReason"], name);
     }
 }
@@ -817,6 +823,7 @@ fn nova_defects() {
 
 #[test]
 fn nova_response_shape() {
+    // A latency, to show it stays out of the native shape (only Converse reports one).
     let out = render_chat(
         ModelFamily::Nova,
         &answer(vec![text("Hi")], StopReason::EndTurn),
@@ -937,10 +944,10 @@ fn llama_defects() {
 
 #[test]
 fn llama_response_shape() {
-    let out = render_chat(
+    let out = rendered(
         ModelFamily::Llama,
-        &answer(vec![text("Hello")], StopReason::MaxTokens),
-        0,
+        vec![text("Hello")],
+        StopReason::MaxTokens,
     );
     expect_shape(
         &out,
@@ -953,7 +960,7 @@ fn llama_response_shape() {
     );
     assert_eq!(out["generation"], "Hello");
     assert_eq!(out["stop_reason"], "length");
-    let out = render_chat(ModelFamily::Llama, &answer(vec![], StopReason::EndTurn), 0);
+    let out = rendered(ModelFamily::Llama, vec![], StopReason::EndTurn);
     assert_eq!(out["stop_reason"], "stop");
     assert_eq!(out["generation"], "");
 }
@@ -1035,10 +1042,10 @@ fn string_lists_report_each_bad_item_and_an_overlong_list() {
 
 #[test]
 fn mistral_response_shape() {
-    let out = render_chat(
+    let out = rendered(
         ModelFamily::Mistral,
-        &answer(vec![text("Hi")], StopReason::StopSequence),
-        0,
+        vec![text("Hi")],
+        StopReason::StopSequence,
     );
     expect_shape(&out, &[("outputs", "array")]);
     expect_shape(
@@ -1047,11 +1054,7 @@ fn mistral_response_shape() {
     );
     assert_eq!(out["outputs"][0]["text"], "Hi");
     assert_eq!(out["outputs"][0]["stop_reason"], "stop");
-    let out = render_chat(
-        ModelFamily::Mistral,
-        &answer(vec![], StopReason::MaxTokens),
-        0,
-    );
+    let out = rendered(ModelFamily::Mistral, vec![], StopReason::MaxTokens);
     assert_eq!(out["outputs"][0]["stop_reason"], "length");
 }
 
