@@ -36,22 +36,10 @@ pub fn parse_converse(
     model_input: &str,
     opts: &ConverseOptions,
 ) -> Result<ChatRequest, Vec<Defect>> {
-    let value: Value = match serde_json::from_str(model_input) {
-        Ok(value) => value,
-        Err(e) => {
-            return Err(vec![Defect::new(
-                "modelInput",
-                format!("invalid JSON: {e}"),
-            )]);
-        }
-    };
+    let value = check::parse_model_input(model_input)?;
     let mut checker = check::Checker::new(MAX_DEFECTS);
     let req = request::request(&mut checker, &value, opts);
-    if checker.is_clean() {
-        Ok(req)
-    } else {
-        Err(checker.into_defects())
-    }
+    checker.finish(Some(req))
 }
 
 /// Renders the Converse response body (the record's modelOutput). Response content is

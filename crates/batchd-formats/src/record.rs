@@ -101,10 +101,7 @@ pub fn write_success_line(
     model_input: &RawValue,
     model_output: &serde_json::Value,
 ) {
-    buf.extend_from_slice(b"{\"recordId\":");
-    push_str(buf, record_id);
-    buf.extend_from_slice(b",\"modelInput\":");
-    push_raw(buf, model_input);
+    push_line_head(buf, record_id, model_input);
     buf.extend_from_slice(b",\"modelOutput\":");
     push_value(buf, model_output);
     buf.extend_from_slice(b"}\n");
@@ -118,10 +115,7 @@ pub fn write_success_line_with<T: Serialize + ?Sized>(
     model_input: &RawValue,
     model_output: &T,
 ) {
-    buf.extend_from_slice(b"{\"recordId\":");
-    push_str(buf, record_id);
-    buf.extend_from_slice(b",\"modelInput\":");
-    push_raw(buf, model_input);
+    push_line_head(buf, record_id, model_input);
     buf.extend_from_slice(b",\"modelOutput\":");
     push_json(buf, model_output);
     buf.extend_from_slice(b"}\n");
@@ -136,15 +130,20 @@ pub fn write_error_line(
     error_code: u16,
     error_message: &str,
 ) {
-    buf.extend_from_slice(b"{\"recordId\":");
-    push_str(buf, record_id);
-    buf.extend_from_slice(b",\"modelInput\":");
-    push_raw(buf, model_input);
+    push_line_head(buf, record_id, model_input);
     buf.extend_from_slice(b",\"error\":{\"errorCode\":");
     push_json(buf, &error_code);
     buf.extend_from_slice(b",\"errorMessage\":");
     push_json(buf, error_message);
     buf.extend_from_slice(b"}}\n");
+}
+
+/// `{"recordId":..,"modelInput":<raw>`, how every output line starts.
+fn push_line_head(buf: &mut Vec<u8>, record_id: &str, model_input: &RawValue) {
+    buf.extend_from_slice(b"{\"recordId\":");
+    push_str(buf, record_id);
+    buf.extend_from_slice(b",\"modelInput\":");
+    push_raw(buf, model_input);
 }
 
 fn push_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
@@ -305,6 +304,13 @@ mod tests {
         }
     }
 
+    /// The line's defect is the whole line's, and its reason starts with `prefix`.
+    fn assert_line_defect(line: &str, prefix: &str) {
+        let d = defect(line);
+        assert_eq!(d.field, "line");
+        assert!(d.reason.starts_with(prefix), "{d}");
+    }
+
     fn parsed(line: &str) -> RecordLine<'_> {
         match parse_record_line(line) {
             Ok(r) => r,
@@ -337,11 +343,9 @@ mod tests {
             assert_eq!(parsed(&line).record_id.as_deref(), Some(id));
         }
         // A raw control character inside the id is still a line defect (serde's check).
-        let d = defect("{\"recordId\": \"a\u{1}b\", \"modelInput\": {}}");
-        assert_eq!(d.field, "line");
-        assert!(
-            d.reason.starts_with("invalid JSON: control character"),
-            "{d}"
+        assert_line_defect(
+            "{\"recordId\": \"a\u{1}b\", \"modelInput\": {}}",
+            "invalid JSON: control character",
         );
     }
 
@@ -369,20 +373,11 @@ mod tests {
             d.reason,
             "invalid JSON: EOF while parsing a list at column 50"
         );
-        let d = defect(r#"{"recordId": "x", "modelInput": {}} trailing"#);
-        assert_eq!(d.field, "line");
-        assert!(
-            d.reason
-                .starts_with("invalid JSON: trailing characters at column"),
-            "{d}"
+        assert_line_defect(
+            r#"{"recordId": "x", "modelInput": {}} trailing"#,
+            "invalid JSON: trailing characters at column",
         );
-        let d = defect("[1, 2");
-        assert_eq!(d.field, "line");
-        assert!(
-            d.reason
-                .starts_with("invalid JSON: EOF while parsing a list"),
-            "{d}"
-        );
+        assert_line_defect("[1, 2", "invalid JSON: EOF while parsing a list");
         let d = defect("nope");
         assert!(d.reason.starts_with("invalid JSON: "), "{d}");
     }
@@ -411,40 +406,54 @@ mod tests {
         assert_eq!(defect("  \t\r"), Defect::new("line", "blank line"));
     }
 
+    /// Each line's one defect is `(field, reason)`.
+    fn assert_defects(cases: &[(&str, &str, &str)]) {
+        for &(line, field, reason) in cases {
+            assert_eq!(defect(line), Defect::new(field, reason), "{line}");
+        }
+    }
+
     #[test]
     fn model_input_missing_or_wrong_type() {
-        assert_eq!(
-            defect(r#"{"recordId": "a"}"#),
-            Defect::new("modelInput", "missing")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": "a", "modelInput": "hi"}"#),
-            Defect::new("modelInput", "must be an object, found a string")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": "a", "modelInput": null}"#),
-            Defect::new("modelInput", "must be an object, found null")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": "a", "modelInput": [1]}"#),
-            Defect::new("modelInput", "must be an object, found an array")
-        );
+        assert_defects(&[
+            (r#"{"recordId": "a"}"#, "modelInput", "missing"),
+            (
+                r#"{"recordId": "a", "modelInput": "hi"}"#,
+                "modelInput",
+                "must be an object, found a string",
+            ),
+            (
+                r#"{"recordId": "a", "modelInput": null}"#,
+                "modelInput",
+                "must be an object, found null",
+            ),
+            (
+                r#"{"recordId": "a", "modelInput": [1]}"#,
+                "modelInput",
+                "must be an object, found an array",
+            ),
+        ]);
     }
 
     #[test]
     fn record_id_wrong_type_or_empty() {
-        assert_eq!(
-            defect(r#"{"recordId": 12345, "modelInput": {}}"#),
-            Defect::new("recordId", "must be a string, found a number")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": ["a"], "modelInput": {}}"#),
-            Defect::new("recordId", "must be a string, found an array")
-        );
-        assert_eq!(
-            defect(r#"{"recordId": "", "modelInput": {}}"#),
-            Defect::new("recordId", "must not be empty")
-        );
+        assert_defects(&[
+            (
+                r#"{"recordId": 12345, "modelInput": {}}"#,
+                "recordId",
+                "must be a string, found a number",
+            ),
+            (
+                r#"{"recordId": ["a"], "modelInput": {}}"#,
+                "recordId",
+                "must be a string, found an array",
+            ),
+            (
+                r#"{"recordId": "", "modelInput": {}}"#,
+                "recordId",
+                "must not be empty",
+            ),
+        ]);
     }
 
     #[test]

@@ -1145,3 +1145,21 @@ fn no_panic_on_odd_input() {
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     assert!(parse_converse(&deep, &ConverseOptions::default()).is_err());
 }
+
+#[test]
+fn response_field_paths_are_limited_and_each_checked() {
+    let mut paths = vec![json!("/x"); 10];
+    paths.push(json!(""));
+    let body = json!({
+        "messages": [{"role": "user", "content": [{"text": "Hi"}]}],
+        "additionalModelResponseFieldPaths": paths,
+    });
+    let at = "modelInput.additionalModelResponseFieldPaths";
+    assert_eq!(
+        defects(body),
+        vec![
+            Defect::new(at, "must have at most 10 items, found 11"),
+            Defect::new(format!("{at}[10]"), "must not be empty"),
+        ]
+    );
+}

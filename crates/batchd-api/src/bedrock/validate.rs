@@ -240,29 +240,34 @@ impl Violations {
         self.add(path, None, "Member must not be null");
     }
 
-    /// Length (in characters) and pattern checks of one string member.
-    fn check_str(&mut self, path: &str, s: &str, min: usize, max: usize, pattern: Pattern) {
-        let len = s.chars().count();
+    /// Length limits of a member whose `value` has `len` characters or items.
+    fn check_len(&mut self, path: &str, value: &Value, len: usize, (min, max): (usize, usize)) {
         if len < min {
-            self.add_str(
+            self.add(
                 path,
-                s,
+                Some(value),
                 &format!("Member must have length greater than or equal to {min}"),
             );
         }
         if len > max {
-            self.add_str(
+            self.add(
                 path,
-                s,
+                Some(value),
                 &format!("Member must have length less than or equal to {max}"),
             );
         }
+    }
+
+    /// Length (in characters) and pattern checks of one string member.
+    fn check_str(&mut self, path: &str, s: &str, min: usize, max: usize, pattern: Pattern) {
+        let value = Value::String(s.to_owned());
+        self.check_len(path, &value, s.chars().count(), (min, max));
         if let Some((text, matches)) = pattern
             && !matches(s)
         {
-            self.add_str(
+            self.add(
                 path,
-                s,
+                Some(&value),
                 &format!("Member must satisfy regular expression pattern: {text}"),
             );
         }
@@ -299,14 +304,15 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-/// A string member: records `not null` when required and absent, or a type error.
-fn string_member<'a>(
+/// A member of one JSON type (`as_type` picks it out): records `not null` when required and
+/// absent, or `Member must be <type_name>` when it has another type. Returns the value too.
+fn typed_member<'a, T>(
     v: &mut Violations,
     obj: &'a Map<String, Value>,
-    parent: &str,
-    key: &str,
+    (parent, key): (&str, &str),
     required: bool,
-) -> Option<&'a str> {
+    (type_name, as_type): (&str, fn(&'a Value) -> Option<T>),
+) -> Option<(&'a Value, T)> {
     let path = join(parent, key);
     match member(obj, key) {
         None => {
@@ -315,12 +321,25 @@ fn string_member<'a>(
             }
             None
         }
-        Some(Value::String(s)) => Some(s),
-        Some(other) => {
-            v.add(&path, Some(other), "Member must be a string");
-            None
+        Some(value) => {
+            let typed = as_type(value);
+            if typed.is_none() {
+                v.add(&path, Some(value), &format!("Member must be {type_name}"));
+            }
+            typed.map(|t| (value, t))
         }
     }
+}
+
+/// A string member: records `not null` when required and absent, or a type error.
+fn string_member<'a>(
+    v: &mut Violations,
+    obj: &'a Map<String, Value>,
+    parent: &str,
+    key: &str,
+    required: bool,
+) -> Option<&'a str> {
+    typed_member(v, obj, (parent, key), required, ("a string", Value::as_str)).map(|(_, s)| s)
 }
 
 fn object_member<'a>(
@@ -330,20 +349,14 @@ fn object_member<'a>(
     key: &str,
     required: bool,
 ) -> Option<&'a Map<String, Value>> {
-    let path = join(parent, key);
-    match member(obj, key) {
-        None => {
-            if required {
-                v.required(&path);
-            }
-            None
-        }
-        Some(Value::Object(o)) => Some(o),
-        Some(other) => {
-            v.add(&path, Some(other), "Member must be a structure");
-            None
-        }
-    }
+    typed_member(
+        v,
+        obj,
+        (parent, key),
+        required,
+        ("a structure", Value::as_object),
+    )
+    .map(|(_, o)| o)
 }
 
 /// A list member with its length limits; the elements are the caller's.
@@ -354,36 +367,10 @@ fn list_member<'a>(
     key: &str,
     (required, min, max): (bool, usize, usize),
 ) -> Option<&'a [Value]> {
-    let path = join(parent, key);
-    match member(obj, key) {
-        None => {
-            if required {
-                v.required(&path);
-            }
-            None
-        }
-        Some(value @ Value::Array(items)) => {
-            if items.len() < min {
-                v.add(
-                    &path,
-                    Some(value),
-                    &format!("Member must have length greater than or equal to {min}"),
-                );
-            }
-            if items.len() > max {
-                v.add(
-                    &path,
-                    Some(value),
-                    &format!("Member must have length less than or equal to {max}"),
-                );
-            }
-            Some(items)
-        }
-        Some(other) => {
-            v.add(&path, Some(other), "Member must be a list");
-            None
-        }
-    }
+    let (value, items) =
+        typed_member(v, obj, (parent, key), required, ("a list", Value::as_array))?;
+    v.check_len(&join(parent, key), value, items.len(), (min, max));
+    Some(items)
 }
 
 /// A list of strings, each checked; element paths are `<list>.<n>.member` (1-based).
@@ -544,42 +531,45 @@ pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
     })
 }
 
-/// `inputDataConfig` (a union with one member today); returns the s3Uri.
-fn input_config<'a>(v: &mut Violations, obj: &'a Map<String, Value>) -> Option<&'a str> {
-    let config = object_member(v, obj, "", "inputDataConfig", true)?;
-    let parent = "inputDataConfig.s3InputDataConfig";
-    let s3 = object_member(v, config, "inputDataConfig", "s3InputDataConfig", true)?;
-    let uri = string_member(v, s3, parent, "s3Uri", true);
+/// A member of an S3 data config besides s3Uri and s3BucketOwner: its key and its check.
+type S3Extra = (&'static str, fn(&mut Violations, &str, &str));
+
+/// `<config>.<s3_config>` (a union with one member today): its s3Uri (returned), the `extra`
+/// member, then s3BucketOwner.
+fn s3_data_config<'a>(
+    v: &mut Violations,
+    obj: &'a Map<String, Value>,
+    (config, s3_config): (&str, &str),
+    (extra_key, check_extra): S3Extra,
+) -> Option<&'a str> {
+    let config_map = object_member(v, obj, "", config, true)?;
+    let parent = join(config, s3_config);
+    let s3 = object_member(v, config_map, config, s3_config, true)?;
+    let uri = string_member(v, s3, &parent, "s3Uri", true);
     if let Some(uri) = uri {
-        check_s3_uri(v, &join(parent, "s3Uri"), uri);
+        check_s3_uri(v, &join(&parent, "s3Uri"), uri);
     }
-    if let Some(format) = string_member(v, s3, parent, "s3InputFormat", false) {
-        v.check_enum(&join(parent, "s3InputFormat"), format, &["JSONL"]);
+    if let Some(extra) = string_member(v, s3, &parent, extra_key, false) {
+        check_extra(v, &join(&parent, extra_key), extra);
     }
-    check_bucket_owner(v, s3, parent);
+    check_bucket_owner(v, s3, &parent);
     uri
 }
 
-/// `outputDataConfig` (a union with one member today); returns the s3Uri.
+/// `inputDataConfig`; returns the s3Uri.
+fn input_config<'a>(v: &mut Violations, obj: &'a Map<String, Value>) -> Option<&'a str> {
+    let format: S3Extra = ("s3InputFormat", |v, path, s| {
+        v.check_enum(path, s, &["JSONL"]);
+    });
+    s3_data_config(v, obj, ("inputDataConfig", "s3InputDataConfig"), format)
+}
+
+/// `outputDataConfig`; returns the s3Uri.
 fn output_config<'a>(v: &mut Violations, obj: &'a Map<String, Value>) -> Option<&'a str> {
-    let config = object_member(v, obj, "", "outputDataConfig", true)?;
-    let parent = "outputDataConfig.s3OutputDataConfig";
-    let s3 = object_member(v, config, "outputDataConfig", "s3OutputDataConfig", true)?;
-    let uri = string_member(v, s3, parent, "s3Uri", true);
-    if let Some(uri) = uri {
-        check_s3_uri(v, &join(parent, "s3Uri"), uri);
-    }
-    if let Some(key) = string_member(v, s3, parent, "s3EncryptionKeyId", false) {
-        v.check_str(
-            &join(parent, "s3EncryptionKeyId"),
-            key,
-            1,
-            2048,
-            Some((KMS_KEY_ID_PATTERN, is_kms_key_id)),
-        );
-    }
-    check_bucket_owner(v, s3, parent);
-    uri
+    let kms_key: S3Extra = ("s3EncryptionKeyId", |v, path, s| {
+        v.check_str(path, s, 1, 2048, Some((KMS_KEY_ID_PATTERN, is_kms_key_id)));
+    });
+    s3_data_config(v, obj, ("outputDataConfig", "s3OutputDataConfig"), kms_key)
 }
 
 fn vpc_config(v: &mut Violations, obj: &Map<String, Value>) {
@@ -780,106 +770,112 @@ pub fn parse_list_query(pairs: &[(String, String)]) -> Result<ListQuery, ApiErro
 mod tests {
     use super::*;
 
+    /// `is` accepts every `ok` string and rejects every `bad` one.
+    fn accepts_only(is: fn(&str) -> bool, ok: &[&str], bad: &[&str]) {
+        for s in ok {
+            assert!(is(s), "should accept {s:?}");
+        }
+        for s in bad {
+            assert!(!is(s), "should reject {s:?}");
+        }
+    }
+
     #[test]
     fn job_names() {
-        for ok in ["a", "job-1", "A.b+c-d", "x--y", "a-", &"a".repeat(63)] {
-            assert!(is_job_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", ".a", "bad name!", "a_b", "a/b", "é"] {
-            assert!(!is_job_name(bad), "{bad}");
-        }
+        accepts_only(
+            is_job_name,
+            &["a", "job-1", "A.b+c-d", "x--y", "a-", &"a".repeat(63)],
+            &["", "-a", ".a", "bad name!", "a_b", "a/b", "é"],
+        );
     }
 
     #[test]
     fn client_request_tokens() {
-        for ok in [
-            "a",
-            "abc-123",
-            "0c9b3b57-8d2a-4a5e-9c7b-2f1d3e4a5b6c",
-            "a--b",
-        ] {
-            assert!(is_client_request_token(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "a_b", "a b", "a.b"] {
-            assert!(!is_client_request_token(bad), "{bad}");
-        }
+        accepts_only(
+            is_client_request_token,
+            &[
+                "a",
+                "abc-123",
+                "0c9b3b57-8d2a-4a5e-9c7b-2f1d3e4a5b6c",
+                "a--b",
+            ],
+            &["", "-a", "a-", "a_b", "a b", "a.b"],
+        );
     }
 
     #[test]
     fn role_arns() {
-        for ok in [
-            "arn:aws:iam::123456789012:role/batchd",
-            "arn:aws:iam:::role/x",
-            "arn:aws-us-gov:iam::123456789012:role/path/name",
-            "arn:aws-cn:iam::123456789012:role/a:b",
-        ] {
-            assert!(is_role_arn(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "arn:aws:iam::123456789012:role/",
-            "arn:aws:iam::12345:role/x",
-            "arn:aws:iam::123456789012:user/x",
-            "arn:aws-:iam::123456789012:role/x",
-            "arn:aws:s3::123456789012:role/x",
-            "arn:aws:iam:us-east-1:123456789012:role/x",
-            "arn:aws:iam::123456789012:role/a\nb",
-            "role/x",
-        ] {
-            assert!(!is_role_arn(bad), "{bad}");
-        }
+        accepts_only(
+            is_role_arn,
+            &[
+                "arn:aws:iam::123456789012:role/batchd",
+                "arn:aws:iam:::role/x",
+                "arn:aws-us-gov:iam::123456789012:role/path/name",
+                "arn:aws-cn:iam::123456789012:role/a:b",
+            ],
+            &[
+                "",
+                "arn:aws:iam::123456789012:role/",
+                "arn:aws:iam::12345:role/x",
+                "arn:aws:iam::123456789012:user/x",
+                "arn:aws-:iam::123456789012:role/x",
+                "arn:aws:s3::123456789012:role/x",
+                "arn:aws:iam:us-east-1:123456789012:role/x",
+                "arn:aws:iam::123456789012:role/a\nb",
+                "role/x",
+            ],
+        );
     }
 
     #[test]
     fn s3_uris() {
-        for ok in [
-            "s3://bucket",
-            "s3://bucket/",
-            "s3://my.bucket-1/in/records.jsonl",
-            "s3://abc/a/b/c/",
-            "s3://abc/A!_*'().-z",
-        ] {
-            assert!(is_s3_uri(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "bucket/x",
-            "s3://",
-            "s3://ab",
-            "s3://Bucket/x",
-            "s3://-bucket/x",
-            "s3://bucket-/x",
-            "s3://bucket//x",
-            "s3://bucket/a//b",
-            "s3://bucket/a b",
-            "s3://bucket/date=2024",
-            "file:///tmp/x",
-            &format!("s3://{}", "a".repeat(64)),
-        ] {
-            assert!(!is_s3_uri(bad), "{bad}");
-        }
+        accepts_only(
+            is_s3_uri,
+            &[
+                "s3://bucket",
+                "s3://bucket/",
+                "s3://my.bucket-1/in/records.jsonl",
+                "s3://abc/a/b/c/",
+                "s3://abc/A!_*'().-z",
+            ],
+            &[
+                "",
+                "bucket/x",
+                "s3://",
+                "s3://ab",
+                "s3://Bucket/x",
+                "s3://-bucket/x",
+                "s3://bucket-/x",
+                "s3://bucket//x",
+                "s3://bucket/a//b",
+                "s3://bucket/a b",
+                "s3://bucket/date=2024",
+                "file:///tmp/x",
+                &format!("s3://{}", "a".repeat(64)),
+            ],
+        );
     }
 
     #[test]
     fn kms_vpc_tag_and_account_patterns() {
         let uuid = "1234abcd-12ab-34cd-56ef-1234567890ab";
-        for ok in [
-            uuid.to_owned(),
-            "alias/my_key/x".to_owned(),
-            format!("arn:aws:kms:us-east-1:123456789012:key/{uuid}"),
-            "arn:aws:kms:us-east-1:123456789012:alias/a".to_owned(),
-        ] {
-            assert!(is_kms_key_id(&ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "alias/",
-            "short",
-            "arn:aws:kms:us-east-1:123:key/x",
-            "arn:aws:kms:us-east-1:123456789012:key/short",
-        ] {
-            assert!(!is_kms_key_id(bad), "{bad}");
-        }
+        let key_arn = format!("arn:aws:kms:us-east-1:123456789012:key/{uuid}");
+        accepts_only(
+            is_kms_key_id,
+            &[
+                uuid,
+                "alias/my_key/x",
+                &key_arn,
+                "arn:aws:kms:us-east-1:123456789012:alias/a",
+            ],
+            &[
+                "",
+                "alias/",
+                "short",
+                "arn:aws:kms:us-east-1:123:key/x",
+                "arn:aws:kms:us-east-1:123456789012:key/short",
+            ],
+        );
         assert!(is_vpc_id("subnet-0abc") && !is_vpc_id("") && !is_vpc_id("sg_1"));
         assert!(is_tag_text("") && is_tag_text("a b._:/=+@-") && !is_tag_text("a*b"));
         assert!(is_account_id("123456789012") && !is_account_id("12345678901a"));
@@ -965,6 +961,62 @@ mod tests {
                 .contains("at 'jobName' failed to satisfy constraint: Member must be a string"),
             "{}",
             err.message
+        );
+    }
+
+    /// Every member walk in one body, so the order, paths, values and constraints of the
+    /// whole message are pinned.
+    #[test]
+    fn each_member_walk_reports_in_order() {
+        let create = br#"{"jobName":"j1","roleArn":"arn:aws:iam::123456789012:role/r","modelId":"m",
+            "inputDataConfig":{"s3InputDataConfig":{"s3Uri":"http://x","s3InputFormat":"CSV","s3BucketOwner":"12"}},
+            "outputDataConfig":{"s3OutputDataConfig":{"s3Uri":7,"s3EncryptionKeyId":"","s3BucketOwner":["x"]}},
+            "vpcConfig":{"subnetIds":[],"securityGroupIds":"sg-1"},
+            "tags":{"key":"k"}}"#;
+        let err = parse_create(create).unwrap_err();
+        let items = [
+            format!(
+                "Value 'http://x' at 'inputDataConfig.s3InputDataConfig.s3Uri' failed to satisfy \
+                 constraint: Member must satisfy regular expression pattern: {S3_URI_PATTERN}"
+            ),
+            "Value 'CSV' at 'inputDataConfig.s3InputDataConfig.s3InputFormat' failed to satisfy \
+             constraint: Member must satisfy enum value set: [JSONL]"
+                .to_owned(),
+            format!(
+                "Value '12' at 'inputDataConfig.s3InputDataConfig.s3BucketOwner' failed to satisfy \
+                 constraint: Member must satisfy regular expression pattern: {ACCOUNT_ID_PATTERN}"
+            ),
+            "Value '7' at 'outputDataConfig.s3OutputDataConfig.s3Uri' failed to satisfy \
+             constraint: Member must be a string"
+                .to_owned(),
+            "Value '' at 'outputDataConfig.s3OutputDataConfig.s3EncryptionKeyId' failed to \
+             satisfy constraint: Member must have length greater than or equal to 1"
+                .to_owned(),
+            format!(
+                "Value '' at 'outputDataConfig.s3OutputDataConfig.s3EncryptionKeyId' failed to \
+                 satisfy constraint: Member must satisfy regular expression pattern: \
+                 {KMS_KEY_ID_PATTERN}"
+            ),
+            "Value '[\"x\"]' at 'outputDataConfig.s3OutputDataConfig.s3BucketOwner' failed to \
+             satisfy constraint: Member must be a string"
+                .to_owned(),
+            "Value '[]' at 'vpcConfig.subnetIds' failed to satisfy constraint: Member must have \
+             length greater than or equal to 1"
+                .to_owned(),
+            "Value 'sg-1' at 'vpcConfig.securityGroupIds' failed to satisfy constraint: Member \
+             must be a list"
+                .to_owned(),
+            "Value '{\"key\":\"k\"}' at 'tags' failed to satisfy constraint: Member must be a \
+             list"
+                .to_owned(),
+        ];
+        assert_eq!(
+            err.message,
+            format!(
+                "{} validation errors detected: {}",
+                items.len(),
+                items.join("; ")
+            )
         );
     }
 

@@ -74,6 +74,12 @@ pub(crate) fn member<'v>(map: &'v Map<String, Value>, key: &str) -> Option<&'v V
     map.get(key).filter(|v| !v.is_null())
 }
 
+/// A record's modelInput (raw JSON text) parsed; invalid JSON is the record's one defect.
+pub(crate) fn parse_model_input(model_input: &str) -> Result<Value, Vec<Defect>> {
+    serde_json::from_str(model_input)
+        .map_err(|e| vec![Defect::new("modelInput", format!("invalid JSON: {e}"))])
+}
+
 /// Collects defects for one record, up to a limit so a pathological record (say a million
 /// broken blocks) yields a readable error rather than megabytes of it.
 pub(crate) struct Checker {
@@ -93,8 +99,15 @@ impl Checker {
         self.defects.is_empty()
     }
 
-    pub(crate) fn into_defects(self) -> Vec<Defect> {
-        self.defects
+    /// The walk's result when no defect was recorded, else every defect.
+    pub(crate) fn finish<T>(self, result: Option<T>) -> Result<T, Vec<Defect>> {
+        match result {
+            Some(result) if self.is_clean() => Ok(result),
+            // Walks return None only after recording a defect; the fallback keeps that
+            // promise from being load-bearing.
+            _ if self.is_clean() => Err(vec![Defect::new("modelInput", "cannot be translated")]),
+            _ => Err(self.defects),
+        }
     }
 
     pub(crate) fn defect(&mut self, path: &Path<'_>, reason: impl Into<String>) {
@@ -120,28 +133,32 @@ impl Checker {
         self.defect(path, format!("must be {expected}, found {}", kind(value)));
     }
 
+    /// The value as the JSON type `as_type` picks out, else a `wrong_type` defect.
+    fn typed<'v, T>(
+        &mut self,
+        path: &Path<'_>,
+        value: &'v Value,
+        expected: &str,
+        as_type: fn(&'v Value) -> Option<T>,
+    ) -> Option<T> {
+        let typed = as_type(value);
+        if typed.is_none() {
+            self.wrong_type(path, expected, value);
+        }
+        typed
+    }
+
     pub(crate) fn object<'v>(
         &mut self,
         path: &Path<'_>,
         value: &'v Value,
     ) -> Option<&'v Map<String, Value>> {
-        match value {
-            Value::Object(map) => Some(map),
-            other => {
-                self.wrong_type(path, "an object", other);
-                None
-            }
-        }
+        self.typed(path, value, "an object", Value::as_object)
     }
 
     pub(crate) fn array<'v>(&mut self, path: &Path<'_>, value: &'v Value) -> Option<&'v [Value]> {
-        match value {
-            Value::Array(items) => Some(items),
-            other => {
-                self.wrong_type(path, "an array", other);
-                None
-            }
-        }
+        self.typed(path, value, "an array", Value::as_array)
+            .map(Vec::as_slice)
     }
 
     /// An array with at least one item.
@@ -158,14 +175,38 @@ impl Checker {
         Some(items)
     }
 
-    pub(crate) fn string<'v>(&mut self, path: &Path<'_>, value: &'v Value) -> Option<&'v str> {
-        match value {
-            Value::String(s) => Some(s),
-            other => {
-                self.wrong_type(path, "a string", other);
-                None
-            }
+    /// Records `must have at most <max> items, found <len>` when `len` is over `max`.
+    pub(crate) fn at_most(&mut self, path: &Path<'_>, len: usize, max: usize) -> bool {
+        if len > max {
+            self.defect(path, format!("must have at most {max} items, found {len}"));
         }
+        len <= max
+    }
+
+    /// An array of at most `max` non-empty strings; every bad item is recorded (a list too
+    /// long is recorded and its items still checked).
+    pub(crate) fn non_empty_strings(
+        &mut self,
+        path: &Path<'_>,
+        value: &Value,
+        max: usize,
+    ) -> Vec<String> {
+        let Some(items) = self.array(path, value) else {
+            return Vec::new();
+        };
+        self.at_most(path, items.len(), max);
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                self.non_empty_string(&path.index(i), item)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    pub(crate) fn string<'v>(&mut self, path: &Path<'_>, value: &'v Value) -> Option<&'v str> {
+        self.typed(path, value, "a string", Value::as_str)
     }
 
     pub(crate) fn non_empty_string<'v>(
@@ -182,13 +223,7 @@ impl Checker {
     }
 
     pub(crate) fn boolean(&mut self, path: &Path<'_>, value: &Value) -> Option<bool> {
-        match value {
-            Value::Bool(b) => Some(*b),
-            other => {
-                self.wrong_type(path, "a boolean", other);
-                None
-            }
-        }
+        self.typed(path, value, "a boolean", Value::as_bool)
     }
 
     /// A number in `[min, max]`.
@@ -293,6 +328,16 @@ impl Checker {
     pub(crate) fn unknown_key(&mut self, path: &Path<'_>, key: &str) {
         let shown = display_key(key);
         self.defect(&path.key(&shown), "unknown field");
+    }
+
+    /// [`Checker::union`] of a value that must first be an object.
+    pub(crate) fn object_union<'v>(
+        &mut self,
+        path: &Path<'_>,
+        value: &'v Value,
+    ) -> Option<(&'v str, &'v Value)> {
+        let map = self.object(path, value)?;
+        self.union(path, map)
     }
 
     /// A union (Smithy `union`): exactly one non-null member. Returns its key and value;

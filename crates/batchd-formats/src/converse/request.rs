@@ -65,14 +65,7 @@ pub(super) fn request(cx: &mut Checker, value: &Value, opts: &ConverseOptions) -
         }
     }
 
-    let path = root.key("messages");
-    match member(body, "messages") {
-        None => cx.defect(&path, "missing"),
-        Some(v) => req.messages = messages(cx, &path, v),
-    }
-    if let Some(v) = member(body, "system") {
-        req.system = system(cx, &root.key("system"), v);
-    }
+    conversation(cx, &root, body, &mut req, (messages, system));
     if let Some(v) = member(body, "inferenceConfig") {
         inference_config(cx, &root.key("inferenceConfig"), v, &mut req);
     }
@@ -96,7 +89,8 @@ pub(super) fn request(cx: &mut Checker, value: &Value, opts: &ConverseOptions) -
             .cloned();
     }
     if let Some(v) = member(body, "additionalModelResponseFieldPaths") {
-        response_field_paths(cx, &root.key("additionalModelResponseFieldPaths"), v);
+        let path = root.key("additionalModelResponseFieldPaths");
+        cx.non_empty_strings(&path, v, MAX_RESPONSE_FIELD_PATHS);
     }
     for key in OBJECT_ONLY {
         if let Some(v) = member(body, key) {
@@ -104,6 +98,71 @@ pub(super) fn request(cx: &mut Checker, value: &Value, opts: &ConverseOptions) -
         }
     }
     req
+}
+
+/// One dialect's walkers of `messages` and of `system`.
+pub(crate) type ConversationWalkers = (
+    fn(&mut Checker, &Path<'_>, &Value) -> Vec<ChatMessage>,
+    fn(&mut Checker, &Path<'_>, &Value) -> Vec<String>,
+);
+
+/// `messages` (required) and `system` of a body into `req`, each by the dialect's walker.
+pub(crate) fn conversation(
+    cx: &mut Checker,
+    root: &Path<'_>,
+    map: &Map<String, Value>,
+    req: &mut ChatRequest,
+    (messages, system): ConversationWalkers,
+) {
+    if let Some(v) = cx.required(root, map, "messages") {
+        req.messages = messages(cx, &root.key("messages"), v);
+    }
+    if let Some(v) = member(map, "system") {
+        req.system = system(cx, &root.key("system"), v);
+    }
+}
+
+/// A sampling setting of the neutral request; each dialect spells it with its own key, the
+/// ranges are the same in all of them.
+#[derive(Clone, Copy)]
+pub(crate) enum Setting {
+    MaxTokens,
+    Temperature,
+    TopP,
+    TopK,
+}
+
+impl Setting {
+    /// Checks `value` (at `path`) and sets it on `req` (`None` when it fails the check).
+    pub(crate) fn apply(
+        self,
+        cx: &mut Checker,
+        path: &Path<'_>,
+        value: &Value,
+        req: &mut ChatRequest,
+    ) {
+        match self {
+            Setting::MaxTokens => req.max_tokens = cx.u32_at_least(path, value, 1),
+            Setting::Temperature => req.temperature = cx.number_in(path, value, 0.0, 1.0),
+            Setting::TopP => req.top_p = cx.number_in(path, value, 0.0, 1.0),
+            Setting::TopK => req.top_k = cx.u32_at_least(path, value, 0),
+        }
+    }
+}
+
+/// The settings of `keys` that `map` has, checked in that order and set on `req`.
+pub(crate) fn settings(
+    cx: &mut Checker,
+    path: &Path<'_>,
+    map: &Map<String, Value>,
+    keys: &[(&str, Setting)],
+    req: &mut ChatRequest,
+) {
+    for &(key, setting) in keys {
+        if let Some(v) = member(map, key) {
+            setting.apply(cx, &path.key(key), v, req);
+        }
+    }
 }
 
 pub(crate) fn messages(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<ChatMessage> {
@@ -119,17 +178,21 @@ pub(crate) fn messages(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<
     out
 }
 
+/// A message's required `role`: `user` or `assistant`.
+pub(crate) fn role(cx: &mut Checker, path: &Path<'_>, map: &Map<String, Value>) -> Option<Role> {
+    let v = cx.required(path, map, "role")?;
+    let role = cx.one_of(&path.key("role"), v, &["user", "assistant"])?;
+    Some(if role == "user" {
+        Role::User
+    } else {
+        Role::Assistant
+    })
+}
+
 fn message(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ChatMessage> {
     let map = cx.object(path, value)?;
     cx.known_keys(path, map, &["role", "content"]);
-    let role = cx.required(path, map, "role").and_then(|v| {
-        let role = cx.one_of(&path.key("role"), v, &["user", "assistant"])?;
-        Some(if role == "user" {
-            Role::User
-        } else {
-            Role::Assistant
-        })
-    });
+    let role = role(cx, path, map);
     let content = cx.required(path, map, "content").and_then(|v| {
         let path = path.key("content");
         let blocks = cx.non_empty_array(&path, v)?;
@@ -156,8 +219,7 @@ fn unsupported(kind: &str) -> ContentPart {
 /// One message content block. None for blocks with no neutral form that need none
 /// (cachePoint) and for broken blocks.
 fn content_block(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
-    let map = cx.object(path, value)?;
-    let (kind, body) = cx.union(path, map)?;
+    let (kind, body) = cx.object_union(path, value)?;
     let inner = path.key(kind);
     match kind {
         "text" => {
@@ -221,8 +283,7 @@ fn source<'v>(
     value: &'v Value,
     allowed: &[&str],
 ) -> Option<Source<'v>> {
-    let map = cx.object(path, value)?;
-    let (kind, body) = cx.union(path, map)?;
+    let (kind, body) = cx.object_union(path, value)?;
     let inner = path.key(kind);
     if !allowed.contains(&kind) {
         let list = allowed.join(", ");
@@ -247,10 +308,7 @@ fn source<'v>(
             let mut texts = Vec::with_capacity(blocks.len());
             for (i, block) in blocks.iter().enumerate() {
                 let path = inner.index(i);
-                let Some(map) = cx.object(&path, block) else {
-                    continue;
-                };
-                let Some((key, text)) = cx.union(&path, map) else {
+                let Some((key, text)) = cx.object_union(&path, block) else {
                     continue;
                 };
                 if key == "text" {
@@ -299,15 +357,29 @@ fn s3_location(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<()> {
     Some(())
 }
 
+/// An image or video block, `{format, source}`: each part `None` when it has a defect.
+struct Media<'v> {
+    format: Option<&'v str>,
+    source: Option<Source<'v>>,
+}
+
+impl<'v> Media<'v> {
+    /// The format must be one of `formats`; the source is bytes or s3Location.
+    fn walk(cx: &mut Checker, path: &Path<'_>, value: &'v Value, formats: &[&str]) -> Option<Self> {
+        let map = cx.object(path, value)?;
+        cx.known_keys(path, map, &["format", "source"]);
+        let format = cx
+            .required(path, map, "format")
+            .and_then(|v| cx.one_of(&path.key("format"), v, formats));
+        let source = cx
+            .required(path, map, "source")
+            .and_then(|v| source(cx, &path.key("source"), v, &["bytes", "s3Location"]));
+        Some(Media { format, source })
+    }
+}
+
 fn image(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
-    let map = cx.object(path, value)?;
-    cx.known_keys(path, map, &["format", "source"]);
-    let format = cx
-        .required(path, map, "format")
-        .and_then(|v| cx.one_of(&path.key("format"), v, IMAGE_FORMATS));
-    let source = cx
-        .required(path, map, "source")
-        .and_then(|v| source(cx, &path.key("source"), v, &["bytes", "s3Location"]));
+    let Media { format, source } = Media::walk(cx, path, value, IMAGE_FORMATS)?;
     Some(match source? {
         Source::Bytes(data) => ContentPart::Image {
             format: format?.to_owned(),
@@ -384,14 +456,7 @@ fn document(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<Document
 }
 
 fn video(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<()> {
-    let map = cx.object(path, value)?;
-    cx.known_keys(path, map, &["format", "source"]);
-    let format = cx
-        .required(path, map, "format")
-        .and_then(|v| cx.one_of(&path.key("format"), v, VIDEO_FORMATS));
-    let source = cx
-        .required(path, map, "source")
-        .and_then(|v| source(cx, &path.key("source"), v, &["bytes", "s3Location"]));
+    let Media { format, source } = Media::walk(cx, path, value, VIDEO_FORMATS)?;
     format?;
     source?;
     Some(())
@@ -413,29 +478,27 @@ fn patterned<'v>(
     None
 }
 
-fn tool_use_id<'v>(
-    cx: &mut Checker,
-    path: &Path<'_>,
-    map: &'v Map<String, Value>,
-) -> Option<&'v str> {
-    let v = cx.required(path, map, "toolUseId")?;
-    patterned(cx, &path.key("toolUseId"), v, b".:", TOOL_USE_ID_PATTERN)
-}
+/// A tool use id: `[a-zA-Z0-9_.:-]{1,64}`.
+const TOOL_USE_ID: (&str, &[u8], &str) = ("toolUseId", b".:", TOOL_USE_ID_PATTERN);
+/// A tool name: `[a-zA-Z0-9_-]{1,64}`.
+const TOOL_NAME: (&str, &[u8], &str) = ("name", b"", NAME_PATTERN);
 
-fn tool_name<'v>(
+/// The required member `key` of `map`, a string matching `pattern` (see [`patterned`]).
+fn patterned_member<'v>(
     cx: &mut Checker,
     path: &Path<'_>,
     map: &'v Map<String, Value>,
+    (key, extra, pattern): (&str, &[u8], &str),
 ) -> Option<&'v str> {
-    let v = cx.required(path, map, "name")?;
-    patterned(cx, &path.key("name"), v, b"", NAME_PATTERN)
+    let v = cx.required(path, map, key)?;
+    patterned(cx, &path.key(key), v, extra, pattern)
 }
 
 fn tool_use(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
     let map = cx.object(path, value)?;
     cx.known_keys(path, map, &["toolUseId", "name", "input", "type"]);
-    let id = tool_use_id(cx, path, map);
-    let name = tool_name(cx, path, map);
+    let id = patterned_member(cx, path, map, TOOL_USE_ID);
+    let name = patterned_member(cx, path, map, TOOL_NAME);
     let input = cx.required(path, map, "input");
     if let Some(v) = member(map, "type") {
         cx.string(&path.key("type"), v);
@@ -450,7 +513,7 @@ fn tool_use(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentP
 fn tool_result(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
     let map = cx.object(path, value)?;
     cx.known_keys(path, map, &["toolUseId", "content", "status", "type"]);
-    let id = tool_use_id(cx, path, map);
+    let id = patterned_member(cx, path, map, TOOL_USE_ID);
     let status = match member(map, "status") {
         Some(v) => cx.one_of(&path.key("status"), v, &["success", "error"]),
         None => Some("success"),
@@ -467,10 +530,7 @@ fn tool_result(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<Conte
     let mut unrepresentable: Option<&str> = None;
     for (i, block) in blocks.unwrap_or_default().iter().enumerate() {
         let block_path = content_path.index(i);
-        let Some(block_map) = cx.object(&block_path, block) else {
-            continue;
-        };
-        let Some((kind, body)) = cx.union(&block_path, block_map) else {
+        let Some((kind, body)) = cx.object_union(&block_path, block) else {
             continue;
         };
         let inner = block_path.key(kind);
@@ -554,8 +614,7 @@ fn cache_point(cx: &mut Checker, path: &Path<'_>, value: &Value) {
 }
 
 fn reasoning(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ContentPart> {
-    let map = cx.object(path, value)?;
-    let (kind, body) = cx.union(path, map)?;
+    let (kind, body) = cx.object_union(path, value)?;
     let inner = path.key(kind);
     match kind {
         "reasoningText" => {
@@ -594,10 +653,7 @@ pub(crate) fn system(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<St
     let mut out = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
         let block_path = path.index(i);
-        let Some(map) = cx.object(&block_path, block) else {
-            continue;
-        };
-        let Some((kind, body)) = cx.union(&block_path, map) else {
+        let Some((kind, body)) = cx.object_union(&block_path, block) else {
             continue;
         };
         let inner = block_path.key(kind);
@@ -642,28 +698,19 @@ fn inference_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req: &mut 
         map,
         &["maxTokens", "temperature", "topP", "stopSequences"],
     );
-    if let Some(v) = member(map, "maxTokens") {
-        req.max_tokens = cx.u32_at_least(&path.key("maxTokens"), v, 1);
-    }
-    if let Some(v) = member(map, "temperature") {
-        req.temperature = cx.number_in(&path.key("temperature"), v, 0.0, 1.0);
-    }
-    if let Some(v) = member(map, "topP") {
-        req.top_p = cx.number_in(&path.key("topP"), v, 0.0, 1.0);
-    }
+    let keys = [
+        ("maxTokens", Setting::MaxTokens),
+        ("temperature", Setting::Temperature),
+        ("topP", Setting::TopP),
+    ];
+    settings(cx, path, map, &keys, req);
     if let Some(v) = member(map, "stopSequences") {
         let seq_path = path.key("stopSequences");
         let Some(items) = cx.array(&seq_path, v) else {
             return;
         };
-        if items.len() > MAX_STOP_SEQUENCES {
-            cx.defect(
-                &seq_path,
-                format!(
-                    "must have at most {MAX_STOP_SEQUENCES} items, found {}",
-                    items.len()
-                ),
-            );
+        // Unlike the other string lists, a list too long is not walked item by item.
+        if !cx.at_most(&seq_path, items.len(), MAX_STOP_SEQUENCES) {
             return;
         }
         for (i, item) in items.iter().enumerate() {
@@ -687,10 +734,7 @@ pub(crate) fn tool_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req:
         .and_then(|v| cx.non_empty_array(&tools_path, v));
     for (i, tool) in tools.unwrap_or_default().iter().enumerate() {
         let tool_path = tools_path.index(i);
-        let Some(tool_map) = cx.object(&tool_path, tool) else {
-            continue;
-        };
-        let Some((kind, body)) = cx.union(&tool_path, tool_map) else {
+        let Some((kind, body)) = cx.object_union(&tool_path, tool) else {
             continue;
         };
         let inner = tool_path.key(kind);
@@ -744,7 +788,7 @@ pub(crate) fn tool_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req:
 fn tool_spec(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ToolSpec> {
     let map = cx.object(path, value)?;
     cx.known_keys(path, map, &["name", "description", "inputSchema", "strict"]);
-    let name = tool_name(cx, path, map);
+    let name = patterned_member(cx, path, map, TOOL_NAME);
     let description =
         member(map, "description").map(|v| cx.non_empty_string(&path.key("description"), v));
     if let Some(v) = member(map, "strict") {
@@ -752,8 +796,7 @@ fn tool_spec(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ToolSpe
     }
     let schema_path = path.key("inputSchema");
     let schema = cx.required(path, map, "inputSchema").and_then(|v| {
-        let schema_map = cx.object(&schema_path, v)?;
-        let (kind, body) = cx.union(&schema_path, schema_map)?;
+        let (kind, body) = cx.object_union(&schema_path, v)?;
         if kind != "json" {
             cx.defect(
                 &schema_path,
@@ -781,8 +824,7 @@ fn tool_choice(
     value: &Value,
     known: Option<&[&str]>,
 ) -> Option<ToolChoice> {
-    let map = cx.object(path, value)?;
-    let (kind, body) = cx.union(path, map)?;
+    let (kind, body) = cx.object_union(path, value)?;
     let inner = path.key(kind);
     match kind {
         "auto" | "any" => {
@@ -881,22 +923,4 @@ fn output_config(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<Jso
         description: description.map(str::to_owned),
         schema,
     })
-}
-
-fn response_field_paths(cx: &mut Checker, path: &Path<'_>, value: &Value) {
-    let Some(items) = cx.array(path, value) else {
-        return;
-    };
-    if items.len() > MAX_RESPONSE_FIELD_PATHS {
-        cx.defect(
-            path,
-            format!(
-                "must have at most {MAX_RESPONSE_FIELD_PATHS} items, found {}",
-                items.len()
-            ),
-        );
-    }
-    for (i, item) in items.iter().enumerate() {
-        cx.non_empty_string(&path.index(i), item);
-    }
 }

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::{body, message_id};
 use crate::converse::check::{Checker, Path, matches_name_pattern, member, quoted};
-use crate::converse::request::base64;
+use crate::converse::request::{Setting, base64, conversation, role, settings};
 use crate::neutral::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, JsonSchemaFormat, Role, StopReason,
     ToolChoice, ToolResultPart, ToolSpec,
@@ -42,30 +42,20 @@ pub(super) fn request(cx: &mut Checker, root: &Path<'_>, value: &Value) -> Optio
         cx.one_of(&root.key("anthropic_version"), v, &[VERSION]);
     }
     if let Some(v) = cx.required(root, map, "max_tokens") {
-        req.max_tokens = cx.u32_at_least(&root.key("max_tokens"), v, 1);
+        Setting::MaxTokens.apply(cx, &root.key("max_tokens"), v, &mut req);
     }
     if let Some(v) = member(map, "anthropic_beta") {
-        string_list(cx, &root.key("anthropic_beta"), v);
+        cx.non_empty_strings(&root.key("anthropic_beta"), v, usize::MAX);
     }
-    let path = root.key("messages");
-    match member(map, "messages") {
-        None => cx.defect(&path, "missing"),
-        Some(v) => req.messages = messages(cx, &path, v),
-    }
-    if let Some(v) = member(map, "system") {
-        req.system = system(cx, &root.key("system"), v);
-    }
-    if let Some(v) = member(map, "temperature") {
-        req.temperature = cx.number_in(&root.key("temperature"), v, 0.0, 1.0);
-    }
-    if let Some(v) = member(map, "top_p") {
-        req.top_p = cx.number_in(&root.key("top_p"), v, 0.0, 1.0);
-    }
-    if let Some(v) = member(map, "top_k") {
-        req.top_k = cx.u32_at_least(&root.key("top_k"), v, 0);
-    }
+    conversation(cx, root, map, &mut req, (messages, system));
+    let keys = [
+        ("temperature", Setting::Temperature),
+        ("top_p", Setting::TopP),
+        ("top_k", Setting::TopK),
+    ];
+    settings(cx, root, map, &keys, &mut req);
     if let Some(v) = member(map, "stop_sequences") {
-        req.stop_sequences = string_list(cx, &root.key("stop_sequences"), v);
+        req.stop_sequences = cx.non_empty_strings(&root.key("stop_sequences"), v, usize::MAX);
     }
     let mut names = Vec::new();
     if let Some(v) = member(map, "tools") {
@@ -111,18 +101,6 @@ pub(super) fn request(cx: &mut Checker, root: &Path<'_>, value: &Value) -> Optio
         }
     }
     Some(req)
-}
-
-/// An array of strings, each non-empty.
-fn string_list(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<String> {
-    let Some(items) = cx.array(path, value) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, item)| cx.non_empty_string(&path.index(i), item).map(str::to_owned))
-        .collect()
 }
 
 fn system(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<String> {
@@ -191,14 +169,7 @@ fn messages(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Vec<ChatMessage
 
 fn message(cx: &mut Checker, path: &Path<'_>, value: &Value, last: bool) -> Option<ChatMessage> {
     let map = body(cx, path, value, &["role", "content"])?;
-    let role = cx.required(path, map, "role").and_then(|v| {
-        let role = cx.one_of(&path.key("role"), v, &["user", "assistant"])?;
-        Some(if role == "user" {
-            Role::User
-        } else {
-            Role::Assistant
-        })
-    });
+    let role = role(cx, path, map);
     let content_path = path.key("content");
     let content = cx.required(path, map, "content")?;
     // Anthropic allows an empty final assistant turn (nothing prefilled); it says nothing.

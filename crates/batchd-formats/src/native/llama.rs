@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{answer_text, body, prompt, prompt_request};
 use crate::converse::check::{Checker, Path, member};
-use crate::converse::request::base64;
+use crate::converse::request::{Setting, base64, settings};
 use crate::neutral::{ChatRequest, ChatResponse, ContentPart, Role, StopReason};
 
 /// Where a Llama 3.2 prompt puts an image.
@@ -19,20 +19,16 @@ pub(super) fn request(cx: &mut Checker, root: &Path<'_>, value: &Value) -> Optio
         value,
         &["prompt", "max_gen_len", "temperature", "top_p", "images"],
     )?;
-    let max_tokens =
-        member(map, "max_gen_len").map(|v| cx.u32_at_least(&root.key("max_gen_len"), v, 1));
-    let temperature =
-        member(map, "temperature").map(|v| cx.number_in(&root.key("temperature"), v, 0.0, 1.0));
-    let top_p = member(map, "top_p").map(|v| cx.number_in(&root.key("top_p"), v, 0.0, 1.0));
+    let mut req = ChatRequest::default();
+    let keys = [
+        ("max_gen_len", Setting::MaxTokens),
+        ("temperature", Setting::Temperature),
+        ("top_p", Setting::TopP),
+    ];
+    settings(cx, root, map, &keys, &mut req);
     let images = member(map, "images").and_then(|v| images(cx, &root.key("images"), v));
-    let prompt_path = root.key("prompt");
-    let text = cx.required(root, map, "prompt")?;
-    let text = cx.string(&prompt_path, text)?;
-    let turns = prompt::llama3(text).or_else(|| prompt::inst(text));
-    let mut req = prompt_request(cx, &prompt_path, text, turns)?;
-    req.max_tokens = max_tokens.flatten();
-    req.temperature = temperature.flatten();
-    req.top_p = top_p.flatten();
+    let template = |text: &str| prompt::llama3(text).or_else(|| prompt::inst(text));
+    let mut req = prompt_request(cx, (root, map, "prompt"), template, req)?;
     if let Some(images) = images.filter(|i| !i.is_empty()) {
         attach_images(&mut req, images);
     }

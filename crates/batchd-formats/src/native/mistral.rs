@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::{answer_text, body, prompt, prompt_request};
 use crate::converse::check::{Checker, Path, member};
+use crate::converse::request::{Setting, settings};
 use crate::neutral::{ChatRequest, ChatResponse, StopReason};
 
 /// Bedrock's limit on Mistral stop sequences.
@@ -24,39 +25,18 @@ pub(super) fn request(cx: &mut Checker, root: &Path<'_>, value: &Value) -> Optio
             "stop",
         ],
     )?;
-    let max_tokens =
-        member(map, "max_tokens").map(|v| cx.u32_at_least(&root.key("max_tokens"), v, 1));
-    let temperature =
-        member(map, "temperature").map(|v| cx.number_in(&root.key("temperature"), v, 0.0, 1.0));
-    let top_p = member(map, "top_p").map(|v| cx.number_in(&root.key("top_p"), v, 0.0, 1.0));
-    let top_k = member(map, "top_k").map(|v| cx.u32_at_least(&root.key("top_k"), v, 0));
-    let mut stop = Vec::new();
+    let mut req = ChatRequest::default();
+    let keys = [
+        ("max_tokens", Setting::MaxTokens),
+        ("temperature", Setting::Temperature),
+        ("top_p", Setting::TopP),
+        ("top_k", Setting::TopK),
+    ];
+    settings(cx, root, map, &keys, &mut req);
     if let Some(v) = member(map, "stop") {
-        let path = root.key("stop");
-        if let Some(items) = cx.array(&path, v) {
-            if items.len() > MAX_STOP {
-                cx.defect(
-                    &path,
-                    format!("must have at most {MAX_STOP} items, found {}", items.len()),
-                );
-            }
-            for (i, item) in items.iter().enumerate() {
-                if let Some(s) = cx.non_empty_string(&path.index(i), item) {
-                    stop.push(s.to_owned());
-                }
-            }
-        }
+        req.stop_sequences = cx.non_empty_strings(&root.key("stop"), v, MAX_STOP);
     }
-    let prompt_path = root.key("prompt");
-    let text = cx.required(root, map, "prompt")?;
-    let text = cx.string(&prompt_path, text)?;
-    let mut req = prompt_request(cx, &prompt_path, text, prompt::inst(text))?;
-    req.max_tokens = max_tokens.flatten();
-    req.temperature = temperature.flatten();
-    req.top_p = top_p.flatten();
-    req.top_k = top_k.flatten();
-    req.stop_sequences = stop;
-    Some(req)
+    prompt_request(cx, (root, map, "prompt"), prompt::inst, req)
 }
 
 pub(super) fn render(response: &ChatResponse) -> Value {

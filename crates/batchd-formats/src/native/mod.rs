@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::Defect;
 use crate::converse::MAX_DEFECTS;
-use crate::converse::check::{Checker, Path};
+use crate::converse::check::{Checker, Path, parse_model_input};
 use crate::neutral::{ChatMessage, ChatRequest, ChatResponse, ContentPart, Role};
 
 /// A model family, which fixes the InvokeModel body and response shapes.
@@ -120,15 +120,7 @@ pub struct EmbedItem {
 /// translates it. Every defect is returned (up to [`MAX_DEFECTS`]), each with a path such as
 /// `modelInput.anthropic_version`. A member whose value is `null` counts as absent.
 pub fn parse_native(family: ModelFamily, model_input: &str) -> Result<NativeRequest, Vec<Defect>> {
-    let value: Value = match serde_json::from_str(model_input) {
-        Ok(value) => value,
-        Err(e) => {
-            return Err(vec![Defect::new(
-                "modelInput",
-                format!("invalid JSON: {e}"),
-            )]);
-        }
-    };
+    let value = parse_model_input(model_input)?;
     let mut cx = Checker::new(MAX_DEFECTS);
     let root = Path::Root("modelInput");
     let chat = |req: Option<ChatRequest>| req.map(|r| NativeRequest::Chat(Box::new(r)));
@@ -142,13 +134,7 @@ pub fn parse_native(family: ModelFamily, model_input: &str) -> Result<NativeRequ
         ModelFamily::Llama => chat(llama::request(&mut cx, &root, &value)),
         ModelFamily::Mistral => chat(mistral::request(&mut cx, &root, &value)),
     };
-    match request {
-        Some(request) if cx.is_clean() => Ok(request),
-        // Walks return None only after recording a defect; the fallback keeps that promise
-        // from being load-bearing.
-        _ if cx.is_clean() => Err(vec![Defect::new("modelInput", "cannot be translated")]),
-        _ => Err(cx.into_defects()),
-    }
+    cx.finish(request)
 }
 
 /// The family's native response body (the record's modelOutput) for a chat answer.
@@ -217,23 +203,26 @@ pub(crate) fn message_id(prefix: &str) -> String {
     format!("{prefix}{a:016x}{:08x}", b >> 32)
 }
 
-/// The chat of a prompt-only body: its template's turns, or the whole prompt as one user
+/// The chat of a prompt-only body, added to `req` (the body's settings): the required
+/// string member `key` split into turns by `template`, or the whole prompt as one user
 /// message when it has no template. A defect when nothing is left to send.
 pub(crate) fn prompt_request(
     cx: &mut Checker,
-    path: &Path<'_>,
-    text: &str,
-    turns: Option<prompt::Turns>,
+    (root, map, key): (&Path<'_>, &Map<String, Value>, &str),
+    template: fn(&str) -> Option<prompt::Turns>,
+    mut req: ChatRequest,
 ) -> Option<ChatRequest> {
+    let path = root.key(key);
+    let text = cx.required(root, map, key)?;
+    let text = cx.string(&path, text)?;
     if text.trim().is_empty() {
-        cx.defect(path, "must not be blank");
+        cx.defect(&path, "must not be blank");
         return None;
     }
-    let mut req = ChatRequest::default();
-    match turns {
+    match template(text) {
         Some(turns) => {
             if turns.messages.is_empty() {
-                cx.defect(path, "the chat template holds no user or assistant text");
+                cx.defect(&path, "the chat template holds no user or assistant text");
                 return None;
             }
             req.system = turns.system;

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::body;
 use crate::converse::check::{Checker, Path, member};
 use crate::converse::render_message_response;
-use crate::converse::request::{messages, system, tool_config};
+use crate::converse::request::{Setting, conversation, messages, system, tool_config};
 use crate::neutral::{ChatRequest, ChatResponse};
 
 const TOP_LEVEL: &[&str] = &[
@@ -26,14 +26,7 @@ pub(super) fn request(cx: &mut Checker, root: &Path<'_>, value: &Value) -> Optio
     if let Some(v) = member(map, "schemaVersion") {
         cx.one_of(&root.key("schemaVersion"), v, &["messages-v1"]);
     }
-    let path = root.key("messages");
-    match member(map, "messages") {
-        None => cx.defect(&path, "missing"),
-        Some(v) => req.messages = messages(cx, &path, v),
-    }
-    if let Some(v) = member(map, "system") {
-        req.system = system(cx, &root.key("system"), v);
-    }
+    conversation(cx, root, map, &mut req, (messages, system));
     if let Some(v) = member(map, "inferenceConfig") {
         inference_config(cx, &root.key("inferenceConfig"), v, &mut req);
     }
@@ -82,27 +75,24 @@ fn inference_config(cx: &mut Checker, path: &Path<'_>, value: &Value, req: &mut 
     let Some(map) = body(cx, path, value, INFERENCE_KEYS) else {
         return;
     };
-    if let Some((key, v)) = either(cx, path, map, "maxTokens", "max_new_tokens") {
-        req.max_tokens = cx.u32_at_least(&path.key(key), v, 1);
-    }
-    if let Some(v) = member(map, "temperature") {
-        req.temperature = cx.number_in(&path.key("temperature"), v, 0.0, 1.0);
-    }
-    if let Some((key, v)) = either(cx, path, map, "topP", "top_p") {
-        req.top_p = cx.number_in(&path.key(key), v, 0.0, 1.0);
-    }
-    if let Some((key, v)) = either(cx, path, map, "topK", "top_k") {
-        req.top_k = cx.u32_at_least(&path.key(key), v, 0);
+    // Nova 2's spelling, then Nova 1's (temperature has one).
+    let spellings = [
+        ("maxTokens", Some("max_new_tokens"), Setting::MaxTokens),
+        ("temperature", None, Setting::Temperature),
+        ("topP", Some("top_p"), Setting::TopP),
+        ("topK", Some("top_k"), Setting::TopK),
+    ];
+    for (a, b, setting) in spellings {
+        let found = match b {
+            Some(b) => either(cx, path, map, a, b),
+            None => member(map, a).map(|v| (a, v)),
+        };
+        if let Some((key, v)) = found {
+            setting.apply(cx, &path.key(key), v, req);
+        }
     }
     if let Some(v) = member(map, "stopSequences") {
-        let path = path.key("stopSequences");
-        if let Some(items) = cx.array(&path, v) {
-            for (i, item) in items.iter().enumerate() {
-                if let Some(s) = cx.non_empty_string(&path.index(i), item) {
-                    req.stop_sequences.push(s.to_owned());
-                }
-            }
-        }
+        req.stop_sequences = cx.non_empty_strings(&path.key("stopSequences"), v, usize::MAX);
     }
 }
 

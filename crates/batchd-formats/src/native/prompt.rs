@@ -169,19 +169,27 @@ pub fn titan(prompt: &str) -> Option<Turns> {
 mod tests {
     use super::*;
 
-    fn msgs(turns: &Turns) -> Vec<(Role, &str)> {
-        turns
+    /// `turns` split into exactly `system` and `messages`.
+    fn assert_turns(turns: Option<Turns>, system: &[&str], messages: &[(Role, &str)]) {
+        let turns = turns.expect("a template");
+        assert_eq!(turns.system, system);
+        let got: Vec<(Role, &str)> = turns
             .messages
             .iter()
             .map(|(r, t)| (*r, t.as_str()))
-            .collect()
+            .collect();
+        assert_eq!(got, messages);
     }
 
     #[test]
     fn llama3_single_user_turn() {
-        let t = llama3("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHello there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n").unwrap();
-        assert!(t.system.is_empty());
-        assert_eq!(msgs(&t), vec![(Role::User, "Hello there")]);
+        assert_turns(
+            llama3(
+                "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHello there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+            ),
+            &[],
+            &[(Role::User, "Hello there")],
+        );
     }
 
     #[test]
@@ -192,26 +200,25 @@ mod tests {
                  <|start_header_id|>ipython<|end_header_id|>\n\n{\"t\": 3}<|eot_id|>\
                  <|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>\
                  <|start_header_id|>assistant<|end_header_id|>\n\nSure,";
-        let t = llama3(p).unwrap();
-        assert_eq!(t.system, vec!["Be brief.".to_owned()]);
-        assert_eq!(
-            msgs(&t),
-            vec![
+        assert_turns(
+            llama3(p),
+            &["Be brief."],
+            &[
                 (Role::User, "Hi"),
                 (Role::Assistant, "Hello!"),
                 (Role::User, "{\"t\": 3}"),
                 (Role::User, "Bye"),
                 (Role::Assistant, "Sure,"),
-            ]
+            ],
         );
     }
 
     #[test]
     fn llama3_broken_header_keeps_text() {
-        let t = llama3("intro<|start_header_id|>user never closed").unwrap();
-        assert_eq!(
-            msgs(&t),
-            vec![(Role::User, "intro"), (Role::User, "user never closed")]
+        assert_turns(
+            llama3("intro<|start_header_id|>user never closed"),
+            &[],
+            &[(Role::User, "intro"), (Role::User, "user never closed")],
         );
         assert_eq!(llama3("plain text"), None);
     }
@@ -219,48 +226,51 @@ mod tests {
     #[test]
     fn inst_llama2_with_sys_and_history() {
         let p = "<s>[INST] <<SYS>>\nYou are terse.\n<</SYS>>\n\nFirst question [/INST] First answer </s><s>[INST] Second question [/INST]";
-        let t = inst(p).unwrap();
-        assert_eq!(t.system, vec!["You are terse.".to_owned()]);
-        assert_eq!(
-            msgs(&t),
-            vec![
+        assert_turns(
+            inst(p),
+            &["You are terse."],
+            &[
                 (Role::User, "First question"),
                 (Role::Assistant, "First answer"),
                 (Role::User, "Second question"),
-            ]
+            ],
         );
     }
 
     #[test]
     fn inst_mistral_forms() {
-        let t = inst("<s>[INST] What is 2+2? [/INST]").unwrap();
-        assert_eq!(msgs(&t), vec![(Role::User, "What is 2+2?")]);
-        let t =
-            inst("<s>[SYSTEM_PROMPT]Sys[/SYSTEM_PROMPT][INST]Hi[/INST]Yo</s>[INST]More").unwrap();
-        assert_eq!(t.system, vec!["Sys".to_owned()]);
-        assert_eq!(
-            msgs(&t),
-            vec![
+        assert_turns(
+            inst("<s>[INST] What is 2+2? [/INST]"),
+            &[],
+            &[(Role::User, "What is 2+2?")],
+        );
+        assert_turns(
+            inst("<s>[SYSTEM_PROMPT]Sys[/SYSTEM_PROMPT][INST]Hi[/INST]Yo</s>[INST]More"),
+            &["Sys"],
+            &[
                 (Role::User, "Hi"),
                 (Role::Assistant, "Yo"),
-                (Role::User, "More")
-            ]
+                (Role::User, "More"),
+            ],
         );
         assert_eq!(inst("no template"), None);
     }
 
     #[test]
     fn titan_user_bot() {
-        let t = titan("User: AWS Lambda?\nBot:").unwrap();
-        assert_eq!(msgs(&t), vec![(Role::User, "AWS Lambda?")]);
-        let t = titan("Context line\nUser: hi\nmore\nBot: hello\nUser: bye\nBot:").unwrap();
-        assert_eq!(
-            msgs(&t),
-            vec![
+        assert_turns(
+            titan("User: AWS Lambda?\nBot:"),
+            &[],
+            &[(Role::User, "AWS Lambda?")],
+        );
+        assert_turns(
+            titan("Context line\nUser: hi\nmore\nBot: hello\nUser: bye\nBot:"),
+            &[],
+            &[
                 (Role::User, "Context line\nhi\nmore"),
                 (Role::Assistant, "hello"),
                 (Role::User, "bye"),
-            ]
+            ],
         );
         assert_eq!(titan("Tell me a joke"), None);
         assert_eq!(titan("User: no cue at the end"), None);

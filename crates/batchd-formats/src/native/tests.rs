@@ -53,6 +53,12 @@ fn assistant(content: Vec<ContentPart>) -> ChatMessage {
     }
 }
 
+/// The family's native response to `answer(content, stop_reason)` (latency plays no part in
+/// any native shape).
+fn rendered(family: ModelFamily, content: Vec<ContentPart>, stop_reason: StopReason) -> Value {
+    render_chat(family, &answer(content, stop_reason), 0)
+}
+
 fn answer(content: Vec<ContentPart>, stop_reason: StopReason) -> ChatResponse {
     ChatResponse {
         content,
@@ -552,7 +558,7 @@ fn anthropic_response_shape() {
         (StopReason::MaxTokens, "max_tokens"),
         (StopReason::ContentFiltered, "refusal"),
     ] {
-        let out = render_chat(ModelFamily::Anthropic, &answer(vec![], reason), 0);
+        let out = rendered(ModelFamily::Anthropic, vec![], reason);
         assert_eq!(out["stop_reason"], name);
         assert_eq!(out["stop_sequence"], Value::Null);
     }
@@ -601,10 +607,10 @@ fn titan_text_defects() {
 
 #[test]
 fn titan_text_response_shape() {
-    let out = render_chat(
+    let out = rendered(
         ModelFamily::TitanText,
-        &answer(vec![text("Hello "), text("there")], StopReason::MaxTokens),
-        0,
+        vec![text("Hello "), text("there")],
+        StopReason::MaxTokens,
     );
     expect_shape(
         &out,
@@ -627,7 +633,7 @@ fn titan_text_response_shape() {
         (StopReason::StopSequence, "STOP_CRITERIA_MET"),
         (StopReason::ContentFiltered, "CONTENT_FILTERED"),
     ] {
-        let out = render_chat(ModelFamily::TitanText, &answer(vec![], reason), 0);
+        let out = rendered(ModelFamily::TitanText, vec![], reason);
         assert_eq!(out["results"][0]["completionReason"], name);
     }
 }
@@ -817,6 +823,7 @@ fn nova_defects() {
 
 #[test]
 fn nova_response_shape() {
+    // A latency, to show it stays out of the native shape (only Converse reports one).
     let out = render_chat(
         ModelFamily::Nova,
         &answer(vec![text("Hi")], StopReason::EndTurn),
@@ -937,10 +944,10 @@ fn llama_defects() {
 
 #[test]
 fn llama_response_shape() {
-    let out = render_chat(
+    let out = rendered(
         ModelFamily::Llama,
-        &answer(vec![text("Hello")], StopReason::MaxTokens),
-        0,
+        vec![text("Hello")],
+        StopReason::MaxTokens,
     );
     expect_shape(
         &out,
@@ -953,7 +960,7 @@ fn llama_response_shape() {
     );
     assert_eq!(out["generation"], "Hello");
     assert_eq!(out["stop_reason"], "length");
-    let out = render_chat(ModelFamily::Llama, &answer(vec![], StopReason::EndTurn), 0);
+    let out = rendered(ModelFamily::Llama, vec![], StopReason::EndTurn);
     assert_eq!(out["stop_reason"], "stop");
     assert_eq!(out["generation"], "");
 }
@@ -992,12 +999,53 @@ fn mistral_defects() {
     );
 }
 
+/// The string lists of every dialect: each item must be a non-empty string, and a list over
+/// its limit (Mistral's `stop`) is reported once while its items are still checked.
+#[test]
+fn string_lists_report_each_bad_item_and_an_overlong_list() {
+    let bad = json!(["a", "", 5]);
+    let item_defects = |at: &str| {
+        vec![
+            Defect::new(format!("{at}[1]"), "must not be empty"),
+            Defect::new(format!("{at}[2]"), "must be a string, found a number"),
+        ]
+    };
+    let msgs = json!([{"role": "user", "content": "Hi"}]);
+    let anthropic = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5,
+        "messages": msgs, "stop_sequences": bad, "anthropic_beta": bad});
+    let mut expected = item_defects("modelInput.anthropic_beta");
+    expected.extend(item_defects("modelInput.stop_sequences"));
+    assert_eq!(defects(ModelFamily::Anthropic, anthropic), expected);
+    let nova = json!({"messages": [{"role": "user", "content": [{"text": "Hi"}]}],
+        "inferenceConfig": {"stopSequences": bad}});
+    assert_eq!(
+        defects(ModelFamily::Nova, nova),
+        item_defects("modelInput.inferenceConfig.stopSequences")
+    );
+    let titan = json!({"inputText": "Hi", "textGenerationConfig": {"stopSequences": bad}});
+    assert_eq!(
+        defects(ModelFamily::TitanText, titan),
+        item_defects("modelInput.textGenerationConfig.stopSequences")
+    );
+    let mut stop = vec![json!("a"); 10];
+    stop.push(json!(""));
+    let mut expected = vec![Defect::new(
+        "modelInput.stop",
+        "must have at most 10 items, found 11",
+    )];
+    expected.push(Defect::new("modelInput.stop[10]", "must not be empty"));
+    assert_eq!(
+        defects(ModelFamily::Mistral, json!({"prompt": "x", "stop": stop})),
+        expected
+    );
+}
+
 #[test]
 fn mistral_response_shape() {
-    let out = render_chat(
+    let out = rendered(
         ModelFamily::Mistral,
-        &answer(vec![text("Hi")], StopReason::StopSequence),
-        0,
+        vec![text("Hi")],
+        StopReason::StopSequence,
     );
     expect_shape(&out, &[("outputs", "array")]);
     expect_shape(
@@ -1006,11 +1054,7 @@ fn mistral_response_shape() {
     );
     assert_eq!(out["outputs"][0]["text"], "Hi");
     assert_eq!(out["outputs"][0]["stop_reason"], "stop");
-    let out = render_chat(
-        ModelFamily::Mistral,
-        &answer(vec![], StopReason::MaxTokens),
-        0,
-    );
+    let out = rendered(ModelFamily::Mistral, vec![], StopReason::MaxTokens);
     assert_eq!(out["outputs"][0]["stop_reason"], "length");
 }
 

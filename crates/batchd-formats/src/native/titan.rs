@@ -5,6 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::{EmbedItem, answer_text, body, f32_value, prompt, prompt_request};
 use crate::converse::check::{Checker, Path, member};
+use crate::converse::request::{Setting, settings};
 use crate::neutral::{ChatRequest, ChatResponse, StopReason};
 
 /// Titan Text V2 embeddings come in these sizes only.
@@ -27,34 +28,19 @@ pub(super) fn text_request(
             v,
             &["temperature", "topP", "maxTokenCount", "stopSequences"],
         ) {
-            if let Some(v) = member(config, "temperature") {
-                req.temperature = cx.number_in(&path.key("temperature"), v, 0.0, 1.0);
-            }
-            if let Some(v) = member(config, "topP") {
-                req.top_p = cx.number_in(&path.key("topP"), v, 0.0, 1.0);
-            }
-            if let Some(v) = member(config, "maxTokenCount") {
-                req.max_tokens = cx.u32_at_least(&path.key("maxTokenCount"), v, 1);
-            }
+            let keys = [
+                ("temperature", Setting::Temperature),
+                ("topP", Setting::TopP),
+                ("maxTokenCount", Setting::MaxTokens),
+            ];
+            settings(cx, &path, config, &keys, &mut req);
             if let Some(v) = member(config, "stopSequences") {
                 let path = path.key("stopSequences");
-                if let Some(items) = cx.array(&path, v) {
-                    for (i, item) in items.iter().enumerate() {
-                        if let Some(s) = cx.non_empty_string(&path.index(i), item) {
-                            req.stop_sequences.push(s.to_owned());
-                        }
-                    }
-                }
+                req.stop_sequences = cx.non_empty_strings(&path, v, usize::MAX);
             }
         }
     }
-    let path = root.key("inputText");
-    let text = cx.required(root, map, "inputText")?;
-    let text = cx.string(&path, text)?;
-    let turns = prompt_request(cx, &path, text, prompt::titan(text))?;
-    req.system = turns.system;
-    req.messages = turns.messages;
-    Some(req)
+    prompt_request(cx, (root, map, "inputText"), prompt::titan, req)
 }
 
 fn non_blank<'v>(cx: &mut Checker, path: &Path<'_>, value: &'v Value) -> Option<&'v str> {
