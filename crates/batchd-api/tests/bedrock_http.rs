@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use batchd_api::bedrock::timestamp;
 use batchd_api::{ApiConfig, router};
-use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{Counters, JobArn, JobId, JobStatus};
 use batchd_engine::scheduler::{ModelEntry, Scheduler, SchedulerConfig};
 use batchd_engine::service::SchedulerService;
@@ -61,15 +60,7 @@ async fn start_with(config: SchedulerConfig) -> Server {
             .await
             .unwrap(),
     );
-    let backend = Arc::new(
-        OpenAiBackend::new(OpenAiConfig {
-            base_url: fake.base_url(),
-            model: "fake".into(),
-            api_key: None,
-            max_connections: 4,
-        })
-        .unwrap(),
-    );
+    let backend = batchd_testkit::conformance::openai_backend(fake.base_url()).unwrap();
     let models = models()
         .into_iter()
         .map(|id| {

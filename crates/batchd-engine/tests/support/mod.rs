@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{InvocationType, Job, JobId, JobOrigin, JobRequest};
 use batchd_engine::scheduler::{ModelEntry, Scheduler, SchedulerConfig};
 use batchd_engine::{Engine, EngineConfig, RecordOptions};
@@ -39,15 +38,7 @@ pub async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -
     }));
     let engine = Engine::new(storage, EngineConfig::default());
     let store = Arc::new(SqliteStore::open(&dir.join("batchd.sqlite")).await.unwrap());
-    let backend = Arc::new(
-        OpenAiBackend::new(OpenAiConfig {
-            base_url: fake.base_url(),
-            model: "fake".into(),
-            api_key: None,
-            max_connections: 4,
-        })
-        .unwrap(),
-    );
+    let backend = batchd_testkit::conformance::openai_backend(fake.base_url()).unwrap();
     let models = HashMap::from([(
         MODEL.to_owned(),
         ModelEntry {
