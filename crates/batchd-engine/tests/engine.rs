@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{Counters, InvocationType, JobId, JobStatus};
 use batchd_engine::{
-    Engine, EngineConfig, JobSpec, Progress, RecordOptions, RetryPolicy, StopReason, StopSignal,
+    Engine, EngineConfig, EngineError, JobOutcome, JobSpec, Progress, RecordOptions, RetryPolicy,
+    StopReason, StopSignal,
 };
 
 use batchd_core::{JobOrigin, JobRequest, NewJob};
@@ -102,6 +103,18 @@ impl Harness {
             .await
             .unwrap();
         assert!(failed.is_none(), "{:?}", failed.map(|o| o.message));
+    }
+
+    /// Runs the job's execution phase on the fake backend.
+    async fn execute(
+        &self,
+        spec: &JobSpec,
+        tx: &watch::Sender<Progress>,
+        stop: &StopSignal,
+    ) -> Result<JobOutcome, EngineError> {
+        self.engine
+            .execute_job(spec, self.backend.clone(), &self.store, tx, stop)
+            .await
     }
 
     fn output(&self, name: &str) -> Vec<Value> {
@@ -305,11 +318,7 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
     // First run: shut down once 60 records are written.
     let stop = StopSignal::new();
     let stopper = stop_at(stop.clone(), rx, 60, StopReason::Shutdown);
-    let first = h
-        .engine
-        .execute_job(&spec, h.backend.clone(), &h.store, &tx, &stop)
-        .await
-        .unwrap();
+    let first = h.execute(&spec, &tx, &stop).await.unwrap();
     stopper.await.unwrap();
     assert_eq!(
         first.status,
@@ -333,11 +342,7 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
     std::fs::write(&a_out, text).unwrap();
 
     let (tx2, _rx2) = progress();
-    let second = h
-        .engine
-        .execute_job(&spec, h.backend.clone(), &h.store, &tx2, &StopSignal::new())
-        .await
-        .unwrap();
+    let second = h.execute(&spec, &tx2, &StopSignal::new()).await.unwrap();
     assert_eq!(second.status, JobStatus::Completed);
     let a = h.output("a.jsonl.out");
     let ids: Vec<String> = a
@@ -468,11 +473,7 @@ async fn a_job_runs_only_the_input_files_it_validated() {
         let result = match change {
             Change::Add => {
                 write_prefixed(&input.join("c.jsonl"), "c", 5);
-                let outcome = h
-                    .engine
-                    .execute_job(&spec, h.backend.clone(), &h.store, &tx, &StopSignal::new())
-                    .await
-                    .unwrap();
+                let outcome = h.execute(&spec, &tx, &StopSignal::new()).await.unwrap();
                 assert_eq!(outcome.status, JobStatus::Completed);
                 assert_eq!(outcome.counters.processed, 20, "the added file did not run");
                 assert!(!h.dir.path().join("out/testjob00001/c.jsonl.out").exists());
@@ -480,17 +481,13 @@ async fn a_job_runs_only_the_input_files_it_validated() {
             }
             Change::Remove => {
                 std::fs::remove_file(input.join("b.jsonl")).unwrap();
-                h.engine
-                    .execute_job(&spec, h.backend.clone(), &h.store, &tx, &StopSignal::new())
-                    .await
+                h.execute(&spec, &tx, &StopSignal::new()).await
             }
             Change::Rewrite => {
                 // Same size, other content.
                 let text = std::fs::read_to_string(input.join("b.jsonl")).unwrap();
                 std::fs::write(input.join("b.jsonl"), text.replace("hi ", "ho ")).unwrap();
-                h.engine
-                    .execute_job(&spec, h.backend.clone(), &h.store, &tx, &StopSignal::new())
-                    .await
+                h.execute(&spec, &tx, &StopSignal::new()).await
             }
         };
         let err = result.unwrap_err().to_string();
@@ -529,11 +526,7 @@ async fn a_resume_refuses_a_file_rewritten_meanwhile_and_keeps_what_was_written(
     h.validate_ok(&spec, &tx).await;
     let stop = StopSignal::new();
     let stopper = stop_at(stop.clone(), rx, 30, StopReason::Shutdown);
-    let first = h
-        .engine
-        .execute_job(&spec, h.backend.clone(), &h.store, &tx, &stop)
-        .await
-        .unwrap();
+    let first = h.execute(&spec, &tx, &stop).await.unwrap();
     stopper.await.unwrap();
     assert_eq!(first.status, JobStatus::InProgress);
     let written = h.output("a.jsonl.out");
@@ -552,8 +545,7 @@ async fn a_resume_refuses_a_file_rewritten_meanwhile_and_keeps_what_was_written(
     write_prefixed(&input.join("b.jsonl"), "b", 21);
     let (tx2, _rx2) = progress();
     let err = h
-        .engine
-        .execute_job(&spec, h.backend.clone(), &h.store, &tx2, &StopSignal::new())
+        .execute(&spec, &tx2, &StopSignal::new())
         .await
         .unwrap_err()
         .to_string();
