@@ -1,11 +1,14 @@
-//! HTTP APIs of batchd. Today: the Amazon Bedrock batch control plane (rest-json), served by
-//! `batchd serve`, so `boto3.client("bedrock", endpoint_url=...)` and the AWS CLI work as they are.
+//! HTTP APIs of batchd: the Amazon Bedrock batch control plane (rest-json), served by
+//! `batchd serve`, so `boto3.client("bedrock", endpoint_url=...)` and the AWS CLI work as they
+//! are; and beside it the first seed's batch-job API (`create_batch_inference_job`, ...).
 //!
 //! - [`JobService`]: what the API needs from the rest of batchd (the scheduler implements it).
 //! - `bedrock`: routes, request validation, the job object's JSON, rest-json errors.
+//! - `batch_job`: the batch-job API's routes, validation, job object and botocore extras.
 //!
 //! Only this crate (and `batchd-formats` for record bodies) knows the API's JSON shapes.
 
+pub mod batch_job;
 pub mod bedrock;
 
 pub use bedrock::{ApiConfig, ApiError, router};
@@ -47,4 +50,11 @@ pub trait JobService: Send + Sync + 'static {
 
     /// Stops a job that has not ended (ConflictException for an ended one).
     async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError>;
+
+    /// Starts a batch-job API job that waits for its start (Conflict once started).
+    async fn start_job(&self, id: &JobId) -> Result<Job, ServiceError>;
+
+    /// The result analysis an ended job wrote beside its output (`<out>/<jobId>.analysis.json`),
+    /// if there is one and it can be read.
+    async fn job_analysis(&self, job: &Job) -> Option<serde_json::Value>;
 }

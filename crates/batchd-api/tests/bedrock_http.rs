@@ -917,6 +917,7 @@ async fn jobs_of_batchd_run_are_invisible_to_the_api() {
                 output: "/data/out".into(),
                 timeout_hours: None,
                 request_json: None,
+                dialect: batchd_core::Dialect::Bedrock,
             },
             job_expiration_ms: None,
         })

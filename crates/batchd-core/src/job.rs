@@ -51,6 +51,160 @@ impl FromStr for JobOrigin {
     }
 }
 
+/// Which API a job belongs to, with what only that API asks for. Each API lists, gets and
+/// stops only its own dialect's jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dialect {
+    /// Bedrock's `CreateModelInvocationJob` (and `batchd run`): JSONL records in, `.out`
+    /// files and a manifest out.
+    Bedrock,
+    /// The batch-job API of the first seed (`create_batch_inference_job`): items in JSON
+    /// arrays or JSONL, batches, a start step, one result object per item.
+    BatchJob(Box<BatchJobOptions>),
+}
+
+impl Dialect {
+    pub fn kind(&self) -> DialectKind {
+        match self {
+            Self::Bedrock => DialectKind::Bedrock,
+            Self::BatchJob(_) => DialectKind::BatchJob,
+        }
+    }
+
+    pub fn batch_job(&self) -> Option<&BatchJobOptions> {
+        match self {
+            Self::BatchJob(options) => Some(options),
+            Self::Bedrock => None,
+        }
+    }
+}
+
+/// A [`Dialect`] without its options: what lists filter on and stores keep in a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DialectKind {
+    Bedrock,
+    BatchJob,
+}
+
+impl DialectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bedrock => "bedrock",
+            Self::BatchJob => "batch-job",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Bedrock, Self::BatchJob]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// How a batch-job API job reads, groups, runs and writes its items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchJobOptions {
+    /// Items per batch, in input order; a batch is the unit of parallelism.
+    pub batch_size: u32,
+    /// Batches running at once, at most.
+    pub max_concurrent_batches: u32,
+    /// From `start` to the end; past it the job ends `FAILED`, keeping what finished.
+    pub timeout_seconds: u64,
+    pub input_format: ItemFormat,
+    pub output_format: ItemFormat,
+    /// Turns a document item into the user message (`{content}`, `{metadata.type}`, ...);
+    /// `None`: the content itself.
+    pub prompt_template: Option<String>,
+    /// Overrides the server's retry policy for this job's items.
+    pub retry: Option<JobRetry>,
+}
+
+impl BatchJobOptions {
+    pub const DEFAULT_BATCH_SIZE: u32 = 100;
+    pub const DEFAULT_MAX_CONCURRENT_BATCHES: u32 = 10;
+    pub const DEFAULT_TIMEOUT_SECONDS: u64 = 3600;
+}
+
+/// The file format of a batch job's input or output objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemFormat {
+    /// One JSON array per object.
+    Json,
+    /// One JSON value per line.
+    Jsonl,
+}
+
+impl ItemFormat {
+    /// As the API writes it (`JSON`, `JSONL`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "JSON",
+            Self::Jsonl => "JSONL",
+        }
+    }
+
+    /// File extension of objects in this format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Jsonl => "jsonl",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Json, Self::Jsonl]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+    }
+}
+
+/// A job's own retry policy: how often, how long to wait, and for which failures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRetry {
+    /// Attempts per item, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// The failures worth another attempt; any other fails the item at once.
+    pub retry_on: Vec<RetryClass>,
+}
+
+/// A class of failure a retry policy can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryClass {
+    /// The model server asked to slow down (429).
+    Throttling,
+    /// The model server failed (5xx).
+    ServerError,
+    /// No answer within the attempt's time limit.
+    Timeout,
+    /// The model server could not be reached.
+    Connection,
+}
+
+impl RetryClass {
+    pub const ALL: [RetryClass; 4] = [
+        Self::Throttling,
+        Self::ServerError,
+        Self::Timeout,
+        Self::Connection,
+    ];
+
+    /// As the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttling => "THROTTLING",
+            Self::ServerError => "SERVER_ERROR",
+            Self::Timeout => "TIMEOUT",
+            Self::Connection => "CONNECTION",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
 /// What a caller asks for, already checked for shape by whoever took it in (an API's
 /// validation, `batchd run`'s arguments). Stored whole with the job.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +226,7 @@ pub struct JobRequest {
     /// The request body as received, for what only its API echoes (vpcConfig, tags) and for
     /// `batchd run`'s own settings. Opaque to everything but the code that wrote it.
     pub request_json: Option<String>,
+    pub dialect: Dialect,
 }
 
 /// What a store inserts: the request plus the identity and deadline given to it.
@@ -81,6 +236,16 @@ pub struct NewJob {
     pub arn: String,
     pub request: JobRequest,
     pub job_expiration_ms: Option<i64>,
+}
+
+impl NewJob {
+    /// A batch-job API job waits for its start; every other job is submitted at once.
+    pub fn initial_status(&self) -> JobStatus {
+        match self.request.dialect {
+            Dialect::BatchJob(_) => JobStatus::Created,
+            Dialect::Bedrock => JobStatus::Submitted,
+        }
+    }
 }
 
 /// A job as stored.
@@ -105,6 +270,8 @@ pub struct Job {
 pub struct JobFilter {
     /// Only jobs of this origin (each API lists its own).
     pub origin: JobOrigin,
+    /// Only jobs of this dialect (each API lists its own); `None`: every dialect.
+    pub dialect: Option<DialectKind>,
     /// Only jobs submitted strictly after this time.
     pub submit_time_after_ms: Option<i64>,
     /// Only jobs submitted strictly before this time.
@@ -124,6 +291,7 @@ impl JobFilter {
     pub fn new(origin: JobOrigin, limit: u32) -> Self {
         Self {
             origin,
+            dialect: None,
             submit_time_after_ms: None,
             submit_time_before_ms: None,
             status: None,
@@ -159,5 +327,19 @@ mod tests {
             "serve".parse::<JobOrigin>(),
             Err(UnknownOrigin("serve".into()))
         );
+    }
+
+    #[test]
+    fn dialects_formats_and_retry_classes_round_trip_their_names() {
+        for kind in [DialectKind::Bedrock, DialectKind::BatchJob] {
+            assert_eq!(DialectKind::parse(kind.as_str()), Some(kind));
+        }
+        for format in [ItemFormat::Json, ItemFormat::Jsonl] {
+            assert_eq!(ItemFormat::parse(format.as_str()), Some(format));
+        }
+        for class in RetryClass::ALL {
+            assert_eq!(RetryClass::parse(class.as_str()), Some(class));
+        }
+        assert_eq!(ItemFormat::parse("json"), None);
     }
 }

@@ -11,7 +11,10 @@ pub mod model_id;
 mod status;
 
 pub use ids::{IdError, JobArn, JobId, generated_record_id, stable_hash64};
-pub use job::{Job, JobFile, JobFilter, JobOrigin, JobRequest, NewJob, UnknownOrigin};
+pub use job::{
+    BatchJobOptions, Dialect, DialectKind, ItemFormat, Job, JobFile, JobFilter, JobOrigin,
+    JobRequest, JobRetry, NewJob, RetryClass, UnknownOrigin,
+};
 pub use model_id::ModelId;
 pub use status::{InvocationType, JobStatus, StatusError};
 // Checkpoint is defined below, next to Counters.

@@ -1,4 +1,5 @@
-//! The ten job statuses of Bedrock batch inference and their legal transitions.
+//! The ten job statuses of Bedrock batch inference, plus `Created` (a batch-job API job
+//! waiting for its start), and their legal transitions.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +17,9 @@ pub enum StatusError {
 /// Job status, spelled exactly as Bedrock spells it on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobStatus {
+    /// Created through the batch-job API and waiting for its `start` (not a Bedrock status:
+    /// the Bedrock API never shows such a job).
+    Created,
     Submitted,
     Validating,
     Scheduled,
@@ -29,6 +33,7 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Bedrock's ten statuses (every status but [`JobStatus::Created`]).
     pub const ALL: [JobStatus; 10] = [
         Self::Submitted,
         Self::Validating,
@@ -44,6 +49,7 @@ impl JobStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Created => "Created",
             Self::Submitted => "Submitted",
             Self::Validating => "Validating",
             Self::Scheduled => "Scheduled",
@@ -75,7 +81,8 @@ impl JobStatus {
     pub fn can_transition_to(self, to: JobStatus) -> bool {
         use JobStatus::*;
         match (self, to) {
-            (Submitted, Validating)
+            (Created, Submitted)
+            | (Submitted, Validating)
             | (Validating, Failed | Scheduled)
             | (Scheduled, InProgress | Expired)
             | (InProgress, Completed | PartiallyCompleted | Failed)
@@ -106,6 +113,7 @@ impl FromStr for JobStatus {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
+            .chain([Self::Created])
             .find(|st| st.as_str() == s)
             .ok_or_else(|| StatusError::Unknown(s.to_owned()))
     }
@@ -147,9 +155,13 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_their_wire_names() {
-        for st in JobStatus::ALL {
+        for st in JobStatus::ALL.into_iter().chain([Created]) {
             assert_eq!(st.as_str().parse::<JobStatus>().unwrap(), st);
         }
+        assert!(Created.can_transition_to(Submitted));
+        assert!(Created.can_transition_to(Stopping));
+        assert!(!Created.can_transition_to(InProgress));
+        assert!(!Submitted.can_transition_to(Created));
         assert!("inprogress".parse::<JobStatus>().is_err());
     }
 

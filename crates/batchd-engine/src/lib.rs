@@ -16,6 +16,7 @@ pub mod run;
 pub mod scheduler;
 #[cfg(feature = "api")]
 pub mod service;
+pub mod units;
 pub mod validate;
 
 // The scheduler's unit tests share tests/support with the integration tests, which name the
@@ -27,7 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchd_backends::ModelBackend;
-use batchd_core::{Checkpoint, Counters, InvocationType, Job, JobFile, JobId, JobStatus};
+use batchd_core::{
+    BatchJobOptions, Checkpoint, Counters, InvocationType, Job, JobFile, JobId, JobStatus,
+};
 use batchd_formats::converse::ConverseOptions;
 use batchd_formats::native::ModelFamily;
 use batchd_storage::{InputFile, Storage, StorageError, StorageUri};
@@ -141,11 +144,23 @@ pub struct JobSpec {
     pub records: RecordOptions,
     /// Records in flight at once.
     pub concurrency: usize,
+    /// A batch-job API job's items, batches, formats and retry policy; `None`: a Bedrock job.
+    pub batch: Option<BatchJobOptions>,
 }
 
 impl JobSpec {
     /// Records in flight per job when neither the model nor the caller says.
     pub const DEFAULT_CONCURRENCY: usize = 16;
+
+    /// Most items a batch job has in flight, whatever its batch size × batches ask for.
+    pub const MAX_BATCH_CONCURRENCY: usize = 4096;
+
+    /// The file extension of the job's input files.
+    pub fn input_extension(&self) -> &'static str {
+        self.batch
+            .as_ref()
+            .map_or("jsonl", |b| b.input_format.extension())
+    }
 
     /// The spec of a stored job: its inputs and output parsed (stored URIs are absolute), and
     /// the record options and concurrency of the model it names.
@@ -155,6 +170,13 @@ impl JobSpec {
         concurrency: usize,
     ) -> Result<Self, StorageError> {
         let r = &job.request;
+        let batch = r.dialect.batch_job().cloned();
+        let concurrency = match &batch {
+            Some(b) => (b.batch_size as usize)
+                .saturating_mul(b.max_concurrent_batches as usize)
+                .clamp(1, Self::MAX_BATCH_CONCURRENCY),
+            None => concurrency,
+        };
         Ok(Self {
             job_id: job.id.clone(),
             inputs: r
@@ -166,6 +188,7 @@ impl JobSpec {
             invocation_type: r.invocation_type,
             records,
             concurrency,
+            batch,
         })
     }
 }
@@ -257,6 +280,17 @@ pub struct JobOutcome {
     pub elapsed: Duration,
     /// `<output>/<jobId>/`.
     pub output_dir: StorageUri,
+}
+
+/// Where a job's manifest goes: Bedrock's `<out>/<jobId>/manifest.json.out`; a batch job's
+/// beside its folder (`<out>/<jobId>.manifest.json`), since its readers load every object in
+/// the folder as results.
+pub fn manifest_uri(output: &StorageUri, job_id: &JobId, batch_job: bool) -> StorageUri {
+    if batch_job {
+        output.join(&format!("{job_id}.manifest.json"))
+    } else {
+        output.join(&format!("{job_id}/manifest.json.out"))
+    }
 }
 
 fn job_file(file: &InputFile) -> JobFile {
@@ -440,7 +474,7 @@ impl Engine {
         let recorded = store.job_files(&spec.job_id).await?;
         if recorded.is_empty() {
             tracing::warn!(job = %spec.job_id, "no validated file list recorded; listing the inputs again");
-            return self.list_inputs(&spec.inputs).await;
+            return self.list_inputs(&spec.inputs, spec.input_extension()).await;
         }
         let mut files = Vec::with_capacity(recorded.len());
         for f in recorded {
@@ -569,10 +603,9 @@ impl Engine {
             ));
         }
         let manifest = batchd_formats::manifest::Manifest::from(&counters);
-        let output_dir = spec.output.join(spec.job_id.as_str());
         self.storage
             .put(
-                &output_dir.join("manifest.json.out"),
+                &manifest_uri(&spec.output, &spec.job_id, spec.batch.is_some()),
                 manifest.to_json().into(),
             )
             .await?;

@@ -4,10 +4,11 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use batchd_backends::{BackendError, ErrorKind, ModelBackend, NativeCall};
-use batchd_core::{InvocationType, generated_record_id};
+use batchd_core::{InvocationType, RetryClass, generated_record_id};
+use batchd_formats::batch_job::{ItemError, ItemResult, converse_text, parse_item};
 use batchd_formats::converse::{parse_converse, render_converse_response};
 use batchd_formats::native::{
     EmbedItem, ModelFamily, NativeRequest, parse_native, render_chat, render_embed,
@@ -33,12 +34,36 @@ pub(crate) struct RecordContext {
     job_id: String,
     /// Groups embedding records into backend calls (embedding families only).
     embedder: Option<EmbedBatcher>,
+    /// A batch-job API job: units are items, results are result objects.
+    items: Option<ItemOptions>,
+}
+
+/// What a batch-job API job's items need beyond a record's.
+struct ItemOptions {
+    prompt_template: Option<String>,
+    /// The failures the job's retry policy retries; `None`: every retryable one.
+    retry_on: Option<Vec<RetryClass>>,
 }
 
 impl RecordContext {
     /// Must run inside the runtime: the embedding batcher is a task.
-    pub(crate) fn new(spec: &JobSpec, backend: Arc<dyn ModelBackend>, retry: RetryPolicy) -> Self {
+    pub(crate) fn new(
+        spec: &JobSpec,
+        backend: Arc<dyn ModelBackend>,
+        mut retry: RetryPolicy,
+    ) -> Self {
         let info = backend.info();
+        let items = spec.batch.as_ref().map(|batch| {
+            if let Some(own) = &batch.retry {
+                retry.max_attempts = own.max_attempts.max(1);
+                retry.base_backoff = Duration::from_millis(own.initial_backoff_ms);
+                retry.max_backoff = Duration::from_millis(own.max_backoff_ms);
+            }
+            ItemOptions {
+                prompt_template: batch.prompt_template.clone(),
+                retry_on: batch.retry.as_ref().map(|r| r.retry_on.clone()),
+            }
+        });
         let embeds = spec.invocation_type == InvocationType::InvokeModel
             && spec.records.family.is_some_and(ModelFamily::is_embedding)
             && !info.runs_native;
@@ -56,6 +81,22 @@ impl RecordContext {
             records: spec.records.clone(),
             job_id: spec.job_id.to_string(),
             embedder,
+            items,
+        }
+    }
+
+    /// Whether `error` is worth another attempt under this job's policy.
+    fn retries(&self, error: &BackendError) -> bool {
+        let class = match error.kind {
+            ErrorKind::RateLimited => RetryClass::Throttling,
+            ErrorKind::Server => RetryClass::ServerError,
+            ErrorKind::Timeout => RetryClass::Timeout,
+            ErrorKind::Connect => RetryClass::Connection,
+            ErrorKind::Client | ErrorKind::Unsupported | ErrorKind::Protocol => return false,
+        };
+        match self.items.as_ref().and_then(|i| i.retry_on.as_ref()) {
+            Some(classes) => classes.contains(&class),
+            None => error.is_retryable(),
         }
     }
 }
@@ -207,12 +248,16 @@ async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer,
 }
 
 /// One record from line to output line: parse, translate, call the backend with retries.
+/// A batch-job API job's unit is an item, and its output a result object.
 pub(crate) async fn process_record(
     ctx: Arc<RecordContext>,
     file: Arc<str>,
     line_no: u64,
     line: Bytes,
 ) -> RecordOutcome {
+    if ctx.items.is_some() {
+        return process_item(&ctx, &file, line_no, &line).await;
+    }
     let mut out = Vec::with_capacity(line.len() + 512);
     let failed = |out: Vec<u8>| RecordOutcome {
         line: out,
@@ -246,19 +291,52 @@ pub(crate) async fn process_record(
         }
     };
 
+    let called = call_with_retries(&ctx, &prepared).await;
+    match called.result {
+        Ok(answer) => {
+            write_success_line(&mut out, &record_id, record.model_input, &answer.body);
+            RecordOutcome {
+                line: out,
+                success: true,
+                input_tokens: answer.input_tokens,
+                output_tokens: answer.output_tokens,
+            }
+        }
+        Err(error) => {
+            let message = gave_up_message(&error, called.attempts);
+            write_error_line(
+                &mut out,
+                &record_id,
+                record.model_input,
+                error.error_code(),
+                &message,
+            );
+            failed(out)
+        }
+    }
+}
+
+/// How a record's calls ended: the answer or the last error, after how many attempts, and
+/// how long they took from the first attempt's start.
+struct Called {
+    result: Result<Answer, BackendError>,
+    attempts: u32,
+    elapsed: std::time::Duration,
+}
+
+/// Calls the backend until an answer, an error the policy does not retry, or the last attempt.
+async fn call_with_retries(ctx: &RecordContext, prepared: &Prepared<'_>) -> Called {
+    let started = Instant::now();
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let result =
-            tokio::time::timeout(ctx.retry.attempt_timeout, attempt(&ctx, &prepared)).await;
+        let result = tokio::time::timeout(ctx.retry.attempt_timeout, attempt(ctx, prepared)).await;
         let error = match result {
             Ok(Ok(answer)) => {
-                write_success_line(&mut out, &record_id, record.model_input, &answer.body);
-                return RecordOutcome {
-                    line: out,
-                    success: true,
-                    input_tokens: answer.input_tokens,
-                    output_tokens: answer.output_tokens,
+                return Called {
+                    result: Ok(answer),
+                    attempts,
+                    elapsed: started.elapsed(),
                 };
             }
             Ok(Err(error)) => error,
@@ -267,25 +345,211 @@ pub(crate) async fn process_record(
                 format!("no answer within {:?}", ctx.retry.attempt_timeout),
             ),
         };
-        if !error.is_retryable() || attempts >= ctx.retry.max_attempts {
-            let message = if attempts > 1 {
-                format!("{} (gave up after {attempts} attempts)", error.message)
-            } else {
-                error.message.clone()
+        if !ctx.retries(&error) || attempts >= ctx.retry.max_attempts {
+            return Called {
+                result: Err(error),
+                attempts,
+                elapsed: started.elapsed(),
             };
-            write_error_line(
-                &mut out,
-                &record_id,
-                record.model_input,
-                error.error_code(),
-                &message,
-            );
-            return failed(out);
         }
         tokio::time::sleep(
             ctx.retry
                 .backoff(attempts, error.retry_after, fastrand::f64()),
         )
         .await;
+    }
+}
+
+fn gave_up_message(error: &BackendError, attempts: u32) -> String {
+    if attempts > 1 {
+        format!("{} (gave up after {attempts} attempts)", error.message)
+    } else {
+        error.message.clone()
+    }
+}
+
+/// Why an item of a batch job never ran; its result's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotRun {
+    /// The job was stopped first.
+    Stopped,
+    /// The job's timeout passed first.
+    TimedOut,
+}
+
+impl NotRun {
+    fn code(self) -> &'static str {
+        match self {
+            Self::Stopped => "JobStopped",
+            Self::TimedOut => "JobTimedOut",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Stopped => "not run: the job was stopped before this item finished",
+            Self::TimedOut => "not run: the job timed out before this item finished",
+        }
+    }
+}
+
+/// The error code of a failed item's result: the Bedrock runtime's name for the failure.
+fn item_error_code(error: &BackendError) -> &'static str {
+    match (error.kind, error.status) {
+        (ErrorKind::RateLimited, _) => "ThrottlingException",
+        (ErrorKind::Timeout, _) => "ModelTimeoutException",
+        (ErrorKind::Connect, _) | (ErrorKind::Server, Some(503)) => "ServiceUnavailableException",
+        (ErrorKind::Server, _) => "InternalServerException",
+        (ErrorKind::Client | ErrorKind::Unsupported, _) => "ValidationException",
+        (ErrorKind::Protocol, _) => "ModelErrorException",
+    }
+}
+
+/// Writes one item's result object (the pipeline adds the separators of the output format).
+#[allow(clippy::too_many_arguments)]
+fn item_result(
+    out: &mut Vec<u8>,
+    id: &str,
+    output: Option<&str>,
+    called: (std::time::Duration, u32),
+    tokens: (u64, u64),
+    error: Option<(&str, &str)>,
+    metadata: Option<&RawValue>,
+) {
+    ItemResult {
+        id,
+        status: if error.is_none() {
+            ItemResult::SUCCESS
+        } else {
+            ItemResult::ERROR
+        },
+        output,
+        processing_time: called.0.as_secs_f64(),
+        input_tokens: tokens.0,
+        output_tokens: tokens.1,
+        attempts: called.1,
+        error: error.map(|(code, message)| ItemError { code, message }),
+        metadata,
+    }
+    .write(out);
+}
+
+/// An item's result without a backend call: it never ran (stop, timeout), or could not be
+/// read any more (`message` given, code ValidationException or InternalServerException).
+pub(crate) fn item_not_run(
+    ctx: &RecordContext,
+    file: &str,
+    unit: u64,
+    line: &[u8],
+    why: Result<NotRun, (&str, &str)>,
+) -> RecordOutcome {
+    let template = ctx
+        .items
+        .as_ref()
+        .and_then(|i| i.prompt_template.as_deref());
+    let text = std::str::from_utf8(line).unwrap_or_default();
+    let item = parse_item(text, template).ok();
+    let id = item
+        .as_ref()
+        .and_then(|i| i.id.clone())
+        .unwrap_or_else(|| generated_record_id(&ctx.job_id, file, unit));
+    let (code, message) = match why {
+        Ok(not_run) => (not_run.code(), not_run.message()),
+        Err(error) => error,
+    };
+    let mut out = Vec::new();
+    item_result(
+        &mut out,
+        &id,
+        None,
+        (std::time::Duration::ZERO, 0),
+        (0, 0),
+        Some((code, message)),
+        item.as_ref().and_then(|i| i.metadata),
+    );
+    RecordOutcome {
+        line: out,
+        success: false,
+        input_tokens: 0,
+        output_tokens: 0,
+    }
+}
+
+/// One batch-job item from its input to its result object.
+async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -> RecordOutcome {
+    let template = ctx
+        .items
+        .as_ref()
+        .and_then(|i| i.prompt_template.as_deref());
+    // Validation passed, so these only fail if the input changed since.
+    let item = match std::str::from_utf8(line)
+        .map_err(|_| "item: not valid UTF-8".to_owned())
+        .and_then(|text| parse_item(text, template).map_err(|d| d.to_string()))
+    {
+        Ok(item) => item,
+        Err(defect) => {
+            let message =
+                format!("{file}: item {unit}: {defect} (the input changed after validation)");
+            return item_not_run(
+                ctx,
+                file,
+                unit,
+                line,
+                Err(("ValidationException", &message)),
+            );
+        }
+    };
+    let id = item
+        .id
+        .clone()
+        .unwrap_or_else(|| generated_record_id(&ctx.job_id, file, unit));
+    let mut out = Vec::with_capacity(512);
+    let prepared = match prepare(ctx, &item.body) {
+        Ok(prepared) => prepared,
+        Err(message) => {
+            let error = Some(("ValidationException", message.as_str()));
+            let none = (std::time::Duration::ZERO, 0);
+            item_result(&mut out, &id, None, none, (0, 0), error, item.metadata);
+            return RecordOutcome {
+                line: out,
+                success: false,
+                input_tokens: 0,
+                output_tokens: 0,
+            };
+        }
+    };
+    let called = call_with_retries(ctx, &prepared).await;
+    let timing = (called.elapsed, called.attempts);
+    match called.result {
+        Ok(answer) => {
+            let text = converse_text(&answer.body);
+            let tokens = (answer.input_tokens, answer.output_tokens);
+            item_result(
+                &mut out,
+                &id,
+                Some(text.as_deref().unwrap_or("")),
+                timing,
+                tokens,
+                None,
+                item.metadata,
+            );
+            RecordOutcome {
+                line: out,
+                success: true,
+                input_tokens: answer.input_tokens,
+                output_tokens: answer.output_tokens,
+            }
+        }
+        Err(error) => {
+            let message = gave_up_message(&error, called.attempts);
+            let failure = Some((item_error_code(&error), message.as_str()));
+            item_result(&mut out, &id, None, timing, (0, 0), failure, item.metadata);
+            RecordOutcome {
+                line: out,
+                success: false,
+                input_tokens: 0,
+                output_tokens: 0,
+            }
+        }
     }
 }

@@ -7,15 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchd_backends::ModelBackend;
+use batchd_core::ItemFormat;
 use batchd_core::{Checkpoint, Counters};
-use batchd_storage::{InputFile, LineReader, OutputSink};
+use batchd_storage::{InputFile, OutputSink};
 use batchd_store::JobStore;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::record::{RecordContext, RecordOutcome, internal_error, process_record};
+use crate::record::{
+    NotRun, RecordContext, RecordOutcome, internal_error, item_not_run, process_record,
+};
 use crate::retry::WaitWhileDown;
+use crate::units::UnitReader;
 use crate::{Engine, EngineError, JobRun, JobSpec, StopReason};
 
 /// A record task that is aborted when its handle is dropped: records abandoned after the
@@ -32,9 +36,10 @@ impl<T> Drop for AbortOnDrop<T> {
 /// records a checkpoint says are done.
 struct InputCursor<'a> {
     engine: &'a Engine,
+    spec: &'a JobSpec,
     files: &'a [InputFile],
     next_file: usize,
-    reader: Option<(usize, LineReader)>,
+    reader: Option<(usize, UnitReader)>,
     /// Records (non-blank lines) still to skip in the first file read.
     skip_records: u64,
 }
@@ -43,8 +48,9 @@ impl InputCursor<'_> {
     async fn next(&mut self) -> Result<Option<(usize, u64, Bytes)>, EngineError> {
         loop {
             if let Some((index, reader)) = &mut self.reader {
-                match reader.next_line().await? {
-                    Some((_, line)) if is_blank(&line) => continue,
+                let lines = !reader.is_items();
+                match reader.next_unit().await? {
+                    Some((_, line)) if lines && is_blank(&line) => continue,
                     Some(_) if self.skip_records > 0 => self.skip_records -= 1,
                     Some((line_no, line)) => return Ok(Some((*index, line_no, line))),
                     None => {
@@ -59,9 +65,14 @@ impl InputCursor<'_> {
             };
             let reader = self
                 .engine
-                .storage
-                .read_input(file, self.engine.config.max_line_bytes)
-                .await?;
+                .read_units(self.spec.batch.as_ref(), file)
+                .await?
+                .map_err(|defect| {
+                    EngineError::Input(format!(
+                        "{}: {defect} (the file changed after validation)",
+                        file.uri
+                    ))
+                })?;
             self.reader = Some((self.next_file, reader));
             self.next_file += 1;
         }
@@ -99,7 +110,17 @@ impl OutputFiles<'_> {
             self.records_in_current = 0;
         }
         if let Some((_, sink)) = &mut self.current {
+            let framing = Framing::of(self.spec);
+            let before = if self.records_in_current == 0 {
+                framing.open
+            } else {
+                framing.separator
+            };
+            if !before.is_empty() {
+                sink.write(before).await?;
+            }
             sink.write(bytes).await?;
+            sink.write(framing.after_each).await?;
             self.records_in_current += 1;
         }
         Ok(())
@@ -139,13 +160,20 @@ impl OutputFiles<'_> {
     /// the checkpoint moves past them before leftover parts are removed.
     async fn finish_below(&mut self, end: usize, counters: &Counters) -> Result<(), EngineError> {
         let mut leftovers = Vec::new();
-        if let Some((index, sink)) = self.current.take() {
+        let framing = Framing::of(self.spec);
+        if let Some((index, mut sink)) = self.current.take() {
+            if self.records_in_current == 0 {
+                sink.write(framing.open).await?;
+            }
+            sink.write(framing.close).await?;
             leftovers.push(sink.finish(&self.engine.storage).await?);
             self.done_below = index + 1;
         }
         while self.done_below < end {
             let uri = output_uri(self.spec, &self.files[self.done_below]);
-            let sink = self.engine.storage.open_sink(&uri, 0).await?;
+            let mut sink = self.engine.storage.open_sink(&uri, 0).await?;
+            sink.write(framing.open).await?;
+            sink.write(framing.close).await?;
             leftovers.push(sink.finish(&self.engine.storage).await?);
             self.done_below += 1;
         }
@@ -160,9 +188,55 @@ impl OutputFiles<'_> {
     }
 }
 
+/// Where an input file's output goes: Bedrock's `<out>/<jobId>/<relative>.out`; for a batch
+/// job `<out>/<jobId>/<relative>` with the output format's extension.
 pub(crate) fn output_uri(spec: &JobSpec, file: &InputFile) -> batchd_storage::StorageUri {
-    spec.output
-        .join(&format!("{}/{}.out", spec.job_id, file.relative))
+    let name = match &spec.batch {
+        None => format!("{}.out", file.relative),
+        Some(batch) => {
+            let stem = file
+                .relative
+                .rsplit_once('.')
+                .filter(|(_, ext)| !ext.contains('/'))
+                .map_or(file.relative.as_str(), |(stem, _)| stem);
+            format!("{stem}.{}", batch.output_format.extension())
+        }
+    };
+    spec.output.join(&format!("{}/{name}", spec.job_id))
+}
+
+/// The bytes around each output record: none for Bedrock's JSONL lines (each ends in `\n`);
+/// a batch job's result objects become a JSON array or JSONL.
+struct Framing {
+    open: &'static [u8],
+    separator: &'static [u8],
+    after_each: &'static [u8],
+    close: &'static [u8],
+}
+
+impl Framing {
+    fn of(spec: &JobSpec) -> Self {
+        match spec.batch.as_ref().map(|b| b.output_format) {
+            None => Self {
+                open: b"",
+                separator: b"",
+                after_each: b"",
+                close: b"",
+            },
+            Some(ItemFormat::Json) => Self {
+                open: b"[\n",
+                separator: b",\n",
+                after_each: b"",
+                close: b"\n]\n",
+            },
+            Some(ItemFormat::Jsonl) => Self {
+                open: b"",
+                separator: b"",
+                after_each: b"\n",
+                close: b"",
+            },
+        }
+    }
 }
 
 /// How `run_records` ended.
@@ -207,6 +281,9 @@ pub(crate) async fn run_records(
     let mut pipeline = Pipeline::new(job, files, resume_from).await?;
     // Set when a stop is first seen: in-flight records have until then to finish.
     let mut grace_ends: Option<tokio::time::Instant> = None;
+    // A batch job's stop (not a shutdown) still gives every item a result: those not run say
+    // why, and those in flight past the grace period are cut off and say so too.
+    let mut not_run: Option<NotRun> = None;
     loop {
         while !pipeline.exhausted && !stop.is_stopped() && pipeline.has_room() {
             let Some((file_index, line_no, line)) = pipeline.input.next().await? else {
@@ -215,7 +292,17 @@ pub(crate) async fn run_records(
             };
             let relative = pipeline.relative[file_index].clone();
             let task = process_record(ctx.clone(), relative, line_no, line.clone());
-            pipeline.dispatch(file_index, line, tokio::spawn(task));
+            pipeline.dispatch(file_index, line_no, line, tokio::spawn(task));
+        }
+        if stop.is_stopped() && not_run.is_none() && spec.batch.is_some() {
+            not_run = match stop.reason() {
+                Some(StopReason::Timeout) => Some(NotRun::TimedOut),
+                Some(StopReason::User) => Some(NotRun::Stopped),
+                _ => None,
+            };
+        }
+        if let Some(why) = not_run {
+            pipeline.fill_not_run(&ctx, why).await?;
         }
         if stop.is_stopped() && grace_ends.is_none() {
             grace_ends = Some(tokio::time::Instant::now() + engine.config.shutdown_grace);
@@ -224,19 +311,36 @@ pub(crate) async fn run_records(
             next = pipeline.inflight.next() => next,
             // A stop wakes the loop so that it stops dispatching even while records run.
             _ = stop.cancelled(), if !stop.is_stopped() => continue,
-            _ = sleep_until_opt(grace_ends) => {
+            _ = sleep_until_opt(grace_ends), if !pipeline.cut_off => {
+                if not_run.is_some() {
+                    // Their tasks end as cancelled and come back through `inflight`.
+                    pipeline.cut_off = true;
+                    for task in pipeline.tasks.values() {
+                        task.abort();
+                    }
+                    continue;
+                }
                 pipeline.abandoned = pipeline.inflight.len();
                 tracing::warn!(job = %spec.job_id, abandoned = pipeline.abandoned, "stop grace period over; abandoning records in flight");
                 break;
             }
         };
-        let Some((seq, file_index, line, result)) = next else {
+        let Some((seq, file_index, unit, line, result)) = next else {
             break;
         };
-        let outcome = match result {
-            Ok(outcome) => outcome,
+        pipeline.tasks.remove(&seq);
+        let outcome = match (result, not_run) {
+            (Ok(outcome), _) => outcome,
+            (Err(e), Some(why)) if e.is_cancelled() => {
+                item_not_run(&ctx, &pipeline.relative[file_index], unit, &line, Ok(why))
+            }
             // A panicked task must still leave its record in the output.
-            Err(join_error) => internal_error(&line, &join_error.to_string()),
+            (Err(join_error), _) if spec.batch.is_some() => {
+                let message = format!("internal error: {join_error}");
+                let error = Err(("InternalServerException", message.as_str()));
+                item_not_run(&ctx, &pipeline.relative[file_index], unit, &line, error)
+            }
+            (Err(join_error), _) => internal_error(&line, &join_error.to_string()),
         };
         pipeline.accept(
             seq,
@@ -257,12 +361,14 @@ pub(crate) async fn run_records(
     })
 }
 
+/// A record task's result: (sequence, file index, unit number, unit, outcome).
 type Inflight = std::pin::Pin<
     Box<
         dyn std::future::Future<
                 Output = (
                     u64,
                     usize,
+                    u64,
                     Bytes,
                     Result<RecordOutcome, tokio::task::JoinError>,
                 ),
@@ -279,6 +385,12 @@ struct Pipeline<'a> {
     /// Each input file's path relative to its prefix, shared by its records' tasks.
     relative: Vec<Arc<str>>,
     inflight: FuturesUnordered<Inflight>,
+    /// The tasks in `inflight` by sequence number, to cut them off at the end of a grace period.
+    tasks: std::collections::HashMap<u64, tokio::task::AbortHandle>,
+    /// The tasks in flight were aborted (a batch job's stop, past its grace period).
+    cut_off: bool,
+    /// A batch job's batches: which may run, and how far each has got.
+    batches: Option<Batches>,
     /// Finished records by sequence number from `write_seq` on; `None` until that one ends.
     pending: VecDeque<Option<Ready>>,
     next_seq: u64,
@@ -325,6 +437,7 @@ impl<'a> Pipeline<'a> {
             job,
             input: InputCursor {
                 engine,
+                spec,
                 files,
                 next_file: first_file,
                 reader: None,
@@ -336,6 +449,14 @@ impl<'a> Pipeline<'a> {
                 .map(|f| Arc::from(f.relative.as_str()))
                 .collect(),
             inflight: FuturesUnordered::new(),
+            tasks: std::collections::HashMap::new(),
+            cut_off: false,
+            batches: spec.batch.as_ref().map(|b| Batches {
+                size: u64::from(b.batch_size.max(1)),
+                at_once: u64::from(b.max_concurrent_batches.max(1)),
+                first_open: 0,
+                finished: VecDeque::new(),
+            }),
             pending: VecDeque::new(),
             next_seq: 0,
             write_seq: 0,
@@ -350,27 +471,60 @@ impl<'a> Pipeline<'a> {
     }
 
     fn has_room(&self) -> bool {
-        self.inflight.len() < self.concurrency && self.next_seq - self.write_seq < self.window
+        self.inflight.len() < self.concurrency
+            && self.next_seq - self.write_seq < self.window
+            && self
+                .batches
+                .as_ref()
+                .is_none_or(|b| b.may_start(self.next_seq))
     }
 
     /// Takes a started record task; its result comes back from `inflight` with its sequence.
     fn dispatch(
         &mut self,
         file_index: usize,
+        unit: u64,
         line: Bytes,
         task: tokio::task::JoinHandle<RecordOutcome>,
     ) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.tasks.insert(seq, task.abort_handle());
         let mut task = AbortOnDrop(task);
         self.inflight.push(Box::pin(async move {
             let result = (&mut task.0).await;
-            (seq, file_index, line, result)
+            (seq, file_index, unit, line, result)
         }));
+    }
+
+    /// After a batch job's stop: every unit not started gets its "not run" result, in order,
+    /// as far as the reorder window allows.
+    async fn fill_not_run(&mut self, ctx: &RecordContext, why: NotRun) -> Result<(), EngineError> {
+        while !self.exhausted && self.next_seq - self.write_seq < self.window {
+            let Some((file_index, unit, line)) = self.input.next().await? else {
+                self.exhausted = true;
+                break;
+            };
+            let outcome = item_not_run(ctx, &self.relative[file_index], unit, &line, Ok(why));
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.accept(
+                seq,
+                Ready {
+                    file_index,
+                    outcome,
+                },
+            );
+            self.write_ready().await?;
+        }
+        Ok(())
     }
 
     /// Puts a finished record in its slot of the reorder window.
     fn accept(&mut self, seq: u64, ready: Ready) {
+        if let Some(batches) = &mut self.batches {
+            batches.finished(seq);
+        }
         let slot = (seq - self.write_seq) as usize;
         if self.pending.len() <= slot {
             self.pending.resize_with(slot + 1, || None);
@@ -421,7 +575,8 @@ impl<'a> Pipeline<'a> {
         match self.job.stop.reason() {
             // The job stays running: keep the open file open for the resume.
             Some(StopReason::Shutdown) => output.checkpoint(&counters).await?,
-            Some(_) => {
+            // Stopped before the end of the input: the files not reached get no output.
+            Some(_) if !self.exhausted => {
                 let end = output
                     .current
                     .as_ref()
@@ -429,12 +584,44 @@ impl<'a> Pipeline<'a> {
                 output.finish_below(end, &counters).await?;
                 output.checkpoint(&counters).await?;
             }
-            None => {
+            _ => {
                 output.finish_below(output.files.len(), &counters).await?;
                 output.checkpoint(&counters).await?;
             }
         }
         Ok(counters)
+    }
+}
+
+/// A batch job's batches: `size` consecutive units each, at most `at_once` of them started
+/// and not finished. Sequence numbers count from the start of this run.
+struct Batches {
+    size: u64,
+    at_once: u64,
+    /// The oldest batch with an unfinished unit.
+    first_open: u64,
+    /// Units finished in each batch from `first_open` on.
+    finished: VecDeque<u64>,
+}
+
+impl Batches {
+    fn may_start(&self, seq: u64) -> bool {
+        seq / self.size < self.first_open + self.at_once
+    }
+
+    fn finished(&mut self, seq: u64) {
+        let Some(slot) = (seq / self.size).checked_sub(self.first_open) else {
+            return;
+        };
+        let slot = slot as usize;
+        if self.finished.len() <= slot {
+            self.finished.resize(slot + 1, 0);
+        }
+        self.finished[slot] += 1;
+        while self.finished.front() == Some(&self.size) {
+            self.finished.pop_front();
+            self.first_open += 1;
+        }
     }
 }
 

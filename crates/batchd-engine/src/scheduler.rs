@@ -134,6 +134,10 @@ impl Scheduler {
         self.inner.store.as_ref()
     }
 
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
     /// Starts the scheduling loop (resuming unfinished jobs first).
     pub fn start(&self) {
         let this = self.clone();
@@ -179,12 +183,23 @@ impl Scheduler {
                 known.join(", ")
             )));
         };
-        let uris = req.inputs.iter().map(|uri| ("inputDataConfig", uri));
-        for (field, uri) in uris.chain([("outputDataConfig", &req.output)]) {
+        let (input_field, output_field) = if req.dialect.batch_job().is_some() {
+            (
+                "inputConfiguration.inputLocation",
+                "outputConfiguration.outputLocation",
+            )
+        } else {
+            ("inputDataConfig", "outputDataConfig")
+        };
+        let uris = req.inputs.iter().map(|uri| (input_field, uri));
+        for (field, uri) in uris.chain([(output_field, &req.output)]) {
             StorageUri::parse(uri)
                 .map_err(|e| SchedulerError::BadRequest(format!("{field}: {e}")))?;
         }
-        if let Some(active) = store.find_active_by_name(JobOrigin::Api, &req.name).await? {
+        let batch_job = req.dialect.batch_job().is_some();
+        if !batch_job
+            && let Some(active) = store.find_active_by_name(JobOrigin::Api, &req.name).await?
+        {
             return Err(SchedulerError::Conflict(format!(
                 "The provided job name is currently in use: job {} ({}) is {}",
                 active.id, active.request.name, active.status
@@ -213,17 +228,23 @@ impl Scheduler {
             &self.inner.config.account_id,
             id.clone(),
         );
-        let hours = req
-            .timeout_hours
-            .unwrap_or(self.inner.config.default_timeout_hours);
-        let timeout_ms = self.inner.config.timeout_unit.as_millis() as i64 * i64::from(hours);
-        req.timeout_hours = Some(hours);
+        // A batch job's timeout counts from its start.
+        let job_expiration_ms = if batch_job {
+            None
+        } else {
+            let hours = req
+                .timeout_hours
+                .unwrap_or(self.inner.config.default_timeout_hours);
+            req.timeout_hours = Some(hours);
+            let timeout_ms = self.inner.config.timeout_unit.as_millis() as i64 * i64::from(hours);
+            Some(now_ms() + timeout_ms)
+        };
         let token = req.client_request_token.clone();
         let new_job = NewJob {
             id,
             arn: arn.to_string(),
             request: req,
-            job_expiration_ms: Some(now_ms() + timeout_ms),
+            job_expiration_ms,
         };
         let job = match store.create(new_job).await {
             Ok(job) => job,
@@ -232,6 +253,44 @@ impl Scheduler {
                 Some(token) => store.find_by_token(token).await?.ok_or(e)?,
                 None => return Err(e.into()),
             },
+        };
+        self.inner.wake.notify_one();
+        Ok(job)
+    }
+
+    /// Starts a batch job that waits for its start; its timeout counts from now. A job that
+    /// started already, or ended, is a Conflict.
+    pub async fn start_job(&self, id: &JobId) -> Result<Job, SchedulerError> {
+        let _decisions = self.inner.decisions.lock().await;
+        let store = &self.inner.store;
+        let job = store
+            .get(id)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(id.clone()))?;
+        let Some(batch) = job.request.dialect.batch_job() else {
+            return Err(SchedulerError::BadRequest(format!(
+                "job {id} is a Bedrock job: it started when it was created"
+            )));
+        };
+        if job.status != JobStatus::Created {
+            return Err(SchedulerError::Conflict(format!(
+                "job {id} was started already (it is {})",
+                job.status
+            )));
+        }
+        let timeout_ms =
+            i64::try_from(batch.timeout_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let job = match store
+            .start(id, Some(now_ms().saturating_add(timeout_ms)))
+            .await
+        {
+            Ok(job) => job,
+            Err(StoreError::Transition { .. }) => {
+                return Err(SchedulerError::Conflict(format!(
+                    "job {id} was started already"
+                )));
+            }
+            Err(e) => return Err(e.into()),
         };
         self.inner.wake.notify_one();
         Ok(job)
@@ -261,6 +320,10 @@ impl Scheduler {
             Some(signal) => signal.stop(StopReason::User),
             // Validation in flight notices the Stopping status itself when it ends.
             None if lock(&self.inner.validating).contains(id) => {}
+            // A validated batch job still gives each item its result ("not run"): the next
+            // pass runs it as a run that stops at once.
+            None if job.status == JobStatus::Scheduled
+                && job.request.dialect.batch_job().is_some() => {}
             None => self.finish_stopped_unstarted(&job).await?,
         }
         self.inner.wake.notify_one();
@@ -275,7 +338,8 @@ impl Scheduler {
         };
         if let Ok(out) = StorageUri::parse(&job.request.output) {
             let manifest = batchd_formats::manifest::Manifest::from(&counters).to_json();
-            let uri = out.join(&format!("{}/manifest.json.out", job.id));
+            let batch_job = job.request.dialect.batch_job().is_some();
+            let uri = crate::manifest_uri(&out, &job.id, batch_job);
             if let Err(e) = self.inner.engine.storage().put(&uri, manifest.into()).await {
                 tracing::warn!(job = %job.id, error = %e, "cannot write the manifest of a stopped job");
             }
@@ -371,8 +435,11 @@ impl Scheduler {
                 break;
             }
             let expired = job.job_expiration_ms.is_some_and(|t| t <= now);
+            let batch_job = job.request.dialect.batch_job().is_some();
             match job.status {
-                JobStatus::Scheduled if expired => {
+                // A batch job past its timeout still runs, at once stopped: every item gets
+                // its "timed out" result.
+                JobStatus::Scheduled if expired && !batch_job => {
                     let hours = job
                         .request
                         .timeout_hours
@@ -515,7 +582,11 @@ impl Scheduler {
         let Some(model) = self.model(&job.request.model_id) else {
             return;
         };
-        // The job's timeout stops it where it is: PartiallyCompleted.
+        // The job's timeout stops it where it is: PartiallyCompleted. Past it already, the
+        // job stops before its first record.
+        if job.job_expiration_ms.is_some_and(|at| at <= now_ms()) {
+            signal.stop(StopReason::Timeout);
+        }
         let timer = job.job_expiration_ms.map(|at| {
             let signal = signal.clone();
             tokio::spawn(async move {

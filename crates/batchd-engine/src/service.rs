@@ -49,4 +49,16 @@ impl JobService for SchedulerService {
         self.get_job(id).await?;
         self.0.stop(id).await.map_err(service_error)
     }
+
+    async fn job_analysis(&self, job: &Job) -> Option<serde_json::Value> {
+        let output = batchd_storage::StorageUri::parse(&job.request.output).ok()?;
+        let uri = output.join(&format!("{}.analysis.json", job.id));
+        let bytes = self.0.engine().storage().get(&uri).await.ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn start_job(&self, id: &JobId) -> Result<Job, ServiceError> {
+        self.get_job(id).await?;
+        self.0.start_job(id).await.map_err(service_error)
+    }
 }

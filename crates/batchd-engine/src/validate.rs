@@ -6,14 +6,17 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use batchd_core::BatchJobOptions;
 use batchd_core::{InvocationType, generated_record_id};
 use batchd_formats::Defect;
+use batchd_formats::batch_job::parse_item;
 use batchd_formats::converse::parse_converse;
 use batchd_formats::native::parse_native;
 use batchd_formats::record::parse_record_line;
 use batchd_storage::{InputFile, StorageError, StorageUri};
 use bytes::Bytes;
 
+use crate::units::UnitReader;
 use crate::{BlankLines, Engine, EngineError, JobSpec, RecordOptions};
 use batchd_formats::native::ModelFamily;
 
@@ -24,17 +27,20 @@ pub struct LineDefect {
     pub file: String,
     /// Index of the file in the job's sorted input list (for ordering).
     pub file_index: usize,
-    /// 1-based line number.
+    /// 1-based line number (or 0-based item index, when `item`).
     pub line: u64,
+    /// `line` is the index of an item in a JSON array file.
+    pub item: bool,
     pub field: String,
     pub reason: String,
 }
 
 impl fmt::Display for LineDefect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = if self.item { "item " } else { "" };
         write!(
             f,
-            "{}:{}: {}: {}",
+            "{}:{unit}{}: {}: {}",
             self.file, self.line, self.field, self.reason
         )
     }
@@ -97,6 +103,8 @@ struct Pass<'a> {
     invocation_type: InvocationType,
     records: &'a RecordOptions,
     blank_lines: BlankLines,
+    /// A batch-job API job's options: its units are items, not Bedrock records.
+    batch: Option<&'a BatchJobOptions>,
 }
 
 impl Pass<'_> {
@@ -117,6 +125,9 @@ impl Pass<'_> {
                 defects.push(Defect::new("line", "blank line"));
             }
             return Some(Checked::Blank);
+        }
+        if let Some(batch) = self.batch {
+            return self.check_item(batch, file, line_no, text, defects);
         }
         let record = match parse_record_line(text) {
             Ok(record) => record,
@@ -151,6 +162,41 @@ impl Pass<'_> {
     }
 }
 
+impl Pass<'_> {
+    /// A batch-job item: a record, a Converse body or a document, run as Converse.
+    fn check_item<'l>(
+        &self,
+        batch: &BatchJobOptions,
+        file: &InputFile,
+        unit: u64,
+        text: &'l str,
+        defects: &mut Vec<Defect>,
+    ) -> Option<Checked<'l>> {
+        let item = match parse_item(text, batch.prompt_template.as_deref()) {
+            Ok(item) => item,
+            Err(defect) => {
+                defects.push(defect);
+                return None;
+            }
+        };
+        if let Err(found) = parse_converse(&item.body, &self.records.converse) {
+            defects.extend(found.into_iter().map(|d| {
+                // Only a record has a modelInput; other items are the body themselves.
+                match (item.from_record, d.field.strip_prefix("modelInput.")) {
+                    (false, Some(field)) => Defect::new(field, d.reason),
+                    _ => d,
+                }
+            }));
+        }
+        let record_id = item
+            .id
+            .unwrap_or_else(|| generated_record_id(self.job_id, &file.relative, unit));
+        Some(Checked::Record {
+            record_id: std::borrow::Cow::Owned(record_id),
+        })
+    }
+}
+
 fn id_hash(id: &str) -> u64 {
     let mut h = DefaultHasher::new();
     id.hash(&mut h);
@@ -160,11 +206,15 @@ fn id_hash(id: &str) -> u64 {
 impl Engine {
     /// The input files of all inputs, in order. Two files that would write the same output
     /// file (same path relative to their prefixes) are an error.
-    pub async fn list_inputs(&self, inputs: &[StorageUri]) -> Result<Vec<InputFile>, EngineError> {
+    pub async fn list_inputs(
+        &self,
+        inputs: &[StorageUri],
+        extension: &'static str,
+    ) -> Result<Vec<InputFile>, EngineError> {
         let mut files: Vec<InputFile> = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
         for input in inputs {
-            for file in self.storage.list_inputs(input).await? {
+            for file in self.storage.list_inputs_with(input, extension).await? {
                 if let Some(other) = seen.insert(file.relative.clone(), file.uri.to_string()) {
                     return Err(EngineError::Input(format!(
                         "{} and {} would both write the output file {}.out; run them as separate jobs",
@@ -185,12 +235,14 @@ impl Engine {
             &spec.records,
             spec.job_id.as_str(),
             self.config.max_defects_in_message,
+            spec.batch.as_ref(),
         )
         .await
     }
 
     /// Validates every line of every input file under `inputs`, keeping at most `keep`
     /// defects (all are counted). `job_id` seeds the ids generated for records without one.
+    /// With `batch`, the files are a batch-job API job's items (`*.json` arrays or `*.jsonl`).
     pub async fn validate_input(
         &self,
         inputs: &[StorageUri],
@@ -198,6 +250,7 @@ impl Engine {
         records: &RecordOptions,
         job_id: &str,
         keep: usize,
+        batch: Option<&BatchJobOptions>,
     ) -> Result<ValidationReport, EngineError> {
         if invocation_type == InvocationType::InvokeModel && records.family.is_none() {
             return Err(EngineError::Input(format!(
@@ -206,12 +259,14 @@ impl Engine {
                 ModelFamily::ALL.map(ModelFamily::name).join(", ")
             )));
         }
-        let files = self.list_inputs(inputs).await?;
+        let extension = batch.map_or("jsonl", |b| b.input_format.extension());
+        let files = self.list_inputs(inputs, extension).await?;
         let pass = Pass {
             job_id,
             invocation_type,
             records,
             blank_lines: self.config.blank_lines,
+            batch,
         };
         let mut report = ValidationReport {
             files: files.clone(),
@@ -233,18 +288,30 @@ impl Engine {
 
         for (file_index, file) in files.iter().enumerate() {
             let records_before = report.total_records;
-            let mut reader = self
-                .storage
-                .read_input(file, self.config.max_line_bytes)
-                .await?;
+            let mut reader = match self.read_units(batch, file).await? {
+                Ok(reader) => reader,
+                Err(defect) => {
+                    record_defects(
+                        &mut report,
+                        keep,
+                        file,
+                        file_index,
+                        (0, false),
+                        vec![defect],
+                    );
+                    continue;
+                }
+            };
+            let items = reader.is_items();
             loop {
-                let (line_no, line) = match reader.next_line().await {
+                let (line_no, line) = match reader.next_unit().await {
                     Ok(Some(next)) => next,
                     Ok(None) => break,
                     Err(StorageError::LineTooLong { line, limit, .. }) => {
                         // The rest of this file cannot be read line by line; the job fails anyway.
                         let defect = Defect::new("line", format!("longer than {limit} bytes"));
-                        record_defects(&mut report, keep, file, file_index, line, vec![defect]);
+                        let at = (line, false);
+                        record_defects(&mut report, keep, file, file_index, at, vec![defect]);
                         break;
                     }
                     Err(e) => return Err(e.into()),
@@ -262,7 +329,8 @@ impl Engine {
                 }
                 if !line_defects.is_empty() {
                     let found = std::mem::take(&mut line_defects);
-                    record_defects(&mut report, keep, file, file_index, line_no, found);
+                    let at = (line_no, items);
+                    record_defects(&mut report, keep, file, file_index, at, found);
                 }
             }
             let in_file = report.total_records - records_before;
@@ -319,10 +387,11 @@ impl Engine {
         let mut first_seen: HashMap<String, (String, u64)> = HashMap::new();
         let mut scratch = Vec::new();
         for (file_index, file) in files.iter().enumerate() {
-            let mut reader = self
-                .storage
-                .read_input(file, self.config.max_line_bytes)
-                .await?;
+            // A file that cannot be read as units has its defect already.
+            let Ok(mut reader) = self.read_units(pass.batch, file).await? else {
+                continue;
+            };
+            let items = reader.is_items();
             while let Some((line_no, line)) = next_or_stop(&mut reader).await? {
                 scratch.clear();
                 let Some(Checked::Record { record_id }) =
@@ -343,7 +412,8 @@ impl Engine {
                         );
                         // Room for `keep` more: the merge below sorts and cuts back to `keep`.
                         let cap = keep.saturating_mul(2);
-                        record_defects(report, cap, file, file_index, line_no, vec![defect]);
+                        let at = (line_no, items);
+                        record_defects(report, cap, file, file_index, at, vec![defect]);
                     }
                     None => {
                         first_seen.insert(record_id.into_owned(), (file.uri.to_string(), line_no));
@@ -372,10 +442,8 @@ fn check_sizes(q: &crate::Quotas, files: &[InputFile], violations: &mut Vec<Stri
 }
 
 /// The next line, or None at the end or at an over-long line (already reported).
-async fn next_or_stop(
-    reader: &mut batchd_storage::LineReader,
-) -> Result<Option<(u64, Bytes)>, EngineError> {
-    match reader.next_line().await {
+async fn next_or_stop(reader: &mut UnitReader) -> Result<Option<(u64, Bytes)>, EngineError> {
+    match reader.next_unit().await {
         Ok(next) => Ok(next),
         Err(StorageError::LineTooLong { .. }) => Ok(None),
         Err(e) => Err(e.into()),
@@ -387,7 +455,7 @@ fn record_defects(
     keep: usize,
     file: &InputFile,
     file_index: usize,
-    line: u64,
+    (line, item): (u64, bool),
     defects: Vec<Defect>,
 ) {
     for defect in defects {
@@ -397,6 +465,7 @@ fn record_defects(
                 file: file.uri.to_string(),
                 file_index,
                 line,
+                item,
                 field: defect.field,
                 reason: defect.reason,
             });

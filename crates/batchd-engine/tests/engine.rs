@@ -61,6 +61,7 @@ impl Harness {
                     output: "out".into(),
                     timeout_hours: None,
                     request_json: None,
+                    dialect: batchd_core::Dialect::Bedrock,
                 },
                 job_expiration_ms: None,
             })
@@ -92,6 +93,7 @@ impl Harness {
             invocation_type: InvocationType::Converse,
             records: RecordOptions::default(),
             concurrency,
+            batch: None,
         }
     }
 
@@ -395,6 +397,7 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
                     &RecordOptions::default(),
                     "job000000001",
                     20,
+                    None,
                 )
                 .await
                 .unwrap()

@@ -7,9 +7,12 @@
 //!   [`neutral::ChatResponse`] → Converse response body.
 //! - [`neutral`]: the format-independent request/response.
 //! - [`manifest`]: the `manifest.json.out` counters.
+//! - [`batch_job`]: the batch-job API's items (record, Converse body or document) and result
+//!   objects.
 //!
 //! Only this crate (and later the API crate) knows Bedrock's JSON shapes.
 
+pub mod batch_job;
 pub mod converse;
 pub mod manifest;
 pub mod native;

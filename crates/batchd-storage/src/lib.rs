@@ -41,8 +41,11 @@ pub enum StorageError {
     BadUri { uri: String, reason: String },
     #[error("{uri}: no such file or prefix")]
     NotFound { uri: String },
-    #[error("{uri}: no *.jsonl files found under this prefix")]
-    NoInputFiles { uri: String },
+    #[error("{uri}: no *.{extension} files found under this prefix")]
+    NoInputFiles {
+        uri: String,
+        extension: &'static str,
+    },
     #[error("{uri}: {source}")]
     Store {
         uri: String,
@@ -250,6 +253,16 @@ impl Storage {
     /// The input files of a job: `uri` itself when it is one object, else every `*.jsonl`
     /// below it as a prefix, sorted by path.
     pub async fn list_inputs(&self, uri: &StorageUri) -> Result<Vec<InputFile>, StorageError> {
+        self.list_inputs_with(uri, "jsonl").await
+    }
+
+    /// [`Storage::list_inputs`] for files named `*.<extension>`.
+    pub async fn list_inputs_with(
+        &self,
+        uri: &StorageUri,
+        extension: &'static str,
+    ) -> Result<Vec<InputFile>, StorageError> {
+        let suffix = format!(".{extension}");
         let (store, path) = self.resolve(uri)?;
         let store_err = |source| StorageError::Store {
             uri: uri.to_string(),
@@ -288,17 +301,18 @@ impl Storage {
                 uri: uri.to_string(),
             });
         }
-        if metas.is_empty() && uri.file_name().is_some_and(|n| n.ends_with(".jsonl")) {
+        if metas.is_empty() && uri.file_name().is_some_and(|n| n.ends_with(&suffix)) {
             // A file that does not exist, not an empty folder.
             return Err(StorageError::NotFound {
                 uri: uri.to_string(),
             });
         }
-        metas.retain(|m| m.location.as_ref().ends_with(".jsonl"));
+        metas.retain(|m| m.location.as_ref().ends_with(&suffix));
         metas.sort_by(|a, b| a.location.cmp(&b.location));
         if metas.is_empty() {
             return Err(StorageError::NoInputFiles {
                 uri: uri.to_string(),
+                extension,
             });
         }
         let prefix_parts = path.parts().count();

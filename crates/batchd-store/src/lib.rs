@@ -59,7 +59,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// The job created with this `clientRequestToken`, if any.
     async fn find_by_token(&self, token: &str) -> Result<Option<Job>, StoreError>;
 
-    /// A job of `origin` with this name that has not ended, if any.
+    /// A Bedrock-dialect job of `origin` with this name that has not ended, if any (only
+    /// Bedrock's API wants names unique).
     async fn find_active_by_name(
         &self,
         origin: JobOrigin,
@@ -82,6 +83,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
         to: JobStatus,
         message: Option<&str>,
     ) -> Result<Job, StoreError>;
+
+    /// Starts a job that waits for its start (`Created` → `Submitted`, compare-and-set) and
+    /// sets its expiration, which counts from now. Any other status is a `Transition` error.
+    async fn start(&self, id: &JobId, job_expiration_ms: Option<i64>) -> Result<Job, StoreError>;
 
     /// Records the live counters of a running job.
     async fn update_counters(&self, id: &JobId, counters: &Counters) -> Result<(), StoreError>;

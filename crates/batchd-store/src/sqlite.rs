@@ -5,7 +5,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use batchd_core::{
-    Checkpoint, Counters, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobStatus, NewJob,
+    BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, ItemFormat, Job, JobFile,
+    JobFilter, JobId, JobOrigin, JobRequest, JobRetry, JobStatus, NewJob, RetryClass,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "origin and inputs",
         include_str!("../migrations/0004_origin_inputs.sql"),
     ),
+    (5, "dialect", include_str!("../migrations/0005_dialect.sql")),
 ];
 
 fn migrator() -> Migrator {
@@ -105,11 +107,21 @@ impl JobStore for SqliteStore {
             column: "inputs",
             value: e.to_string(),
         })?;
+        let options = r
+            .dialect
+            .batch_job()
+            .map(|o| serde_json::to_string(&StoredOptions::from(o)))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                column: "dialect_options",
+                value: e.to_string(),
+            })?;
         sqlx::query(
             "INSERT INTO jobs (job_id, job_arn, job_name, model_id, origin, role_arn,
                 client_request_token, invocation_type, inputs, input_uri, output_uri, status,
-                timeout_hours, submit_time_ms, last_modified_ms, job_expiration_ms, request_json)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                timeout_hours, submit_time_ms, last_modified_ms, job_expiration_ms, request_json,
+                dialect, dialect_options)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(job.id.as_str())
         .bind(&job.arn)
@@ -124,12 +136,14 @@ impl JobStore for SqliteStore {
         // this file.
         .bind(r.inputs.join("\n"))
         .bind(&r.output)
-        .bind(JobStatus::Submitted.as_str())
+        .bind(job.initial_status().as_str())
         .bind(r.timeout_hours.map(i64::from))
         .bind(now)
         .bind(now)
         .bind(job.job_expiration_ms)
         .bind(&r.request_json)
+        .bind(r.dialect.kind().as_str())
+        .bind(options)
         .execute(&self.pool)
         .await?;
         self.get(&job.id).await?.ok_or(StoreError::NotFound(job.id))
@@ -158,6 +172,9 @@ impl JobStore for SqliteStore {
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE origin = ");
         q.push_bind(filter.origin.as_str());
+        if let Some(dialect) = filter.dialect {
+            q.push(" AND dialect = ").push_bind(dialect.as_str());
+        }
         if let Some(t) = filter.submit_time_after_ms {
             q.push(" AND submit_time_ms > ").push_bind(t);
         }
@@ -204,7 +221,9 @@ impl JobStore for SqliteStore {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE job_name = ");
         q.push_bind(name)
             .push(" AND origin = ")
-            .push_bind(origin.as_str());
+            .push_bind(origin.as_str())
+            .push(" AND dialect = ")
+            .push_bind(DialectKind::Bedrock.as_str());
         push_status_in(&mut q, &ACTIVE_STATUSES);
         q.push(" LIMIT 1");
         let row = q.build().fetch_optional(&self.pool).await?;
@@ -293,6 +312,42 @@ impl JobStore for SqliteStore {
                     .ok_or_else(|| StoreError::NotFound(id.clone()));
             }
         }
+    }
+
+    async fn start(&self, id: &JobId, job_expiration_ms: Option<i64>) -> Result<Job, StoreError> {
+        let job = self
+            .get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        let refused = |from: JobStatus| StoreError::Transition {
+            job: id.clone(),
+            source: batchd_core::StatusError::IllegalTransition {
+                from,
+                to: JobStatus::Submitted,
+            },
+        };
+        if job.status != JobStatus::Created {
+            return Err(refused(job.status));
+        }
+        let done = sqlx::query(
+            "UPDATE jobs SET status = ?, job_expiration_ms = ?, last_modified_ms = ?
+             WHERE job_id = ? AND status = ?",
+        )
+        .bind(JobStatus::Submitted.as_str())
+        .bind(job_expiration_ms)
+        .bind(now_ms())
+        .bind(id.as_str())
+        .bind(JobStatus::Created.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() != 1 {
+            // Someone else moved it first (a start or a stop): report what it is now.
+            let now = self.get(id).await?.map_or(JobStatus::Created, |j| j.status);
+            return Err(refused(now));
+        }
+        self.get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))
     }
 
     async fn update_counters(&self, id: &JobId, c: &Counters) -> Result<(), StoreError> {
@@ -394,6 +449,8 @@ fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
     let invocation_type: String = row.try_get("invocation_type")?;
     let inputs: String = row.try_get("inputs")?;
     let timeout_hours: Option<i64> = row.try_get("timeout_hours")?;
+    let dialect: String = row.try_get("dialect")?;
+    let options: Option<String> = row.try_get("dialect_options")?;
     let corrupt = |column: &'static str, value: &str| StoreError::Corrupt {
         column,
         value: value.to_owned(),
@@ -422,6 +479,19 @@ fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
             output: row.try_get("output_uri")?,
             timeout_hours: timeout_hours.and_then(|h| u32::try_from(h).ok()),
             request_json: row.try_get("request_json")?,
+            dialect: match (DialectKind::parse(&dialect), options) {
+                (Some(DialectKind::Bedrock), _) => Dialect::Bedrock,
+                (Some(DialectKind::BatchJob), Some(options)) => {
+                    let stored: StoredOptions = serde_json::from_str(&options)
+                        .map_err(|_| corrupt("dialect_options", &options))?;
+                    Dialect::BatchJob(Box::new(
+                        stored
+                            .into_options()
+                            .ok_or_else(|| corrupt("dialect_options", &options))?,
+                    ))
+                }
+                _ => return Err(corrupt("dialect", &dialect)),
+            },
         },
         status: status.parse().map_err(|_| corrupt("status", &status))?,
         message: row.try_get("message")?,
@@ -437,6 +507,74 @@ fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
             counters,
         },
     })
+}
+
+/// [`BatchJobOptions`] as the `dialect_options` column holds them (JSON; the names are the
+/// stored format, so renaming one needs a migration).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredOptions {
+    batch_size: u32,
+    max_concurrent_batches: u32,
+    timeout_seconds: u64,
+    input_format: String,
+    output_format: String,
+    prompt_template: Option<String>,
+    retry: Option<StoredRetry>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredRetry {
+    max_attempts: u32,
+    initial_backoff_ms: u64,
+    max_backoff_ms: u64,
+    retry_on: Vec<String>,
+}
+
+impl From<&BatchJobOptions> for StoredOptions {
+    fn from(o: &BatchJobOptions) -> Self {
+        Self {
+            batch_size: o.batch_size,
+            max_concurrent_batches: o.max_concurrent_batches,
+            timeout_seconds: o.timeout_seconds,
+            input_format: o.input_format.as_str().to_owned(),
+            output_format: o.output_format.as_str().to_owned(),
+            prompt_template: o.prompt_template.clone(),
+            retry: o.retry.as_ref().map(|r| StoredRetry {
+                max_attempts: r.max_attempts,
+                initial_backoff_ms: r.initial_backoff_ms,
+                max_backoff_ms: r.max_backoff_ms,
+                retry_on: r.retry_on.iter().map(|c| c.as_str().to_owned()).collect(),
+            }),
+        }
+    }
+}
+
+impl StoredOptions {
+    /// `None` when a stored name is not one this build knows.
+    fn into_options(self) -> Option<BatchJobOptions> {
+        let retry = match self.retry {
+            Some(r) => Some(JobRetry {
+                max_attempts: r.max_attempts,
+                initial_backoff_ms: r.initial_backoff_ms,
+                max_backoff_ms: r.max_backoff_ms,
+                retry_on: r
+                    .retry_on
+                    .iter()
+                    .map(|c| RetryClass::parse(c))
+                    .collect::<Option<_>>()?,
+            }),
+            None => None,
+        };
+        Some(BatchJobOptions {
+            batch_size: self.batch_size,
+            max_concurrent_batches: self.max_concurrent_batches,
+            timeout_seconds: self.timeout_seconds,
+            input_format: ItemFormat::parse(&self.input_format)?,
+            output_format: ItemFormat::parse(&self.output_format)?,
+            prompt_template: self.prompt_template,
+            retry,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -461,6 +599,7 @@ mod tests {
                 output: "out".into(),
                 timeout_hours: Some(24),
                 request_json: None,
+                dialect: Dialect::Bedrock,
             },
             job_expiration_ms: None,
         }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchd_core::{
-    Checkpoint, Counters, InvocationType, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest,
-    JobStatus, NewJob,
+    BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, InvocationType, ItemFormat, Job,
+    JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobRetry, JobStatus, NewJob, RetryClass,
 };
 use batchd_store::{JobStore, SharedStore, SqliteStore, StoreError};
 
@@ -50,6 +50,7 @@ macro_rules! stores {
                 checkpoints_never_move_backwards,
                 a_jobs_file_list_round_trips_in_order_and_is_replaced_whole,
                 counters_and_messages_change_nothing_else,
+                batch_jobs_keep_their_options_wait_for_start_and_list_apart,
             );
         })*
     };
@@ -87,6 +88,29 @@ fn request(origin: JobOrigin) -> JobRequest {
         output: "s3://b/out/".into(),
         timeout_hours: Some(24),
         request_json: None,
+        dialect: Dialect::Bedrock,
+    }
+}
+
+fn batch_job_request(retry: bool) -> JobRequest {
+    JobRequest {
+        dialect: Dialect::BatchJob(Box::new(BatchJobOptions {
+            batch_size: 50,
+            max_concurrent_batches: 5,
+            timeout_seconds: 1800,
+            input_format: ItemFormat::Json,
+            output_format: ItemFormat::Jsonl,
+            prompt_template: Some("Summarise the {metadata.type}: {content}".into()),
+            retry: retry.then(|| JobRetry {
+                max_attempts: 3,
+                initial_backoff_ms: 200,
+                max_backoff_ms: 5000,
+                retry_on: vec![RetryClass::Throttling, RetryClass::Timeout],
+            }),
+        })),
+        role_arn: None,
+        timeout_hours: None,
+        ..request(JobOrigin::Api)
     }
 }
 
@@ -415,4 +439,56 @@ async fn counters_and_messages_change_nothing_else(store: &dyn JobStore) {
     assert_eq!(now.checkpoint.file_index, 0);
     let err = store.update_counters(&id(99), &c).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn batch_jobs_keep_their_options_wait_for_start_and_list_apart(store: &dyn JobStore) {
+    let bedrock = store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    for (n, retry) in [(2, true), (3, false)] {
+        let request = batch_job_request(retry);
+        let created = store.create(new_job(n, request.clone())).await.unwrap();
+        assert_eq!(created.request, request);
+        assert_eq!(created.status, JobStatus::Created);
+        assert_eq!(store.get(&id(n)).await.unwrap(), Some(created));
+    }
+    // Created jobs are not active: the scheduler does not see them before their start.
+    let active = store
+        .list_in_status(JobOrigin::Api, &batchd_store::ACTIVE_STATUSES)
+        .await
+        .unwrap();
+    assert_eq!(ids(&active), [bedrock.id.to_string()]);
+
+    let started = store.start(&id(2), Some(42)).await.unwrap();
+    assert_eq!(started.status, JobStatus::Submitted);
+    assert_eq!(started.job_expiration_ms, Some(42));
+    let again = store.start(&id(2), Some(43)).await.unwrap_err();
+    assert!(matches!(again, StoreError::Transition { .. }), "{again}");
+    let bedrock_start = store.start(&bedrock.id, None).await.unwrap_err();
+    assert!(matches!(bedrock_start, StoreError::Transition { .. }));
+    assert_eq!(
+        store.get(&id(2)).await.unwrap().unwrap().job_expiration_ms,
+        Some(42)
+    );
+
+    let mut filter = JobFilter::new(JobOrigin::Api, 10);
+    filter.dialect = Some(DialectKind::BatchJob);
+    let mut listed = ids(&store.list(&filter).await.unwrap());
+    listed.sort();
+    assert_eq!(listed, [id(2).to_string(), id(3).to_string()]);
+    filter.dialect = Some(DialectKind::Bedrock);
+    assert_eq!(
+        ids(&store.list(&filter).await.unwrap()),
+        [id(1).to_string()]
+    );
+    filter.dialect = None;
+    assert_eq!(store.list(&filter).await.unwrap().len(), 3);
+
+    // Names are unique among Bedrock jobs only: a batch job of the same name is no conflict.
+    let found = store
+        .find_active_by_name(JobOrigin::Api, "job")
+        .await
+        .unwrap();
+    assert_eq!(found.map(|j| j.id), Some(bedrock.id));
 }

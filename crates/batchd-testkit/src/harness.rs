@@ -327,6 +327,17 @@ impl Served {
         response.json().await.expect("a JSON answer")
     }
 
+    /// `POST url/PATH` with a JSON body (`None`: no body); the status and the answer as JSON.
+    pub async fn post_status(&self, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}/{path}", self.url));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON answer"))
+    }
+
     /// Sends a signal (`-TERM`, `-KILL`) with `kill(1)`.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("serve is running").to_string();

@@ -99,6 +99,22 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Write files that teach an SDK batchd's own API.
+    Sdk {
+        #[command(subcommand)]
+        command: SdkCommand,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum SdkCommand {
+    /// Write botocore's service-model extras for the batch-job API
+    /// (`DIR/bedrock/2023-04-20/service-2.sdk-extras.json`). With `AWS_DATA_PATH=DIR`,
+    /// `boto3.client("bedrock")` gains create/start/get/list/stop_batch_inference_job.
+    Botocore {
+        /// The directory to put on AWS_DATA_PATH.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -135,6 +151,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Jobs { endpoint, command } => client::run(&endpoint, command).await,
+        Command::Sdk {
+            command: SdkCommand::Botocore { dir },
+        } => {
+            let path = dir.join(batchd_api::batch_job::BOTOCORE_EXTRAS_PATH);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            std::fs::write(&path, batchd_api::batch_job::BOTOCORE_EXTRAS)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve {
             listen,
             data_dir,
@@ -585,6 +614,7 @@ async fn create_run_job(
         output: output.to_string(),
         timeout_hours: None,
         request_json: serde_json::to_string(&record).ok(),
+        dialect: batchd_core::Dialect::Bedrock,
     };
     let job = store
         .create(NewJob {
@@ -713,6 +743,7 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             &records,
             "validate0000",
             usize::MAX,
+            None,
         )
         .await?;
     for defect in &report.defects {

@@ -51,10 +51,9 @@ pub const REQUEST_ID_HEADER: &str = "x-amzn-RequestId";
 /// caller). Unknown paths answer 404 and known paths with another method 405, both as
 /// `UnknownOperationException`.
 pub fn router(service: Arc<dyn JobService>, config: ApiConfig) -> Router {
-    let state = routes::AppState {
-        service,
-        config: Arc::new(config),
-    };
+    let config = Arc::new(config);
+    let batch_jobs = crate::batch_job::routes(service.clone(), config.clone());
+    let state = routes::AppState { service, config };
     Router::new()
         .route("/model-invocation-job", post(routes::create))
         .route(
@@ -66,11 +65,12 @@ pub fn router(service: Arc<dyn JobService>, config: ApiConfig) -> Router {
             post(routes::stop),
         )
         .route("/model-invocation-jobs", get(routes::list))
+        .with_state(state)
+        .merge(batch_jobs)
         .fallback(routes::unknown_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id))
-        .with_state(state)
 }
 
 /// Detail of an InternalServerException, carried from the error to the log line that also

@@ -162,6 +162,7 @@ mod tests {
                 output: "s3://b/out/".into(),
                 timeout_hours: None,
                 request_json: None,
+                dialect: batchd_core::Dialect::Bedrock,
             },
             status: JobStatus::Submitted,
             message: None,

@@ -7,8 +7,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
+use batchd_core::{DialectKind, JobFilter, JobOrigin};
 use batchd_core::{JobArn, JobId};
-use batchd_core::{JobFilter, JobOrigin};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
@@ -50,6 +50,15 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> 
     })
 }
 
+/// A job of this API: another dialect's job is not found, as an unknown id.
+async fn bedrock_job(state: &AppState, id: &JobId) -> Result<batchd_core::Job, ApiError> {
+    let job = state.service.get_job(id).await?;
+    if job.request.dialect.kind() != DialectKind::Bedrock {
+        return Err(crate::ServiceError::NotFound(format!("Could not find job {id}")).into());
+    }
+    Ok(job)
+}
+
 /// CreateModelInvocationJob: `POST /model-invocation-job`.
 pub(super) async fn create(
     State(state): State<AppState>,
@@ -77,7 +86,7 @@ pub(super) async fn get_job(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = job_id(path)?;
-    let job = state.service.get_job(&id).await?;
+    let job = bedrock_job(&state, &id).await?;
     Ok(Json(model::job_json(&job, &state.config)))
 }
 
@@ -88,6 +97,7 @@ pub(super) async fn stop(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = job_id(path)?;
+    bedrock_job(&state, &id).await?;
     state.service.stop_job(&id).await?;
     Ok(Json(json!({})))
 }
@@ -104,6 +114,7 @@ pub(super) async fn list(
     let q = validate::parse_list_query(&pairs)?;
     let filter = JobFilter {
         origin: JobOrigin::Api,
+        dialect: Some(DialectKind::Bedrock),
         submit_time_after_ms: q.submit_time_after_ms,
         submit_time_before_ms: q.submit_time_before_ms,
         status: q.status,

@@ -6,7 +6,7 @@
 //! The model's patterns are matched whole (as the service's Java validators do); there is
 //! no regex crate in the workspace, so each pattern is a small hand-written matcher.
 
-use batchd_core::{InvocationType, JobId, JobOrigin, JobRequest, JobStatus};
+use batchd_core::{Dialect, InvocationType, JobId, JobOrigin, JobRequest, JobStatus};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -528,6 +528,7 @@ pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
         timeout_hours,
         // Get echoes `inputDataConfig`, `outputDataConfig`, `vpcConfig` and `tags` from it.
         request_json: Some(text.to_owned()),
+        dialect: Dialect::Bedrock,
     })
 }
 

@@ -71,6 +71,7 @@ pub fn create(name: &str, timeout_hours: Option<u32>) -> JobRequest {
         output: "s3://bucket/out/".into(),
         timeout_hours,
         request_json: None,
+        dialect: batchd_core::Dialect::Bedrock,
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod adaptive;
+mod batch_jobs;
 mod cli_bedrock;
 mod cli_formats;
 mod cli_run;
