@@ -397,3 +397,53 @@ async fn jsonl_items_of_every_kind_run_through_the_prompt_template() {
         "a generated id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_keep_one_result_per_item_in_valid_json_arrays() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 5,
+        latency_jitter_ms: 20,
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake);
+    let first = documents("a", 700);
+    let second = documents("b", 500);
+    write_array(&env.bucket("input").join("docs/batch_0.json"), &first);
+    write_array(&env.bucket("input").join("docs/batch_1.json"), &second);
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    eprintln!("seed {seed}");
+
+    let mut server = env.serve().await;
+    let id = create(&server, &create_body("crash", 4, 2, 600)).await;
+    start(&server, &id).await;
+    let mut kills = 0;
+    while kills < 8 {
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..700))).await;
+        let job = get(&server, &id).await;
+        if job["status"] == "COMPLETED" {
+            break;
+        }
+        assert_ne!(job["status"], "FAILED", "{job}");
+        server.kill9().await;
+        kills += 1;
+        server = env.serve().await;
+    }
+    assert!(
+        kills >= 4,
+        "the job ended after {kills} kills (seed {seed}): make it longer"
+    );
+    let job = wait_end(&server, &id).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    assert_eq!(job["processedItems"], 1200, "{job}");
+    let files = results(&env, &id);
+    assert_eq!(ids(&files[0].1), ids(&first), "seed {seed}");
+    assert_eq!(ids(&files[1].1), ids(&second), "seed {seed}");
+    assert!(
+        files
+            .iter()
+            .all(|(_, items)| items.iter().all(|r| r["status"] == "SUCCESS"))
+    );
+}
