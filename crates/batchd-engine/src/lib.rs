@@ -541,6 +541,12 @@ impl Engine {
             Err(e) if stop.reason() == Some(StopReason::Shutdown) => return Err(e),
             Err(e) => return job.fail(e).await,
         };
+        if spec.batch.is_some()
+            && stop.reason() != Some(StopReason::Shutdown)
+            && let Err(e) = self.write_error_log(spec, &files).await
+        {
+            tracing::warn!(job = %spec.job_id, error = %e, "cannot write the error log");
+        }
         let (status, message) = self.end_execution(&job, &end).await?;
         Ok(JobOutcome {
             status,
@@ -550,6 +556,48 @@ impl Engine {
             elapsed: started.elapsed(),
             output_dir: spec.output.join(spec.job_id.as_str()),
         })
+    }
+
+    /// A batch job's error log, `<out>/<jobId>.errors.jsonl`: one line per failed item (file,
+    /// index, id, attempts, error), read back from the output so that it holds across resumes.
+    async fn write_error_log(
+        &self,
+        spec: &JobSpec,
+        files: &[InputFile],
+    ) -> Result<u64, EngineError> {
+        let uri = spec.output.join(&format!("{}.errors.jsonl", spec.job_id));
+        let mut log = self.storage.create(&uri)?;
+        let mut logged = 0;
+        for file in files {
+            let output = run::output_uri(spec, file);
+            let name = output.file_name().unwrap_or_default().to_owned();
+            let mut lines = match self
+                .storage
+                .read_lines(&output, self.config.max_line_bytes)
+                .await
+            {
+                Ok(lines) => lines,
+                // Not written: the job stopped before it.
+                Err(StorageError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut index = 0;
+            while let Some((line_no, line)) = lines.next_line().await? {
+                let text = String::from_utf8_lossy(&line);
+                if !batchd_formats::batch_job::is_result_line(&text) {
+                    continue;
+                }
+                let entry = batchd_formats::batch_job::error_log_line(&name, index, &text)
+                    .map_err(|d| EngineError::Input(format!("{output}:{line_no}: {d}")))?;
+                if let Some(entry) = entry {
+                    log.write(entry.as_bytes()).await?;
+                    logged += 1;
+                }
+                index += 1;
+            }
+        }
+        log.finish().await?;
+        Ok(logged)
     }
 
     /// Moves the job to `InProgress` (or takes up a stop or a resume) and returns the

@@ -243,6 +243,47 @@ impl ItemResult<'_> {
     }
 }
 
+/// What the error log keeps of a result.
+#[derive(serde::Deserialize)]
+struct LoggedResult<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    status: Cow<'a, str>,
+    #[serde(default)]
+    attempts: u64,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+/// One line of a batch job's output as written (a result object, in a JSON array with or
+/// without its trailing comma, or a JSONL line): `Ok(None)` for the array's brackets, blank
+/// lines and successes; for an error, its error-log line
+/// `{"file", "index", "id", "attempts", "error"}` with a newline.
+pub fn error_log_line(file: &str, index: u64, line: &str) -> Result<Option<String>, Defect> {
+    let text = line.trim().trim_end_matches(',');
+    if matches!(text, "" | "[" | "]") {
+        return Ok(None);
+    }
+    let result: LoggedResult<'_> = serde_json::from_str(text)
+        .map_err(|e| Defect::new("result", format!("not a result object: {e}")))?;
+    if result.status != ItemResult::ERROR {
+        return Ok(None);
+    }
+    let error: Value = result
+        .error
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or(Value::Null);
+    let entry = json!({
+        "file": file, "index": index, "id": result.id, "attempts": result.attempts, "error": error,
+    });
+    Ok(Some(format!("{entry}\n")))
+}
+
+/// Whether a line of a batch job's output holds a result (not a bracket or a blank line).
+pub fn is_result_line(line: &str) -> bool {
+    !matches!(line.trim().trim_end_matches(','), "" | "[" | "]")
+}
+
 /// The text of a Converse response body (its text parts, joined), as a result's `output`.
 pub fn converse_text(body: &Value) -> Option<String> {
     let content = body.pointer("/output/message/content")?.as_array()?;
@@ -362,6 +403,23 @@ mod tests {
                 .reason
                 .contains("not valid JSON")
         );
+    }
+
+    #[test]
+    fn error_log_lines_come_from_error_results_only() {
+        let error = r#"{"id":"d1","status":"ERROR","output":null,"attempts":2,"error":{"code":"X","message":"m"}},"#;
+        let line = error_log_line("a.json", 3, error).unwrap().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&line).unwrap(),
+            json!({"file":"a.json","index":3,"id":"d1","attempts":2,"error":{"code":"X","message":"m"}})
+        );
+        let ok = r#"{"id":"d0","status":"SUCCESS","output":"x","attempts":1,"error":null}"#;
+        assert_eq!(error_log_line("a.json", 0, ok).unwrap(), None);
+        for bracket in ["[", "]", "  ", ""] {
+            assert_eq!(error_log_line("a.json", 0, bracket).unwrap(), None);
+            assert!(!is_result_line(bracket));
+        }
+        assert!(error_log_line("a.json", 0, "{oops").is_err());
     }
 
     #[test]
