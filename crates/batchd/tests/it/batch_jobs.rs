@@ -447,3 +447,36 @@ async fn sigkill_and_restart_keep_one_result_per_item_in_valid_json_arrays() {
             .all(|(_, items)| items.iter().all(|r| r["status"] == "SUCCESS"))
     );
 }
+
+#[tokio::test]
+async fn a_batch_job_runs_on_the_embedded_model() {
+    let models = batchd_embedded::default_cache_dir(|name| std::env::var_os(name));
+    if let Err(e) = batchd_embedded::locate(&models) {
+        batchd_testkit::skip_unless_ci(&e.to_string(), "CI must run scripts/models.sh first");
+        return;
+    }
+    // No model in the config: the built-in id names the embedded chat model.
+    let env = test_env(&Config::new().set("embedded", "context_per_sequence", 512));
+    write_array(
+        &env.bucket("input").join("docs/batch_0.json"),
+        &documents("e", 4),
+    );
+    let server = env.serve().await;
+    let mut body = create_body("embedded", 4, 1, 600);
+    body["modelId"] = json!("batchd.smollm2-135m-instruct");
+    body["inputConfiguration"]["promptTemplate"] = json!("Say hello to {id}.");
+    let id = create(&server, &body).await;
+    start(&server, &id).await;
+    let job = wait_end(&server, &id).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}\n{}", env.serve_log());
+    let items = &results(&env, &id)[0].1;
+    assert_eq!(ids(items), ["e0", "e1", "e2", "e3"]);
+    for item in items {
+        assert_eq!(item["status"], "SUCCESS", "{item}");
+        assert!(
+            !item["output"].as_str().unwrap().trim().is_empty(),
+            "{item}"
+        );
+        assert!(item["output_tokens"].as_u64().unwrap() > 0, "{item}");
+    }
+}
