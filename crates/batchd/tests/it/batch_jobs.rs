@@ -234,6 +234,28 @@ async fn stop_and_timeout_end_stopped_and_failed_with_every_item_present() {
     );
     assert!(items[0]["status"] == "SUCCESS", "{}", items[0]);
 
+    // Stopped before its start: nothing ran, nothing was read; a second stop is a conflict.
+    let mut body = create_body("never-started", 2, 1, 600);
+    body["clientRequestToken"] = json!("token-1");
+    let unstarted = create(&server, &body).await;
+    assert_eq!(
+        create(&server, &body).await,
+        unstarted,
+        "the same token, the same job"
+    );
+    let stop_path = format!("batch-inference-jobs/{unstarted}/stop");
+    assert_eq!(server.post_status(&stop_path, None).await.0, 200);
+    let job = wait_end(&server, &unstarted).await;
+    assert_eq!(
+        (&job["status"], &job["processedItems"]),
+        (&json!("STOPPED"), &json!(0))
+    );
+    let (status, answer) = server.post_status(&stop_path, None).await;
+    assert_eq!(
+        (status, answer["__type"].as_str()),
+        (400, Some("ConflictException"))
+    );
+
     let timed_out = create(&server, &create_body("timed-out", 2, 1, 1)).await;
     start(&server, &timed_out).await;
     let job = wait_end(&server, &timed_out).await;
