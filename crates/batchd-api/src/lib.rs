@@ -13,7 +13,7 @@ pub mod bedrock;
 
 pub use bedrock::{ApiConfig, ApiError, router};
 
-use batchd_core::{Job, JobFilter, JobId, JobRequest};
+use batchd_core::{Counters, Job, JobFilter, JobId, JobRequest, TimingSummary};
 
 /// Why a service call failed; each maps to one Bedrock error type.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +35,13 @@ pub enum ServiceError {
     Internal(String),
 }
 
+/// A running job's progress between checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveProgress {
+    pub counters: Counters,
+    pub timing: Option<TimingSummary>,
+}
+
 /// The job operations behind the control plane.
 #[async_trait::async_trait]
 pub trait JobService: Send + Sync + 'static {
@@ -53,6 +60,10 @@ pub trait JobService: Send + Sync + 'static {
 
     /// Starts a batch-job API job that waits for its start (Conflict once started).
     async fn start_job(&self, id: &JobId) -> Result<Job, ServiceError>;
+
+    /// What a job being executed now has written: counters as of its last written record (the
+    /// stored ones are as of its last checkpoint) and the processing times of this run.
+    async fn live_progress(&self, id: &JobId) -> Option<LiveProgress>;
 
     /// The result analysis an ended job wrote beside its output (`<out>/<jobId>.analysis.json`),
     /// if there is one and it can be read.

@@ -17,6 +17,7 @@ pub use job::{
 };
 pub use model_id::ModelId;
 pub use status::{InvocationType, JobStatus, StatusError};
+// TimingSummary is defined below, next to Counters.
 // Checkpoint is defined below, next to Counters.
 
 /// Live and final record counts of a job; the manifest's six fields.
@@ -37,6 +38,17 @@ impl Counters {
     pub fn remaining(&self) -> u64 {
         self.total.saturating_sub(self.processed)
     }
+}
+
+/// Processing time of the records a run has finished (seconds): the mean and percentiles of
+/// the time from a record's first attempt to its last answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TimingSummary {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
 }
 
 /// How far a running job's output is durable: every record before `records_in_file` of

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use batchd_backends::ModelBackend;
 use batchd_core::{
     BatchJobOptions, Checkpoint, Counters, InvocationType, Job, JobFile, JobId, JobStatus,
+    TimingSummary,
 };
 use batchd_formats::converse::ConverseOptions;
 use batchd_formats::native::ModelFamily;
@@ -221,10 +222,22 @@ impl Default for RecordOptions {
 }
 
 /// Where a job stands, for progress displays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
     pub status: JobStatus,
     pub counters: Counters,
+    /// Processing times of the records this run has finished (not those before a resume).
+    pub timing: Option<TimingSummary>,
+}
+
+impl Progress {
+    pub fn new(status: JobStatus, counters: Counters) -> Self {
+        Self {
+            status,
+            counters,
+            timing: None,
+        }
+    }
 }
 
 /// Why a running job is asked to stop.
@@ -319,10 +332,8 @@ impl JobRun<'_> {
         self.store
             .transition(&self.spec.job_id, JobStatus::Failed, Some(&message))
             .await?;
-        self.progress.send_replace(Progress {
-            status: JobStatus::Failed,
-            counters: Counters::default(),
-        });
+        self.progress
+            .send_replace(Progress::new(JobStatus::Failed, Counters::default()));
         Err(error)
     }
 }
@@ -399,10 +410,7 @@ impl Engine {
             // Validated already: a stale second validation must not touch it.
             _ => return Ok(None),
         }
-        progress.send_replace(Progress {
-            status: JobStatus::Validating,
-            counters: Counters::default(),
-        });
+        progress.send_replace(Progress::new(JobStatus::Validating, Counters::default()));
         let failed = |message: String, validation: Option<ValidationReport>| JobOutcome {
             status: JobStatus::Failed,
             counters: Counters::default(),
@@ -415,10 +423,7 @@ impl Engine {
             store
                 .transition(&spec.job_id, JobStatus::Failed, outcome.message.as_deref())
                 .await?;
-            progress.send_replace(Progress {
-                status: JobStatus::Failed,
-                counters: Counters::default(),
-            });
+            progress.send_replace(Progress::new(JobStatus::Failed, Counters::default()));
             Ok::<_, EngineError>(Some(outcome))
         };
         if let Err(e) = self.probe_output(spec).await {
@@ -457,10 +462,7 @@ impl Engine {
         store
             .transition(&spec.job_id, JobStatus::Scheduled, None)
             .await?;
-        progress.send_replace(Progress {
-            status: JobStatus::Scheduled,
-            counters,
-        });
+        progress.send_replace(Progress::new(JobStatus::Scheduled, counters));
         Ok(None)
     }
 
@@ -624,10 +626,10 @@ impl Engine {
                 });
             }
         }
-        job.progress.send_replace(Progress {
-            status: JobStatus::InProgress,
-            counters: stored.checkpoint.counters,
-        });
+        job.progress.send_replace(Progress::new(
+            JobStatus::InProgress,
+            stored.checkpoint.counters,
+        ));
         Ok(stored.checkpoint)
     }
 
@@ -689,7 +691,7 @@ impl Engine {
         store
             .transition(&spec.job_id, status, Some(&message))
             .await?;
-        job.progress.send_replace(Progress { status, counters });
+        job.progress.send_replace(Progress::new(status, counters));
         Ok((status, message))
     }
 }

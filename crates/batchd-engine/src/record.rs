@@ -108,6 +108,8 @@ pub(crate) struct RecordOutcome {
     pub success: bool,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// From the first attempt's start to the last answer; `None` when no call was made.
+    pub elapsed: Option<Duration>,
 }
 
 pub(crate) fn internal_error(line: &[u8], message: &str) -> RecordOutcome {
@@ -133,6 +135,7 @@ pub(crate) fn internal_error(line: &[u8], message: &str) -> RecordOutcome {
         success: false,
         input_tokens: 0,
         output_tokens: 0,
+        elapsed: None,
     }
 }
 
@@ -264,6 +267,7 @@ pub(crate) async fn process_record(
         success: false,
         input_tokens: 0,
         output_tokens: 0,
+        elapsed: None,
     };
     // Validation passed, so these only fail if the input changed since: still an error line.
     let record = match std::str::from_utf8(&line)
@@ -300,6 +304,7 @@ pub(crate) async fn process_record(
                 success: true,
                 input_tokens: answer.input_tokens,
                 output_tokens: answer.output_tokens,
+                elapsed: Some(called.elapsed),
             }
         }
         Err(error) => {
@@ -311,7 +316,10 @@ pub(crate) async fn process_record(
                 error.error_code(),
                 &message,
             );
-            failed(out)
+            RecordOutcome {
+                elapsed: Some(called.elapsed),
+                ..failed(out)
+            }
         }
     }
 }
@@ -472,6 +480,7 @@ pub(crate) fn item_not_run(
         success: false,
         input_tokens: 0,
         output_tokens: 0,
+        elapsed: None,
     }
 }
 
@@ -515,6 +524,7 @@ async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -
                 success: false,
                 input_tokens: 0,
                 output_tokens: 0,
+                elapsed: None,
             };
         }
     };
@@ -538,6 +548,7 @@ async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -
                 success: true,
                 input_tokens: answer.input_tokens,
                 output_tokens: answer.output_tokens,
+                elapsed: Some(called.elapsed),
             }
         }
         Err(error) => {
@@ -549,6 +560,7 @@ async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -
                 success: false,
                 input_tokens: 0,
                 output_tokens: 0,
+                elapsed: Some(called.elapsed),
             }
         }
     }

@@ -92,6 +92,8 @@ struct Inner {
     config: SchedulerConfig,
     /// Executing jobs and how to stop each.
     running: Mutex<HashMap<JobId, StopSignal>>,
+    /// What each executing job has written so far (fresher than the store's checkpoints).
+    live: Mutex<HashMap<JobId, watch::Receiver<Progress>>>,
     validating: Mutex<HashSet<JobId>>,
     /// Serialises status decisions (start, stop) so they never race each other.
     decisions: tokio::sync::Mutex<()>,
@@ -120,6 +122,7 @@ impl Scheduler {
                 models,
                 config,
                 running: Mutex::new(HashMap::new()),
+                live: Mutex::new(HashMap::new()),
                 validating: Mutex::new(HashSet::new()),
                 decisions: tokio::sync::Mutex::new(()),
                 creates: tokio::sync::Mutex::new(()),
@@ -136,6 +139,12 @@ impl Scheduler {
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The counters and processing times of a job this server is executing now, as its
+    /// records are written (the store has them only as of the last checkpoint).
+    pub fn live_progress(&self, id: &JobId) -> Option<Progress> {
+        lock(&self.inner.live).get(id).map(|rx| *rx.borrow())
     }
 
     /// Starts the scheduling loop (resuming unfinished jobs first).
@@ -489,7 +498,7 @@ impl Scheduler {
             let id = job.id.clone();
             let result = match this.spec(&job) {
                 Ok(spec) => {
-                    let (progress, _) = watch::channel(Progress { status: job.status, counters: Counters::default() });
+                    let (progress, _) = watch::channel(Progress::new(job.status, Counters::default()));
                     tokio::select! {
                         r = this.inner.engine.validate_job(&spec, this.inner.store.as_ref(), &progress) => r.map(|_| ()),
                         // Redone from the start after a restart.
@@ -595,10 +604,8 @@ impl Scheduler {
                 signal.stop(StopReason::Timeout);
             })
         });
-        let (progress, _) = watch::channel(Progress {
-            status: job.status,
-            counters: job.counters,
-        });
+        let (progress, watcher) = watch::channel(Progress::new(job.status, job.counters));
+        lock(&self.inner.live).insert(job.id.clone(), watcher);
         let result = self
             .inner
             .engine
@@ -613,6 +620,7 @@ impl Scheduler {
         if let Some(timer) = timer {
             timer.abort();
         }
+        lock(&self.inner.live).remove(&job.id);
         match result {
             Ok(outcome) => tracing::info!(job = %job.id, status = %outcome.status, "job run ended"),
             Err(e @ EngineError::NotRunnable { .. }) => {
@@ -718,10 +726,7 @@ mod tests {
             let s = idle_scheduler(dir.path(), &fake, 400).await;
             let job = s.create(create("race", None)).await.unwrap();
             let spec = s.spec(&job).unwrap();
-            let (progress, _) = watch::channel(Progress {
-                status: job.status,
-                counters: Counters::default(),
-            });
+            let (progress, _) = watch::channel(Progress::new(job.status, Counters::default()));
             s.inner
                 .engine
                 .validate_job(&spec, s.store(), &progress)

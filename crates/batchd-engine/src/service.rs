@@ -1,7 +1,7 @@
 //! The scheduler as the APIs' [`JobService`] (feature `api`): one adapter that `batchd serve`
 //! and the API crate's HTTP tests both use, so those tests exercise the real scheduler.
 
-use batchd_api::{JobService, ServiceError};
+use batchd_api::{JobService, LiveProgress, ServiceError};
 use batchd_core::{Job, JobFilter, JobId, JobOrigin, JobRequest};
 
 use crate::scheduler::{Scheduler, SchedulerError};
@@ -48,6 +48,14 @@ impl JobService for SchedulerService {
     async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError> {
         self.get_job(id).await?;
         self.0.stop(id).await.map_err(service_error)
+    }
+
+    async fn live_progress(&self, id: &JobId) -> Option<LiveProgress> {
+        let progress = self.0.live_progress(id)?;
+        Some(LiveProgress {
+            counters: progress.counters,
+            timing: progress.timing,
+        })
     }
 
     async fn job_analysis(&self, job: &Job) -> Option<serde_json::Value> {

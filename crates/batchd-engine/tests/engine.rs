@@ -135,10 +135,7 @@ impl Harness {
 }
 
 fn progress() -> (watch::Sender<Progress>, watch::Receiver<Progress>) {
-    watch::channel(Progress {
-        status: JobStatus::Submitted,
-        counters: Counters::default(),
-    })
+    watch::channel(Progress::new(JobStatus::Submitted, Counters::default()))
 }
 
 /// Stops `stop` for `reason` once `processed` records are counted.

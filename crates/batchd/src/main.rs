@@ -505,10 +505,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let stop = StopSignal::new();
     spawn_signal_handler(stop.clone());
-    let (progress_tx, progress_rx) = watch::channel(Progress {
-        status: JobStatus::Submitted,
-        counters: Default::default(),
-    });
+    let (progress_tx, progress_rx) =
+        watch::channel(Progress::new(JobStatus::Submitted, Default::default()));
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
     let bar_task = tokio::spawn(show_progress(progress_rx, show_bar, limiter));
     eprintln!(

@@ -17,7 +17,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use batchd_core::{DialectKind, Job, JobArn, JobFilter, JobId, JobOrigin};
+use batchd_core::{Counters, DialectKind, Job, JobArn, JobFilter, JobId, JobOrigin};
 use serde_json::{Value, json};
 
 use crate::bedrock::token::PageToken;
@@ -122,17 +122,33 @@ async fn get_job(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = job_id(path)?;
-    let job = batch_job(&state, &id).await?;
-    let analysis = if job.status.is_terminal() {
-        state.service.job_analysis(&job).await
+    let mut job = batch_job(&state, &id).await?;
+    let timing = if job.status.is_terminal() {
+        state
+            .service
+            .job_analysis(&job)
+            .await
+            .and_then(|a| a.get("processing_time").cloned())
     } else {
-        None
+        // Between checkpoints the running job knows more than the store.
+        let live = state.service.live_progress(&id).await;
+        if let Some(live) = live
+            && live.counters.processed >= job.counters.processed
+        {
+            job.counters = Counters {
+                total: job.counters.total.max(live.counters.total),
+                ..live.counters
+            };
+        }
+        live.and_then(|l| l.timing).map(
+            |t| json!({"count": t.count, "mean": t.mean, "p50": t.p50, "p90": t.p90, "p99": t.p99}),
+        )
     };
     Ok(Json(model::job_json(
         &job,
         &arn(&job, &state.config),
         now_ms(),
-        analysis.as_ref(),
+        timing.as_ref(),
     )))
 }
 

@@ -61,10 +61,10 @@ fn join(base: &str, name: &str) -> String {
     }
 }
 
-/// GetBatchInferenceJob's answer (and each summary of ListBatchInferenceJobs). `analysis`
-/// is the JSON the job wrote when it ended, when there is one: its processing-time
-/// statistics go into `metrics`.
-pub fn job_json(job: &Job, arn: &str, now_ms: i64, analysis: Option<&Value>) -> Value {
+/// GetBatchInferenceJob's answer (and each summary of ListBatchInferenceJobs). `timing` is
+/// the processing-time statistics (mean, percentiles in seconds) when known: live while the
+/// job runs, from its analysis once it has ended.
+pub fn job_json(job: &Job, arn: &str, now_ms: i64, timing: Option<&Value>) -> Value {
     let r = &job.request;
     let c = &job.counters;
     let mut m = Map::new();
@@ -140,13 +140,12 @@ pub fn job_json(job: &Job, arn: &str, now_ms: i64, analysis: Option<&Value>) -> 
     time("startedAt", started);
     time("endedAt", job.end_time_ms);
     time("lastModifiedAt", Some(job.last_modified_ms));
-    m.insert("metrics".into(), metrics(job, started, now_ms, analysis));
+    m.insert("metrics".into(), metrics(job, started, now_ms, timing));
     Value::Object(m)
 }
 
-/// Throughput, tokens, elapsed time and ETA from the counters; processing-time statistics
-/// from the job's analysis once it has one.
-fn metrics(job: &Job, started: Option<i64>, now_ms: i64, analysis: Option<&Value>) -> Value {
+/// Throughput, tokens, elapsed time and ETA from the counters, and the processing times.
+fn metrics(job: &Job, started: Option<i64>, now_ms: i64, timing: Option<&Value>) -> Value {
     let c = &job.counters;
     let mut m = Map::new();
     m.insert("inputTokens".into(), c.input_tokens.into());
@@ -164,7 +163,7 @@ fn metrics(job: &Job, started: Option<i64>, now_ms: i64, analysis: Option<&Value
             }
         }
     }
-    if let Some(time) = analysis.and_then(|a| a.get("processing_time")) {
+    if let Some(time) = timing {
         m.insert("processingTime".into(), time.clone());
     }
     Value::Object(m)

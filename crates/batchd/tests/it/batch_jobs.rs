@@ -211,6 +211,18 @@ async fn stop_and_timeout_end_stopped_and_failed_with_every_item_present() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
+    // Live between checkpoints: counts and processing times of what has been written.
+    let running = get(&server, &stopped).await;
+    assert!(
+        running["processedItems"].as_u64().unwrap() >= 2,
+        "{running}"
+    );
+    let time = &running["metrics"]["processingTime"];
+    assert!(time["p50"].as_f64().unwrap() >= 0.29, "{running}");
+    assert!(
+        running["metrics"]["etaSeconds"].as_f64().unwrap() > 0.0,
+        "{running}"
+    );
     let (status, answer) = server
         .post_status(&format!("batch-inference-jobs/{stopped}/stop"), None)
         .await;
