@@ -7,9 +7,11 @@
 //!   [`neutral::ChatResponse`] → Converse response body.
 //! - [`neutral`]: the format-independent request/response.
 //! - [`manifest`]: the `manifest.json.out` counters.
+//! - [`analysis`]: a finished job's results (Bedrock lines or seed-API results) → statistics.
 //!
 //! Only this crate (and later the API crate) knows Bedrock's JSON shapes.
 
+pub mod analysis;
 pub mod converse;
 pub mod manifest;
 pub mod native;
