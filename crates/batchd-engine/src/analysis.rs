@@ -210,7 +210,7 @@ pub async fn export_rows(
     mut sink: impl FnMut(&[String]) -> Result<(), AnalysisError>,
 ) -> Result<ExportSummary, AnalysisError> {
     let mut items = inputs.map(|files| InputItems::new(storage, files));
-    let mut rows = 0;
+    let (mut rows, mut joined_any) = (0, false);
     for file in result_files(storage, dir).await? {
         let name = file.file.relative.clone();
         let joined = file.dialect == Dialect::Seed && items.is_some();
@@ -222,6 +222,7 @@ pub async fn export_rows(
             .await?;
             continue;
         }
+        joined_any = true;
         let mut results = Vec::new();
         read_results(storage, &file, max_line_bytes, |position, result| {
             results.push((position, result));
@@ -252,7 +253,8 @@ pub async fn export_rows(
             }
         }
     }
-    if let Some(items) = items.as_mut()
+    // Inputs are joined only with seed results (Bedrock lines carry their own).
+    if let Some(items) = items.as_mut().filter(|_| joined_any)
         && let Some(item) = items.next().await?
     {
         return Err(AnalysisError::Join(format!(
@@ -262,7 +264,7 @@ pub async fn export_rows(
     }
     Ok(ExportSummary {
         rows,
-        joined_inputs: items.is_some(),
+        joined_inputs: joined_any,
     })
 }
 

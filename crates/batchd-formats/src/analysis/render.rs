@@ -84,10 +84,11 @@ pub fn render_table(a: &Analysis) -> String {
     }
     let mut tokens = format!("{} in, {} out", a.input_tokens, a.output_tokens);
     if a.records_without_token_counts > 0 {
+        let n = a.records_without_token_counts;
         let _ = write!(
             tokens,
-            " ({} records without token counts)",
-            a.records_without_token_counts
+            " ({n} {} without token counts)",
+            if n == 1 { "record" } else { "records" }
         );
     }
     row("tokens", tokens);
