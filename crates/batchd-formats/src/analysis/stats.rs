@@ -132,7 +132,7 @@ impl Tally {
             })
             .collect();
         // Most frequent first; the BTreeMap made ties come in code order.
-        errors_by_code.sort_by(|a, b| b.count.cmp(&a.count));
+        errors_by_code.sort_by_key(|e| std::cmp::Reverse(e.count));
         let wall = context
             .wall_time_seconds
             .filter(|w| w.is_finite() && *w >= 0.0);
