@@ -100,8 +100,9 @@ def test_same_client_request_token_gives_the_same_job(s3_server, bucket_name):
     jobs = s3_server.bedrock.list_model_invocation_jobs(nameContains=name)["invocationJobSummaries"]
     assert [j["jobArn"] for j in jobs] == [first]
     assert jobs[0]["clientRequestToken"] == token
-    # One job's output, not three.
+    # One job's output, not three (its result analysis sits beside its folder).
     assert b.keys(bucket_name, "out/") == [
+        f"out/{job_id_of(first)}.analysis.json",
         f"out/{job_id_of(first)}/basic.jsonl.out",
         f"out/{job_id_of(first)}/manifest.json.out",
     ]

@@ -504,10 +504,11 @@ fn batchd_run(env: &Env, fake: &Fake, n: u64, concurrency: usize) -> anyhow::Res
 
 /// The run wrote one `.out` file of n lines and a manifest counting n successes.
 fn check_output(out: &Path, n: u64) -> anyhow::Result<()> {
+    // The job's folder, not the `<jobId>.analysis.json` beside it.
     let job_dir = std::fs::read_dir(out)?
-        .next()
-        .context("no job directory in the output")??
-        .path();
+        .map(|e| e.map(|e| e.path()))
+        .find(|p| p.as_ref().map_or(true, |p| p.is_dir()))
+        .context("no job directory in the output")??;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(job_dir.join("manifest.json.out"))?)?;
     if manifest["successRecordCount"].as_u64() != Some(n) {

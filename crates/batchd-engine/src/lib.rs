@@ -5,10 +5,12 @@
 //! - [`validate`]: the validation pass (every defect as `file:line: field: reason`).
 //! - [`run`]: the record pipeline and ordered writer.
 //! - [`retry`]: capped exponential backoff with full jitter, honouring `Retry-After`.
+//! - [`analysis`]: a job's results read back into statistics, written beside its folder.
 //! - [`Engine::validate_job`] and [`Engine::execute_job`]: the two phases of a job's life,
 //!   recorded in the job store, resumable from the last checkpoint; [`Engine::run_job`] runs
 //!   both (the CLI's in-process job).
 
+pub mod analysis;
 mod embed_batch;
 mod record;
 pub mod retry;
@@ -32,6 +34,7 @@ use batchd_core::{
     BatchJobOptions, Checkpoint, Counters, InvocationType, Job, JobFile, JobId, JobStatus,
     TimingSummary,
 };
+use batchd_formats::analysis::{AnalysisContext, Prices};
 use batchd_formats::converse::ConverseOptions;
 use batchd_formats::native::ModelFamily;
 use batchd_storage::{InputFile, Storage, StorageError, StorageUri};
@@ -203,6 +206,8 @@ pub struct RecordOptions {
     pub family: Option<ModelFamily>,
     /// Embedding records sent in one backend call, at most.
     pub embed_batch_size: usize,
+    /// What the model's tokens cost, for the job's result analysis; `None`: not configured.
+    pub prices: Option<Prices>,
 }
 
 impl RecordOptions {
@@ -217,6 +222,7 @@ impl Default for RecordOptions {
             converse: ConverseOptions::default(),
             family: None,
             embed_batch_size: Self::DEFAULT_EMBED_BATCH,
+            prices: None,
         }
     }
 }
@@ -659,6 +665,8 @@ impl Engine {
                 manifest.to_json().into(),
             )
             .await?;
+        // Before the final status, so a job seen ended has its analysis beside its folder.
+        self.write_analysis(job).await;
         let mut summary = format!(
             "{} of {} records processed: {} succeeded, {} failed",
             counters.processed, counters.total, counters.success, counters.error
@@ -693,5 +701,36 @@ impl Engine {
             .await?;
         job.progress.send_replace(Progress::new(status, counters));
         Ok((status, message))
+    }
+
+    /// Writes `<output>/<jobId>.analysis.json`; a failure is logged, never the job's.
+    async fn write_analysis(&self, job: &JobRun<'_>) {
+        let spec = job.spec;
+        let stored = match job.store.get(&spec.job_id).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(job = %spec.job_id, "no result analysis: reading the job: {e}");
+                return;
+            }
+        };
+        let now = batchd_store::now_ms();
+        let context = AnalysisContext {
+            job_id: Some(spec.job_id.to_string()),
+            model_id: stored.as_ref().map(|j| j.request.model_id.clone()),
+            output_location: spec.output.join(spec.job_id.as_str()).to_string(),
+            wall_time_seconds: stored.map(|j| (now - j.submit_time_ms).max(0) as f64 / 1000.0),
+            prices: spec.records.prices,
+        };
+        if let Err(e) = analysis::write_job_analysis(
+            &self.storage,
+            &spec.output,
+            spec.job_id.as_str(),
+            self.config.max_line_bytes,
+            context,
+        )
+        .await
+        {
+            tracing::warn!(job = %spec.job_id, "the result analysis was not written: {e}");
+        }
     }
 }

@@ -9,9 +9,11 @@
 //! - [`manifest`]: the `manifest.json.out` counters.
 //! - [`batch_job`]: the batch-job API's items (record, Converse body or document) and result
 //!   objects.
+//! - [`analysis`]: a finished job's results (Bedrock lines or seed-API results) → statistics.
 //!
 //! Only this crate (and later the API crate) knows Bedrock's JSON shapes.
 
+pub mod analysis;
 pub mod batch_job;
 pub mod converse;
 pub mod manifest;

@@ -261,7 +261,7 @@ fn has_newline(text: &[u8]) -> bool {
 }
 
 /// The JSON type of raw, well-formed JSON text, from its first byte.
-fn raw_kind(raw: &str) -> &'static str {
+pub(crate) fn raw_kind(raw: &str) -> &'static str {
     match raw.trim_ascii_start().as_bytes().first() {
         Some(b'{') => "an object",
         Some(b'[') => "an array",
@@ -274,7 +274,7 @@ fn raw_kind(raw: &str) -> &'static str {
 
 /// `invalid JSON: <what> at column N` for syntax errors; serde's own words for shape errors
 /// (such as a duplicate `recordId`).
-fn json_error_reason(e: &serde_json::Error) -> String {
+pub(crate) fn json_error_reason(e: &serde_json::Error) -> String {
     let text = e.to_string();
     let what = text
         .rsplit_once(" at line ")

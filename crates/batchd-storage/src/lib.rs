@@ -315,25 +315,25 @@ impl Storage {
                 extension,
             });
         }
-        let prefix_parts = path.parts().count();
-        Ok(metas
-            .into_iter()
-            .map(|m| {
-                let relative: Vec<String> = m
-                    .location
-                    .parts()
-                    .skip(prefix_parts)
-                    .map(|p| p.as_ref().to_owned())
-                    .collect();
-                let relative = relative.join("/");
-                InputFile {
-                    uri: uri.join(&relative),
-                    relative,
-                    size: m.size,
-                    version: m.e_tag,
-                }
-            })
-            .collect())
+        Ok(files_below(uri, &path, metas))
+    }
+
+    /// Every object below the prefix `uri` (any name), sorted by path; an empty list when
+    /// there is none. For reading a job's output folder.
+    pub async fn list_files(&self, uri: &StorageUri) -> Result<Vec<InputFile>, StorageError> {
+        let (store, path) = self.resolve(uri)?;
+        let mut metas: Vec<_> = match store.list(Some(&path)).try_collect().await {
+            Ok(metas) => metas,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(source) => {
+                return Err(StorageError::Store {
+                    uri: uri.to_string(),
+                    source,
+                });
+            }
+        };
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(files_below(uri, &path, metas))
     }
 
     /// Checks that an input file is still the one listed: there, same size, same version.
@@ -489,6 +489,33 @@ impl Storage {
             .await
             .map_err(err)
     }
+}
+
+/// Listed objects below `path` (the prefix `uri`) as files with paths relative to it.
+fn files_below(
+    uri: &StorageUri,
+    path: &ObjectPath,
+    metas: Vec<object_store::ObjectMeta>,
+) -> Vec<InputFile> {
+    let prefix_parts = path.parts().count();
+    metas
+        .into_iter()
+        .map(|m| {
+            let relative: Vec<String> = m
+                .location
+                .parts()
+                .skip(prefix_parts)
+                .map(|p| p.as_ref().to_owned())
+                .collect();
+            let relative = relative.join("/");
+            InputFile {
+                uri: uri.join(&relative),
+                relative,
+                size: m.size,
+                version: m.e_tag,
+            }
+        })
+        .collect()
 }
 
 /// Whether a local prefix exists even if it holds no objects (an empty folder is "no

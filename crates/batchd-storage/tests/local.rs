@@ -35,6 +35,30 @@ async fn lists_jsonl_below_a_folder_sorted_with_relative_paths() {
 }
 
 #[tokio::test]
+async fn list_files_lists_every_object_below_a_prefix_and_nothing_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("job/sub")).unwrap();
+    std::fs::write(out.join("job/b.jsonl.out"), "x\n").unwrap();
+    std::fs::write(out.join("job/manifest.json.out"), "{}").unwrap();
+    std::fs::write(out.join("job/sub/a.json"), "[]").unwrap();
+    // Beside the folder, with the folder's name as its prefix: not below it.
+    std::fs::write(out.join("job.analysis.json"), "{}").unwrap();
+    let s = storage(dir.path());
+    let uri = StorageUri::Local(out.join("job"));
+    let files = s.list_files(&uri).await.unwrap();
+    let rel: Vec<_> = files.iter().map(|f| f.relative.as_str()).collect();
+    assert_eq!(rel, ["b.jsonl.out", "manifest.json.out", "sub/a.json"]);
+    assert_eq!(files[2].uri, StorageUri::Local(out.join("job/sub/a.json")));
+    // A prefix with nothing below it lists nothing (no error).
+    let none = s
+        .list_files(&StorageUri::Local(out.join("missing")))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
 async fn single_file_and_missing_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("one.jsonl");

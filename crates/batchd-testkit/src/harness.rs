@@ -363,12 +363,13 @@ impl Served {
     }
 }
 
-/// The first entry of `dir` (a run's job folder under its `--out`), if any.
+/// The first folder in `dir` (a run's job folder under its `--out`; its
+/// `<jobId>.analysis.json` sits beside it), if any.
 pub fn first_entry(dir: &Path) -> Option<PathBuf> {
-    let mut entries = std::fs::read_dir(dir).ok()?;
-    entries
-        .next()
+    std::fs::read_dir(dir)
+        .ok()?
         .map(|e| e.expect("reading an output folder").path())
+        .find(|p| p.is_dir())
 }
 
 /// Exit status, stdout and stderr, for assertion messages.

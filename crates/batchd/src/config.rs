@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use batchd_engine::scheduler::SchedulerConfig;
 use batchd_engine::{BlankLines, EngineConfig, JobSpec, Quotas, RecordOptions, RetryPolicy};
+use batchd_formats::analysis::Prices;
 use batchd_formats::converse::ConverseOptions;
 use batchd_formats::native::ModelFamily;
 use batchd_storage::StorageConfig;
@@ -193,6 +194,10 @@ pub struct ModelConfig {
     pub format: Option<ModelFamily>,
     /// Embedding records per backend call (default: [`RecordOptions::DEFAULT_EMBED_BATCH`]).
     pub embed_batch_size: Option<usize>,
+    /// Prices per million tokens, for the cost in result analyses (`batchd results`); both
+    /// or neither.
+    pub price_per_million_input_tokens: Option<f64>,
+    pub price_per_million_output_tokens: Option<f64>,
     /// `backend = "openai" | "bedrock" | "embedded"` and that backend's own keys.
     #[serde(flatten)]
     pub backend: Backend,
@@ -338,6 +343,8 @@ impl ModelConfig {
             allow_tool_config: None,
             format: None,
             embed_batch_size: None,
+            price_per_million_input_tokens: None,
+            price_per_million_output_tokens: None,
             backend,
         }
     }
@@ -365,7 +372,16 @@ impl ModelConfig {
                 .embed_batch_size
                 .unwrap_or(defaults.embed_batch_size)
                 .max(1),
+            prices: self.prices(),
         }
+    }
+
+    /// The model's token prices, when the config gives them.
+    pub fn prices(&self) -> Option<Prices> {
+        Some(Prices {
+            per_million_input_tokens: self.price_per_million_input_tokens?,
+            per_million_output_tokens: self.price_per_million_output_tokens?,
+        })
     }
 
     /// The model name the backend knows: `model`, else the id.
@@ -434,6 +450,20 @@ impl Config {
             if let Backend::Embedded(_) = m.backend {
                 crate::embedded::embedded_kind(m.model.as_deref(), &m.id)
                     .with_context(|| format!("models[{i}]"))?;
+            }
+            match (
+                m.price_per_million_input_tokens,
+                m.price_per_million_output_tokens,
+            ) {
+                (Some(_), None) | (None, Some(_)) => bail!(
+                    "models[{i}] ({}): set both price_per_million_input_tokens and \
+                     price_per_million_output_tokens, or neither",
+                    m.id
+                ),
+                (Some(a), Some(b)) if !(a.is_finite() && b.is_finite() && a >= 0.0 && b >= 0.0) => {
+                    bail!("models[{i}] ({}): prices must be numbers, 0 or more", m.id)
+                }
+                _ => {}
             }
             if m.max_concurrency == Some(0) {
                 bail!("models[{i}] ({}): max_concurrency must be at least 1", m.id);
@@ -699,6 +729,23 @@ mod tests {
             err.contains("models[1]: id \"a\" is already used by models[0]"),
             "{err}"
         );
+        for (prices, expected) in [
+            (
+                "price_per_million_input_tokens = 1.0\n",
+                "models[0] (a): set both price_per_million_input_tokens and",
+            ),
+            (
+                "price_per_million_input_tokens = 1.0\nprice_per_million_output_tokens = -2.0\n",
+                "models[0] (a): prices must be numbers, 0 or more",
+            ),
+        ] {
+            let config: Config = toml::from_str(&format!(
+                "[[models]]\nid = \"a\"\nbackend = \"bedrock\"\n{prices}"
+            ))
+            .unwrap();
+            let err = config.check().unwrap_err().to_string();
+            assert!(err.contains(expected), "{prices}: {err}");
+        }
         assert!(toml::from_str::<Config>("[engine]\nconcurency = 3\n").is_err());
         let err = toml::from_str::<Config>("[engine]\nblank_lines = \"keep\"\n")
             .unwrap_err()
@@ -767,6 +814,14 @@ mod tests {
             (options.family, options.embed_batch_size),
             (Some(ModelFamily::Anthropic), 16)
         );
+        assert_eq!(
+            options.prices,
+            Some(Prices {
+                per_million_input_tokens: 0.25,
+                per_million_output_tokens: 1.25
+            })
+        );
+        assert_eq!(bedrock.prices(), None);
         assert_eq!(
             bedrock.backend,
             Backend::Bedrock(BedrockModel {

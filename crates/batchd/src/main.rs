@@ -1,9 +1,10 @@
 //! The batchd binary: `batchd run` runs one batch job in-process, `batchd validate` checks
-//! input files. Config, storage, backends and the job store are built here, once.
+//! input files, `batchd results` analyses a job's results. Config, storage, backends and the job store are built here, once.
 
 mod client;
 mod config;
 mod embedded;
+mod results;
 mod serve;
 
 use std::io::IsTerminal;
@@ -81,6 +82,9 @@ enum Command {
         #[command(subcommand)]
         command: client::JobsCommand,
     },
+    /// Analyse a job's results: counts, success rate, errors by code, processing time
+    /// percentiles, tokens, throughput and cost; export one row per record.
+    Results(results::ResultsArgs),
     /// Check input files; print every defect as file:line: field: reason.
     Validate {
         #[arg(required = true)]
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Results(args) => results::results(args).await,
         Command::Jobs { endpoint, command } => client::run(&endpoint, command).await,
         Command::Sdk {
             command: SdkCommand::Botocore { dir },

@@ -124,11 +124,15 @@ async fn get_job(
     let id = job_id(path)?;
     let mut job = batch_job(&state, &id).await?;
     let timing = if job.status.is_terminal() {
-        state
-            .service
-            .job_analysis(&job)
-            .await
-            .and_then(|a| a.get("processing_time").cloned())
+        // The analysis's `{records, mean, p50, ...}` in this API's names.
+        state.service.job_analysis(&job).await.and_then(|a| {
+            let t = a.get("processing_time")?;
+            t.get("mean").filter(|m| !m.is_null())?;
+            Some(json!({
+                "count": t.get("records"), "mean": t.get("mean"), "p50": t.get("p50"),
+                "p90": t.get("p90"), "p99": t.get("p99"),
+            }))
+        })
     } else {
         // Between checkpoints the running job knows more than the store.
         let live = state.service.live_progress(&id).await;

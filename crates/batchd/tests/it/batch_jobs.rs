@@ -156,6 +156,19 @@ async fn batches_are_bounded_and_every_item_gets_one_result_in_order() {
     );
     let metrics = &job["metrics"];
     assert!(metrics["recordsPerSecond"].as_f64().unwrap() > 0.0, "{job}");
+    // Once ended, from the job's analysis: exact percentiles over all 20 results.
+    let time = &metrics["processingTime"];
+    assert_eq!(time["count"], 20, "{job}");
+    assert!(time["p50"].as_f64().unwrap() >= 0.15, "{job}");
+    let analysis_path = env
+        .bucket("output")
+        .join(format!("results/{id}.analysis.json"));
+    let analysis: Value = serde_json::from_slice(&std::fs::read(&analysis_path).unwrap()).unwrap();
+    assert_eq!(analysis["processing_time"]["p90"], time["p90"]);
+    assert_eq!(
+        (&analysis["total_processed"], &analysis["error_count"]),
+        (&json!(20), &json!(1))
+    );
     assert!(metrics["outputTokens"].as_u64().unwrap() > 0, "{job}");
 
     // 3 items a batch, 2 batches at once: never more than 6 in flight, and 6 reached.

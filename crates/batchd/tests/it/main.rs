@@ -13,6 +13,7 @@ mod cli_s3;
 mod crash;
 mod crash_run;
 mod real_server;
+mod results;
 
 use batchd_testkit::harness::{Config, TestEnv};
 

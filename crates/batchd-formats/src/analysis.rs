@@ -1,0 +1,466 @@
+//! Result analysis: reads one result of a job at a time, from either output dialect (a
+//! Bedrock output line or a seed-API result object), and folds them into the job's statistics.
+//! Pure code: the engine finds and reads the files.
+//!
+//! - [`result_file_kind`]: which files under `<output>/<jobId>/` hold results, and how.
+//! - [`parse_bedrock_line`], [`parse_seed_result`], [`for_each_array_item`]: one result.
+//! - [`stats`]: [`Tally`] → [`Analysis`] (counts, errors by code, percentiles, tokens, cost).
+//! - [`render`]: the analysis as an aligned table; CSV rows for exports.
+
+pub mod render;
+pub mod stats;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+pub use stats::{Analysis, AnalysisContext, Prices, Tally};
+
+use crate::Defect;
+use crate::record::{json_error_reason, raw_kind};
+
+/// The output dialect of a result file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// `<input>.out` JSONL: `{"recordId", "modelInput", "modelOutput" | "error"}`.
+    Bedrock,
+    /// The seed job API's `{"id", "status", "output", "processing_time", ...}` objects.
+    Seed,
+}
+
+/// How a result file holds its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One result per line (blank lines skipped).
+    Lines,
+    /// One JSON array of results.
+    Array,
+}
+
+/// What the file called `name` (its last path segment) holds: Bedrock lines in every `*.out`
+/// but the manifest, seed results in `*.jsonl` (lines) and `*.json` (an array). `None`: no
+/// results (the manifest, upload parts, anything else).
+pub fn result_file_kind(name: &str) -> Option<(Dialect, Layout)> {
+    if name == "manifest.json.out" {
+        None
+    } else if name.ends_with(".out") {
+        Some((Dialect::Bedrock, Layout::Lines))
+    } else if name.ends_with(".jsonl") {
+        Some((Dialect::Seed, Layout::Lines))
+    } else if name.ends_with(".json") {
+        Some((Dialect::Seed, Layout::Array))
+    } else {
+        None
+    }
+}
+
+/// One record's result, whichever dialect it came from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RecordResult {
+    /// `recordId` or `id`.
+    pub id: String,
+    /// `None` for a success.
+    pub error: Option<RecordError>,
+    /// Seconds; `None` when the result does not say (Bedrock bodies other than Converse).
+    pub processing_time: Option<f64>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub attempts: Option<u64>,
+    /// The record's input as JSON text, when the result carries it (Bedrock's `modelInput`).
+    pub input: Option<String>,
+    /// The model's text (a Bedrock body's text blocks, or the body as JSON when it has none).
+    pub output: Option<String>,
+    /// The seed result's `metadata`, as JSON text.
+    pub metadata: Option<String>,
+}
+
+impl RecordResult {
+    pub fn is_success(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Why a record failed: the code as text (Bedrock's numeric `errorCode` in decimal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct BedrockLine<'a> {
+    #[serde(rename = "recordId", borrow, default)]
+    record_id: Option<&'a RawValue>,
+    #[serde(rename = "modelInput", borrow, default)]
+    model_input: Option<&'a RawValue>,
+    #[serde(rename = "modelOutput", default)]
+    model_output: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// One line of a `.out` file (`record::write_success_line` / `write_error_line`). Processing
+/// time is Converse's `modelOutput.metrics.latencyMs`; tokens come from the body's usage in
+/// whichever family's shape it has.
+pub fn parse_bedrock_line(line: &str) -> Result<RecordResult, Defect> {
+    let trimmed = line.trim_ascii_start();
+    if !trimmed.starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(line) {
+            Ok(_) => Defect::new(
+                "line",
+                format!("expected a JSON object, found {}", raw_kind(trimmed)),
+            ),
+            Err(e) => Defect::new("line", json_error_reason(&e)),
+        });
+    }
+    let wire: BedrockLine<'_> =
+        serde_json::from_str(line).map_err(|e| Defect::new("line", json_error_reason(&e)))?;
+    let id = match wire.record_id {
+        None => return Err(Defect::new("recordId", "missing")),
+        Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
+            Defect::new(
+                "recordId",
+                format!("must be a string, found {}", raw_kind(raw.get())),
+            )
+        })?,
+    };
+    let input = match wire.model_input {
+        Some(raw) if raw.get().starts_with('{') => raw.get().to_owned(),
+        Some(raw) => {
+            let reason = format!("must be an object, found {}", raw_kind(raw.get()));
+            return Err(Defect::new("modelInput", reason));
+        }
+        None => return Err(Defect::new("modelInput", "missing")),
+    };
+    let mut result = RecordResult {
+        id,
+        input: Some(input),
+        ..RecordResult::default()
+    };
+    match (wire.model_output, wire.error) {
+        (Some(_), Some(_)) => {
+            return Err(Defect::new(
+                "error",
+                "a result line has modelOutput or error, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(Defect::new(
+                "modelOutput",
+                "missing (a result line has modelOutput or error)",
+            ));
+        }
+        (None, Some(error)) => result.error = Some(bedrock_error(&error)?),
+        (Some(Value::Object(body)), None) => {
+            result.processing_time = body
+                .get("metrics")
+                .and_then(|m| m.get("latencyMs"))
+                .and_then(Value::as_f64)
+                .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                .map(|ms| ms / 1000.0);
+            (result.input_tokens, result.output_tokens) = body_tokens(&body);
+            result.output = Some(body_text(&body));
+        }
+        (Some(other), None) => {
+            let reason = format!("must be an object, found {}", value_kind(&other));
+            return Err(Defect::new("modelOutput", reason));
+        }
+    }
+    Ok(result)
+}
+
+/// `{"errorCode": 400, "errorMessage": "..."}` (a string code is taken as it is).
+fn bedrock_error(error: &Value) -> Result<RecordError, Defect> {
+    let Value::Object(error) = error else {
+        let reason = format!("must be an object, found {}", value_kind(error));
+        return Err(Defect::new("error", reason));
+    };
+    let code = match error.get("errorCode") {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            let reason = format!("must be a number, found {}", value_kind(other));
+            return Err(Defect::new("error.errorCode", reason));
+        }
+        None => return Err(Defect::new("error.errorCode", "missing")),
+    };
+    let message = match error.get("errorMessage") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            let reason = format!("must be a string, found {}", value_kind(other));
+            return Err(Defect::new("error.errorMessage", reason));
+        }
+        None => return Err(Defect::new("error.errorMessage", "missing")),
+    };
+    Ok(RecordError { code, message })
+}
+
+/// Input and output tokens of a response body, in the shape of the family that wrote it:
+/// Converse and Nova `usage.inputTokens`, Anthropic `usage.input_tokens`, Llama
+/// `prompt_token_count`, Titan `inputTextTokenCount` (+ `results[].tokenCount`). Mistral's
+/// body has none.
+fn body_tokens(body: &Map<String, Value>) -> (Option<u64>, Option<u64>) {
+    let count = |v: Option<&Value>| v.and_then(Value::as_u64);
+    if let Some(usage) = body.get("usage").and_then(Value::as_object) {
+        for (input, output) in [
+            ("inputTokens", "outputTokens"),
+            ("input_tokens", "output_tokens"),
+        ] {
+            if usage.contains_key(input) || usage.contains_key(output) {
+                return (count(usage.get(input)), count(usage.get(output)));
+            }
+        }
+    }
+    if body.contains_key("prompt_token_count") {
+        return (
+            count(body.get("prompt_token_count")),
+            count(body.get("generation_token_count")),
+        );
+    }
+    if let Some(input) = count(body.get("inputTextTokenCount")) {
+        // An embedding has no `results`: no output tokens.
+        let output = body
+            .get("results")
+            .and_then(Value::as_array)
+            .map_or(0, |results| {
+                results
+                    .iter()
+                    .filter_map(|r| r.get("tokenCount").and_then(Value::as_u64))
+                    .sum()
+            });
+        return (Some(input), Some(output));
+    }
+    (None, None)
+}
+
+/// The text a response body carries: Converse/Nova `output.message.content[].text`,
+/// Anthropic `content[].text`, Llama `generation`, Titan `results[].outputText`, Mistral
+/// `outputs[].text`; any other body (an embedding) as compact JSON.
+fn body_text(body: &Map<String, Value>) -> String {
+    let texts = |blocks: Option<&Value>, key: &str| -> Option<String> {
+        let blocks = blocks?.as_array()?;
+        let parts: Vec<&str> = blocks
+            .iter()
+            .filter_map(|b| b.get(key).and_then(Value::as_str))
+            .collect();
+        Some(parts.concat())
+    };
+    let found = texts(
+        body.get("output")
+            .and_then(|o| o.get("message"))
+            .and_then(|m| m.get("content")),
+        "text",
+    )
+    .or_else(|| texts(body.get("content"), "text"))
+    .or_else(|| {
+        body.get("generation")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    })
+    .or_else(|| texts(body.get("results"), "outputText"))
+    .or_else(|| texts(body.get("outputs"), "text"));
+    found.unwrap_or_else(|| Value::Object(body.clone()).to_string())
+}
+
+/// One seed-API result object (`{"id", "status": "SUCCESS" | "ERROR", "output",
+/// "processing_time" (seconds), "input_tokens", "output_tokens", "attempts", "error": null |
+/// {"code", "message"}, "metadata"}`), as JSON text. Unknown members are ignored.
+pub fn parse_seed_result(text: &str) -> Result<RecordResult, Defect> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| Defect::new("result", json_error_reason(&e)))?;
+    let Value::Object(object) = value else {
+        let reason = format!("expected a result object, found {}", value_kind(&value));
+        return Err(Defect::new("result", reason));
+    };
+    let id = match object.get("id") {
+        Some(Value::String(s)) => s.clone(),
+        // A document's numeric id is echoed as a number.
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => {
+            let reason = format!("must be a string, found {}", value_kind(other));
+            return Err(Defect::new("id", reason));
+        }
+        None => return Err(Defect::new("id", "missing")),
+    };
+    let success = match object.get("status") {
+        Some(Value::String(s)) if s == "SUCCESS" => true,
+        Some(Value::String(s)) if s == "ERROR" => false,
+        Some(other) => {
+            let reason = format!("must be \"SUCCESS\" or \"ERROR\", found {other}");
+            return Err(Defect::new("status", reason));
+        }
+        None => return Err(Defect::new("status", "missing")),
+    };
+    let error = match object.get("error") {
+        // A success's error member carries nothing the analysis counts.
+        _ if success => None,
+        None | Some(Value::Null) => {
+            return Err(Defect::new(
+                "error",
+                "missing: an ERROR result has {\"code\", \"message\"}",
+            ));
+        }
+        Some(Value::Object(e)) => Some(RecordError {
+            code: required_string(e, "code", "error.code")?,
+            message: required_string(e, "message", "error.message")?,
+        }),
+        Some(other) => {
+            let reason = format!("must be an object or null, found {}", value_kind(other));
+            return Err(Defect::new("error", reason));
+        }
+    };
+    let output = match object.get("output") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            let reason = format!("must be a string or null, found {}", value_kind(other));
+            return Err(Defect::new("output", reason));
+        }
+    };
+    let processing_time = match object.get("processing_time") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(t) if t.is_finite() && t >= 0.0 => Some(t),
+            _ => {
+                let reason = format!("must be seconds (a number, 0 or more), found {v}");
+                return Err(Defect::new("processing_time", reason));
+            }
+        },
+    };
+    Ok(RecordResult {
+        id,
+        error,
+        processing_time,
+        input_tokens: optional_count(&object, "input_tokens")?,
+        output_tokens: optional_count(&object, "output_tokens")?,
+        attempts: optional_count(&object, "attempts")?,
+        input: None,
+        output,
+        metadata: object.get("metadata").map(Value::to_string),
+    })
+}
+
+fn required_string(object: &Map<String, Value>, key: &str, path: &str) -> Result<String, Defect> {
+    match object.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(Defect::new(
+            path,
+            format!("must be a string, found {}", value_kind(other)),
+        )),
+        None => Err(Defect::new(path, "missing")),
+    }
+}
+
+fn optional_count(object: &Map<String, Value>, key: &str) -> Result<Option<u64>, Defect> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            Defect::new(key, format!("must be a whole number, 0 or more, found {v}"))
+        }),
+    }
+}
+
+fn value_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Why a JSON array file could not be walked: the file is no array (`index` None), or the
+/// item at `index` is broken or refused by the callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArrayDefect {
+    pub index: Option<usize>,
+    pub defect: Defect,
+}
+
+/// Calls `f(index, item_json)` for each item of the JSON array `text`, in order, holding one
+/// item at a time (items are borrowed from `text`, never collected). Stops at `f`'s first
+/// error.
+pub fn for_each_array_item(
+    text: &str,
+    mut f: impl FnMut(usize, &str) -> Result<(), Defect>,
+) -> Result<(), ArrayDefect> {
+    use serde::de::{Deserializer as _, Error as _, SeqAccess, Visitor};
+
+    struct Items<'f, F> {
+        f: &'f mut F,
+        failed: &'f mut Option<ArrayDefect>,
+    }
+    impl<'de, F: FnMut(usize, &str) -> Result<(), Defect>> Visitor<'de> for Items<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array of results")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut index = 0;
+            loop {
+                let item = match seq.next_element::<&'de RawValue>() {
+                    Ok(Some(item)) => item,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        *self.failed = Some(ArrayDefect {
+                            index: Some(index),
+                            defect: Defect::new("item", json_error_reason_text(&e.to_string())),
+                        });
+                        return Err(e);
+                    }
+                };
+                if let Err(defect) = (self.f)(index, item.get()) {
+                    *self.failed = Some(ArrayDefect {
+                        index: Some(index),
+                        defect,
+                    });
+                    return Err(A::Error::custom("item refused"));
+                }
+                index += 1;
+            }
+        }
+    }
+
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let trimmed = text.trim_ascii_start();
+    if !trimmed.starts_with('[') {
+        let found = if trimmed.is_empty() {
+            "nothing".to_owned()
+        } else {
+            match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => raw_kind(trimmed).to_owned(),
+                Err(e) => json_error_reason(&e),
+            }
+        };
+        return Err(ArrayDefect {
+            index: None,
+            defect: Defect::new("file", format!("expected a JSON array, found {found}")),
+        });
+    }
+    let mut failed = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let walked = de.deserialize_seq(Items {
+        f: &mut f,
+        failed: &mut failed,
+    });
+    if let Some(defect) = failed {
+        return Err(defect);
+    }
+    let whole = walked.and_then(|()| de.end());
+    whole.map_err(|e| ArrayDefect {
+        index: None,
+        defect: Defect::new("file", json_error_reason(&e)),
+    })
+}
+
+/// [`json_error_reason`] for an error already turned into text (a seq element's error).
+fn json_error_reason_text(text: &str) -> String {
+    let what = text.rsplit_once(" at line ").map_or(text, |(what, _)| what);
+    format!("invalid JSON: {what}")
+}
+
+#[cfg(test)]
+mod tests;
