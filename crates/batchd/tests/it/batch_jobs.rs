@@ -170,6 +170,31 @@ async fn batches_are_bounded_and_every_item_gets_one_result_in_order() {
         (&json!(20), &json!(1))
     );
     assert!(metrics["outputTokens"].as_u64().unwrap() > 0, "{job}");
+    // `batchd results` joins each result with its input item.
+    let csv = env.path("rows.csv");
+    let out = env
+        .batchd(&[
+            "results",
+            &id,
+            "--format",
+            "json",
+            "--export",
+            csv.to_str().unwrap(),
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        batchd_testkit::harness::describe(&out)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["success_count"], 19);
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(rows.lines().count(), 21, "a header and 20 rows:\n{rows}");
+    assert!(
+        rows.lines().nth(1).unwrap().contains("document a0"),
+        "{rows}"
+    );
 
     // 3 items a batch, 2 batches at once: never more than 6 in flight, and 6 reached.
     assert_eq!(fake.stats().max_in_flight, 6, "{:?}", fake.stats());
