@@ -112,6 +112,19 @@ pub(crate) struct RecordOutcome {
     pub elapsed: Option<Duration>,
 }
 
+impl RecordOutcome {
+    /// A record the backend answered, written to `line`.
+    fn answered(line: Vec<u8>, answer: &Answer, elapsed: Duration) -> Self {
+        Self {
+            line,
+            success: true,
+            input_tokens: answer.input_tokens,
+            output_tokens: answer.output_tokens,
+            elapsed: Some(elapsed),
+        }
+    }
+}
+
 pub(crate) fn internal_error(line: &[u8], message: &str) -> RecordOutcome {
     let text = String::from_utf8_lossy(line);
     let (record_id, input) = match parse_record_line(&text) {
@@ -299,13 +312,7 @@ pub(crate) async fn process_record(
     match called.result {
         Ok(answer) => {
             write_success_line(&mut out, &record_id, record.model_input, &answer.body);
-            RecordOutcome {
-                line: out,
-                success: true,
-                input_tokens: answer.input_tokens,
-                output_tokens: answer.output_tokens,
-                elapsed: Some(called.elapsed),
-            }
+            RecordOutcome::answered(out, &answer, called.elapsed)
         }
         Err(error) => {
             let message = gave_up_message(&error, called.attempts);
@@ -543,13 +550,7 @@ async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -
                 None,
                 item.metadata,
             );
-            RecordOutcome {
-                line: out,
-                success: true,
-                input_tokens: answer.input_tokens,
-                output_tokens: answer.output_tokens,
-                elapsed: Some(called.elapsed),
-            }
+            RecordOutcome::answered(out, &answer, called.elapsed)
         }
         Err(error) => {
             let message = gave_up_message(&error, called.attempts);

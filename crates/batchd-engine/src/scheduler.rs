@@ -267,15 +267,20 @@ impl Scheduler {
         Ok(job)
     }
 
+    async fn stored(&self, id: &JobId) -> Result<Job, SchedulerError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(id.clone()))
+    }
+
     /// Starts a batch job that waits for its start; its timeout counts from now. A job that
     /// started already, or ended, is a Conflict.
     pub async fn start_job(&self, id: &JobId) -> Result<Job, SchedulerError> {
         let _decisions = self.inner.decisions.lock().await;
         let store = &self.inner.store;
-        let job = store
-            .get(id)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(id.clone()))?;
+        let job = self.stored(id).await?;
         let Some(batch) = job.request.dialect.batch_job() else {
             return Err(SchedulerError::BadRequest(format!(
                 "job {id} is a Bedrock job: it started when it was created"
@@ -310,10 +315,7 @@ impl Scheduler {
     pub async fn stop(&self, id: &JobId) -> Result<(), SchedulerError> {
         let _decisions = self.inner.decisions.lock().await;
         let store = &self.inner.store;
-        let job = store
-            .get(id)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(id.clone()))?;
+        let job = self.stored(id).await?;
         if job.status.is_terminal() {
             return Err(SchedulerError::Conflict(format!(
                 "job {id} is {} and cannot be stopped",

@@ -104,16 +104,7 @@ struct BedrockLine<'a> {
 /// time is Converse's `modelOutput.metrics.latencyMs`; tokens come from the body's usage in
 /// whichever family's shape it has.
 pub fn parse_bedrock_line(line: &str) -> Result<RecordResult, Defect> {
-    let trimmed = line.trim_ascii_start();
-    if !trimmed.starts_with('{') {
-        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(line) {
-            Ok(_) => Defect::new(
-                "line",
-                format!("expected a JSON object, found {}", raw_kind(trimmed)),
-            ),
-            Err(e) => Defect::new("line", json_error_reason(&e)),
-        });
-    }
+    crate::record::expect_object_line(line)?;
     let wire: BedrockLine<'_> =
         serde_json::from_str(line).map_err(|e| Defect::new("line", json_error_reason(&e)))?;
     let id = match wire.record_id {
@@ -163,7 +154,10 @@ pub fn parse_bedrock_line(line: &str) -> Result<RecordResult, Defect> {
             result.output = Some(body_text(&body));
         }
         (Some(other), None) => {
-            let reason = format!("must be an object, found {}", value_kind(&other));
+            let reason = format!(
+                "must be an object, found {}",
+                crate::converse::check::kind(&other)
+            );
             return Err(Defect::new("modelOutput", reason));
         }
     }
@@ -173,14 +167,20 @@ pub fn parse_bedrock_line(line: &str) -> Result<RecordResult, Defect> {
 /// `{"errorCode": 400, "errorMessage": "..."}` (a string code is taken as it is).
 fn bedrock_error(error: &Value) -> Result<RecordError, Defect> {
     let Value::Object(error) = error else {
-        let reason = format!("must be an object, found {}", value_kind(error));
+        let reason = format!(
+            "must be an object, found {}",
+            crate::converse::check::kind(error)
+        );
         return Err(Defect::new("error", reason));
     };
     let code = match error.get("errorCode") {
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
-            let reason = format!("must be a number, found {}", value_kind(other));
+            let reason = format!(
+                "must be a number, found {}",
+                crate::converse::check::kind(other)
+            );
             return Err(Defect::new("error.errorCode", reason));
         }
         None => return Err(Defect::new("error.errorCode", "missing")),
@@ -188,7 +188,10 @@ fn bedrock_error(error: &Value) -> Result<RecordError, Defect> {
     let message = match error.get("errorMessage") {
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
-            let reason = format!("must be a string, found {}", value_kind(other));
+            let reason = format!(
+                "must be a string, found {}",
+                crate::converse::check::kind(other)
+            );
             return Err(Defect::new("error.errorMessage", reason));
         }
         None => return Err(Defect::new("error.errorMessage", "missing")),
@@ -270,7 +273,10 @@ pub fn parse_seed_result(text: &str) -> Result<RecordResult, Defect> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| Defect::new("result", json_error_reason(&e)))?;
     let Value::Object(object) = value else {
-        let reason = format!("expected a result object, found {}", value_kind(&value));
+        let reason = format!(
+            "expected a result object, found {}",
+            crate::converse::check::kind(&value)
+        );
         return Err(Defect::new("result", reason));
     };
     let id = match object.get("id") {
@@ -278,7 +284,10 @@ pub fn parse_seed_result(text: &str) -> Result<RecordResult, Defect> {
         // A document's numeric id is echoed as a number.
         Some(Value::Number(n)) => n.to_string(),
         Some(other) => {
-            let reason = format!("must be a string, found {}", value_kind(other));
+            let reason = format!(
+                "must be a string, found {}",
+                crate::converse::check::kind(other)
+            );
             return Err(Defect::new("id", reason));
         }
         None => return Err(Defect::new("id", "missing")),
@@ -306,7 +315,10 @@ pub fn parse_seed_result(text: &str) -> Result<RecordResult, Defect> {
             message: required_string(e, "message", "error.message")?,
         }),
         Some(other) => {
-            let reason = format!("must be an object or null, found {}", value_kind(other));
+            let reason = format!(
+                "must be an object or null, found {}",
+                crate::converse::check::kind(other)
+            );
             return Err(Defect::new("error", reason));
         }
     };
@@ -314,7 +326,10 @@ pub fn parse_seed_result(text: &str) -> Result<RecordResult, Defect> {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
-            let reason = format!("must be a string or null, found {}", value_kind(other));
+            let reason = format!(
+                "must be a string or null, found {}",
+                crate::converse::check::kind(other)
+            );
             return Err(Defect::new("output", reason));
         }
     };
@@ -346,7 +361,10 @@ fn required_string(object: &Map<String, Value>, key: &str, path: &str) -> Result
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(Defect::new(
             path,
-            format!("must be a string, found {}", value_kind(other)),
+            format!(
+                "must be a string, found {}",
+                crate::converse::check::kind(other)
+            ),
         )),
         None => Err(Defect::new(path, "missing")),
     }
@@ -358,17 +376,6 @@ fn optional_count(object: &Map<String, Value>, key: &str) -> Result<Option<u64>,
         Some(v) => v.as_u64().map(Some).ok_or_else(|| {
             Defect::new(key, format!("must be a whole number, 0 or more, found {v}"))
         }),
-    }
-}
-
-fn value_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

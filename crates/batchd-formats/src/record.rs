@@ -40,16 +40,7 @@ pub fn parse_record_line(line: &str) -> Result<RecordLine<'_>, Defect> {
     if trimmed.trim_ascii_end().is_empty() {
         return Err(Defect::new("line", "blank line"));
     }
-    if !trimmed.starts_with('{') {
-        // Not an object: tell a broken line from a well-formed non-object.
-        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(line) {
-            Ok(_) => Defect::new(
-                "line",
-                format!("expected a JSON object, found {}", raw_kind(trimmed)),
-            ),
-            Err(e) => Defect::new("line", json_error_reason(&e)),
-        });
-    }
+    expect_object_line(line)?;
     let wire: WireLine<'_> =
         serde_json::from_str(line).map_err(|e| Defect::new("line", json_error_reason(&e)))?;
 
@@ -261,6 +252,21 @@ fn has_newline(text: &[u8]) -> bool {
 }
 
 /// The JSON type of raw, well-formed JSON text, from its first byte.
+/// A line that is not a JSON object is a defect: a broken line or a well-formed non-object.
+pub(crate) fn expect_object_line(line: &str) -> Result<(), Defect> {
+    let trimmed = line.trim_ascii_start();
+    if trimmed.starts_with('{') {
+        return Ok(());
+    }
+    Err(match serde_json::from_str::<serde::de::IgnoredAny>(line) {
+        Ok(_) => Defect::new(
+            "line",
+            format!("expected a JSON object, found {}", raw_kind(trimmed)),
+        ),
+        Err(e) => Defect::new("line", json_error_reason(&e)),
+    })
+}
+
 pub(crate) fn raw_kind(raw: &str) -> &'static str {
     match raw.trim_ascii_start().as_bytes().first() {
         Some(b'{') => "an object",

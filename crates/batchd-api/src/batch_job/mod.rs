@@ -20,6 +20,7 @@ use axum::{Json, Router};
 use batchd_core::{Counters, DialectKind, Job, JobArn, JobFilter, JobId, JobOrigin};
 use serde_json::{Value, json};
 
+use crate::bedrock::routes::query_pairs;
 use crate::bedrock::token::PageToken;
 use crate::bedrock::{ApiConfig, ApiError};
 use crate::{JobService, ServiceError};
@@ -181,10 +182,7 @@ async fn list(
     State(state): State<BatchState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
-    let Query(pairs) = query.map_err(|e| {
-        ApiError::validation(format!("The query string is malformed: {}", e.body_text()))
-    })?;
-    let q = validate::parse_list_query(&pairs)?;
+    let q = validate::parse_list_query(&query_pairs(query)?)?;
     let mut after = match &q.next_token {
         Some(token) => {
             let t = PageToken::decode(token)

@@ -13,7 +13,7 @@
 
 pub mod error;
 pub mod model;
-mod routes;
+pub(crate) mod routes;
 pub mod timestamp;
 pub mod token;
 pub mod validate;

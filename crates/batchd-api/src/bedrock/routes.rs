@@ -108,10 +108,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
-    let Query(pairs) = query.map_err(|e| {
-        ApiError::validation(format!("The query string is malformed: {}", e.body_text()))
-    })?;
-    let q = validate::parse_list_query(&pairs)?;
+    let q = validate::parse_list_query(&query_pairs(query)?)?;
     let filter = JobFilter {
         origin: JobOrigin::Api,
         dialect: Some(DialectKind::Bedrock),
@@ -147,6 +144,16 @@ pub(super) async fn list(
         body["nextToken"] = Value::String(token);
     }
     Ok(Json(body))
+}
+
+/// The query string's pairs, or a ValidationException for a malformed one.
+pub(crate) fn query_pairs(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let Query(pairs) = query.map_err(|e| {
+        ApiError::validation(format!("The query string is malformed: {}", e.body_text()))
+    })?;
+    Ok(pairs)
 }
 
 pub(super) async fn unknown_route(method: Method, uri: Uri) -> ApiError {

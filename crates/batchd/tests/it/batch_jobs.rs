@@ -3,7 +3,6 @@
 //! terminal statuses (complete, stop, timeout), a job's own retry policy, bad requests and bad
 //! items. The seed's own Python classes run against it in `tests/python/test_seed_api.py`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use batchd_testkit::harness::{Config, Model, Served, TestEnv};
@@ -32,9 +31,18 @@ fn documents(prefix: &str, n: usize) -> Vec<Value> {
         .collect()
 }
 
-fn write_array(path: &Path, items: &[Value]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, serde_json::to_vec(items).unwrap()).unwrap();
+/// A fake backend with `config` and a test environment naming it as `MODEL`.
+async fn setup(config: FakeConfig) -> (FakeServer, TestEnv) {
+    let fake = FakeServer::start(config).await.unwrap();
+    let env = env_for(&fake);
+    (fake, env)
+}
+
+/// Writes `items` as the JSON array `s3://input/docs/NAME`.
+fn input(env: &TestEnv, name: &str, items: &[Value]) {
+    let dir = env.bucket("input").join("docs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), serde_json::to_vec(items).unwrap()).unwrap();
 }
 
 fn create_body(name: &str, batch_size: u64, batches: u64, timeout: u64) -> Value {
@@ -105,21 +113,16 @@ fn ids(items: &[Value]) -> Vec<&str> {
 
 #[tokio::test]
 async fn batches_are_bounded_and_every_item_gets_one_result_in_order() {
-    let fake = FakeServer::start(FakeConfig {
+    let (fake, env) = setup(FakeConfig {
         latency_ms: 150,
         fail_when_prompt_contains: Some(FAIL_MARKER.into()),
         ..FakeConfig::default()
     })
-    .await
-    .unwrap();
-    let env = env_for(&fake);
+    .await;
     let mut first = documents("a", 12);
     first[4]["content"] = json!(format!("please {FAIL_MARKER}"));
-    write_array(&env.bucket("input").join("docs/batch_0.json"), &first);
-    write_array(
-        &env.bucket("input").join("docs/batch_1.json"),
-        &documents("b", 8),
-    );
+    input(&env, "batch_0.json", &first);
+    input(&env, "batch_1.json", &documents("b", 8));
     let server = env.serve().await;
 
     let id = create(&server, &create_body("bounded", 3, 2, 600)).await;
@@ -228,17 +231,12 @@ async fn batches_are_bounded_and_every_item_gets_one_result_in_order() {
 
 #[tokio::test]
 async fn stop_and_timeout_end_stopped_and_failed_with_every_item_present() {
-    let fake = FakeServer::start(FakeConfig {
+    let (_fake, env) = setup(FakeConfig {
         latency_ms: 300,
         ..FakeConfig::default()
     })
-    .await
-    .unwrap();
-    let env = env_for(&fake);
-    write_array(
-        &env.bucket("input").join("docs/batch_0.json"),
-        &documents("d", 30),
-    );
+    .await;
+    input(&env, "batch_0.json", &documents("d", 30));
     let server = env.serve().await;
 
     let stopped = create(&server, &create_body("stopped", 2, 1, 600)).await;
@@ -326,17 +324,12 @@ async fn stop_and_timeout_end_stopped_and_failed_with_every_item_present() {
 
 #[tokio::test]
 async fn a_jobs_retry_policy_decides_what_is_retried_and_how_often() {
-    let fake = FakeServer::start(FakeConfig {
+    let (_fake, env) = setup(FakeConfig {
         rate_429: 1.0,
         ..FakeConfig::default()
     })
-    .await
-    .unwrap();
-    let env = env_for(&fake);
-    write_array(
-        &env.bucket("input").join("docs/batch_0.json"),
-        &documents("r", 2),
-    );
+    .await;
+    input(&env, "batch_0.json", &documents("r", 2));
     let server = env.serve().await;
     for (retry_on, attempts) in [(json!(["THROTTLING"]), 3), (json!(["SERVER_ERROR"]), 1)] {
         let mut body = create_body(&format!("retry-{attempts}"), 10, 1, 600);
@@ -357,12 +350,11 @@ async fn a_jobs_retry_policy_decides_what_is_retried_and_how_often() {
 
 #[tokio::test]
 async fn bad_requests_and_bad_items_are_named() {
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = env_for(&fake);
+    let (fake, env) = setup(FakeConfig::default()).await;
     let mut items = documents("x", 3);
     items[1] = json!({"id": "x1", "text": "no content"});
     items[2]["content"] = json!(7);
-    write_array(&env.bucket("input").join("docs/batch_0.json"), &items);
+    input(&env, "batch_0.json", &items);
     let server = env.serve().await;
 
     let mut body = create_body("bad", 0, 1, 600);
@@ -423,8 +415,7 @@ async fn bad_requests_and_bad_items_are_named() {
 
 #[tokio::test]
 async fn jsonl_items_of_every_kind_run_through_the_prompt_template() {
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = env_for(&fake);
+    let (_fake, env) = setup(FakeConfig::default()).await;
     let lines = [
         json!({"id": "doc", "content": "the text", "metadata": {"type": "memo"}}),
         json!({"recordId": "rec", "modelInput": {"messages": [{"role": "user", "content": [{"text": "from a record"}]}]}}),
@@ -472,18 +463,16 @@ async fn jsonl_items_of_every_kind_run_through_the_prompt_template() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_restart_keep_one_result_per_item_in_valid_json_arrays() {
-    let fake = FakeServer::start(FakeConfig {
+    let (_fake, env) = setup(FakeConfig {
         latency_ms: 5,
         latency_jitter_ms: 20,
         ..FakeConfig::default()
     })
-    .await
-    .unwrap();
-    let env = env_for(&fake);
+    .await;
     let first = documents("a", 700);
     let second = documents("b", 500);
-    write_array(&env.bucket("input").join("docs/batch_0.json"), &first);
-    write_array(&env.bucket("input").join("docs/batch_1.json"), &second);
+    input(&env, "batch_0.json", &first);
+    input(&env, "batch_1.json", &second);
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
     eprintln!("seed {seed}");
@@ -529,10 +518,7 @@ async fn a_batch_job_runs_on_the_embedded_model() {
     }
     // No model in the config: the built-in id names the embedded chat model.
     let env = test_env(&Config::new().set("embedded", "context_per_sequence", 512));
-    write_array(
-        &env.bucket("input").join("docs/batch_0.json"),
-        &documents("e", 4),
-    );
+    input(&env, "batch_0.json", &documents("e", 4));
     let server = env.serve().await;
     let mut body = create_body("embedded", 4, 1, 600);
     body["modelId"] = json!("batchd.smollm2-135m-instruct");
