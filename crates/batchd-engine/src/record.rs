@@ -113,6 +113,17 @@ pub(crate) struct RecordOutcome {
 }
 
 impl RecordOutcome {
+    /// A record that failed without an answer, written to `line`.
+    fn failed(line: Vec<u8>) -> Self {
+        Self {
+            line,
+            success: false,
+            input_tokens: 0,
+            output_tokens: 0,
+            elapsed: None,
+        }
+    }
+
     /// A record the backend answered, written to `line`.
     fn answered(line: Vec<u8>, answer: &Answer, elapsed: Duration) -> Self {
         Self {
@@ -143,13 +154,7 @@ pub(crate) fn internal_error(line: &[u8], message: &str) -> RecordOutcome {
         500,
         &format!("internal error: {message}"),
     );
-    RecordOutcome {
-        line: out,
-        success: false,
-        input_tokens: 0,
-        output_tokens: 0,
-        elapsed: None,
-    }
+    RecordOutcome::failed(out)
 }
 
 fn null_raw() -> Box<RawValue> {
@@ -275,13 +280,6 @@ pub(crate) async fn process_record(
         return process_item(&ctx, &file, line_no, &line).await;
     }
     let mut out = Vec::with_capacity(line.len() + 512);
-    let failed = |out: Vec<u8>| RecordOutcome {
-        line: out,
-        success: false,
-        input_tokens: 0,
-        output_tokens: 0,
-        elapsed: None,
-    };
     // Validation passed, so these only fail if the input changed since: still an error line.
     let record = match std::str::from_utf8(&line)
         .map_err(|_| "line: not valid UTF-8".to_owned())
@@ -293,7 +291,7 @@ pub(crate) async fn process_record(
             let message =
                 format!("{file}:{line_no}: {defect} (the input changed after validation)");
             write_error_line(&mut out, &id, &null_raw(), 400, &message);
-            return failed(out);
+            return RecordOutcome::failed(out);
         }
     };
     let record_id = match &record.record_id {
@@ -304,7 +302,7 @@ pub(crate) async fn process_record(
         Ok(prepared) => prepared,
         Err(message) => {
             write_error_line(&mut out, &record_id, record.model_input, 400, &message);
-            return failed(out);
+            return RecordOutcome::failed(out);
         }
     };
 
@@ -325,7 +323,7 @@ pub(crate) async fn process_record(
             );
             RecordOutcome {
                 elapsed: Some(called.elapsed),
-                ..failed(out)
+                ..RecordOutcome::failed(out)
             }
         }
     }
@@ -482,13 +480,7 @@ pub(crate) fn item_not_run(
         Some((code, message)),
         item.as_ref().and_then(|i| i.metadata),
     );
-    RecordOutcome {
-        line: out,
-        success: false,
-        input_tokens: 0,
-        output_tokens: 0,
-        elapsed: None,
-    }
+    RecordOutcome::failed(out)
 }
 
 /// One batch-job item from its input to its result object.
@@ -526,13 +518,7 @@ async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -
             let error = Some(("ValidationException", message.as_str()));
             let none = (std::time::Duration::ZERO, 0);
             item_result(&mut out, &id, None, none, (0, 0), error, item.metadata);
-            return RecordOutcome {
-                line: out,
-                success: false,
-                input_tokens: 0,
-                output_tokens: 0,
-                elapsed: None,
-            };
+            return RecordOutcome::failed(out);
         }
     };
     let called = call_with_retries(ctx, &prepared).await;
@@ -557,11 +543,8 @@ async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -
             let failure = Some((item_error_code(&error), message.as_str()));
             item_result(&mut out, &id, None, timing, (0, 0), failure, item.metadata);
             RecordOutcome {
-                line: out,
-                success: false,
-                input_tokens: 0,
-                output_tokens: 0,
                 elapsed: Some(called.elapsed),
+                ..RecordOutcome::failed(out)
             }
         }
     }
