@@ -53,13 +53,15 @@ pub struct TimingSummary {
 
 /// How far a running job's output is durable: every record before `records_in_file` of
 /// input file `file_index` (and all of every earlier file) is written, and the output file is
-/// at `position` (bytes, or parts for object stores). `counters` are the counts at that point.
+/// at `position` (bytes, or parts for object stores), its side file of processing times (when
+/// the job keeps one) at `timings_position`. `counters` are the counts at that point.
 /// A checkpoint never moves backwards.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Checkpoint {
     pub file_index: u64,
     pub records_in_file: u64,
     pub position: u64,
+    pub timings_position: u64,
     pub counters: Counters,
 }
 

@@ -52,6 +52,26 @@ pub struct ResultFile {
     pub layout: Layout,
 }
 
+/// The side file of processing times the engine keeps for a Bedrock output file of an
+/// InvokeModel job: `<output>/<jobId>.timings/<input relative>.jsonl` for
+/// `<output>/<jobId>/<input relative>.out` (see `run::timings_uri`).
+fn timings_of(file: &ResultFile) -> Option<StorageUri> {
+    if file.dialect != Dialect::Bedrock {
+        return None;
+    }
+    let relative = &file.file.relative;
+    let uri = file.file.uri.to_string();
+    let dir = uri.strip_suffix(relative.as_str())?.trim_end_matches('/');
+    let input = relative.strip_suffix(".out")?;
+    StorageUri::parse(&format!("{dir}.timings/{input}.jsonl")).ok()
+}
+
+/// Seconds from a side-file line `{"latencyMs": N}`; `None` for `{}` or anything else.
+fn side_latency(line: &[u8]) -> Option<f64> {
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    Some(value.get("latencyMs")?.as_f64()? / 1000.0)
+}
+
 /// `<output>/<jobId>.analysis.json`: beside the job's folder.
 pub fn analysis_uri(output: &StorageUri, job_id: &str) -> StorageUri {
     output.join(&format!("{job_id}.analysis.json"))
@@ -101,6 +121,14 @@ pub async fn read_results(
     match file.layout {
         Layout::Lines => {
             let mut lines = storage.read_lines(uri, max_line_bytes).await?;
+            let mut timings = match timings_of(file) {
+                Some(side) => match storage.read_lines(&side, max_line_bytes).await {
+                    Ok(reader) => Some(reader),
+                    Err(StorageError::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                },
+                None => None,
+            };
             while let Some((line, bytes)) = lines.next_line().await? {
                 let at = |defect| AnalysisError::Line {
                     file: name.clone(),
@@ -112,7 +140,18 @@ pub async fn read_results(
                 if text.trim_ascii().is_empty() {
                     continue;
                 }
-                f(line, parse(text).map_err(at)?)?;
+                let mut result = parse(text).map_err(at)?;
+                // The side file has one line per output line, in the same order.
+                let side = match &mut timings {
+                    Some(reader) => reader.next_line().await?,
+                    None => None,
+                };
+                if result.processing_time.is_none()
+                    && let Some((_, side)) = side
+                {
+                    result.processing_time = side_latency(&side);
+                }
+                f(line, result)?;
             }
             Ok(())
         }

@@ -90,6 +90,8 @@ struct OutputFiles<'a> {
     spec: &'a JobSpec,
     store: &'a dyn JobStore,
     current: Option<(usize, OutputSink)>,
+    /// The current file's side file of processing times (InvokeModel jobs only).
+    timings: Option<OutputSink>,
     /// Records written to the current file (including those before a resume).
     records_in_current: u64,
     /// Files before this index are finished.
@@ -101,13 +103,20 @@ impl OutputFiles<'_> {
         &mut self,
         file_index: usize,
         bytes: &[u8],
+        elapsed: Option<Duration>,
         counters: &Counters,
     ) -> Result<(), EngineError> {
         if self.current.as_ref().map(|(i, _)| *i) != Some(file_index) {
             self.finish_below(file_index, counters).await?;
-            let uri = output_uri(self.spec, &self.files[file_index]);
-            self.current = Some((file_index, self.engine.storage.open_sink(&uri, 0).await?));
+            self.open(file_index, 0, 0).await?;
             self.records_in_current = 0;
+        }
+        if let Some(timings) = &mut self.timings {
+            let line = match elapsed {
+                Some(d) => format!("{{\"latencyMs\":{}}}\n", d.as_millis()),
+                None => "{}\n".to_owned(),
+            };
+            timings.write(line.as_bytes()).await?;
         }
         if let Some((_, sink)) = &mut self.current {
             let framing = Framing::of(self.spec);
@@ -138,12 +147,43 @@ impl OutputFiles<'_> {
         Ok(())
     }
 
+    /// Opens file `index`'s output (and side file) at the positions of a checkpoint.
+    async fn open(
+        &mut self,
+        index: usize,
+        position: u64,
+        timings_position: u64,
+    ) -> Result<(), EngineError> {
+        let storage = &self.engine.storage;
+        let file = &self.files[index];
+        self.current = Some((
+            index,
+            storage
+                .open_sink(&output_uri(self.spec, file), position)
+                .await?,
+        ));
+        self.timings = match keeps_timings(self.spec) {
+            true => Some(
+                storage
+                    .open_sink(&timings_uri(self.spec, file), timings_position)
+                    .await?,
+            ),
+            false => None,
+        };
+        Ok(())
+    }
+
     async fn checkpoint(&mut self, counters: &Counters) -> Result<(), EngineError> {
+        let storage = &self.engine.storage;
         let ckpt = match &mut self.current {
             Some((index, sink)) => Checkpoint {
                 file_index: *index as u64,
                 records_in_file: self.records_in_current,
-                position: sink.commit(&self.engine.storage).await?,
+                position: sink.commit(storage).await?,
+                timings_position: match &mut self.timings {
+                    Some(timings) => timings.commit(storage).await?,
+                    None => 0,
+                },
                 counters: *counters,
             },
             None => Checkpoint {
@@ -167,6 +207,9 @@ impl OutputFiles<'_> {
             }
             sink.write(framing.close).await?;
             leftovers.push(sink.finish(&self.engine.storage).await?);
+            if let Some(timings) = self.timings.take() {
+                leftovers.push(timings.finish(&self.engine.storage).await?);
+            }
             self.done_below = index + 1;
         }
         while self.done_below < end {
@@ -203,6 +246,20 @@ pub(crate) fn output_uri(spec: &JobSpec, file: &InputFile) -> batchd_storage::St
         }
     };
     spec.output.join(&format!("{}/{name}", spec.job_id))
+}
+
+/// Whether the job keeps a side file of each record's processing time: InvokeModel bodies
+/// carry none in their output lines (Converse's carry `metrics.latencyMs`, batch jobs'
+/// results `processing_time`), and Bedrock's output lines must stay as Bedrock writes them.
+fn keeps_timings(spec: &JobSpec) -> bool {
+    spec.batch.is_none() && spec.invocation_type == batchd_core::InvocationType::InvokeModel
+}
+
+/// `<out>/<jobId>.timings/<relative>.jsonl`: one line per output line of the file, in order,
+/// `{"latencyMs": N}` (or `{}` for a record that made no call), beside the job's folder.
+pub fn timings_uri(spec: &JobSpec, file: &InputFile) -> batchd_storage::StorageUri {
+    spec.output
+        .join(&format!("{}.timings/{}.jsonl", spec.job_id, file.relative))
 }
 
 /// The bytes around each output record: none for Bedrock's JSONL lines (each ends in `\n`);
@@ -425,14 +482,14 @@ impl<'a> Pipeline<'a> {
             spec,
             store: job.store,
             current: None,
+            timings: None,
             records_in_current: 0,
             done_below: first_file,
         };
         if first_file < files.len() && (resume_from.records_in_file > 0 || resume_from.position > 0)
         {
-            let uri = output_uri(spec, &files[first_file]);
-            let sink = engine.storage.open_sink(&uri, resume_from.position).await?;
-            output.current = Some((first_file, sink));
+            let (position, timings) = (resume_from.position, resume_from.timings_position);
+            output.open(first_file, position, timings).await?;
             output.records_in_current = resume_from.records_in_file;
         }
         Ok(Self {
@@ -546,7 +603,7 @@ impl<'a> Pipeline<'a> {
             // not count a record its file position does not cover.
             let done = &ready.outcome;
             self.output
-                .write(ready.file_index, &done.line, &self.counters)
+                .write(ready.file_index, &done.line, done.elapsed, &self.counters)
                 .await?;
             let c = &mut self.counters;
             c.processed += 1;

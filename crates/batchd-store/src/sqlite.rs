@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_origin_inputs.sql"),
     ),
     (5, "dialect", include_str!("../migrations/0005_dialect.sql")),
+    (
+        6,
+        "timings position",
+        include_str!("../migrations/0006_timings_position.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -365,13 +370,15 @@ impl JobStore for SqliteStore {
     async fn checkpoint(&self, id: &JobId, ckpt: &Checkpoint) -> Result<bool, StoreError> {
         let c = &ckpt.counters;
         let sql = format!(
-            "UPDATE jobs SET {SET_COUNTERS}, ckpt_file = ?, ckpt_records = ?, ckpt_position = ?
+            "UPDATE jobs SET {SET_COUNTERS}, ckpt_file = ?, ckpt_records = ?, ckpt_position = ?,
+                ckpt_timings_position = ?
              WHERE job_id = ? AND (ckpt_file, ckpt_records) <= (?, ?)"
         );
         let done = bind_counters(sqlx::query(sqlx::AssertSqlSafe(sql)), c)
             .bind(to_i64(ckpt.file_index))
             .bind(to_i64(ckpt.records_in_file))
             .bind(to_i64(ckpt.position))
+            .bind(to_i64(ckpt.timings_position))
             .bind(id.as_str())
             .bind(to_i64(ckpt.file_index))
             .bind(to_i64(ckpt.records_in_file))
@@ -504,6 +511,7 @@ fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
             file_index: to_u64(row.try_get("ckpt_file")?),
             records_in_file: to_u64(row.try_get("ckpt_records")?),
             position: to_u64(row.try_get("ckpt_position")?),
+            timings_position: to_u64(row.try_get("ckpt_timings_position")?),
             counters,
         },
     })

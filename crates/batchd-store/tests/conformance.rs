@@ -370,6 +370,7 @@ async fn checkpoints_never_move_backwards(store: &dyn JobStore) {
         file_index: file,
         records_in_file: records,
         position: records * 10,
+        timings_position: records * 3 + 1,
         counters: Counters {
             total: 100,
             processed,

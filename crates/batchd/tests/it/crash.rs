@@ -310,3 +310,80 @@ async fn a_backend_down_past_the_limit_fails_records_as_unreachable() {
         assert!(text.contains("unreachable"), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_an_invoke_model_job_keeps_its_side_file_of_times_aligned() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 5,
+        latency_jitter_ms: 30,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake.base_url(), 4, Config::new());
+    let dir = env.bucket(BUCKET).join("in");
+    let mut inputs = Vec::new();
+    for (name, n) in [("a.jsonl", 900), ("b.jsonl", 700)] {
+        let ids: Vec<String> = (0..n).map(|i| format!("{name}-{i:05}")).collect();
+        write_jsonl(
+            &dir.join(name),
+            ids.iter().map(|id| {
+                json!({"recordId": id, "modelInput": {"anthropic_version": "bedrock-2023-05-31",
+                    "max_tokens": 8, "messages": [{"role": "user", "content": format!("record {id}")}]}})
+            }),
+        );
+        inputs.push((name, ids));
+    }
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut server = env.serve().await;
+    let body = json!({
+        "jobName": "invoke-crash", "modelId": MODEL,
+        "roleArn": "arn:aws:iam::123456789012:role/batchd",
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": format!("s3://{BUCKET}/in/")}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": format!("s3://{BUCKET}/out/")}},
+        "modelInvocationType": "InvokeModel",
+    });
+    let answer = server.post_json("model-invocation-job", &body).await;
+    let job_id = answer["jobArn"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut kills = 0;
+    while kills < 8 {
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..800))).await;
+        if job(&server, &job_id).await["status"] == "Completed" {
+            break;
+        }
+        server.kill9().await;
+        kills += 1;
+        server = env.serve().await;
+    }
+    assert!(
+        kills >= 4,
+        "the job ended after {kills} kills (seed {seed})"
+    );
+    wait_for(&server, &job_id, "Completed", Duration::from_secs(60)).await;
+    let out = env.bucket(BUCKET).join("out");
+    for (name, ids) in &inputs {
+        let lines = read_jsonl(&out.join(&job_id).join(format!("{name}.out")));
+        assert!(
+            record_ids(&lines) == *ids,
+            "{name}: each record once, in order (seed {seed})"
+        );
+        let times = read_jsonl(&out.join(format!("{job_id}.timings/{name}.jsonl")));
+        assert_eq!(
+            times.len(),
+            ids.len(),
+            "{name}: one time per output line (seed {seed})"
+        );
+        assert!(
+            times.iter().all(|t| t["latencyMs"].is_u64()),
+            "{name} (seed {seed})"
+        );
+    }
+    drop(server);
+}

@@ -318,3 +318,75 @@ async fn seed_results_at_an_output_location_are_analysed_and_defects_located() {
         describe(&out)
     );
 }
+
+#[tokio::test]
+async fn invoke_model_jobs_keep_processing_times_beside_their_unchanged_output() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 40,
+        fail_when_prompt_contains: Some(MARKER.into()),
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake);
+    let input = env.path("in/claude.jsonl");
+    write_jsonl(
+        &input,
+        (0..6).map(|i| {
+            let text = if i == 2 {
+                format!("{MARKER} {i}")
+            } else {
+                format!("hi {i}")
+            };
+            json!({"recordId": format!("c{i}"), "modelInput": {
+                "anthropic_version": "bedrock-2023-05-31", "max_tokens": 16,
+                "messages": [{"role": "user", "content": text}]}})
+        }),
+    );
+    let (out, job_dir) = env
+        .run(
+            &[&input],
+            MODEL,
+            "out",
+            &["--invocation-type", "invoke-model", "--quiet"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let job_dir = job_dir.unwrap();
+    let job_id = job_dir.file_name().unwrap().to_str().unwrap().to_owned();
+    // Bedrock's lines are as Bedrock writes them; the times sit beside the job's folder.
+    for line in read_jsonl(&job_dir.join("claude.jsonl.out")) {
+        let keys: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert!(
+            keys == ["error", "modelInput", "recordId"]
+                || keys == ["modelInput", "modelOutput", "recordId"],
+            "{keys:?}"
+        );
+    }
+    let side = env.path(&format!("out/{job_id}.timings/claude.jsonl.jsonl"));
+    let times = read_jsonl(&side);
+    assert_eq!(times.len(), 6, "one line per output line");
+    assert!(
+        times
+            .iter()
+            .enumerate()
+            .all(|(i, t)| (i == 2) != (t["latencyMs"].as_u64().unwrap() >= 40)),
+        "{times:?}"
+    );
+
+    let a = results_json(&env, &job_id).await;
+    let time = &a["processing_time"];
+    // The failed record made a call too: it has a time (a short one: the fake fails at once).
+    assert_eq!(
+        (&time["records"], &time["excluded"]),
+        (&json!(6), &json!(0)),
+        "{a}"
+    );
+    assert!(time["min"].as_f64().unwrap() < 0.04, "{a}");
+    assert!(time["p50"].as_f64().unwrap() >= 0.04, "{a}");
+}
