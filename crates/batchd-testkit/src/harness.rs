@@ -363,13 +363,17 @@ impl Served {
     }
 }
 
-/// The first folder in `dir` (a run's job folder under its `--out`; its
-/// `<jobId>.analysis.json` sits beside it), if any.
+/// The job folder in `dir` (a run's `--out`), if any: the folder named like a job id, not the
+/// `<jobId>.analysis.json` or the `<jobId>.timings/` folder beside it.
 pub fn first_entry(dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(dir)
         .ok()?
         .map(|e| e.expect("reading an output folder").path())
-        .find(|p| p.is_dir())
+        .find(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().contains('.'))
+        })
 }
 
 /// Exit status, stdout and stderr, for assertion messages.
