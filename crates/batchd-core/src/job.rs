@@ -61,6 +61,9 @@ pub enum Dialect {
     /// The batch-job API of the first seed (`create_batch_inference_job`): items in JSON
     /// arrays or JSONL, batches, a start step, one result object per item.
     BatchJob(Box<BatchJobOptions>),
+    /// The OpenAI Batch API: one uploaded JSONL file of `{custom_id, method, url, body}`
+    /// lines, an output file and an error file.
+    OpenAi(Box<OpenAiBatchOptions>),
 }
 
 impl Dialect {
@@ -68,13 +71,21 @@ impl Dialect {
         match self {
             Self::Bedrock => DialectKind::Bedrock,
             Self::BatchJob(_) => DialectKind::BatchJob,
+            Self::OpenAi(_) => DialectKind::OpenAi,
         }
     }
 
     pub fn batch_job(&self) -> Option<&BatchJobOptions> {
         match self {
             Self::BatchJob(options) => Some(options),
-            Self::Bedrock => None,
+            _ => None,
+        }
+    }
+
+    pub fn openai(&self) -> Option<&OpenAiBatchOptions> {
+        match self {
+            Self::OpenAi(options) => Some(options),
+            _ => None,
         }
     }
 }
@@ -84,6 +95,7 @@ impl Dialect {
 pub enum DialectKind {
     Bedrock,
     BatchJob,
+    OpenAi,
 }
 
 impl DialectKind {
@@ -91,13 +103,40 @@ impl DialectKind {
         match self {
             Self::Bedrock => "bedrock",
             Self::BatchJob => "batch-job",
+            Self::OpenAi => "openai",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Bedrock, Self::BatchJob]
+        [Self::Bedrock, Self::BatchJob, Self::OpenAi]
             .into_iter()
             .find(|k| k.as_str() == s)
+    }
+}
+
+/// What an OpenAI batch was created with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenAiBatchOptions {
+    /// `/v1/chat/completions` or `/v1/embeddings`: every line's `url`.
+    pub endpoint: String,
+    pub input_file_id: String,
+    /// `24h`, the only window OpenAI offers.
+    pub completion_window: String,
+    /// Up to 16 pairs, in the order given.
+    pub metadata: Vec<(String, String)>,
+    /// Seconds after creation the output and error files expire; `None`: they do not.
+    pub output_expires_after_seconds: Option<i64>,
+}
+
+impl OpenAiBatchOptions {
+    /// The ids of a batch's output and error files (made from the job id: one of each per
+    /// batch, known before they exist).
+    pub fn output_file_id(job: &crate::JobId) -> String {
+        format!("file-{job}out")
+    }
+
+    pub fn error_file_id(job: &crate::JobId) -> String {
+        format!("file-{job}err")
     }
 }
 
@@ -243,7 +282,7 @@ impl NewJob {
     pub fn initial_status(&self) -> JobStatus {
         match self.request.dialect {
             Dialect::BatchJob(_) => JobStatus::Created,
-            Dialect::Bedrock => JobStatus::Submitted,
+            Dialect::Bedrock | Dialect::OpenAi(_) => JobStatus::Submitted,
         }
     }
 }
@@ -331,7 +370,11 @@ mod tests {
 
     #[test]
     fn dialects_formats_and_retry_classes_round_trip_their_names() {
-        for kind in [DialectKind::Bedrock, DialectKind::BatchJob] {
+        for kind in [
+            DialectKind::Bedrock,
+            DialectKind::BatchJob,
+            DialectKind::OpenAi,
+        ] {
             assert_eq!(DialectKind::parse(kind.as_str()), Some(kind));
         }
         for format in [ItemFormat::Json, ItemFormat::Jsonl] {

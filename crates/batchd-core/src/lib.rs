@@ -13,7 +13,7 @@ mod status;
 pub use ids::{IdError, JobArn, JobId, generated_record_id, stable_hash64};
 pub use job::{
     BatchJobOptions, Dialect, DialectKind, ItemFormat, Job, JobFile, JobFilter, JobOrigin,
-    JobRequest, JobRetry, NewJob, RetryClass, UnknownOrigin,
+    JobRequest, JobRetry, NewJob, OpenAiBatchOptions, RetryClass, UnknownOrigin,
 };
 pub use model_id::ModelId;
 pub use status::{InvocationType, JobStatus, StatusError};

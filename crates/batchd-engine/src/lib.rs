@@ -12,6 +12,7 @@
 
 pub mod analysis;
 mod embed_batch;
+mod openai_files;
 mod record;
 pub mod retry;
 pub mod run;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use batchd_backends::ModelBackend;
 use batchd_core::{
     BatchJobOptions, Checkpoint, Counters, InvocationType, Job, JobFile, JobId, JobStatus,
-    TimingSummary,
+    OpenAiBatchOptions, TimingSummary,
 };
 use batchd_formats::analysis::{AnalysisContext, Prices};
 use batchd_formats::converse::ConverseOptions;
@@ -150,6 +151,17 @@ pub struct JobSpec {
     pub concurrency: usize,
     /// A batch-job API job's items, batches, formats and retry policy; `None`: a Bedrock job.
     pub batch: Option<BatchJobOptions>,
+    /// An OpenAI batch's endpoint and model: its lines are `{custom_id, method, url, body}`.
+    pub openai: Option<OpenAiRun>,
+}
+
+/// What the engine needs of an OpenAI batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAiRun {
+    /// The batch's endpoint (`/v1/chat/completions`, `/v1/embeddings`).
+    pub endpoint: String,
+    /// The `body.model` every line names.
+    pub model: String,
 }
 
 impl JobSpec {
@@ -158,6 +170,12 @@ impl JobSpec {
 
     /// Most items a batch job has in flight, whatever its batch size × batches ask for.
     pub const MAX_BATCH_CONCURRENCY: usize = 4096;
+
+    /// Whether a user stop or the timeout still gives every input line its output line (a
+    /// batch job's item result, an OpenAI batch's `batch_cancelled`/`batch_expired` line).
+    pub fn answers_every_line(&self) -> bool {
+        self.batch.is_some() || self.openai.is_some()
+    }
 
     /// The file extension of the job's input files.
     pub fn input_extension(&self) -> &'static str {
@@ -181,6 +199,10 @@ impl JobSpec {
                 .clamp(1, Self::MAX_BATCH_CONCURRENCY),
             None => concurrency,
         };
+        let openai = r.dialect.openai().map(|o| OpenAiRun {
+            endpoint: o.endpoint.clone(),
+            model: r.model_id.clone(),
+        });
         Ok(Self {
             job_id: job.id.clone(),
             inputs: r
@@ -193,6 +215,7 @@ impl JobSpec {
             records,
             concurrency,
             batch,
+            openai,
         })
     }
 }
@@ -555,6 +578,13 @@ impl Engine {
         {
             tracing::warn!(job = %spec.job_id, error = %e, "cannot write the error log");
         }
+        if spec.openai.is_some()
+            && stop.reason() != Some(StopReason::Shutdown)
+            && let Err(e) = self.publish_openai_files(spec, store, &files).await
+        {
+            // Without its files the batch cannot be read: fail it rather than complete it.
+            return job.fail(e).await;
+        }
         let (status, message) = self.end_execution(&job, &end).await?;
         Ok(JobOutcome {
             status,
@@ -564,6 +594,65 @@ impl Engine {
             elapsed: started.elapsed(),
             output_dir: spec.output.join(spec.job_id.as_str()),
         })
+    }
+
+    /// An OpenAI batch's output file (2xx lines) and error file (the rest), split from the
+    /// job's output in order, written beside its folder and published as files
+    /// (`OpenAiBatchOptions::output_file_id` / `error_file_id`); an empty one is not published.
+    async fn publish_openai_files(
+        &self,
+        spec: &JobSpec,
+        store: &dyn JobStore,
+        files: &[InputFile],
+    ) -> Result<(), EngineError> {
+        let output_uri = spec.output.join(&format!("{}.output.jsonl", spec.job_id));
+        let error_uri = spec.output.join(&format!("{}.error.jsonl", spec.job_id));
+        let mut output = self.storage.create(&output_uri)?;
+        let mut errors = self.storage.create(&error_uri)?;
+        let (mut output_bytes, mut error_bytes) = (0u64, 0u64);
+        for file in files {
+            let uri = run::output_uri(spec, file);
+            let mut lines = self
+                .storage
+                .read_lines(&uri, self.config.max_line_bytes)
+                .await?;
+            while let Some((_, line)) = lines.next_line().await? {
+                let text = String::from_utf8_lossy(&line);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let (writer, bytes) = if batchd_formats::openai::is_success_line(&text) {
+                    (&mut output, &mut output_bytes)
+                } else {
+                    (&mut errors, &mut error_bytes)
+                };
+                writer.write(&line).await?;
+                writer.write(b"\n").await?;
+                *bytes += line.len() as u64 + 1;
+            }
+        }
+        output.finish().await?;
+        errors.finish().await?;
+        let published = [
+            (
+                OpenAiBatchOptions::output_file_id(&spec.job_id),
+                output_uri,
+                output_bytes,
+            ),
+            (
+                OpenAiBatchOptions::error_file_id(&spec.job_id),
+                error_uri,
+                error_bytes,
+            ),
+        ];
+        for (id, uri, bytes) in published {
+            if bytes == 0 {
+                self.storage.delete(&uri).await?;
+                continue;
+            }
+            openai_files::publish(store, spec, &id, &uri, bytes).await?;
+        }
+        Ok(())
     }
 
     /// A batch job's error log, `<out>/<jobId>.errors.jsonl`: one line per failed item (file,

@@ -14,6 +14,8 @@ use batchd_formats::native::{
     EmbedItem, ModelFamily, NativeRequest, parse_native, render_chat, render_embed,
 };
 use batchd_formats::neutral::ChatRequest;
+use batchd_formats::neutral::EmbedRequest;
+use batchd_formats::openai::{self, Endpoint};
 use batchd_formats::record::{parse_record_line, write_error_line, write_success_line};
 use bytes::Bytes;
 use serde_json::Value;
@@ -36,6 +38,15 @@ pub(crate) struct RecordContext {
     embedder: Option<EmbedBatcher>,
     /// A batch-job API job: units are items, results are result objects.
     items: Option<ItemOptions>,
+    /// An OpenAI batch: units are request lines, output is output/error lines.
+    openai: Option<OpenAiLines>,
+}
+
+/// What an OpenAI batch's lines need.
+struct OpenAiLines {
+    /// `None` for an endpoint batchd does not run (every line then fails).
+    endpoint: Option<Endpoint>,
+    model: String,
 }
 
 /// What a batch-job API job's items need beyond a record's.
@@ -82,6 +93,10 @@ impl RecordContext {
             job_id: spec.job_id.to_string(),
             embedder,
             items,
+            openai: spec.openai.as_ref().map(|o| OpenAiLines {
+                endpoint: Endpoint::parse(&o.endpoint),
+                model: o.model.clone(),
+            }),
         }
     }
 
@@ -169,6 +184,10 @@ enum Prepared<'a> {
     Converse(Box<ChatRequest>),
     Chat(ModelFamily, Box<ChatRequest>),
     Embed(ModelFamily, EmbedItem),
+    /// An OpenAI batch line's chat completions body; answered as a chat completion object.
+    OpenAiChat(Box<ChatRequest>, &'a OpenAiLines),
+    /// An OpenAI batch line's embeddings body; answered as an embeddings list.
+    OpenAiEmbed(EmbedRequest, &'a OpenAiLines),
 }
 
 /// A backend's answer, rendered: the modelOutput and its token counts.
@@ -249,6 +268,28 @@ async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer,
                 output_tokens: response.usage.output_tokens,
             })
         }
+        Prepared::OpenAiChat(request, lines) => {
+            let response = ctx.backend.chat(request).await?;
+            let id = format!("{:016x}", fastrand::u64(..));
+            let created = unix_seconds();
+            Ok(Answer {
+                body: openai::render_chat(&response, &lines.model, &id, created),
+                input_tokens: response.usage.input_tokens,
+                output_tokens: response.usage.output_tokens,
+            })
+        }
+        Prepared::OpenAiEmbed(request, lines) => {
+            let response = ctx.backend.embed(request).await?;
+            Ok(Answer {
+                body: openai::render_embeddings(
+                    &response.embeddings,
+                    &lines.model,
+                    response.input_tokens,
+                ),
+                input_tokens: response.input_tokens,
+                output_tokens: 0,
+            })
+        }
         Prepared::Embed(family, item) => {
             let Some(embedder) = &ctx.embedder else {
                 return Err(BackendError::new(
@@ -278,6 +319,9 @@ pub(crate) async fn process_record(
 ) -> RecordOutcome {
     if ctx.items.is_some() {
         return process_item(&ctx, &file, line_no, &line).await;
+    }
+    if let Some(openai) = &ctx.openai {
+        return process_openai_line(&ctx, openai, &file, line_no, &line).await;
     }
     let mut out = Vec::with_capacity(line.len() + 512);
     // Validation passed, so these only fail if the input changed since: still an error line.
@@ -542,6 +586,155 @@ async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -
             let message = gave_up_message(&error, called.attempts);
             let failure = Some((item_error_code(&error), message.as_str()));
             item_result(&mut out, &id, None, timing, (0, 0), failure, item.metadata);
+            RecordOutcome {
+                elapsed: Some(called.elapsed),
+                ..RecordOutcome::failed(out)
+            }
+        }
+    }
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A line's id in the output (`batch_req_<id>`): random, as OpenAI's are.
+fn line_id() -> String {
+    format!("{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
+}
+
+/// The `type` of an OpenAI error body for a failed call.
+fn openai_error_type(error: &BackendError) -> &'static str {
+    match error.kind {
+        ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::Client | ErrorKind::Unsupported => "invalid_request_error",
+        ErrorKind::Server | ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Protocol => {
+            "server_error"
+        }
+    }
+}
+
+/// The custom_id of a line, however broken the rest of it is.
+fn custom_id_of(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        custom_id: Option<String>,
+    }
+    serde_json::from_slice::<Id>(line).ok()?.custom_id
+}
+
+/// One line's output line without an answer: `Err` a failure before any call (status 400 or
+/// 500 inside `response.body.error`), `Ok` a request never run (`batch_cancelled`,
+/// `batch_expired`).
+fn openai_not_run(
+    file: &str,
+    unit: u64,
+    line: &[u8],
+    why: Result<NotRun, (u16, &str)>,
+) -> RecordOutcome {
+    let custom_id = custom_id_of(line).unwrap_or_else(|| format!("{file}:{unit}"));
+    let outcome = match why {
+        Ok(NotRun::Stopped) => openai::LineOutcome::NotRun {
+            code: "batch_cancelled",
+            message: "The batch was cancelled before this request ran.",
+        },
+        Ok(NotRun::TimedOut) => openai::LineOutcome::NotRun {
+            code: "batch_expired",
+            message: "The batch expired before this request ran.",
+        },
+        Err((status_code, message)) => openai::LineOutcome::Failed {
+            status_code,
+            kind: if status_code < 500 {
+                "invalid_request_error"
+            } else {
+                "server_error"
+            },
+            code: None,
+            message,
+        },
+    };
+    let mut out = Vec::new();
+    openai::write_line(&mut out, &line_id(), &custom_id, &outcome);
+    RecordOutcome::failed(out)
+}
+
+/// The output line of a unit that never got an answer, in the job's dialect: `Ok` it never
+/// ran (stop, timeout), `Err` an internal failure with this message.
+pub(crate) fn not_run(
+    ctx: &RecordContext,
+    file: &str,
+    unit: u64,
+    line: &[u8],
+    why: Result<NotRun, &str>,
+) -> RecordOutcome {
+    if ctx.openai.is_some() {
+        return openai_not_run(file, unit, line, why.map_err(|m| (500, m)));
+    }
+    if ctx.items.is_some() {
+        return item_not_run(
+            ctx,
+            file,
+            unit,
+            line,
+            why.map_err(|m| ("InternalServerException", m)),
+        );
+    }
+    internal_error(line, why.err().unwrap_or("not run"))
+}
+
+/// One OpenAI batch line from input to output line.
+async fn process_openai_line(
+    ctx: &RecordContext,
+    lines: &OpenAiLines,
+    file: &str,
+    unit: u64,
+    line: &[u8],
+) -> RecordOutcome {
+    let joined = |defects: Vec<batchd_formats::Defect>| {
+        defects
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let Some(endpoint) = lines.endpoint else {
+        return openai_not_run(
+            file,
+            unit,
+            line,
+            Err((400, "this endpoint is not supported by batchd")),
+        );
+    };
+    let text = std::str::from_utf8(line).unwrap_or_default();
+    // Validation passed, so these only fail if the input changed since.
+    let parsed = match openai::parse_line(text, endpoint) {
+        Ok(parsed) => parsed,
+        Err(defects) => return openai_not_run(file, unit, line, Err((400, &joined(defects)))),
+    };
+    let prepared = match openai::parse_body(endpoint, parsed.body) {
+        Ok(openai::BatchBody::Chat(request)) => Prepared::OpenAiChat(request, lines),
+        Ok(openai::BatchBody::Embed(request)) => Prepared::OpenAiEmbed(request, lines),
+        Err(defects) => return openai_not_run(file, unit, line, Err((400, &joined(defects)))),
+    };
+    let called = call_with_retries(ctx, &prepared).await;
+    let mut out = Vec::with_capacity(1024);
+    match called.result {
+        Ok(answer) => {
+            let outcome = openai::LineOutcome::Answered { body: &answer.body };
+            openai::write_line(&mut out, &line_id(), &parsed.custom_id, &outcome);
+            RecordOutcome::answered(out, &answer, called.elapsed)
+        }
+        Err(error) => {
+            let message = gave_up_message(&error, called.attempts);
+            let outcome = openai::LineOutcome::Failed {
+                status_code: error.error_code(),
+                kind: openai_error_type(&error),
+                code: None,
+                message: &message,
+            };
+            openai::write_line(&mut out, &line_id(), &parsed.custom_id, &outcome);
             RecordOutcome {
                 elapsed: Some(called.elapsed),
                 ..RecordOutcome::failed(out)

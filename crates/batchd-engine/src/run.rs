@@ -15,9 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::record::{
-    NotRun, RecordContext, RecordOutcome, internal_error, item_not_run, process_record,
-};
+use crate::record::{self, NotRun, RecordContext, RecordOutcome, process_record};
 use crate::retry::WaitWhileDown;
 use crate::units::UnitReader;
 use crate::{Engine, EngineError, JobRun, JobSpec, StopReason};
@@ -351,7 +349,7 @@ pub(crate) async fn run_records(
             let task = process_record(ctx.clone(), relative, line_no, line.clone());
             pipeline.dispatch(file_index, line_no, line, tokio::spawn(task));
         }
-        if stop.is_stopped() && not_run.is_none() && spec.batch.is_some() {
+        if stop.is_stopped() && not_run.is_none() && spec.answers_every_line() {
             not_run = match stop.reason() {
                 Some(StopReason::Timeout) => Some(NotRun::TimedOut),
                 Some(StopReason::User) => Some(NotRun::Stopped),
@@ -389,15 +387,19 @@ pub(crate) async fn run_records(
         let outcome = match (result, not_run) {
             (Ok(outcome), _) => outcome,
             (Err(e), Some(why)) if e.is_cancelled() => {
-                item_not_run(&ctx, &pipeline.relative[file_index], unit, &line, Ok(why))
+                record::not_run(&ctx, &pipeline.relative[file_index], unit, &line, Ok(why))
             }
             // A panicked task must still leave its record in the output.
-            (Err(join_error), _) if spec.batch.is_some() => {
+            (Err(join_error), _) => {
                 let message = format!("internal error: {join_error}");
-                let error = Err(("InternalServerException", message.as_str()));
-                item_not_run(&ctx, &pipeline.relative[file_index], unit, &line, error)
+                record::not_run(
+                    &ctx,
+                    &pipeline.relative[file_index],
+                    unit,
+                    &line,
+                    Err(&message),
+                )
             }
-            (Err(join_error), _) => internal_error(&line, &join_error.to_string()),
         };
         pipeline.accept(
             seq,
@@ -565,7 +567,7 @@ impl<'a> Pipeline<'a> {
                 self.exhausted = true;
                 break;
             };
-            let outcome = item_not_run(ctx, &self.relative[file_index], unit, &line, Ok(why));
+            let outcome = record::not_run(ctx, &self.relative[file_index], unit, &line, Ok(why));
             let seq = self.next_seq;
             self.next_seq += 1;
             self.accept(

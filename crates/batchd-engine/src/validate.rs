@@ -17,8 +17,9 @@ use batchd_storage::{InputFile, StorageError, StorageUri};
 use bytes::Bytes;
 
 use crate::units::UnitReader;
-use crate::{BlankLines, Engine, EngineError, JobSpec, RecordOptions};
+use crate::{BlankLines, Engine, EngineError, JobSpec, OpenAiRun, RecordOptions};
 use batchd_formats::native::ModelFamily;
+use batchd_formats::openai::{self, Endpoint};
 
 /// One defect of one input line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +106,8 @@ struct Pass<'a> {
     blank_lines: BlankLines,
     /// A batch-job API job's options: its units are items, not Bedrock records.
     batch: Option<&'a BatchJobOptions>,
+    /// An OpenAI batch: its units are request lines.
+    openai: Option<&'a OpenAiRun>,
 }
 
 impl Pass<'_> {
@@ -128,6 +131,9 @@ impl Pass<'_> {
         }
         if let Some(batch) = self.batch {
             return self.check_item(batch, file, line_no, text, defects);
+        }
+        if let Some(openai) = self.openai {
+            return check_openai_line(openai, text, defects);
         }
         let record = match parse_record_line(text) {
             Ok(record) => record,
@@ -197,6 +203,45 @@ impl Pass<'_> {
     }
 }
 
+/// An OpenAI batch line: its shape, its body for the batch's endpoint, and the batch's one
+/// model. Its id is its `custom_id`.
+fn check_openai_line<'l>(
+    run: &OpenAiRun,
+    text: &'l str,
+    defects: &mut Vec<Defect>,
+) -> Option<Checked<'l>> {
+    let Some(endpoint) = Endpoint::parse(&run.endpoint) else {
+        defects.push(Defect::new(
+            "url",
+            format!("the endpoint {} is not supported", run.endpoint),
+        ));
+        return None;
+    };
+    let line = match openai::parse_line(text, endpoint) {
+        Ok(line) => line,
+        Err(found) => {
+            defects.extend(found);
+            return None;
+        }
+    };
+    if let Err(found) = openai::parse_body(endpoint, line.body) {
+        defects.extend(found);
+    }
+    match openai::body_model(line.body) {
+        Some(model) if model != run.model => defects.push(Defect::new(
+            "body.model",
+            format!(
+                "a batch runs one model: the first line names {:?}, this one {model:?}",
+                run.model
+            ),
+        )),
+        _ => {}
+    }
+    Some(Checked::Record {
+        record_id: std::borrow::Cow::Owned(line.custom_id),
+    })
+}
+
 fn id_hash(id: &str) -> u64 {
     let mut h = DefaultHasher::new();
     id.hash(&mut h);
@@ -236,6 +281,7 @@ impl Engine {
             spec.job_id.as_str(),
             self.config.max_defects_in_message,
             spec.batch.as_ref(),
+            spec.openai.as_ref(),
         )
         .await
     }
@@ -251,6 +297,7 @@ impl Engine {
         job_id: &str,
         keep: usize,
         batch: Option<&BatchJobOptions>,
+        openai: Option<&OpenAiRun>,
     ) -> Result<ValidationReport, EngineError> {
         if invocation_type == InvocationType::InvokeModel && records.family.is_none() {
             return Err(EngineError::Input(format!(
@@ -267,6 +314,7 @@ impl Engine {
             records,
             blank_lines: self.config.blank_lines,
             batch,
+            openai,
         };
         let mut report = ValidationReport {
             files: files.clone(),
@@ -404,8 +452,13 @@ impl Engine {
                 }
                 match first_seen.get(record_id.as_ref()) {
                     Some((first_file, first_line)) => {
+                        let field = if pass.openai.is_some() {
+                            "custom_id"
+                        } else {
+                            "recordId"
+                        };
                         let defect = Defect::new(
-                            "recordId",
+                            field,
                             format!(
                                 "duplicate {record_id:?}, first used at {first_file}:{first_line}"
                             ),

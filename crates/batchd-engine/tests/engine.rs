@@ -94,6 +94,7 @@ impl Harness {
             records: RecordOptions::default(),
             concurrency,
             batch: None,
+            openai: None,
         }
     }
 
@@ -394,6 +395,7 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
                     &RecordOptions::default(),
                     "job000000001",
                     20,
+                    None,
                     None,
                 )
                 .await

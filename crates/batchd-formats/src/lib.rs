@@ -9,6 +9,7 @@
 //! - [`manifest`]: the `manifest.json.out` counters.
 //! - [`batch_job`]: the batch-job API's items (record, Converse body or document) and result
 //!   objects.
+//! - [`openai`]: the OpenAI Batch API's request lines, chat/embeddings bodies and output lines.
 //! - [`analysis`]: a finished job's results (Bedrock lines or seed-API results) → statistics.
 //!
 //! Only this crate (and later the API crate) knows Bedrock's JSON shapes.
@@ -19,6 +20,7 @@ pub mod converse;
 pub mod manifest;
 pub mod native;
 pub mod neutral;
+pub mod openai;
 pub mod record;
 
 use std::fmt;

@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 use batchd_core::{
     BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, ItemFormat, Job, JobFile,
-    JobFilter, JobId, JobOrigin, JobRequest, JobRetry, JobStatus, NewJob, RetryClass,
+    JobFilter, JobId, JobOrigin, JobRequest, JobRetry, JobStatus, NewJob, OpenAiBatchOptions,
+    RetryClass,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -112,15 +113,17 @@ impl JobStore for SqliteStore {
             column: "inputs",
             value: e.to_string(),
         })?;
-        let options = r
-            .dialect
-            .batch_job()
-            .map(|o| serde_json::to_string(&StoredOptions::from(o)))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt {
-                column: "dialect_options",
-                value: e.to_string(),
-            })?;
+        let options = match &r.dialect {
+            Dialect::Bedrock => Ok(None),
+            Dialect::BatchJob(o) => {
+                serde_json::to_string(&StoredOptions::from(o.as_ref())).map(Some)
+            }
+            Dialect::OpenAi(o) => serde_json::to_string(&StoredOpenAi::from(o.as_ref())).map(Some),
+        }
+        .map_err(|e| StoreError::Corrupt {
+            column: "dialect_options",
+            value: e.to_string(),
+        })?;
         sqlx::query(
             "INSERT INTO jobs (job_id, job_arn, job_name, model_id, origin, role_arn,
                 client_request_token, invocation_type, inputs, input_uri, output_uri, status,
@@ -497,6 +500,11 @@ fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
                             .ok_or_else(|| corrupt("dialect_options", &options))?,
                     ))
                 }
+                (Some(DialectKind::OpenAi), Some(options)) => {
+                    let stored: StoredOpenAi = serde_json::from_str(&options)
+                        .map_err(|_| corrupt("dialect_options", &options))?;
+                    Dialect::OpenAi(Box::new(stored.into()))
+                }
                 _ => return Err(corrupt("dialect", &dialect)),
             },
         },
@@ -528,6 +536,40 @@ struct StoredOptions {
     output_format: String,
     prompt_template: Option<String>,
     retry: Option<StoredRetry>,
+}
+
+/// [`OpenAiBatchOptions`] in the `dialect_options` column.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredOpenAi {
+    endpoint: String,
+    input_file_id: String,
+    completion_window: String,
+    metadata: Vec<(String, String)>,
+    output_expires_after_seconds: Option<i64>,
+}
+
+impl From<&OpenAiBatchOptions> for StoredOpenAi {
+    fn from(o: &OpenAiBatchOptions) -> Self {
+        Self {
+            endpoint: o.endpoint.clone(),
+            input_file_id: o.input_file_id.clone(),
+            completion_window: o.completion_window.clone(),
+            metadata: o.metadata.clone(),
+            output_expires_after_seconds: o.output_expires_after_seconds,
+        }
+    }
+}
+
+impl From<StoredOpenAi> for OpenAiBatchOptions {
+    fn from(o: StoredOpenAi) -> Self {
+        Self {
+            endpoint: o.endpoint,
+            input_file_id: o.input_file_id,
+            completion_window: o.completion_window,
+            metadata: o.metadata,
+            output_expires_after_seconds: o.output_expires_after_seconds,
+        }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -485,6 +485,29 @@ async fn batch_jobs_keep_their_options_wait_for_start_and_list_apart(store: &dyn
     );
     filter.dialect = None;
     assert_eq!(store.list(&filter).await.unwrap().len(), 3);
+    let mut filter = filter;
+
+    let openai = JobRequest {
+        dialect: Dialect::OpenAi(Box::new(batchd_core::OpenAiBatchOptions {
+            endpoint: "/v1/chat/completions".into(),
+            input_file_id: "file-abc".into(),
+            completion_window: "24h".into(),
+            metadata: vec![("team".into(), "eval".into()), ("run".into(), "7".into())],
+            output_expires_after_seconds: Some(3600),
+        })),
+        role_arn: None,
+        ..request(JobOrigin::Api)
+    };
+    let created = store.create(new_job(4, openai.clone())).await.unwrap();
+    assert_eq!(
+        (created.request, created.status),
+        (openai, JobStatus::Submitted)
+    );
+    filter.dialect = Some(DialectKind::OpenAi);
+    assert_eq!(
+        ids(&store.list(&filter).await.unwrap()),
+        [id(4).to_string()]
+    );
 
     // Names are unique among Bedrock jobs only: a batch job of the same name is no conflict.
     let found = store

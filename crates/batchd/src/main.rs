@@ -747,6 +747,7 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             "validate0000",
             usize::MAX,
             None,
+            None,
         )
         .await?;
     for defect in &report.defects {
