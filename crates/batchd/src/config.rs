@@ -399,11 +399,14 @@ impl Config {
 
     fn with_builtins(mut self) -> Self {
         use crate::embedded::{
-            BUILTIN_CHAT_ID, BUILTIN_EMBEDDINGS_ID, CHAT_MODEL, EMBEDDINGS_MODEL,
+            BUILTIN_CHAT_ALIAS, BUILTIN_CHAT_ID, BUILTIN_EMBEDDINGS_ALIAS, BUILTIN_EMBEDDINGS_ID,
+            CHAT_MODEL, EMBEDDINGS_MODEL,
         };
         for (id, model) in [
             (BUILTIN_CHAT_ID, CHAT_MODEL),
             (BUILTIN_EMBEDDINGS_ID, EMBEDDINGS_MODEL),
+            (BUILTIN_CHAT_ALIAS, CHAT_MODEL),
+            (BUILTIN_EMBEDDINGS_ALIAS, EMBEDDINGS_MODEL),
         ] {
             if !self.models.iter().any(|m| m.id == id) {
                 let mut entry = ModelConfig::new(id, Backend::Embedded(EmbeddedModel {}));

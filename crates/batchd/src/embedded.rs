@@ -19,6 +19,9 @@ pub const EMBEDDINGS_MODEL: &str = "all-minilm-l6-v2";
 /// Model ids that exist with no config file.
 pub const BUILTIN_CHAT_ID: &str = "batchd.smollm2-135m-instruct";
 pub const BUILTIN_EMBEDDINGS_ID: &str = "batchd.all-minilm-l6-v2";
+/// The same two models under names an OpenAI batch's `body.model` can use as they are.
+pub const BUILTIN_CHAT_ALIAS: &str = "batchd-embedded-chat";
+pub const BUILTIN_EMBEDDINGS_ALIAS: &str = "batchd-embedded-embeddings";
 
 /// `[embedded]`: where the model files are and how the chat model runs.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -66,8 +69,8 @@ impl EmbeddedSection {
 /// Which embedded model an entry's `model` names.
 pub fn embedded_kind(model: Option<&str>, id: &str) -> anyhow::Result<&'static str> {
     match model.unwrap_or(id) {
-        CHAT_MODEL | BUILTIN_CHAT_ID => Ok(CHAT_MODEL),
-        EMBEDDINGS_MODEL | BUILTIN_EMBEDDINGS_ID => Ok(EMBEDDINGS_MODEL),
+        CHAT_MODEL | BUILTIN_CHAT_ID | BUILTIN_CHAT_ALIAS => Ok(CHAT_MODEL),
+        EMBEDDINGS_MODEL | BUILTIN_EMBEDDINGS_ID | BUILTIN_EMBEDDINGS_ALIAS => Ok(EMBEDDINGS_MODEL),
         other => anyhow::bail!(
             "model {id}: embedded model {other:?} does not exist (expected \"{CHAT_MODEL}\" or \"{EMBEDDINGS_MODEL}\")"
         ),
