@@ -247,10 +247,13 @@ pub(crate) fn output_uri(spec: &JobSpec, file: &InputFile) -> batchd_storage::St
 }
 
 /// Whether the job keeps a side file of each record's processing time: InvokeModel bodies
-/// carry none in their output lines (Converse's carry `metrics.latencyMs`, batch jobs'
-/// results `processing_time`), and Bedrock's output lines must stay as Bedrock writes them.
+/// and OpenAI responses carry none in their output lines (Converse's carry
+/// `metrics.latencyMs`, batch jobs' results `processing_time`), and those lines must stay as
+/// Bedrock and OpenAI write them.
 fn keeps_timings(spec: &JobSpec) -> bool {
-    spec.batch.is_none() && spec.invocation_type == batchd_core::InvocationType::InvokeModel
+    spec.openai.is_some()
+        || (spec.batch.is_none()
+            && spec.invocation_type == batchd_core::InvocationType::InvokeModel)
 }
 
 /// `<out>/<jobId>.timings/<relative>.jsonl`: one line per output line of the file, in order,

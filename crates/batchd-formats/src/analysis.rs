@@ -92,6 +92,8 @@ pub struct RecordError {
 struct BedrockLine<'a> {
     #[serde(rename = "recordId", borrow, default)]
     record_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    custom_id: Option<&'a RawValue>,
     #[serde(rename = "modelInput", borrow, default)]
     model_input: Option<&'a RawValue>,
     #[serde(rename = "modelOutput", default)]
@@ -103,10 +105,14 @@ struct BedrockLine<'a> {
 /// One line of a `.out` file (`record::write_success_line` / `write_error_line`). Processing
 /// time is Converse's `modelOutput.metrics.latencyMs`; tokens come from the body's usage in
 /// whichever family's shape it has.
+/// An OpenAI batch's `.out` lines (`{custom_id, response, error}`) are read here too.
 pub fn parse_bedrock_line(line: &str) -> Result<RecordResult, Defect> {
     crate::record::expect_object_line(line)?;
     let wire: BedrockLine<'_> =
         serde_json::from_str(line).map_err(|e| Defect::new("line", json_error_reason(&e)))?;
+    if wire.record_id.is_none() && wire.custom_id.is_some() {
+        return parse_openai_line(line);
+    }
     let id = match wire.record_id {
         None => return Err(Defect::new("recordId", "missing")),
         Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
@@ -264,6 +270,63 @@ fn body_text(body: &Map<String, Value>) -> String {
     .or_else(|| texts(body.get("results"), "outputText"))
     .or_else(|| texts(body.get("outputs"), "text"));
     found.unwrap_or_else(|| Value::Object(body.clone()).to_string())
+}
+
+/// One output or error line of an OpenAI batch (`{"id", "custom_id", "response":
+/// {"status_code", "request_id", "body"} | null, "error": {"code", "message"} | null}`): a 2xx
+/// response is a success (its text from `choices[0].message.content`, tokens from `usage`);
+/// any other response or an `error` is an error with that code.
+pub fn parse_openai_line(text: &str) -> Result<RecordResult, Defect> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| Defect::new("line", json_error_reason(&e)))?;
+    let id = match value.get("custom_id") {
+        Some(Value::String(id)) => id.clone(),
+        _ => return Err(Defect::new("custom_id", "must be a string")),
+    };
+    let response = value.get("response").filter(|r| !r.is_null());
+    let status = response
+        .and_then(|r| r.get("status_code"))
+        .and_then(Value::as_u64);
+    let body = response.and_then(|r| r.get("body"));
+    let usage = body.and_then(|b| b.get("usage"));
+    let tokens = |key: &str| usage.and_then(|u| u.get(key)).and_then(Value::as_u64);
+    let mut result = RecordResult {
+        id,
+        ..RecordResult::default()
+    };
+    match status {
+        Some(code) if (200..300).contains(&code) => {
+            result.input_tokens = tokens("prompt_tokens");
+            result.output_tokens = tokens("completion_tokens").or(Some(0));
+            result.output = body
+                .and_then(|b| b.pointer("/choices/0/message/content"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+        }
+        Some(code) => {
+            let error = body.and_then(|b| b.get("error"));
+            let message = error.and_then(|e| e.get("message")).and_then(Value::as_str);
+            result.error = Some(RecordError {
+                code: code.to_string(),
+                message: message.unwrap_or_default().to_owned(),
+            });
+        }
+        None => {
+            let error = value.get("error").filter(|e| !e.is_null());
+            let field = |key: &str| error.and_then(|e| e.get(key)).and_then(Value::as_str);
+            let (Some(code), message) = (field("code"), field("message")) else {
+                return Err(Defect::new(
+                    "response",
+                    "a line needs a response or an error",
+                ));
+            };
+            result.error = Some(RecordError {
+                code: code.to_owned(),
+                message: message.unwrap_or_default().to_owned(),
+            });
+        }
+    }
+    Ok(result)
 }
 
 /// One seed-API result object (`{"id", "status": "SUCCESS" | "ERROR", "output",

@@ -589,3 +589,22 @@ fn csv_rows_quote_what_needs_it_and_join_the_input() {
     assert_eq!(fields[4], r#"{"messages":[]}"#);
     assert_eq!((fields[3].as_str(), fields[10].as_str()), ("ERROR", "400"));
 }
+
+#[test]
+fn openai_lines_are_results_too() {
+    let ok = r#"{"id":"batch_req_1","custom_id":"a","response":{"status_code":200,"request_id":"r","body":{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":5,"completion_tokens":2}}},"error":null}"#;
+    let r = parse_bedrock_line(ok).unwrap();
+    assert_eq!((r.id.as_str(), r.is_success()), ("a", true));
+    assert_eq!((r.input_tokens, r.output_tokens), (Some(5), Some(2)));
+    assert_eq!(r.output.as_deref(), Some("hi"));
+    let failed = r#"{"id":"batch_req_2","custom_id":"b","response":{"status_code":429,"request_id":"r","body":{"error":{"message":"slow","type":"rate_limit_error"}}},"error":null}"#;
+    let e = parse_bedrock_line(failed).unwrap().error.unwrap();
+    assert_eq!((e.code.as_str(), e.message.as_str()), ("429", "slow"));
+    let cancelled = r#"{"id":"batch_req_3","custom_id":"c","response":null,"error":{"code":"batch_cancelled","message":"m"}}"#;
+    assert_eq!(
+        parse_bedrock_line(cancelled).unwrap().error.unwrap().code,
+        "batch_cancelled"
+    );
+    let neither = r#"{"custom_id":"d","response":null,"error":null}"#;
+    assert_eq!(parse_bedrock_line(neither).unwrap_err().field, "response");
+}
