@@ -6,12 +6,14 @@
 //! - [`run`]: the record pipeline and ordered writer.
 //! - [`retry`]: capped exponential backoff with full jitter, honouring `Retry-After`.
 //! - [`analysis`]: a job's results read back into statistics, written beside its folder.
+//! - [`files`]: the OpenAI API's files (uploads streamed to storage, records in the store).
 //! - [`Engine::validate_job`] and [`Engine::execute_job`]: the two phases of a job's life,
 //!   recorded in the job store, resumable from the last checkpoint; [`Engine::run_job`] runs
 //!   both (the CLI's in-process job).
 
 pub mod analysis;
 mod embed_batch;
+pub mod files;
 mod record;
 pub mod retry;
 pub mod run;
