@@ -1,19 +1,29 @@
 //! HTTP APIs of batchd: the Amazon Bedrock batch control plane (rest-json), served by
 //! `batchd serve`, so `boto3.client("bedrock", endpoint_url=...)` and the AWS CLI work as they
-//! are; and beside it the first seed's batch-job API (`create_batch_inference_job`, ...).
+//! are; beside it the first seed's batch-job API (`create_batch_inference_job`, ...); and the
+//! OpenAI API under `/v1` (files, models), for the `openai` SDKs.
 //!
 //! - [`JobService`]: what the API needs from the rest of batchd (the scheduler implements it).
+//! - [`FileService`]: the OpenAI API's files (the engine's `Files` implements it).
 //! - `bedrock`: routes, request validation, the job object's JSON, rest-json errors.
 //! - `batch_job`: the batch-job API's routes, validation, job object and botocore extras.
+//! - `openai`: the OpenAI API's routes and its `{"error": {...}}` errors.
 //!
 //! Only this crate (and `batchd-formats` for record bodies) knows the API's JSON shapes.
 
 pub mod batch_job;
 pub mod bedrock;
+pub mod openai;
 
 pub use bedrock::{ApiConfig, ApiError, router};
+pub use openai::{OpenAiApi, OpenAiConfig, OpenAiError};
 
-use batchd_core::{Counters, Job, JobFilter, JobId, JobRequest, TimingSummary};
+use batchd_core::{
+    Counters, FileFilter, FileRecord, Job, JobFilter, JobId, JobRequest, TimingSummary,
+};
+
+/// Bytes as a stream: an upload's body, a file's content.
+pub type ByteStream<'a> = futures::stream::BoxStream<'a, Result<bytes::Bytes, std::io::Error>>;
 
 /// Why a service call failed; each maps to one Bedrock error type.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -68,4 +78,32 @@ pub trait JobService: Send + Sync + 'static {
     /// The result analysis an ended job wrote beside its output (`<out>/<jobId>.analysis.json`),
     /// if there is one and it can be read.
     async fn job_analysis(&self, job: &Job) -> Option<serde_json::Value>;
+}
+
+/// The files of the OpenAI API: metadata in the job store, content in storage.
+#[async_trait::async_trait]
+pub trait FileService: Send + Sync + 'static {
+    /// Stores `body` as a new file, never holding all of it in memory. More than `max_bytes`
+    /// is `Validation("File is too large.")` and leaves nothing behind; so does a body that
+    /// breaks off. `expires_after_seconds` counts from the upload (`None`: never expires).
+    async fn upload(
+        &self,
+        filename: &str,
+        purpose: &str,
+        expires_after_seconds: Option<i64>,
+        body: ByteStream<'_>,
+        max_bytes: u64,
+    ) -> Result<FileRecord, ServiceError>;
+
+    /// A file; an unknown or expired one is NotFound.
+    async fn get(&self, id: &str) -> Result<FileRecord, ServiceError>;
+
+    /// One page of unexpired files; `filter.limit` is the page size.
+    async fn list(&self, filter: FileFilter) -> Result<Vec<FileRecord>, ServiceError>;
+
+    /// Removes a file and its content (NotFound if there is none).
+    async fn delete(&self, id: &str) -> Result<(), ServiceError>;
+
+    /// A file's content as stored, streamed.
+    async fn content(&self, id: &str) -> Result<ByteStream<'static>, ServiceError>;
 }

@@ -89,6 +89,7 @@ async fn start_with(config: SchedulerConfig) -> Server {
             region: REGION.into(),
             account_id: ACCOUNT.into(),
         },
+        None,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

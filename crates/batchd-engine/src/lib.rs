@@ -6,13 +6,14 @@
 //! - [`run`]: the record pipeline and ordered writer.
 //! - [`retry`]: capped exponential backoff with full jitter, honouring `Retry-After`.
 //! - [`analysis`]: a job's results read back into statistics, written beside its folder.
+//! - [`files`]: the OpenAI API's files (uploads streamed to storage, records in the store).
 //! - [`Engine::validate_job`] and [`Engine::execute_job`]: the two phases of a job's life,
 //!   recorded in the job store, resumable from the last checkpoint; [`Engine::run_job`] runs
 //!   both (the CLI's in-process job).
 
 pub mod analysis;
 mod embed_batch;
-mod openai_files;
+pub mod files;
 mod record;
 pub mod retry;
 pub mod run;
@@ -162,6 +163,8 @@ pub struct OpenAiRun {
     pub endpoint: String,
     /// The `body.model` every line names.
     pub model: String,
+    /// Seconds after publication its output and error files expire (`None`: never).
+    pub output_expires_after: Option<i64>,
 }
 
 impl JobSpec {
@@ -202,6 +205,7 @@ impl JobSpec {
         let openai = r.dialect.openai().map(|o| OpenAiRun {
             endpoint: o.endpoint.clone(),
             model: r.model_id.clone(),
+            output_expires_after: o.output_expires_after_seconds,
         });
         Ok(Self {
             job_id: job.id.clone(),
@@ -650,7 +654,22 @@ impl Engine {
                 self.storage.delete(&uri).await?;
                 continue;
             }
-            openai_files::publish(store, spec, &id, &uri, bytes).await?;
+            let expires_at = spec
+                .openai
+                .as_ref()
+                .and_then(|o| o.output_expires_after)
+                .map(|seconds| batchd_store::now_ms() / 1000 + seconds);
+            let filename = format!("batch_{}_{}.jsonl", spec.job_id, &id[id.len() - 3..]);
+            files::register_file(
+                store,
+                &id,
+                &filename,
+                "batch_output",
+                &uri,
+                bytes,
+                expires_at,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -1,9 +1,13 @@
-//! The scheduler as the APIs' [`JobService`] (feature `api`): one adapter that `batchd serve`
-//! and the API crate's HTTP tests both use, so those tests exercise the real scheduler.
+//! The scheduler as the APIs' [`JobService`] and [`Files`] as the OpenAI API's
+//! [`FileService`] (feature `api`): the adapters that `batchd serve` and the API crate's HTTP
+//! tests both use, so those tests exercise the real scheduler, store and storage.
 
-use batchd_api::{JobService, LiveProgress, ServiceError};
-use batchd_core::{Job, JobFilter, JobId, JobOrigin, JobRequest};
+use batchd_api::{ByteStream, FileService, JobService, LiveProgress, ServiceError};
+use batchd_core::{FileFilter, FileRecord, Job, JobFilter, JobId, JobOrigin, JobRequest};
 
+use futures::{StreamExt, TryStreamExt};
+
+use crate::files::{Files, FilesError};
 use crate::scheduler::{Scheduler, SchedulerError};
 
 /// The API's view of the scheduler: only jobs of origin `Api` exist for it.
@@ -68,5 +72,60 @@ impl JobService for SchedulerService {
     async fn start_job(&self, id: &JobId) -> Result<Job, ServiceError> {
         self.get_job(id).await?;
         self.0.start_job(id).await.map_err(service_error)
+    }
+}
+
+fn file_error(e: FilesError) -> ServiceError {
+    match e {
+        FilesError::NotFound(id) => ServiceError::NotFound(format!("No such File object: {id}")),
+        // OpenAI's words: the API shows them as they are.
+        FilesError::TooLarge { .. } => ServiceError::Validation("File is too large.".into()),
+        FilesError::Body(e) => ServiceError::Validation(format!("The upload broke off: {e}")),
+        e @ (FilesError::Storage(_) | FilesError::Store(_)) => {
+            ServiceError::Internal(e.to_string())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl FileService for Files {
+    async fn upload(
+        &self,
+        filename: &str,
+        purpose: &str,
+        expires_after_seconds: Option<i64>,
+        body: ByteStream<'_>,
+        max_bytes: u64,
+    ) -> Result<FileRecord, ServiceError> {
+        Files::upload(
+            self,
+            filename,
+            purpose,
+            expires_after_seconds,
+            body,
+            max_bytes,
+        )
+        .await
+        .map_err(file_error)
+    }
+
+    async fn get(&self, id: &str) -> Result<FileRecord, ServiceError> {
+        Files::get(self, id).await.map_err(file_error)
+    }
+
+    async fn list(&self, filter: FileFilter) -> Result<Vec<FileRecord>, ServiceError> {
+        Files::list(self, &filter).await.map_err(file_error)
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), ServiceError> {
+        Files::delete(self, id).await.map_err(file_error)
+    }
+
+    async fn content(&self, id: &str) -> Result<ByteStream<'static>, ServiceError> {
+        Files::content(self, id)
+            .await
+            // HTTP bodies take io errors.
+            .map(|stream| stream.map_err(std::io::Error::other).boxed())
+            .map_err(file_error)
     }
 }

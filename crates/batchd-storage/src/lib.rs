@@ -3,7 +3,7 @@
 //!
 //! - [`StorageUri`]: a parsed local path or `s3://` URI.
 //! - [`Storage`]: built once from [`StorageConfig`]; lists `*.jsonl` inputs, opens
-//!   [`LineReader`]s, creates [`OutputWriter`]s and resumable [`OutputSink`]s, puts small
+//!   [`LineReader`]s and byte streams, creates [`OutputWriter`]s and resumable [`OutputSink`]s, puts small
 //!   objects (the manifest).
 //!
 //! With no S3 endpoint configured, `s3://bucket/key` is the local file
@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use futures::stream::BoxStream;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
@@ -421,6 +422,18 @@ impl Storage {
             read.into_stream(),
             max_line_bytes,
         ))
+    }
+
+    /// Streams an object's bytes as stored (memory bounded by a chunk); a read that breaks
+    /// partway is resumed as [`Storage::read_lines`]'s are. A missing object is
+    /// [`StorageError::NotFound`].
+    pub async fn read_bytes(
+        &self,
+        uri: &StorageUri,
+    ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
+        let (store, path) = self.resolve(uri)?;
+        let read = ResumingRead::open(store, path, uri.to_string(), self.read_retry, None).await?;
+        Ok(read.into_stream())
     }
 
     /// Starts a streamed upload of `uri`; the object appears when [`OutputWriter::finish`]

@@ -147,3 +147,32 @@ async fn local_sink_shows_lines_as_committed_and_resumes_at_the_checkpoint() {
         "a checkpoint beyond the file is an error, not silent loss"
     );
 }
+
+#[tokio::test]
+async fn read_bytes_streams_an_object_as_written_and_misses_are_not_found() {
+    use futures::TryStreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = storage(dir.path());
+    let uri = StorageUri::parse("s3://bucket/files/file-1").unwrap();
+    // 7 MiB of bytes that are not lines: more than one upload part, read in many chunks.
+    let data: Vec<u8> = (0..7 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let mut w = s.create(&uri).unwrap();
+    for chunk in data.chunks(100_000) {
+        w.write(chunk).await.unwrap();
+    }
+    w.finish().await.unwrap();
+    let chunks: Vec<Bytes> = s
+        .read_bytes(&uri)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(chunks.len() > 1, "one chunk of {} bytes", data.len());
+    assert_eq!(chunks.concat(), data);
+    let missing = StorageUri::parse("s3://bucket/files/file-2").unwrap();
+    assert!(matches!(
+        s.read_bytes(&missing).await.err(),
+        Some(StorageError::NotFound { .. })
+    ));
+}

@@ -1,6 +1,6 @@
 //! The job store: the [`JobStore`] trait every implementation keeps (status changes as
 //! compare-and-set over the legal transitions of `batchd-core`, checkpoints that never move
-//! backwards, keyset-paginated lists), and [`SqliteStore`], the one-machine implementation.
+//! backwards, keyset-paginated lists, the OpenAI API's file records), and [`SqliteStore`], the one-machine implementation.
 //!
 //! The job types themselves live in `batchd-core::job`, so the APIs need nothing from here.
 //! `tests/conformance.rs` is the suite every implementation must pass.
@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use batchd_core::{
-    Checkpoint, Counters, Job, JobFile, JobFilter, JobId, JobOrigin, JobStatus, NewJob, StatusError,
+    Checkpoint, Counters, FileFilter, FileRecord, Job, JobFile, JobFilter, JobId, JobOrigin,
+    JobStatus, NewJob, StatusError,
 };
 
 pub use sqlite::SqliteStore;
@@ -97,6 +98,19 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
 
     /// Sets the job's message without changing its status.
     async fn set_message(&self, id: &JobId, message: &str) -> Result<(), StoreError>;
+
+    /// Records a file of the OpenAI Files API (its content is already stored at `file.uri`).
+    /// A second file with the same id is an error.
+    async fn create_file(&self, file: &FileRecord) -> Result<(), StoreError>;
+
+    /// The file with this id, expired or not (the caller decides what expiry means).
+    async fn get_file(&self, id: &str) -> Result<Option<FileRecord>, StoreError>;
+
+    /// One page of files ordered by `(created_at, id)`, after the cursor file.
+    async fn list_files(&self, filter: &FileFilter) -> Result<Vec<FileRecord>, StoreError>;
+
+    /// Forgets a file (not its content); false when there was none.
+    async fn delete_file(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Flushes and closes; the store is not used afterwards.
     async fn close(&self);

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use batchd_core::{
-    BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, ItemFormat, Job, JobFile,
-    JobFilter, JobId, JobOrigin, JobRequest, JobRetry, JobStatus, NewJob, OpenAiBatchOptions,
-    RetryClass,
+    BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, FileFilter, FileRecord,
+    ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobRetry, JobStatus, NewJob,
+    OpenAiBatchOptions, RetryClass,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "timings position",
         include_str!("../migrations/0006_timings_position.sql"),
     ),
+    (7, "files", include_str!("../migrations/0007_files.sql")),
 ];
 
 fn migrator() -> Migrator {
@@ -400,6 +401,65 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
+    async fn create_file(&self, file: &FileRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO files (id, bytes, created_at, expires_at, filename, purpose, uri)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&file.id)
+        .bind(to_i64(file.bytes))
+        .bind(file.created_at)
+        .bind(file.expires_at)
+        .bind(&file.filename)
+        .bind(&file.purpose)
+        .bind(&file.uri)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM files WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_file).transpose()
+    }
+
+    async fn list_files(&self, filter: &FileFilter) -> Result<Vec<FileRecord>, StoreError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM files WHERE 1 = 1");
+        if let Some(purpose) = &filter.purpose {
+            q.push(" AND purpose = ").push_bind(purpose.clone());
+        }
+        let (cmp, order) = if filter.ascending {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        if let Some(after) = &filter.after {
+            // A cursor that names no file compares with NULL: an empty page.
+            q.push(format_args!(
+                " AND (created_at, id) {cmp} (SELECT created_at, id FROM files WHERE id = "
+            ))
+            .push_bind(after.clone())
+            .push(")");
+        }
+        q.push(format_args!(
+            " ORDER BY created_at {order}, id {order} LIMIT "
+        ))
+        .push_bind(i64::from(filter.limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(row_to_file).collect()
+    }
+
+    async fn delete_file(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM files WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn close(&self) {
         // Closing the pool checkpoints SQLite's WAL into the database file.
         self.pool.close().await;
@@ -522,6 +582,18 @@ fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
             timings_position: to_u64(row.try_get("ckpt_timings_position")?),
             counters,
         },
+    })
+}
+
+fn row_to_file(row: &SqliteRow) -> Result<FileRecord, StoreError> {
+    Ok(FileRecord {
+        id: row.try_get("id")?,
+        bytes: to_u64(row.try_get("bytes")?),
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        filename: row.try_get("filename")?,
+        purpose: row.try_get("purpose")?,
+        uri: row.try_get("uri")?,
     })
 }
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchd_core::{
-    BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, InvocationType, ItemFormat, Job,
-    JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobRetry, JobStatus, NewJob, RetryClass,
+    BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, FileFilter, FileRecord,
+    InvocationType, ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobRetry,
+    JobStatus, NewJob, RetryClass,
 };
 use batchd_store::{JobStore, SharedStore, SqliteStore, StoreError};
 
@@ -51,6 +52,9 @@ macro_rules! stores {
                 a_jobs_file_list_round_trips_in_order_and_is_replaced_whole,
                 counters_and_messages_change_nothing_else,
                 batch_jobs_keep_their_options_wait_for_start_and_list_apart,
+                a_file_reads_back_as_it_was_created,
+                files_list_by_purpose_in_order_with_a_cursor,
+                a_deleted_file_is_gone_once,
             );
         })*
     };
@@ -515,4 +519,122 @@ async fn batch_jobs_keep_their_options_wait_for_start_and_list_apart(store: &dyn
         .await
         .unwrap();
     assert_eq!(found.map(|j| j.id), Some(bedrock.id));
+}
+
+fn file(id: &str, created_at: i64, purpose: &str) -> FileRecord {
+    FileRecord {
+        id: id.into(),
+        bytes: 1234,
+        created_at,
+        expires_at: Some(created_at + 2_592_000),
+        filename: format!("{id} with \"quotes\".jsonl"),
+        purpose: purpose.into(),
+        uri: format!("s3://bucket/files/{id}"),
+    }
+}
+
+fn file_ids(files: &[FileRecord]) -> Vec<&str> {
+    files.iter().map(|f| f.id.as_str()).collect()
+}
+
+async fn a_file_reads_back_as_it_was_created(store: &dyn JobStore) {
+    let uploaded = file("file-a", 1_700_000_000, "batch");
+    let output = FileRecord {
+        expires_at: None,
+        bytes: u64::from(u32::MAX) + 1,
+        ..file("file-b", 1_700_000_001, "batch_output")
+    };
+    for f in [&uploaded, &output] {
+        store.create_file(f).await.unwrap();
+        assert_eq!(store.get_file(&f.id).await.unwrap().as_ref(), Some(f));
+    }
+    assert_eq!(store.get_file("file-nope").await.unwrap(), None);
+    // An id is one file: a second one with it is refused, and the first stays.
+    let twin = file("file-a", 1, "batch_output");
+    assert!(store.create_file(&twin).await.is_err());
+    assert_eq!(store.get_file("file-a").await.unwrap(), Some(uploaded));
+}
+
+async fn files_list_by_purpose_in_order_with_a_cursor(store: &dyn JobStore) {
+    // Two files share a second: the id breaks the tie.
+    for (id, at, purpose) in [
+        ("file-c", 30, "batch"),
+        ("file-a", 10, "batch"),
+        ("file-e", 20, "batch"),
+        ("file-d", 20, "batch"),
+        ("file-b", 40, "batch_output"),
+    ] {
+        store.create_file(&file(id, at, purpose)).await.unwrap();
+    }
+    let filter =
+        |purpose: Option<&str>, after: Option<&str>, limit: u32, ascending: bool| FileFilter {
+            purpose: purpose.map(str::to_owned),
+            after: after.map(str::to_owned),
+            limit,
+            ascending,
+        };
+    let list = |f: FileFilter| async move { store.list_files(&f).await.unwrap() };
+    assert_eq!(
+        file_ids(&list(filter(None, None, 10, true)).await),
+        ["file-a", "file-d", "file-e", "file-c", "file-b"]
+    );
+    assert_eq!(
+        file_ids(&list(filter(None, None, 10, false)).await),
+        ["file-b", "file-c", "file-e", "file-d", "file-a"]
+    );
+    assert_eq!(
+        file_ids(&list(filter(Some("batch"), None, 10, false)).await),
+        ["file-c", "file-e", "file-d", "file-a"]
+    );
+    assert_eq!(
+        file_ids(&list(filter(Some("batch_output"), None, 10, true)).await),
+        ["file-b"]
+    );
+    assert!(
+        list(filter(Some("fine-tune"), None, 10, true))
+            .await
+            .is_empty()
+    );
+    // Pages of two, each after the last id of the one before, in both orders.
+    for (ascending, expected) in [
+        (true, ["file-a", "file-d", "file-e", "file-c"]),
+        (false, ["file-c", "file-e", "file-d", "file-a"]),
+    ] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = list(filter(Some("batch"), after.as_deref(), 2, ascending)).await;
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            seen.extend(page.iter().map(|f| f.id.clone()));
+        }
+        assert_eq!(seen, expected);
+    }
+    assert!(
+        list(filter(None, Some("file-gone"), 10, true))
+            .await
+            .is_empty()
+    );
+}
+
+async fn a_deleted_file_is_gone_once(store: &dyn JobStore) {
+    for id in ["file-a", "file-b"] {
+        store.create_file(&file(id, 5, "batch")).await.unwrap();
+    }
+    assert!(store.delete_file("file-a").await.unwrap());
+    assert_eq!(store.get_file("file-a").await.unwrap(), None);
+    assert!(!store.delete_file("file-a").await.unwrap());
+    let all = FileFilter {
+        purpose: None,
+        after: None,
+        limit: 10,
+        ascending: true,
+    };
+    assert_eq!(file_ids(&store.list_files(&all).await.unwrap()), ["file-b"]);
+    // The id is free again.
+    store
+        .create_file(&file("file-a", 6, "batch"))
+        .await
+        .unwrap();
 }

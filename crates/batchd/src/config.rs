@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use batchd_api::OpenAiConfig;
 use batchd_engine::scheduler::SchedulerConfig;
 use batchd_engine::{BlankLines, EngineConfig, JobSpec, Quotas, RecordOptions, RetryPolicy};
 use batchd_formats::analysis::Prices;
 use batchd_formats::converse::ConverseOptions;
 use batchd_formats::native::ModelFamily;
-use batchd_storage::StorageConfig;
+use batchd_storage::{StorageConfig, StorageUri};
 use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -31,6 +32,8 @@ pub struct Config {
     pub quotas: QuotasSection,
     #[serde(default)]
     pub embedded: crate::embedded::EmbeddedSection,
+    #[serde(default)]
+    pub openai: OpenAiSection,
     #[serde(default, deserialize_with = "models")]
     pub models: Vec<ModelConfig>,
 }
@@ -102,6 +105,26 @@ impl QuotasSection {
             min_records_per_job: self.min_records_per_job,
             max_file_bytes: bytes(self.input_file_size_gb),
             max_job_bytes: bytes(self.job_size_gb),
+        }
+    }
+}
+
+/// `[openai]`: the OpenAI API's files; the defaults are [`OpenAiConfig`]'s.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiSection {
+    /// Where uploaded files are stored (a local folder or an `s3://` prefix); default
+    /// `<data-dir>/files/`.
+    pub files_location: Option<String>,
+    /// The largest file `POST /v1/files` takes (bytes).
+    pub max_file_bytes: u64,
+}
+
+impl Default for OpenAiSection {
+    fn default() -> Self {
+        Self {
+            files_location: None,
+            max_file_bytes: OpenAiConfig::DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -482,6 +505,9 @@ impl Config {
         {
             bail!("engine.attempt_timeout_secs must be positive");
         }
+        if let Some(location) = &self.openai.files_location {
+            StorageUri::parse(location).context("openai.files_location")?;
+        }
         if self.limits.max_running_jobs == 0 {
             bail!("limits.max_running_jobs must be at least 1");
         }
@@ -565,6 +591,22 @@ impl Config {
             shutdown_grace: Duration::from_secs_f64(e.shutdown_grace_seconds.clamp(0.0, 1e9)),
             backend_down: Duration::from_secs_f64(e.backend_down_seconds.clamp(0.0, 1e9)),
             ..EngineConfig::default()
+        }
+    }
+
+    /// Where the OpenAI API's uploads go: `[openai] files_location`, else `<data-dir>/files/`.
+    pub fn files_root(&self, data_dir: &Path) -> anyhow::Result<StorageUri> {
+        match &self.openai.files_location {
+            Some(location) => StorageUri::parse(location).context("openai.files_location"),
+            None => Ok(StorageUri::Local(data_dir.join("files"))),
+        }
+    }
+
+    /// The OpenAI API's settings: `[openai]` and the configured model ids.
+    pub fn openai_config(&self) -> OpenAiConfig {
+        OpenAiConfig {
+            models: self.models.iter().map(|m| m.id.clone()).collect(),
+            max_file_bytes: self.openai.max_file_bytes,
         }
     }
 
@@ -772,6 +814,21 @@ mod tests {
             format!("{:?}", SchedulerConfig::default())
         );
         assert_eq!(config.quotas.quotas(), Quotas::default());
+        assert_eq!(config.openai_config(), OpenAiConfig::new(Vec::new()));
+        assert_eq!(
+            config.files_root(Path::new("/d")).unwrap(),
+            StorageUri::Local("/d/files".into())
+        );
+        let s3: Config =
+            toml::from_str("[openai]\nfiles_location = \"s3://bkt/files/\"\nmax_file_bytes = 5\n")
+                .unwrap();
+        assert_eq!(
+            s3.files_root(Path::new("/d")).unwrap().to_string(),
+            "s3://bkt/files/"
+        );
+        assert_eq!(s3.openai_config().max_file_bytes, 5);
+        let bad: Config = toml::from_str("[openai]\nfiles_location = \"http://x/\"\n").unwrap();
+        assert!(format!("{:#}", bad.check().unwrap_err()).contains("openai.files_location"));
         assert_eq!(config.engine.concurrency, JobSpec::DEFAULT_CONCURRENCY);
         let record = ModelConfig::new("m", Backend::Bedrock(BedrockModel::default()));
         assert_eq!(
@@ -837,12 +894,14 @@ mod tests {
             bedrock.backend_model(),
             "us.anthropic.claude-3-5-sonnet-20240620-v1:0"
         );
-        // The README says its [engine], [server], [limits] and [quotas] values are the defaults.
+        // The README says its [engine], [server], [limits], [quotas] and [openai] values are the
+        // defaults.
         let defaults = Config::default();
         assert_eq!(full.engine, defaults.engine);
         assert_eq!(full.server, defaults.server);
         assert_eq!(full.limits, defaults.limits);
         assert_eq!(full.quotas, defaults.quotas);
+        assert_eq!(full.openai, defaults.openai);
         let embedded: Config = toml::from_str(blocks[1]).unwrap();
         embedded.check().unwrap();
         assert_eq!(embedded.models[0].backend.name(), "embedded");

@@ -1,4 +1,5 @@
-//! `batchd serve`: the Bedrock control plane over HTTP, with the scheduler running jobs.
+//! `batchd serve`: the Bedrock control plane and the OpenAI API (`/v1`) over HTTP, with the
+//! scheduler running jobs.
 //! SIGTERM/SIGINT stop accepting requests, checkpoint running jobs (they stay `InProgress` and
 //! resume on the next start) and exit 0.
 
@@ -8,9 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use batchd_api::ApiConfig;
+use batchd_api::{ApiConfig, OpenAiApi};
 use batchd_core::JobOrigin;
 use batchd_engine::Engine;
+use batchd_engine::files::Files;
 use batchd_engine::scheduler::{ModelEntry, Scheduler};
 use batchd_engine::service::SchedulerService;
 use batchd_storage::Storage;
@@ -79,7 +81,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut engine_config = config.engine_config(None);
     engine_config.quotas = Some(config.quotas.quotas());
     let shutdown_grace = engine_config.shutdown_grace;
-    let engine = Engine::new(storage, engine_config);
+    let engine = Engine::new(storage.clone(), engine_config);
     let store: SharedStore = Arc::new(
         SqliteStore::open(&data_dir.join("batchd.sqlite"))
             .await
@@ -112,6 +114,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         region: config.server.region.clone(),
         account_id: config.server.account_id.clone(),
     };
+    let openai = OpenAiApi {
+        files: Arc::new(Files::new(
+            storage,
+            store.clone(),
+            config.files_root(&data_dir)?,
+        )),
+        config: config.openai_config(),
+    };
     let app = axum::Router::new()
         .route(
             "/batchd/metrics",
@@ -123,6 +133,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .merge(batchd_api::router(
             Arc::new(SchedulerService(scheduler.clone())),
             api_config,
+            Some(openai),
         ));
     let listener =
         listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -130,7 +141,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Scripts and tests read the address (the port may have been 0) from this first line.
     println!("listening on http://{addr}");
     eprintln!(
-        "batchd serve: Bedrock batch API on http://{addr} (data dir {}), {} model(s)",
+        "batchd serve: Bedrock batch API on http://{addr}, OpenAI API on http://{addr}/v1 \
+         (data dir {}), {} model(s)",
         data_dir.display(),
         config.models.len()
     );

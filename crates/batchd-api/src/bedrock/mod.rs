@@ -48,11 +48,20 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub const REQUEST_ID_HEADER: &str = "x-amzn-RequestId";
 
 /// The control plane's routes, ready for `axum::serve` (or to be nested/merged by the
-/// caller). Unknown paths answer 404 and known paths with another method 405, both as
-/// `UnknownOperationException`.
-pub fn router(service: Arc<dyn JobService>, config: ApiConfig) -> Router {
+/// caller), with the batch-job API and, when given, the OpenAI API beside them. Unknown paths
+/// answer 404 and known paths with another method 405, both as `UnknownOperationException`
+/// (under `/v1/`, as OpenAI errors).
+pub fn router(
+    service: Arc<dyn JobService>,
+    config: ApiConfig,
+    openai: Option<crate::OpenAiApi>,
+) -> Router {
     let config = Arc::new(config);
     let batch_jobs = crate::batch_job::routes(service.clone(), config.clone());
+    let openai = openai.map_or_else(Router::new, |api| {
+        crate::openai::routes(api.files.clone(), api.config)
+            .merge(crate::openai::batches::routes(service.clone(), api.files))
+    });
     let state = routes::AppState { service, config };
     Router::new()
         .route("/model-invocation-job", post(routes::create))
@@ -67,6 +76,7 @@ pub fn router(service: Arc<dyn JobService>, config: ApiConfig) -> Router {
         .route("/model-invocation-jobs", get(routes::list))
         .with_state(state)
         .merge(batch_jobs)
+        .merge(openai)
         .fallback(routes::unknown_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -99,10 +99,7 @@ async fn first_model(state: &BatchesState, file_id: &str) -> Result<String, Open
 }
 
 /// CreateBatch.
-async fn create(
-    State(state): State<BatchesState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
+async fn create(State(state): State<BatchesState>, body: Result<Bytes, BytesRejection>) -> Answer {
     let body = body.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(&body) else {
         return Err(OpenAiError::invalid(
@@ -111,8 +108,12 @@ async fn create(
         ));
     };
     let string = |key: &str| req.get(key).and_then(Value::as_str);
-    let input_file_id = string("input_file_id")
-        .ok_or_else(|| bad("input_file_id", "Missing required parameter: 'input_file_id'."))?;
+    let input_file_id = string("input_file_id").ok_or_else(|| {
+        bad(
+            "input_file_id",
+            "Missing required parameter: 'input_file_id'.",
+        )
+    })?;
     let endpoint = string("endpoint")
         .ok_or_else(|| bad("endpoint", "Missing required parameter: 'endpoint'."))?;
     if Endpoint::parse(endpoint).is_none() {
@@ -157,7 +158,10 @@ async fn create(
     if file.purpose != "batch" {
         return Err(bad(
             "input_file_id",
-            format!("The file '{input_file_id}' has purpose '{}', not 'batch'.", file.purpose),
+            format!(
+                "The file '{input_file_id}' has purpose '{}', not 'batch'.",
+                file.purpose
+            ),
         ));
     }
     let model = first_model(&state, input_file_id).await?;
@@ -208,7 +212,9 @@ fn metadata(value: Option<&Value>) -> Result<Vec<(String, String)>, OpenAiError>
             }
             _ => Err(bad(
                 "metadata",
-                format!("'metadata.{k}': keys are at most 64 characters, values strings of at most 512."),
+                format!(
+                    "'metadata.{k}': keys are at most 64 characters, values strings of at most 512."
+                ),
             )),
         })
         .collect()

@@ -12,6 +12,7 @@ mod cli_run;
 mod cli_s3;
 mod crash;
 mod crash_run;
+mod openai_files;
 mod real_server;
 mod results;
 
