@@ -177,3 +177,25 @@ def test_sigkill_and_restart_answer_every_request_exactly_once(start_server):
     ids = [line["custom_id"] for line in lines_of(c, done.output_file_id)]
     assert sorted(ids, key=lambda s: int(s.split("-")[1])) == [f"req-{i}" for i in range(60)]
     assert len(set(ids)) == 60
+
+
+def test_batchd_results_reads_an_openai_batch(start_server):
+    server = start_server("local")
+    c = client(server)
+    batch = c.batches.create(input_file_id=upload(c, chat_lines(5, fail={2})), endpoint="/v1/chat/completions", completion_window="24h")
+    assert wait(c, batch.id).status == "completed"
+    import subprocess
+
+    from conftest import BATCHD
+
+    out = subprocess.run(
+        [str(BATCHD), "results", batch.id, "--format", "json", "--data-dir", str(server.data_dir), "--config", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        env=server.env,
+        check=True,
+    )
+    analysis = json.loads(out.stdout)
+    assert (analysis["total_processed"], analysis["success_count"], analysis["error_count"]) == (5, 4, 1)
+    assert analysis["errors_by_code"][0]["code"] == "400"
+    assert analysis["processing_time"]["records"] == 5, analysis

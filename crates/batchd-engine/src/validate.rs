@@ -47,6 +47,27 @@ impl fmt::Display for LineDefect {
     }
 }
 
+/// What a job's input units are.
+#[derive(Debug, Clone, Copy)]
+pub enum Units<'a> {
+    /// Bedrock records (`{"recordId", "modelInput"}` lines).
+    Records,
+    /// A batch-job API job's items (`*.json` arrays or `*.jsonl`).
+    Items(&'a BatchJobOptions),
+    /// An OpenAI batch's request lines.
+    OpenAi(&'a OpenAiRun),
+}
+
+impl<'a> Units<'a> {
+    pub fn of(spec: &'a JobSpec) -> Self {
+        match (&spec.batch, &spec.openai) {
+            (Some(batch), _) => Self::Items(batch),
+            (None, Some(run)) => Self::OpenAi(run),
+            (None, None) => Self::Records,
+        }
+    }
+}
+
 /// What the validation pass found.
 #[derive(Debug, Clone)]
 pub struct ValidationReport {
@@ -280,15 +301,14 @@ impl Engine {
             &spec.records,
             spec.job_id.as_str(),
             self.config.max_defects_in_message,
-            spec.batch.as_ref(),
-            spec.openai.as_ref(),
+            Units::of(spec),
         )
         .await
     }
 
     /// Validates every line of every input file under `inputs`, keeping at most `keep`
     /// defects (all are counted). `job_id` seeds the ids generated for records without one.
-    /// With `batch`, the files are a batch-job API job's items (`*.json` arrays or `*.jsonl`).
+    /// `units` says what the files hold (records, a batch job's items, OpenAI request lines).
     pub async fn validate_input(
         &self,
         inputs: &[StorageUri],
@@ -296,9 +316,13 @@ impl Engine {
         records: &RecordOptions,
         job_id: &str,
         keep: usize,
-        batch: Option<&BatchJobOptions>,
-        openai: Option<&OpenAiRun>,
+        units: Units<'_>,
     ) -> Result<ValidationReport, EngineError> {
+        let (batch, openai) = match units {
+            Units::Records => (None, None),
+            Units::Items(batch) => (Some(batch), None),
+            Units::OpenAi(run) => (None, Some(run)),
+        };
         if invocation_type == InvocationType::InvokeModel && records.family.is_none() {
             return Err(EngineError::Input(format!(
                 "the model has no InvokeModel body format: its id names no known family and its \

@@ -395,8 +395,7 @@ async fn quotas_fail_validation_naming_the_quota_and_the_file() {
                     &RecordOptions::default(),
                     "job000000001",
                     20,
-                    None,
-                    None,
+                    batchd_engine::validate::Units::Records,
                 )
                 .await
                 .unwrap()

@@ -489,7 +489,6 @@ async fn batch_jobs_keep_their_options_wait_for_start_and_list_apart(store: &dyn
     );
     filter.dialect = None;
     assert_eq!(store.list(&filter).await.unwrap().len(), 3);
-    let mut filter = filter;
 
     let openai = JobRequest {
         dialect: Dialect::OpenAi(Box::new(batchd_core::OpenAiBatchOptions {

@@ -746,8 +746,7 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             &records,
             "validate0000",
             usize::MAX,
-            None,
-            None,
+            batchd_engine::validate::Units::Records,
         )
         .await?;
     for defect in &report.defects {

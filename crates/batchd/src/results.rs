@@ -109,8 +109,10 @@ async fn locate(
         };
         return Ok((dir, known));
     }
-    let id = JobArn::parse_identifier(job)
-        .map_err(|e| anyhow::anyhow!("{job}: not a job id, job ARN or output location ({e})"))?;
+    // An OpenAI batch id is its job id behind `batch_`.
+    let id = JobArn::parse_identifier(job.strip_prefix("batch_").unwrap_or(job)).map_err(|e| {
+        anyhow::anyhow!("{job}: not a job id, job ARN, batch id or output location ({e})")
+    })?;
     let Some(found) = store.get(&id).await? else {
         bail!("{job}: no such job in {}", data_dir.display());
     };
