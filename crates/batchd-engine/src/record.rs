@@ -197,15 +197,17 @@ struct Answer {
     output_tokens: u64,
 }
 
+/// A record's defects as one error message.
+fn joined(defects: Vec<batchd_formats::Defect>) -> String {
+    defects
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Translates a record body; the error is the record's error message.
 fn prepare<'a>(ctx: &RecordContext, body: &'a str) -> Result<Prepared<'a>, String> {
-    let joined = |defects: Vec<batchd_formats::Defect>| {
-        defects
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
     match ctx.invocation_type {
         // Still validated: a Bedrock backend must not be sent what batchd rejects.
         InvocationType::Converse => {
@@ -692,13 +694,6 @@ async fn process_openai_line(
     unit: u64,
     line: &[u8],
 ) -> RecordOutcome {
-    let joined = |defects: Vec<batchd_formats::Defect>| {
-        defects
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
     let Some(endpoint) = lines.endpoint else {
         return openai_not_run(
             file,

@@ -113,6 +113,32 @@ async fn wait_for(server: &Served, id: &str, status: &str, limit: Duration) -> V
     }
 }
 
+/// SIGKILLs `server` and starts it again, `pause` milliseconds apart (random), until the job
+/// `id` is `Completed` or `most` kills are done; returns the server running now and the job as
+/// seen before each kill (it never shows `Failed`).
+async fn kill_at_random(
+    env: &TestEnv,
+    mut server: Served,
+    id: &str,
+    rng: &mut fastrand::Rng,
+    most: usize,
+    pause: std::ops::Range<u64>,
+) -> (Served, Vec<Value>) {
+    let mut seen = Vec::new();
+    while seen.len() < most {
+        tokio::time::sleep(Duration::from_millis(rng.u64(pause.clone()))).await;
+        let job = job(&server, id).await;
+        if job["status"] == "Completed" {
+            break;
+        }
+        assert_ne!(job["status"], "Failed", "{job}");
+        seen.push(job);
+        server.kill9().await;
+        server = env.serve().await;
+    }
+    (server, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_then_restart_loses_and_repeats_nothing() {
     let fake = FakeServer::start(FakeConfig {
@@ -129,23 +155,15 @@ async fn sigkill_at_random_points_then_restart_loses_and_repeats_nothing() {
     let mut rng = fastrand::Rng::with_seed(seed);
     eprintln!("seed {seed}");
 
-    let mut server = env.serve().await;
+    let server = env.serve().await;
     let job_id = create_job(&server, "crash-test").await;
-    let mut kills = 0;
-    let mut processed_at_kill = Vec::new();
-    while kills < 12 {
-        // Anywhere from validation to well past a checkpoint (local commits are 100 ms apart).
-        tokio::time::sleep(Duration::from_millis(rng.u64(50..1000))).await;
-        let job = job(&server, &job_id).await;
-        if job["status"] == "Completed" {
-            break;
-        }
-        assert_ne!(job["status"], "Failed", "{job}");
-        processed_at_kill.push(job["processedRecordCount"].as_u64().unwrap_or(0));
-        server.kill9().await;
-        kills += 1;
-        server = env.serve().await;
-    }
+    // Anywhere from validation to well past a checkpoint (local commits are 100 ms apart).
+    let (server, seen) = kill_at_random(&env, server, &job_id, &mut rng, 12, 50..1000).await;
+    let kills = seen.len();
+    let processed_at_kill: Vec<u64> = seen
+        .iter()
+        .map(|job| job["processedRecordCount"].as_u64().unwrap_or(0))
+        .collect();
     eprintln!("{kills} kills; processed (last checkpoint) at each: {processed_at_kill:?}");
     assert!(
         kills >= 10,
@@ -336,7 +354,7 @@ async fn sigkill_of_an_invoke_model_job_keeps_its_side_file_of_times_aligned() {
     }
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut server = env.serve().await;
+    let server = env.serve().await;
     let body = json!({
         "jobName": "invoke-crash", "modelId": MODEL,
         "roleArn": "arn:aws:iam::123456789012:role/batchd",
@@ -352,16 +370,8 @@ async fn sigkill_of_an_invoke_model_job_keeps_its_side_file_of_times_aligned() {
         .next()
         .unwrap()
         .to_owned();
-    let mut kills = 0;
-    while kills < 8 {
-        tokio::time::sleep(Duration::from_millis(rng.u64(50..800))).await;
-        if job(&server, &job_id).await["status"] == "Completed" {
-            break;
-        }
-        server.kill9().await;
-        kills += 1;
-        server = env.serve().await;
-    }
+    let (server, seen) = kill_at_random(&env, server, &job_id, &mut rng, 8, 50..800).await;
+    let kills = seen.len();
     assert!(
         kills >= 4,
         "the job ended after {kills} kills (seed {seed})"
