@@ -608,6 +608,7 @@ async fn create_run_job(
             .job_name
             .clone()
             .unwrap_or_else(|| format!("batchd-run-{job_id}")),
+        account_id: config.server.account_id.clone(),
         model_id: args.model_id.clone().unwrap_or_default(),
         origin: JobOrigin::Run,
         role_arn: None,
