@@ -982,7 +982,7 @@ async fn unknown_routes_and_methods_answer_unknown_operation() {
 }
 
 #[tokio::test]
-async fn auth_headers_are_accepted_unverified() {
+async fn without_keys_auth_headers_are_ignored() {
     let s = start().await;
     let sigv4 = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250115/us-east-1/bedrock/aws4_request, \
                  SignedHeaders=host;x-amz-date, Signature=deadbeef";

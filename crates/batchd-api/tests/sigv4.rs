@@ -245,7 +245,7 @@ fn signed_headers(sent: &Sent) -> Vec<String> {
 fn apply(mut sent: Sent, tamper: &Tamper) -> Sent {
     match tamper {
         Tamper::Method => sent.method = if sent.method == "GET" { "PUT" } else { "GET" }.into(),
-        Tamper::Path => sent.path.push_str("x"),
+        Tamper::Path => sent.path.push('x'),
         Tamper::AddParam => {
             let q = sent
                 .query

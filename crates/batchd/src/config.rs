@@ -1071,7 +1071,7 @@ mod tests {
     #[test]
     fn the_readme_configs_parse_and_state_the_defaults() {
         let blocks = readme_configs();
-        assert_eq!(blocks.len(), 2, "{blocks:?}");
+        assert_eq!(blocks.len(), 3, "{blocks:?}");
         let full: Config = toml::from_str(blocks[0]).unwrap();
         full.check().unwrap();
         // Every backend's own keys reach its variant.
@@ -1121,5 +1121,15 @@ mod tests {
         embedded.check().unwrap();
         assert_eq!(embedded.models[0].backend.name(), "embedded");
         assert_eq!(embedded.embedded.slots, Some(32));
+        // The Authentication section's example: one key from the environment, one hashed
+        // token from a file, two regions.
+        let auth: Config = toml::from_str(blocks[2]).unwrap();
+        assert_eq!(auth.auth.keys.len(), 1);
+        assert_eq!(
+            auth.auth.keys[0].secret_access_key_env.as_deref(),
+            Some("BATCHD_SECRET_ACCESS_KEY")
+        );
+        assert_eq!(auth.auth.tokens[0].account_id, "444455556666");
+        assert_eq!(auth.auth.regions.as_ref().map(Vec::len), Some(2));
     }
 }
