@@ -324,3 +324,41 @@ def test_without_keys_the_server_stays_on_loopback(start_server, binaries, tmp_p
     assert keyed.client(key=KEY_A).list_model_invocation_jobs()["invocationJobSummaries"] == []
     code, status, _ = error_of(keyed.client().list_model_invocation_jobs)
     assert (code, status) == ("UnrecognizedClientException", 403)
+
+
+def test_locations_cannot_escape_the_buckets_folder(start_server, tmp_path):
+    """In local-bucket mode `s3://b/key` is `<data-dir>/buckets/b/key`: a key that would leave
+    that folder, or a local path given to an API, is a ValidationException, and nothing is
+    written outside."""
+    server = start_server("local")
+    server.buckets.create("bkt")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "in.jsonl").write_text(records(1)[0])
+    client = server.bedrock_raw
+    for in_uri, out_uri in [
+        (f"s3://bkt/{outside}/in.jsonl".replace("bkt/", "bkt//", 1), "s3://bkt/out/"),
+        ("s3://bkt/in/", f"s3://bkt/{outside}/".replace("bkt/", "bkt//", 1)),
+        ("s3://bkt/../../etc/", "s3://bkt/out/"),
+    ]:
+        code, status, message = error_of(lambda: create_job(client, "escape", in_uri, out_uri))
+        assert (code, status) == ("ValidationException", 400), (in_uri, out_uri, message)
+    # The batch-job API's locations are free-form strings: local paths are refused too.
+    for location in [str(outside) + "/", f"file://{outside}/"]:
+        body = json.dumps(
+            {
+                "name": "escape",
+                "modelId": "anthropic.claude-3-haiku-20240307-v1:0",
+                "inputConfiguration": {"inputLocation": location},
+                "outputConfiguration": {"outputLocation": location},
+            }
+        ).encode()
+        request = urllib.request.Request(
+            f"{server.url}/batch-inference-jobs", data=body, headers={"content-type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=10)
+        answer = json.load(e.value)
+        assert (e.value.code, answer["__type"]) == (400, "ValidationException"), answer
+        assert "not an s3:// URI" in answer["message"], answer
+    assert sorted(p.name for p in outside.iterdir()) == ["in.jsonl"]

@@ -208,8 +208,14 @@ impl Scheduler {
         };
         let uris = req.inputs.iter().map(|uri| (input_field, uri));
         for (field, uri) in uris.chain([(output_field, &req.output)]) {
-            StorageUri::parse(uri)
+            let parsed = StorageUri::parse(uri)
                 .map_err(|e| SchedulerError::BadRequest(format!("{field}: {e}")))?;
+            // A caller of the server names buckets, never the server's own files.
+            if !matches!(parsed, StorageUri::S3 { .. }) {
+                return Err(SchedulerError::BadRequest(format!(
+                    "{field}: {uri:?} is not an s3:// URI (the server's APIs take no local paths)"
+                )));
+            }
         }
         let batch_job = req.dialect.batch_job().is_some();
         if !batch_job
