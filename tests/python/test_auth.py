@@ -362,3 +362,24 @@ def test_locations_cannot_escape_the_buckets_folder(start_server, tmp_path):
         assert (e.value.code, answer["__type"]) == (400, "ValidationException"), answer
         assert "not an s3:// URI" in answer["message"], answer
     assert sorted(p.name for p in outside.iterdir()) == ["in.jsonl"]
+
+
+def test_batchd_jobs_sends_its_bearer_key(keyed_server, binaries):
+    server = keyed_server
+    in_uri, out_uri = put_input(server, "jobs-cli")
+    arn = create_job(server.client(key=KEY_B), "job-jobs-cli", in_uri, out_uri)
+
+    def jobs_list(**env):
+        return subprocess.run(
+            [str(binaries["batchd"]), "jobs", "--endpoint", server.url, "list"],
+            env=clean_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = jobs_list(BATCHD_API_KEY=TOKEN_B)
+    assert listed.returncode == 0, listed.stderr
+    assert arn.rsplit("/", 1)[1] in listed.stdout
+    refused = jobs_list()
+    assert refused.returncode == 1 and "MissingAuthenticationTokenException" in refused.stderr + refused.stdout

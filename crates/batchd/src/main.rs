@@ -79,6 +79,9 @@ enum Command {
     Jobs {
         #[arg(long, env = "BATCHD_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
         endpoint: String,
+        /// A bearer key of the server's [[auth.tokens]] (sent as `Authorization: Bearer`).
+        #[arg(long, env = "BATCHD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
         #[command(subcommand)]
         command: client::JobsCommand,
     },
@@ -155,7 +158,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Results(args) => results::results(args).await,
-        Command::Jobs { endpoint, command } => client::run(&endpoint, command).await,
+        Command::Jobs {
+            endpoint,
+            api_key,
+            command,
+        } => client::run(&endpoint, api_key, command).await,
         Command::Sdk {
             command: SdkCommand::Botocore { dir },
         } => {
