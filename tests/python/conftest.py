@@ -33,8 +33,10 @@ from botocore.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
-BATCHD = REPO / "target" / "debug" / "batchd"
-BATCHD_FAKE = REPO / "target" / "debug" / "batchd-fake"
+# Where cargo put the binaries (scripts/pytest.sh builds them; CARGO_TARGET_DIR moves them).
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+BATCHD = TARGET / "debug" / "batchd"
+BATCHD_FAKE = TARGET / "debug" / "batchd-fake"
 AWS_CLI = Path(sys.executable).parent / "aws"
 
 REGION = "us-east-1"
@@ -355,13 +357,15 @@ class Server:
     buckets: Buckets
     argv: list[str] = field(default_factory=list)
 
-    def client(self, validate: bool = True):
+    def client(self, validate: bool = True, key: tuple[str, str] = ("test", "test")):
+        """A boto3 `bedrock` client; `key` is (access key id, secret) (the dummy pair works
+        while the server has no keys)."""
         return boto3.client(
             "bedrock",
             endpoint_url=self.url,
             region_name=REGION,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
+            aws_access_key_id=key[0],
+            aws_secret_access_key=key[1],
             config=client_config(validate),
         )
 
@@ -430,8 +434,13 @@ class ServerFactory:
         overrides: dict | None = None,
         data_dir: Path | None = None,
         config_path: Path | None = None,
+        extra_toml: str = "",
+        env: dict | None = None,
+        listen: str = "127.0.0.1:0",
     ) -> Server:
-        """Starts `batchd serve`; with `data_dir` and `config_path` given, restarts on them."""
+        """Starts `batchd serve`; with `data_dir` and `config_path` given, restarts on them.
+        `extra_toml` is appended to the config (`[[auth.keys]]` entries), `env` added to the
+        server's environment."""
         assert mode in ("s3", "local")
         moto = self.moto_getter() if mode == "s3" else None
         if data_dir is None:
@@ -439,21 +448,25 @@ class ServerFactory:
             data_dir.mkdir(parents=True)
         if config_path is None:
             config_path = data_dir.parent / f"{data_dir.name}.toml"
-            config_path.write_text(self.config_text(mode, moto, overrides))
+            config_path.write_text(self.config_text(mode, moto, overrides) + "\n" + extra_toml)
+        extra_env = env or {}
         env = clean_env(BATCHD_LOG=os.environ.get("BATCHD_TEST_LOG", "warn"))
+        env.update(extra_env)
         argv = [
             str(self.binaries["batchd"]),
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--data-dir",
             str(data_dir),
             "--config",
             str(config_path),
         ]
         proc = Proc("batchd-serve", argv, data_dir.parent / "logs", env=env)
-        line = proc.first_line("listening on http://127.0.0.1:")
-        url = line.removeprefix("listening on ").strip()
+        host = listen.rsplit(":", 1)[0]
+        line = proc.first_line(f"listening on http://{host}:")
+        # A server on every address is reached on loopback.
+        url = line.removeprefix("listening on ").strip().replace("0.0.0.0", "127.0.0.1")
         server = Server(proc, url, mode, data_dir, config_path, env, Buckets(mode, data_dir, moto), argv)
         self.started.append(server)
         return server

@@ -8,9 +8,11 @@
 //! - `bedrock`: routes, request validation, the job object's JSON, rest-json errors.
 //! - `batch_job`: the batch-job API's routes, validation, job object and botocore extras.
 //! - `openai`: the OpenAI API's routes and its `{"error": {...}}` errors.
+//! - `auth`: SigV4 and bearer keys, one middleware for every route; the caller's account.
 //!
 //! Only this crate (and `batchd-formats` for record bodies) knows the API's JSON shapes.
 
+pub mod auth;
 pub mod batch_job;
 pub mod bedrock;
 pub mod openai;
@@ -55,21 +57,22 @@ pub struct LiveProgress {
 /// The job operations behind the control plane.
 #[async_trait::async_trait]
 pub trait JobService: Send + Sync + 'static {
-    /// Creates a job (or returns the job an earlier call with the same
-    /// `client_request_token` created) and schedules it.
+    /// Creates a job of `request.account_id` (or returns the job an earlier call of that
+    /// account with the same `client_request_token` created) and schedules it.
     async fn create_job(&self, request: JobRequest) -> Result<Job, ServiceError>;
 
-    /// A job of this API's origin (`JobOrigin::Api`); another origin's job is NotFound.
-    async fn get_job(&self, id: &JobId) -> Result<Job, ServiceError>;
+    /// A job of this API's origin (`JobOrigin::Api`) and of `account`; another origin's or
+    /// another account's job is NotFound, as an unknown id.
+    async fn get_job(&self, account: &str, id: &JobId) -> Result<Job, ServiceError>;
 
-    /// One page of jobs; `filter.limit` is the page size.
+    /// One page of jobs; `filter.limit` is the page size (the API sets `filter.account_id`).
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, ServiceError>;
 
     /// Stops a job that has not ended (ConflictException for an ended one).
-    async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError>;
+    async fn stop_job(&self, account: &str, id: &JobId) -> Result<(), ServiceError>;
 
     /// Starts a batch-job API job that waits for its start (Conflict once started).
-    async fn start_job(&self, id: &JobId) -> Result<Job, ServiceError>;
+    async fn start_job(&self, account: &str, id: &JobId) -> Result<Job, ServiceError>;
 
     /// What a job being executed now has written: counters as of its last written record (the
     /// stored ones are as of its last checkpoint) and the processing times of this run.

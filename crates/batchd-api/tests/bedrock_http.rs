@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use batchd_api::auth::{AuthConfig, Authenticator, BearerKey};
 use batchd_api::bedrock::timestamp;
 use batchd_api::{ApiConfig, router};
 use batchd_core::{Counters, JobArn, JobId, JobStatus};
@@ -48,6 +49,14 @@ async fn start() -> Server {
 }
 
 async fn start_with(config: SchedulerConfig) -> Server {
+    let anonymous = AuthConfig {
+        anonymous_account: ACCOUNT.into(),
+        ..AuthConfig::default()
+    };
+    start_with_auth(config, anonymous).await
+}
+
+async fn start_with_auth(config: SchedulerConfig, auth: AuthConfig) -> Server {
     batchd_testkit::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
@@ -78,7 +87,6 @@ async fn start_with(config: SchedulerConfig) -> Server {
         models,
         SchedulerConfig {
             region: REGION.into(),
-            account_id: ACCOUNT.into(),
             poll_interval: Duration::from_millis(20),
             ..config
         },
@@ -90,6 +98,7 @@ async fn start_with(config: SchedulerConfig) -> Server {
             account_id: ACCOUNT.into(),
         },
         None,
+        Arc::new(Authenticator::new(auth)),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -909,6 +918,7 @@ async fn jobs_of_batchd_run_are_invisible_to_the_api() {
             arn: JobArn::new(REGION, ACCOUNT, id.clone()).to_string(),
             request: batchd_core::JobRequest {
                 name: "local-run".into(),
+                account_id: ACCOUNT.into(),
                 model_id: MODEL.into(),
                 origin: batchd_core::JobOrigin::Run,
                 role_arn: None,
@@ -973,7 +983,7 @@ async fn unknown_routes_and_methods_answer_unknown_operation() {
 }
 
 #[tokio::test]
-async fn auth_headers_are_accepted_unverified() {
+async fn without_keys_auth_headers_are_ignored() {
     let s = start().await;
     let sigv4 = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250115/us-east-1/bedrock/aws4_request, \
                  SignedHeaders=host;x-amz-date, Signature=deadbeef";
@@ -990,4 +1000,119 @@ async fn auth_headers_are_accepted_unverified() {
         assert_eq!(a.status, 200, "{auth}: {}", a.body);
         assert_eq!(a.body, json!({"invocationJobSummaries": []}));
     }
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request.
+fn bearer_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn each_account_lists_gets_and_stops_only_its_own_jobs() {
+    const A: &str = "111111111111";
+    const B: &str = "222222222222";
+    let s = start_with_auth(
+        SchedulerConfig::default(),
+        AuthConfig {
+            tokens: vec![
+                BearerKey::from_token("key-of-a", A),
+                BearerKey::from_token("key-of-b", B),
+            ],
+            ..AuthConfig::default()
+        },
+    )
+    .await;
+    let (a, b) = (bearer_client("key-of-a"), bearer_client("key-of-b"));
+    let create = |client: &reqwest::Client, name: &str| {
+        client
+            .post(format!("{}/model-invocation-job", s.base))
+            .json(&valid_body(name))
+    };
+    let mut arns_of_a = Vec::new();
+    // One name in both accounts: names are unique per account only.
+    for name in ["shared-name", "a-2", "a-3"] {
+        let answer = s.send(create(&a, name)).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let arn = JobArn::parse(answer.body["jobArn"].as_str().unwrap()).unwrap();
+        assert_eq!(arn.account, A, "the ARN carries the caller's account");
+        arns_of_a.push(arn);
+    }
+    let mut ids_of_b = Vec::new();
+    for name in ["shared-name", "b-2"] {
+        let answer = s.send(create(&b, name)).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let arn = JobArn::parse(answer.body["jobArn"].as_str().unwrap()).unwrap();
+        assert_eq!(arn.account, B);
+        ids_of_b.push(arn.id.to_string());
+    }
+
+    // List, two per page: each account pages through exactly its own jobs.
+    let list_all_of = |client: reqwest::Client| {
+        let base = s.base.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut token: Option<String> = None;
+            for _ in 0..10 {
+                let mut url = format!("{base}/model-invocation-jobs?maxResults=2");
+                if let Some(t) = &token {
+                    url.push_str(&format!("&nextToken={t}"));
+                }
+                let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+                for job in page["invocationJobSummaries"].as_array().unwrap() {
+                    let arn = JobArn::parse(job["jobArn"].as_str().unwrap()).unwrap();
+                    ids.push(arn.id.to_string());
+                }
+                match page.get("nextToken") {
+                    Some(t) => token = Some(t.as_str().unwrap().to_owned()),
+                    None => break,
+                }
+            }
+            ids.sort();
+            ids
+        }
+    };
+    let mut expected_a: Vec<String> = arns_of_a.iter().map(|a| a.id.to_string()).collect();
+    expected_a.sort();
+    ids_of_b.sort();
+    assert_eq!(list_all_of(a.clone()).await, expected_a);
+    assert_eq!(list_all_of(b.clone()).await, ids_of_b);
+
+    // B names A's job by ARN and by id: not found (404), never forbidden.
+    let arn = arns_of_a[0].to_string();
+    let encoded = arn.replace(':', "%3A").replace('/', "%2F");
+    for path in [
+        format!("/model-invocation-job/{encoded}"),
+        format!("/model-invocation-job/{}", arns_of_a[0].id),
+    ] {
+        let get = s.send(b.get(format!("{}{path}", s.base))).await;
+        assert_error(&get, 404, "ResourceNotFoundException");
+        let stop = s.send(b.post(format!("{}{path}/stop", s.base))).await;
+        assert_error(&stop, 404, "ResourceNotFoundException");
+    }
+    let own = s
+        .send(a.get(format!("{}/model-invocation-job/{encoded}", s.base)))
+        .await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.body["status"], "Submitted", "B's stop did not reach it");
+    // The batch-job API too.
+    let batch = s
+        .send(b.get(format!(
+            "{}/batch-inference-jobs/{}",
+            s.base, arns_of_a[0].id
+        )))
+        .await;
+    assert_error(&batch, 404, "ResourceNotFoundException");
+
+    // No key, an unknown key: refused before any handler.
+    let none = s.get("/model-invocation-jobs").await;
+    assert_error(&none, 403, "MissingAuthenticationTokenException");
+    let unknown = s
+        .send(bearer_client("key-of-c").get(format!("{}/model-invocation-jobs", s.base)))
+        .await;
+    assert_error(&unknown, 403, "UnrecognizedClientException");
 }

@@ -63,6 +63,13 @@ async fn start() -> Server {
                 max_file_bytes: MAX_FILE_BYTES,
             },
         }),
+        // No keys: every caller is the anonymous account, as on loopback.
+        Arc::new(batchd_api::auth::Authenticator::new(
+            batchd_api::auth::AuthConfig {
+                anonymous_account: "000000000000".into(),
+                ..batchd_api::auth::AuthConfig::default()
+            },
+        )),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

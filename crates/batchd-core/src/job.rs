@@ -249,6 +249,9 @@ impl RetryClass {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRequest {
     pub name: String,
+    /// The caller's account (12 digits): the job's ARN carries it, and only callers of this
+    /// account list, get and stop the job.
+    pub account_id: String,
     /// As the caller wrote it (any form [`crate::ModelId`] resolves).
     pub model_id: String,
     pub origin: JobOrigin,
@@ -311,6 +314,8 @@ pub struct JobFilter {
     pub origin: JobOrigin,
     /// Only jobs of this dialect (each API lists its own); `None`: every dialect.
     pub dialect: Option<DialectKind>,
+    /// Only jobs of this account (an API lists its caller's); `None`: every account.
+    pub account_id: Option<String>,
     /// Only jobs submitted strictly after this time.
     pub submit_time_after_ms: Option<i64>,
     /// Only jobs submitted strictly before this time.
@@ -331,6 +336,7 @@ impl JobFilter {
         Self {
             origin,
             dialect: None,
+            account_id: None,
             submit_time_after_ms: None,
             submit_time_before_ms: None,
             status: None,

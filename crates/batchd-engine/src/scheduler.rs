@@ -43,8 +43,8 @@ pub struct SchedulerConfig {
     pub default_timeout_hours: u32,
     /// Validations at once.
     pub max_validating_jobs: usize,
+    /// The region job ARNs carry (their account is the caller's).
     pub region: String,
-    pub account_id: String,
     /// How often the store is looked at when nothing wakes the scheduler.
     pub poll_interval: Duration,
 }
@@ -58,7 +58,6 @@ impl Default for SchedulerConfig {
             default_timeout_hours: 24,
             max_validating_jobs: 2,
             region: "us-east-1".into(),
-            account_id: "000000000000".into(),
             poll_interval: Duration::from_millis(500),
         }
     }
@@ -176,10 +175,17 @@ impl Scheduler {
                 req.origin
             )));
         }
+        // The API sets it from the authenticated caller; a job without one would be nobody's.
+        if !(req.account_id.len() == 12 && req.account_id.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(SchedulerError::BadRequest(format!(
+                "account id {:?} is not 12 digits",
+                req.account_id
+            )));
+        }
         let _creates = self.inner.creates.lock().await;
         let store = &self.inner.store;
         if let Some(token) = &req.client_request_token
-            && let Some(existing) = store.find_by_token(token).await?
+            && let Some(existing) = store.find_by_token(&req.account_id, token).await?
         {
             return Ok(existing);
         }
@@ -202,12 +208,20 @@ impl Scheduler {
         };
         let uris = req.inputs.iter().map(|uri| (input_field, uri));
         for (field, uri) in uris.chain([(output_field, &req.output)]) {
-            StorageUri::parse(uri)
+            let parsed = StorageUri::parse(uri)
                 .map_err(|e| SchedulerError::BadRequest(format!("{field}: {e}")))?;
+            // A caller of the server names buckets, never the server's own files.
+            if !matches!(parsed, StorageUri::S3 { .. }) {
+                return Err(SchedulerError::BadRequest(format!(
+                    "{field}: {uri:?} is not an s3:// URI (the server's APIs take no local paths)"
+                )));
+            }
         }
         let batch_job = req.dialect.batch_job().is_some();
         if !batch_job
-            && let Some(active) = store.find_active_by_name(JobOrigin::Api, &req.name).await?
+            && let Some(active) = store
+                .find_active_by_name(JobOrigin::Api, &req.account_id, &req.name)
+                .await?
         {
             return Err(SchedulerError::Conflict(format!(
                 "The provided job name is currently in use: job {} ({}) is {}",
@@ -232,11 +246,8 @@ impl Scheduler {
         let id = JobId::from_random(
             (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)),
         );
-        let arn = JobArn::new(
-            &self.inner.config.region,
-            &self.inner.config.account_id,
-            id.clone(),
-        );
+        // The caller's account, not the server's: the ARN says whose job it is.
+        let arn = JobArn::new(&self.inner.config.region, &req.account_id, id.clone());
         // A batch job's timeout counts from its start.
         let job_expiration_ms = if batch_job {
             None
@@ -249,6 +260,7 @@ impl Scheduler {
             Some(now_ms() + timeout_ms)
         };
         let token = req.client_request_token.clone();
+        let req_account = req.account_id.clone();
         let new_job = NewJob {
             id,
             arn: arn.to_string(),
@@ -259,7 +271,7 @@ impl Scheduler {
             Ok(job) => job,
             // Two creates with one token raced: the first one's job is the answer.
             Err(e) => match &token {
-                Some(token) => store.find_by_token(token).await?.ok_or(e)?,
+                Some(token) => store.find_by_token(&req_account, token).await?.ok_or(e)?,
                 None => return Err(e.into()),
             },
         };

@@ -32,10 +32,15 @@ impl JobService for SchedulerService {
         self.0.create(request).await.map_err(service_error)
     }
 
-    async fn get_job(&self, id: &JobId) -> Result<Job, ServiceError> {
+    async fn get_job(&self, account: &str, id: &JobId) -> Result<Job, ServiceError> {
         match self.0.store().get(id).await {
-            // `batchd run`'s jobs are not the API's: not found, as an unknown id.
-            Ok(Some(job)) if job.request.origin == JobOrigin::Api => Ok(job),
+            // `batchd run`'s jobs are not the API's, and another account's job is not the
+            // caller's: not found, as an unknown id (never "forbidden": ids do not leak).
+            Ok(Some(job))
+                if job.request.origin == JobOrigin::Api && job.request.account_id == account =>
+            {
+                Ok(job)
+            }
             Ok(_) => Err(ServiceError::NotFound(format!("Could not find job {id}"))),
             Err(e) => Err(ServiceError::Internal(e.to_string())),
         }
@@ -49,8 +54,8 @@ impl JobService for SchedulerService {
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 
-    async fn stop_job(&self, id: &JobId) -> Result<(), ServiceError> {
-        self.get_job(id).await?;
+    async fn stop_job(&self, account: &str, id: &JobId) -> Result<(), ServiceError> {
+        self.get_job(account, id).await?;
         self.0.stop(id).await.map_err(service_error)
     }
 
@@ -69,8 +74,8 @@ impl JobService for SchedulerService {
         serde_json::from_slice(&bytes).ok()
     }
 
-    async fn start_job(&self, id: &JobId) -> Result<Job, ServiceError> {
-        self.get_job(id).await?;
+    async fn start_job(&self, account: &str, id: &JobId) -> Result<Job, ServiceError> {
+        self.get_job(account, id).await?;
         self.0.start_job(id).await.map_err(service_error)
     }
 }

@@ -52,6 +52,7 @@ impl Harness {
                 arn: "arn".into(),
                 request: JobRequest {
                     name: "t".into(),
+                    account_id: "000000000000".into(),
                     model_id: "m".into(),
                     origin: JobOrigin::Run,
                     role_arn: None,

@@ -33,6 +33,14 @@ impl StorageUri {
             if key.split('/').any(|seg| seg == "." || seg == "..") {
                 return Err(bad("key must not contain '.' or '..' segments"));
             }
+            // An empty segment (`s3://b//etc/passwd`, `a//b`) would make the key an absolute
+            // path in local-bucket mode (`<data-dir>/buckets/b` joined with `/etc/passwd`);
+            // object_store refuses such keys anyway. A trailing `/` (a prefix) is fine.
+            if key.trim_end_matches('/').split('/').any(str::is_empty) && !key.is_empty() {
+                return Err(bad(
+                    "key must not contain empty segments ('//' or a leading '/')",
+                ));
+            }
             return Ok(Self::S3 {
                 bucket: bucket.to_owned(),
                 key: key.to_owned(),
@@ -109,6 +117,8 @@ mod tests {
 
     #[test]
     fn parses_s3_and_local() {
+        assert!(StorageUri::parse("s3://bucket/prefix/").is_ok());
+        assert!(StorageUri::parse("s3://bucket/").is_ok());
         assert_eq!(
             StorageUri::parse("s3://my-bucket/in/a.jsonl").unwrap(),
             StorageUri::S3 {
@@ -135,6 +145,9 @@ mod tests {
             "s3://A_B/x",
             "s3://ab/x",
             "s3://bucket/../x",
+            "s3://bucket//etc/passwd",
+            "s3://bucket/a//b",
+            "s3://bucket//",
             "http://x/y",
             "",
         ] {

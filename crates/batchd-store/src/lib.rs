@@ -41,8 +41,9 @@ pub type SharedStore = Arc<dyn JobStore>;
 /// Where jobs live. Every implementation passes `tests/conformance.rs`.
 #[async_trait::async_trait]
 pub trait JobStore: Send + Sync + std::fmt::Debug {
-    /// Inserts a job in `Submitted`. A second job with the same `client_request_token` is an
-    /// error (the caller then finds the first with [`JobStore::find_by_token`]).
+    /// Inserts a job in `Submitted`. A second job of one account with the same
+    /// `client_request_token` is an error (the caller then finds the first with
+    /// [`JobStore::find_by_token`]); another account may use the same token.
     async fn create(&self, job: NewJob) -> Result<Job, StoreError>;
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
@@ -57,14 +58,15 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// One page of jobs, in submit-time order (ties broken by id), after the cursor.
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
 
-    /// The job created with this `clientRequestToken`, if any.
-    async fn find_by_token(&self, token: &str) -> Result<Option<Job>, StoreError>;
+    /// The job this account created with this `clientRequestToken`, if any.
+    async fn find_by_token(&self, account: &str, token: &str) -> Result<Option<Job>, StoreError>;
 
-    /// A Bedrock-dialect job of `origin` with this name that has not ended, if any (only
-    /// Bedrock's API wants names unique).
+    /// A Bedrock-dialect job of `origin` and this account with this name that has not ended,
+    /// if any (only Bedrock's API wants names unique, and only within an account).
     async fn find_active_by_name(
         &self,
         origin: JobOrigin,
+        account: &str,
         name: &str,
     ) -> Result<Option<Job>, StoreError>;
 

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0006_timings_position.sql"),
     ),
     (7, "files", include_str!("../migrations/0007_files.sql")),
+    (8, "account", include_str!("../migrations/0008_account.sql")),
 ];
 
 fn migrator() -> Migrator {
@@ -129,8 +130,8 @@ impl JobStore for SqliteStore {
             "INSERT INTO jobs (job_id, job_arn, job_name, model_id, origin, role_arn,
                 client_request_token, invocation_type, inputs, input_uri, output_uri, status,
                 timeout_hours, submit_time_ms, last_modified_ms, job_expiration_ms, request_json,
-                dialect, dialect_options)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                dialect, dialect_options, account_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(job.id.as_str())
         .bind(&job.arn)
@@ -153,6 +154,7 @@ impl JobStore for SqliteStore {
         .bind(&r.request_json)
         .bind(r.dialect.kind().as_str())
         .bind(options)
+        .bind(&r.account_id)
         .execute(&self.pool)
         .await?;
         self.get(&job.id).await?.ok_or(StoreError::NotFound(job.id))
@@ -183,6 +185,9 @@ impl JobStore for SqliteStore {
         q.push_bind(filter.origin.as_str());
         if let Some(dialect) = filter.dialect {
             q.push(" AND dialect = ").push_bind(dialect.as_str());
+        }
+        if let Some(account) = &filter.account_id {
+            q.push(" AND account_id = ").push_bind(account.clone());
         }
         if let Some(t) = filter.submit_time_after_ms {
             q.push(" AND submit_time_ms > ").push_bind(t);
@@ -218,17 +223,26 @@ impl JobStore for SqliteStore {
         rows.iter().map(row_to_job).collect()
     }
 
-    async fn find_by_token(&self, token: &str) -> Result<Option<Job>, StoreError> {
-        self.find_one("client_request_token", token).await
+    async fn find_by_token(&self, account: &str, token: &str) -> Result<Option<Job>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM jobs WHERE account_id = ? AND client_request_token = ?")
+                .bind(account)
+                .bind(token)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(row_to_job).transpose()
     }
 
     async fn find_active_by_name(
         &self,
         origin: JobOrigin,
+        account: &str,
         name: &str,
     ) -> Result<Option<Job>, StoreError> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE job_name = ");
         q.push_bind(name)
+            .push(" AND account_id = ")
+            .push_bind(account)
             .push(" AND origin = ")
             .push_bind(origin.as_str())
             .push(" AND dialect = ")
@@ -538,6 +552,7 @@ fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
         arn: row.try_get("job_arn")?,
         request: JobRequest {
             name: row.try_get("job_name")?,
+            account_id: row.try_get("account_id")?,
             model_id: row.try_get("model_id")?,
             origin: origin.parse().map_err(|_| corrupt("origin", &origin))?,
             role_arn: row.try_get("role_arn")?,
@@ -712,6 +727,7 @@ mod tests {
             arn: format!("arn:aws:bedrock:us-east-1:000000000000:model-invocation-job/{id}"),
             request: JobRequest {
                 name: "job".into(),
+                account_id: "000000000000".into(),
                 model_id: "m".into(),
                 origin: JobOrigin::Api,
                 role_arn: Some("arn:aws:iam::000000000000:role/r".into()),
@@ -817,5 +833,53 @@ mod tests {
             run.request.inputs,
             ["/x/a.jsonl", "/x/b dir/", "/x/\"q\".jsonl"]
         );
+    }
+
+    /// Jobs from before migration 7 belong to the account their ARN names (the server's
+    /// configured one); one without an ARN (`batchd run`'s, once) to the default account.
+    #[tokio::test]
+    async fn jobs_from_before_accounts_take_the_account_of_their_arn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("batchd.sqlite");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        migrator_upto(6).run(&pool).await.unwrap();
+        for (id, arn) in [
+            (
+                "aaaaaaaaaaa1",
+                "arn:aws:bedrock:eu-west-1:123456789012:model-invocation-job/aaaaaaaaaaa1",
+            ),
+            ("aaaaaaaaaaa2", ""),
+        ] {
+            sqlx::query(
+                "INSERT INTO jobs (job_id, job_arn, job_name, model_id, invocation_type, inputs,
+                    input_uri, output_uri, status, submit_time_ms, last_modified_ms, origin)
+                 VALUES (?, ?, 'n', 'm', 'Converse', '[]', '', 'out', 'Completed', 1, 1, 'api')",
+            )
+            .bind(id)
+            .bind(arn)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        for (id, account) in [
+            ("aaaaaaaaaaa1", "123456789012"),
+            ("aaaaaaaaaaa2", "000000000000"),
+        ] {
+            let job = store
+                .get(&JobId::parse(id).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(job.request.account_id, account, "{id}");
+        }
     }
 }

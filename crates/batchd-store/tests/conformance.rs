@@ -55,6 +55,7 @@ macro_rules! stores {
                 a_file_reads_back_as_it_was_created,
                 files_list_by_purpose_in_order_with_a_cursor,
                 a_deleted_file_is_gone_once,
+                each_account_lists_finds_and_names_only_its_own_jobs,
             );
         })*
     };
@@ -80,9 +81,12 @@ fn id(n: u32) -> JobId {
     JobId::parse(&format!("{n:012x}")).unwrap()
 }
 
+const ACCOUNT: &str = "000000000000";
+
 fn request(origin: JobOrigin) -> JobRequest {
     JobRequest {
         name: "job".into(),
+        account_id: ACCOUNT.into(),
         model_id: "m".into(),
         origin,
         role_arn: (origin == JobOrigin::Api).then(|| "arn:aws:iam::000000000000:role/r".into()),
@@ -331,22 +335,32 @@ async fn tokens_and_active_names_are_found(store: &dyn JobStore) {
     with_token.name = "named".into();
     store.create(new_job(1, with_token.clone())).await.unwrap();
     assert_eq!(
-        store.find_by_token("tok-1").await.unwrap().map(|j| j.id),
+        store
+            .find_by_token(ACCOUNT, "tok-1")
+            .await
+            .unwrap()
+            .map(|j| j.id),
         Some(id(1))
     );
-    assert!(store.find_by_token("nope").await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_token(ACCOUNT, "nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // A second job with the same token is refused; the first stays.
     assert!(store.create(new_job(2, with_token)).await.is_err());
     assert!(store.get(&id(2)).await.unwrap().is_none());
 
     let found = store
-        .find_active_by_name(JobOrigin::Api, "named")
+        .find_active_by_name(JobOrigin::Api, ACCOUNT, "named")
         .await
         .unwrap();
     assert_eq!(found.map(|j| j.id), Some(id(1)));
     assert!(
         store
-            .find_active_by_name(JobOrigin::Run, "named")
+            .find_active_by_name(JobOrigin::Run, ACCOUNT, "named")
             .await
             .unwrap()
             .is_none(),
@@ -357,7 +371,7 @@ async fn tokens_and_active_names_are_found(store: &dyn JobStore) {
     }
     assert!(
         store
-            .find_active_by_name(JobOrigin::Api, "named")
+            .find_active_by_name(JobOrigin::Api, ACCOUNT, "named")
             .await
             .unwrap()
             .is_none(),
@@ -514,7 +528,7 @@ async fn batch_jobs_keep_their_options_wait_for_start_and_list_apart(store: &dyn
 
     // Names are unique among Bedrock jobs only: a batch job of the same name is no conflict.
     let found = store
-        .find_active_by_name(JobOrigin::Api, "job")
+        .find_active_by_name(JobOrigin::Api, ACCOUNT, "job")
         .await
         .unwrap();
     assert_eq!(found.map(|j| j.id), Some(bedrock.id));
@@ -636,4 +650,86 @@ async fn a_deleted_file_is_gone_once(store: &dyn JobStore) {
         .create_file(&file("file-a", 6, "batch"))
         .await
         .unwrap();
+}
+
+/// Accounts: a list with an account sees only that account's jobs (pages included), tokens
+/// and active names are per account, and no filter sees them all.
+async fn each_account_lists_finds_and_names_only_its_own_jobs(store: &dyn JobStore) {
+    const OTHER: &str = "111122223333";
+    let of = |account: &str, n: u32| {
+        let mut r = request(JobOrigin::Api);
+        r.account_id = account.into();
+        r.name = "same-name".into();
+        r.client_request_token = Some("same-token".into());
+        // Each account may have one active job of a name and one job per token.
+        if n > 2 {
+            r.name = format!("job-{n}");
+            r.client_request_token = None;
+        }
+        new_job(n, r)
+    };
+    let jobs = create_spaced(
+        store,
+        vec![
+            of(ACCOUNT, 1),
+            of(OTHER, 2),
+            of(ACCOUNT, 3),
+            of(OTHER, 4),
+            of(ACCOUNT, 5),
+        ],
+    )
+    .await;
+    assert_eq!(jobs[1].request.account_id, OTHER);
+
+    let mine = |after| JobFilter {
+        account_id: Some(ACCOUNT.into()),
+        after,
+        ..JobFilter::new(JobOrigin::Api, 2)
+    };
+    let first = store.list(&mine(None)).await.unwrap();
+    assert_eq!(ids(&first), [id(5).to_string(), id(3).to_string()]);
+    let last = first.last().unwrap();
+    let second = store
+        .list(&mine(Some((last.submit_time_ms, last.id.to_string()))))
+        .await
+        .unwrap();
+    assert_eq!(ids(&second), [id(1).to_string()]);
+    let theirs = JobFilter {
+        account_id: Some(OTHER.into()),
+        ..JobFilter::new(JobOrigin::Api, 10)
+    };
+    assert_eq!(
+        ids(&store.list(&theirs).await.unwrap()),
+        [id(4).to_string(), id(2).to_string()]
+    );
+    let nobody = JobFilter {
+        account_id: Some("999999999999".into()),
+        ..JobFilter::new(JobOrigin::Api, 10)
+    };
+    assert!(store.list(&nobody).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .list(&JobFilter::new(JobOrigin::Api, 10))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+
+    for (account, expected) in [(ACCOUNT, id(1)), (OTHER, id(2))] {
+        let by_token = store.find_by_token(account, "same-token").await.unwrap();
+        assert_eq!(by_token.map(|j| j.id), Some(expected.clone()), "{account}");
+        let by_name = store
+            .find_active_by_name(JobOrigin::Api, account, "same-name")
+            .await
+            .unwrap();
+        assert_eq!(by_name.map(|j| j.id), Some(expected), "{account}");
+    }
+    assert!(
+        store
+            .find_by_token("999999999999", "same-token")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

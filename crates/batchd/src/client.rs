@@ -1,6 +1,6 @@
 //! `batchd jobs create|get|list|stop|wait`: a small client of a running `batchd serve`,
-//! speaking the same Bedrock control-plane API as boto3 (unsigned: the server does not check
-//! signatures yet).
+//! speaking the same Bedrock control-plane API as boto3, with a bearer key (`--api-key`,
+//! `BATCHD_API_KEY`) when the server has keys.
 //!
 //! Errors the server answers are printed as `<__type>: <message>` and exit with 1; transport
 //! failures (no server, bad endpoint) are returned as errors for `main` to report.
@@ -163,8 +163,13 @@ impl ServerError {
 }
 
 /// Runs one `batchd jobs` subcommand against the server at `endpoint`.
-pub async fn run(endpoint: &str, command: JobsCommand) -> anyhow::Result<ExitCode> {
-    let api = Api::new(endpoint)?;
+pub async fn run(
+    endpoint: &str,
+    api_key: Option<String>,
+    command: JobsCommand,
+) -> anyhow::Result<ExitCode> {
+    let mut api = Api::new(endpoint)?;
+    api.api_key = api_key;
     let result = match command {
         JobsCommand::Create {
             job_name,
@@ -386,6 +391,8 @@ pub fn format_table(jobs: &[Value]) -> String {
 struct Api {
     http: Client,
     base: Url,
+    /// Sent as `Authorization: Bearer <key>`.
+    api_key: Option<String>,
 }
 
 impl Api {
@@ -400,7 +407,11 @@ impl Api {
             .timeout(Duration::from_secs(60))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self { http, base })
+        Ok(Self {
+            http,
+            base,
+            api_key: None,
+        })
     }
 
     /// The endpoint with these path segments appended, each percent-encoded (an ARN's `/`
@@ -422,6 +433,9 @@ impl Api {
     /// One request; a non-2xx answer becomes a [`ServerError`].
     async fn call(&self, method: Method, url: Url, body: Option<&Value>) -> anyhow::Result<Value> {
         let mut request = self.http.request(method, url.clone());
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

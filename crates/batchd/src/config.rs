@@ -27,6 +27,8 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
     pub quotas: QuotasSection,
@@ -179,23 +181,113 @@ impl Default for EngineSection {
     }
 }
 
-/// `[server]`; the defaults are [`SchedulerConfig`]'s.
+/// `[server]`; the defaults are [`SchedulerConfig`]'s and [`batchd_api::auth`]'s.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
-    /// Region and account that job ARNs carry.
+    /// The region job ARNs carry.
     pub region: String,
+    /// The account of every caller when no keys are configured (and of `batchd run`'s jobs).
     pub account_id: String,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        let s = SchedulerConfig::default();
         Self {
-            region: s.region,
-            account_id: s.account_id,
+            region: SchedulerConfig::default().region,
+            account_id: batchd_api::auth::ANONYMOUS_ACCOUNT.into(),
         }
     }
+}
+
+/// `[auth]`: who may call `batchd serve`, and as which account. No keys and no tokens: anyone,
+/// as `server.account_id`, and only on a loopback address.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Regions a SigV4 request may be signed for; unset: any.
+    pub regions: Option<Vec<String>>,
+    /// `[[auth.keys]]`: SigV4 access keys.
+    pub keys: Vec<KeyEntry>,
+    /// `[[auth.tokens]]`: bearer keys (`Authorization: Bearer ...`).
+    pub tokens: Vec<TokenEntry>,
+}
+
+/// A secret written in the config file; `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ConfigSecret(String);
+
+impl std::fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One `[[auth.keys]]` entry: the secret in the file, in an environment variable or in a file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    pub access_key_id: String,
+    pub secret_access_key: Option<ConfigSecret>,
+    pub secret_access_key_env: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    pub account_id: String,
+}
+
+/// One `[[auth.tokens]]` entry: the key in the file, in an environment variable, or its
+/// SHA-256 in a file (`sha256:<hex>`, so the key itself is stored nowhere on the server).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub token: Option<ConfigSecret>,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub account_id: String,
+}
+
+fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The one secret source an entry names: the text, an environment variable, or a file.
+enum SecretSource<'a> {
+    Text(&'a str),
+    Env(&'a str),
+    File(&'a Path),
+}
+
+fn secret_source<'a>(
+    what: &str,
+    keys: [&str; 3],
+    text: Option<&'a ConfigSecret>,
+    env: Option<&'a str>,
+    file: Option<&'a Path>,
+) -> anyhow::Result<SecretSource<'a>> {
+    match (text, env, file) {
+        (Some(t), None, None) => Ok(SecretSource::Text(&t.0)),
+        (None, Some(e), None) => Ok(SecretSource::Env(e)),
+        (None, None, Some(f)) => Ok(SecretSource::File(f)),
+        _ => bail!("{what}: set exactly one of {}", keys.join(", ")),
+    }
+}
+
+/// Reads a secret from the environment or a file (trailing newline dropped). Errors name the
+/// variable or file, never the value.
+fn read_secret(what: &str, source: SecretSource<'_>) -> anyhow::Result<String> {
+    let value = match source {
+        SecretSource::Text(text) => text.to_owned(),
+        SecretSource::Env(var) => std::env::var(var)
+            .with_context(|| format!("{what}: environment variable {var} is not set"))?,
+        SecretSource::File(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("{what}: cannot read {}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+    };
+    if value.is_empty() {
+        bail!("{what}: the secret is empty");
+    }
+    Ok(value)
 }
 
 /// A `[[models]]` entry: a model id jobs may name, and the backend that serves it. The keys
@@ -610,6 +702,85 @@ impl Config {
         }
     }
 
+    /// `[auth]` with every secret read (from the config, the environment or files). Errors
+    /// name the entry and the key, never a secret.
+    pub fn auth_config(&self) -> anyhow::Result<batchd_api::auth::AuthConfig> {
+        use batchd_api::auth::{AccessKey, AuthConfig, BearerKey, Secret};
+        let mut keys: Vec<AccessKey> = Vec::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            let what = format!("auth.keys[{i}] ({})", k.access_key_id);
+            if k.access_key_id.is_empty()
+                || !k.access_key_id.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                bail!("auth.keys[{i}]: access_key_id must be letters and digits");
+            }
+            if keys.iter().any(|o| o.access_key_id == k.access_key_id) {
+                bail!("{what}: access_key_id is used twice");
+            }
+            if !is_account_id(&k.account_id) {
+                bail!(
+                    "{what}: account_id must be 12 digits, got {:?}",
+                    k.account_id
+                );
+            }
+            let source = secret_source(
+                &what,
+                [
+                    "secret_access_key",
+                    "secret_access_key_env",
+                    "secret_access_key_file",
+                ],
+                k.secret_access_key.as_ref(),
+                k.secret_access_key_env.as_deref(),
+                k.secret_access_key_file.as_deref(),
+            )?;
+            keys.push(AccessKey {
+                access_key_id: k.access_key_id.clone(),
+                secret: Secret::new(read_secret(&what, source)?),
+                account_id: k.account_id.clone(),
+            });
+        }
+        let mut tokens = Vec::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let what = format!("auth.tokens[{i}]");
+            if !is_account_id(&t.account_id) {
+                bail!(
+                    "{what}: account_id must be 12 digits, got {:?}",
+                    t.account_id
+                );
+            }
+            let source = secret_source(
+                &what,
+                ["token", "token_env", "token_file"],
+                t.token.as_ref(),
+                t.token_env.as_deref(),
+                t.token_file.as_deref(),
+            )?;
+            let hashed = matches!(source, SecretSource::File(_));
+            let value = read_secret(&what, source)?;
+            tokens.push(if hashed {
+                BearerKey::from_hash(&value, t.account_id.clone())
+                    .with_context(|| format!("{what}: token_file"))?
+            } else {
+                BearerKey::from_token(&value, t.account_id.clone())
+            });
+        }
+        if let Some(regions) = &self.auth.regions
+            && regions.is_empty()
+        {
+            bail!("auth.regions: list at least one region, or leave it out for any region");
+        }
+        if !is_account_id(&self.server.account_id) {
+            bail!("server.account_id must be 12 digits");
+        }
+        Ok(AuthConfig {
+            keys,
+            tokens,
+            regions: self.auth.regions.clone(),
+            anonymous_account: self.server.account_id.clone(),
+        })
+    }
+
     /// `batchd serve`'s scheduler: `[limits]` and `[server]`.
     pub fn scheduler_config(&self) -> SchedulerConfig {
         SchedulerConfig {
@@ -618,7 +789,6 @@ impl Config {
             timeout_unit: Duration::from_secs_f64(self.limits.timeout_unit_seconds),
             default_timeout_hours: self.limits.default_timeout_hours,
             region: self.server.region.clone(),
-            account_id: self.server.account_id.clone(),
             ..SchedulerConfig::default()
         }
     }
@@ -842,6 +1012,113 @@ mod tests {
         assert_eq!(quotas.quotas.quotas().max_file_bytes, 500_000_000);
     }
 
+    #[test]
+    fn auth_keys_and_tokens_resolve_from_the_config_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, "from-a-file\n").unwrap();
+        let hash_file = dir.path().join("token.sha256");
+        // printf %s tok-b | sha256sum
+        std::fs::write(
+            &hash_file,
+            "sha256:efa1cd32d437a4dd30463a379503cadfb2b13481660f6345110f3bde01f2e773\n",
+        )
+        .unwrap();
+        let text = format!(
+            r#"
+            [auth]
+            regions = ["us-east-1", "us-west-2"]
+            [[auth.keys]]
+            access_key_id = "AKIDA"
+            secret_access_key = "in-the-config"
+            account_id = "111111111111"
+            [[auth.keys]]
+            access_key_id = "AKIDB"
+            secret_access_key_file = "{}"
+            account_id = "222222222222"
+            [[auth.tokens]]
+            token = "tok-a"
+            account_id = "111111111111"
+            [[auth.tokens]]
+            token_file = "{}"
+            account_id = "222222222222"
+            "#,
+            secret_file.display(),
+            hash_file.display()
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        assert!(
+            !format!("{config:?}").contains("in-the-config"),
+            "Debug hides secrets"
+        );
+        let auth = config.auth_config().unwrap();
+        assert_eq!(auth.keys[0].secret.expose(), "in-the-config");
+        assert_eq!(auth.keys[1].secret.expose(), "from-a-file");
+        assert_eq!(auth.keys[1].account_id, "222222222222");
+        assert_eq!(auth.tokens.len(), 2);
+        assert_eq!(
+            auth.regions,
+            Some(vec!["us-east-1".to_owned(), "us-west-2".to_owned()])
+        );
+        assert_eq!(auth.anonymous_account, "000000000000");
+        assert!(Config::default().auth_config().unwrap().keys.is_empty());
+    }
+
+    #[test]
+    fn bad_auth_entries_are_refused_naming_the_key() {
+        let parse_error = |entry: &str| toml::from_str::<Config>(entry).unwrap_err().to_string();
+        let e = parse_error(
+            "[[auth.keys]]\naccess_key_id = \"A\"\nsecret_acces_key = \"s\"\naccount_id = \"111111111111\"\n",
+        );
+        assert!(e.contains("unknown field `secret_acces_key`"), "{e}");
+        let e = parse_error("[[auth.tokens]]\ntokn = \"t\"\naccount_id = \"111111111111\"\n");
+        assert!(e.contains("unknown field `tokn`"), "{e}");
+        let e = parse_error("[auth]\nregion = [\"us-east-1\"]\n");
+        assert!(e.contains("unknown field `region`"), "{e}");
+
+        let check_error = |entry: &str| {
+            let config: Config = toml::from_str(entry).unwrap();
+            format!("{:#}", config.auth_config().unwrap_err())
+        };
+        for (entry, says) in [
+            (
+                "[[auth.keys]]\naccess_key_id = \"A\"\naccount_id = \"111111111111\"\n",
+                "auth.keys[0] (A): set exactly one of secret_access_key, secret_access_key_env, secret_access_key_file",
+            ),
+            (
+                "[[auth.keys]]\naccess_key_id = \"A\"\nsecret_access_key = \"hush\"\nsecret_access_key_env = \"X\"\naccount_id = \"111111111111\"\n",
+                "set exactly one of",
+            ),
+            (
+                "[[auth.keys]]\naccess_key_id = \"A\"\nsecret_access_key = \"hush\"\naccount_id = \"1234\"\n",
+                "auth.keys[0] (A): account_id must be 12 digits",
+            ),
+            (
+                "[[auth.keys]]\naccess_key_id = \"A\"\nsecret_access_key_env = \"BATCHD_TEST_NOT_SET_ANYWHERE\"\naccount_id = \"111111111111\"\n",
+                "environment variable BATCHD_TEST_NOT_SET_ANYWHERE is not set",
+            ),
+            (
+                "[[auth.tokens]]\ntoken_file = \"/nonexistent/batchd-token\"\naccount_id = \"111111111111\"\n",
+                "auth.tokens[0]: cannot read /nonexistent/batchd-token",
+            ),
+            ("[auth]\nregions = []\n", "auth.regions"),
+        ] {
+            let e = check_error(entry);
+            assert!(e.contains(says), "{entry}: {e}");
+            assert!(!e.contains("hush"), "a secret in an error: {e}");
+        }
+        // A key file holds the key's hash, never the key.
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "the-token-itself").unwrap();
+        let e = check_error(&format!(
+            "[[auth.tokens]]\ntoken_file = \"{}\"\naccount_id = \"111111111111\"\n",
+            plain.display()
+        ));
+        assert!(e.contains("sha256:"), "{e}");
+        assert!(!e.contains("the-token-itself"), "{e}");
+    }
+
     /// The ```toml blocks of the README.
     fn readme_configs() -> Vec<&'static str> {
         include_str!("../../../README.md")
@@ -854,7 +1131,7 @@ mod tests {
     #[test]
     fn the_readme_configs_parse_and_state_the_defaults() {
         let blocks = readme_configs();
-        assert_eq!(blocks.len(), 2, "{blocks:?}");
+        assert_eq!(blocks.len(), 3, "{blocks:?}");
         let full: Config = toml::from_str(blocks[0]).unwrap();
         full.check().unwrap();
         // Every backend's own keys reach its variant.
@@ -906,5 +1183,15 @@ mod tests {
         embedded.check().unwrap();
         assert_eq!(embedded.models[0].backend.name(), "embedded");
         assert_eq!(embedded.embedded.slots, Some(32));
+        // The Authentication section's example: one key from the environment, one hashed
+        // token from a file, two regions.
+        let auth: Config = toml::from_str(blocks[2]).unwrap();
+        assert_eq!(auth.auth.keys.len(), 1);
+        assert_eq!(
+            auth.auth.keys[0].secret_access_key_env.as_deref(),
+            Some("BATCHD_SECRET_ACCESS_KEY")
+        );
+        assert_eq!(auth.auth.tokens[0].account_id, "444455556666");
+        assert_eq!(auth.auth.regions.as_ref().map(Vec::len), Some(2));
     }
 }

@@ -79,6 +79,9 @@ enum Command {
     Jobs {
         #[arg(long, env = "BATCHD_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
         endpoint: String,
+        /// A bearer key of the server's [[auth.tokens]] (sent as `Authorization: Bearer`).
+        #[arg(long, env = "BATCHD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
         #[command(subcommand)]
         command: client::JobsCommand,
     },
@@ -155,7 +158,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Results(args) => results::results(args).await,
-        Command::Jobs { endpoint, command } => client::run(&endpoint, command).await,
+        Command::Jobs {
+            endpoint,
+            api_key,
+            command,
+        } => client::run(&endpoint, api_key, command).await,
         Command::Sdk {
             command: SdkCommand::Botocore { dir },
         } => {
@@ -608,6 +615,7 @@ async fn create_run_job(
             .job_name
             .clone()
             .unwrap_or_else(|| format!("batchd-run-{job_id}")),
+        account_id: config.server.account_id.clone(),
         model_id: args.model_id.clone().unwrap_or_default(),
         origin: JobOrigin::Run,
         role_arn: None,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use batchd_api::auth::{AuthLayer, Authenticator, Caller};
 use batchd_api::{ApiConfig, OpenAiApi};
 use batchd_core::JobOrigin;
 use batchd_engine::Engine;
@@ -32,10 +33,11 @@ struct Metrics {
     store: SharedStore,
 }
 
-/// `GET /batchd/metrics`: each remote model's adaptive concurrency limit, and the running
-/// jobs with the limit of their model.
+/// `GET /batchd/metrics`: each remote model's adaptive concurrency limit, and the caller's
+/// running jobs with the limit of their model.
 async fn metrics(
     axum::extract::State(m): axum::extract::State<Arc<Metrics>>,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let limit_of = |model_id: &str| {
@@ -61,6 +63,7 @@ async fn metrics(
         .unwrap_or_default();
     let jobs: Vec<serde_json::Value> = running
         .iter()
+        .filter(|j| j.request.account_id == caller.account_id)
         .map(|j| {
             serde_json::json!({
                 "jobId": j.id.as_str(),
@@ -74,8 +77,27 @@ async fn metrics(
     axum::Json(serde_json::json!({ "models": models, "jobs": jobs })).into_response()
 }
 
+/// Refuses to serve everyone as one account anywhere but on loopback.
+fn check_exposure(auth: &Authenticator, listen: SocketAddr) -> anyhow::Result<()> {
+    if auth.is_open() && !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {listen} without authentication: anyone who reaches it could \
+             run and read jobs. Add an access key to the config file (--config), e.g.\n\n\
+             [[auth.keys]]\n\
+             access_key_id = \"AKIDBATCHD1\"\n\
+             secret_access_key_env = \"BATCHD_SECRET_ACCESS_KEY\"\n\
+             account_id = \"111122223333\"\n\n\
+             (or a bearer key under [[auth.tokens]]; see README, Authentication), or listen \
+             on 127.0.0.1"
+        );
+    }
+    Ok(())
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
+    let auth = Arc::new(Authenticator::new(config.auth_config()?));
+    check_exposure(&auth, args.listen)?;
     let data_dir = config.data_dir(args.data_dir.as_deref());
     let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
     let mut engine_config = config.engine_config(None);
@@ -122,7 +144,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         config: config.openai_config(),
     };
-    let app = axum::Router::new()
+    let metrics_route = axum::Router::new()
         .route(
             "/batchd/metrics",
             axum::routing::get(metrics).with_state(Arc::new(Metrics {
@@ -130,11 +152,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 store: store.clone(),
             })),
         )
-        .merge(batchd_api::router(
-            Arc::new(SchedulerService(scheduler.clone())),
-            api_config,
-            Some(openai),
+        .layer(axum::middleware::from_fn_with_state(
+            AuthLayer {
+                auth: auth.clone(),
+                service: batchd_api::bedrock::SERVICE,
+                max_body_bytes: batchd_api::bedrock::MAX_BODY_BYTES,
+                render: batchd_api::bedrock::error::render_auth_error,
+            },
+            batchd_api::auth::layer,
         ));
+    let app = metrics_route.merge(batchd_api::router(
+        Arc::new(SchedulerService(scheduler.clone())),
+        api_config,
+        Some(openai),
+        auth.clone(),
+    ));
     let listener =
         listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -146,6 +178,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir.display(),
         config.models.len()
     );
+    let a = auth.config();
+    if auth.is_open() {
+        eprintln!(
+            "batchd serve: authentication is off (no [[auth.keys]] or [[auth.tokens]] in the \
+             config): every caller is account {}; allowed because {addr} is a loopback address",
+            a.anonymous_account
+        );
+    } else {
+        eprintln!(
+            "batchd serve: authentication on: {} access key(s), {} bearer key(s), regions: {}",
+            a.keys.len(),
+            a.tokens.len(),
+            a.regions
+                .as_ref()
+                .map_or("any".to_owned(), |r| r.join(", "))
+        );
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(crate::wait_for_signal())
         .await

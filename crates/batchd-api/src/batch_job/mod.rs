@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use batchd_core::{Counters, DialectKind, Job, JobArn, JobFilter, JobId, JobOrigin};
 use serde_json::{Value, json};
 
+use crate::auth::Caller;
 use crate::bedrock::routes::query_pairs;
 use crate::bedrock::token::PageToken;
 use crate::bedrock::{ApiConfig, ApiError};
@@ -74,9 +75,10 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> 
     })
 }
 
-/// A job of this API: another dialect's job is not found, as an unknown id.
-async fn batch_job(state: &BatchState, id: &JobId) -> Result<Job, ApiError> {
-    let job = state.service.get_job(id).await?;
+/// A job of this API and the caller's account: another dialect's or account's job is not
+/// found, as an unknown id.
+async fn batch_job(state: &BatchState, caller: &Caller, id: &JobId) -> Result<Job, ApiError> {
+    let job = state.service.get_job(&caller.account_id, id).await?;
     if job.request.dialect.kind() != DialectKind::BatchJob {
         return Err(
             ServiceError::NotFound(format!("Could not find batch inference job {id}")).into(),
@@ -92,8 +94,15 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 /// CreateBatchInferenceJob: `POST /batch-inference-jobs`. The job waits for its start.
-async fn create(State(state): State<BatchState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let request = validate::parse_create(&body_bytes(body)?)?;
+async fn create(
+    State(state): State<BatchState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let request = batchd_core::JobRequest {
+        account_id: caller.account_id,
+        ..validate::parse_create(&body_bytes(body)?)?
+    };
     let job = state.service.create_job(request).await?;
     Ok(Json(json!({
         "jobId": job.id.as_str(),
@@ -105,11 +114,12 @@ async fn create(State(state): State<BatchState>, body: Result<Bytes, BytesReject
 /// StartBatchInferenceJob: `POST /batch-inference-jobs/{jobId}/start`.
 async fn start(
     State(state): State<BatchState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = job_id(path)?;
-    batch_job(&state, &id).await?;
-    let job = state.service.start_job(&id).await?;
+    batch_job(&state, &caller, &id).await?;
+    let job = state.service.start_job(&caller.account_id, &id).await?;
     Ok(Json(json!({
         "jobId": job.id.as_str(),
         "jobArn": arn(&job, &state.config),
@@ -120,10 +130,11 @@ async fn start(
 /// GetBatchInferenceJob: `GET /batch-inference-jobs/{jobId}`.
 async fn get_job(
     State(state): State<BatchState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = job_id(path)?;
-    let mut job = batch_job(&state, &id).await?;
+    let mut job = batch_job(&state, &caller, &id).await?;
     let timing = if job.status.is_terminal() {
         // The analysis's `{records, mean, p50, ...}` in this API's names.
         state.service.job_analysis(&job).await.and_then(|a| {
@@ -160,12 +171,13 @@ async fn get_job(
 /// StopBatchInferenceJob: `POST /batch-inference-jobs/{jobId}/stop`.
 async fn stop(
     State(state): State<BatchState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = job_id(path)?;
-    batch_job(&state, &id).await?;
-    state.service.stop_job(&id).await?;
-    let job = batch_job(&state, &id).await?;
+    batch_job(&state, &caller, &id).await?;
+    state.service.stop_job(&caller.account_id, &id).await?;
+    let job = batch_job(&state, &caller, &id).await?;
     Ok(Json(json!({
         "jobId": job.id.as_str(),
         "status": model::status_name(job.status),
@@ -180,6 +192,7 @@ const SCAN: u32 = 500;
 /// until the page is full.
 async fn list(
     State(state): State<BatchState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
     let q = validate::parse_list_query(&query_pairs(query)?)?;
@@ -197,6 +210,7 @@ async fn list(
     loop {
         let mut filter = JobFilter::new(JobOrigin::Api, SCAN);
         filter.dialect = Some(DialectKind::BatchJob);
+        filter.account_id = Some(caller.account_id.clone());
         filter.after = after.clone();
         let scanned = state.service.list_jobs(filter).await?;
         let done = scanned.len() < SCAN as usize;

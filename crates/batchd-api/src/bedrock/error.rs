@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::InternalDetail;
 use crate::ServiceError;
+use crate::auth::{AuthError, AuthErrorKind};
 
 /// The header botocore reads the error code from (before the body's `__type`).
 pub const ERROR_TYPE_HEADER: &str = "x-amzn-ErrorType";
@@ -23,6 +24,8 @@ pub enum ErrorKind {
     /// No such route, or a route that does not take this method (not a modelled error; the
     /// name follows what AWS front ends answer for an unknown operation).
     UnknownOperation,
+    /// An authentication refusal (`crate::auth`), with AWS's code for it.
+    Auth(AuthErrorKind),
 }
 
 impl ErrorKind {
@@ -37,6 +40,7 @@ impl ErrorKind {
             Self::Throttling => "ThrottlingException",
             Self::InternalServer => "InternalServerException",
             Self::UnknownOperation => "UnknownOperationException",
+            Self::Auth(kind) => kind.code(),
         }
     }
 
@@ -50,6 +54,7 @@ impl ErrorKind {
             Self::ResourceNotFound | Self::UnknownOperation => StatusCode::NOT_FOUND,
             Self::Throttling => StatusCode::TOO_MANY_REQUESTS,
             Self::InternalServer => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Auth(kind) => kind.status(),
         }
     }
 }
@@ -107,6 +112,17 @@ impl From<ServiceError> for ApiError {
             },
         }
     }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        Self::new(ErrorKind::Auth(e.kind), e.message)
+    }
+}
+
+/// The Bedrock routes' [`crate::auth::Render`]: a refusal as a rest-json error.
+pub fn render_auth_error(e: AuthError) -> Response {
+    ApiError::from(e).into_response()
 }
 
 impl IntoResponse for ApiError {

@@ -3,10 +3,9 @@
 //! ListModelInvocationJobs and StopModelInvocationJob, so boto3 and the AWS CLI work with only
 //! `endpoint_url` changed.
 //!
-//! Authentication: clients sign requests with SigV4 (boto3, the AWS CLI) or send
-//! `Authorization: Bearer <Bedrock API key>`. batchd does **not** verify either yet; it never
-//! rejects a request because of its auth headers, so run it where only trusted clients reach
-//! it (the default listen address is 127.0.0.1).
+//! Authentication: clients sign requests with SigV4 for service `bedrock` (boto3, the AWS CLI)
+//! or send `Authorization: Bearer <Bedrock API key>`; [`crate::auth`]'s layer checks both
+//! before any handler runs, and handlers see the caller's account only.
 //!
 //! Every response carries `x-amzn-RequestId`; errors also carry `x-amzn-ErrorType` and a
 //! `{"__type", "message"}` body ([`ApiError`]).
@@ -31,6 +30,10 @@ use tracing::Instrument;
 pub use error::{ApiError, ErrorKind};
 
 use crate::JobService;
+use crate::auth::{AuthLayer, Authenticator};
+
+/// The SigV4 service name the routes' requests are signed for.
+pub const SERVICE: &str = "bedrock";
 
 /// Where this control plane claims to run. Job ARNs are stored with each job; these values
 /// are for ARNs the API has to make itself.
@@ -48,13 +51,14 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub const REQUEST_ID_HEADER: &str = "x-amzn-RequestId";
 
 /// The control plane's routes, ready for `axum::serve` (or to be nested/merged by the
-/// caller), with the batch-job API and, when given, the OpenAI API beside them. Unknown paths
-/// answer 404 and known paths with another method 405, both as `UnknownOperationException`
-/// (under `/v1/`, as OpenAI errors).
+/// caller), with the batch-job API and, when given, the OpenAI API beside them, every one
+/// behind `auth`. Unknown paths answer 404 and known paths with another method 405, both as
+/// `UnknownOperationException` (under `/v1/`, as OpenAI errors; after authentication, as on AWS).
 pub fn router(
     service: Arc<dyn JobService>,
     config: ApiConfig,
     openai: Option<crate::OpenAiApi>,
+    auth: Arc<Authenticator>,
 ) -> Router {
     let config = Arc::new(config);
     let batch_jobs = crate::batch_job::routes(service.clone(), config.clone());
@@ -80,6 +84,15 @@ pub fn router(
         .fallback(routes::unknown_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            AuthLayer {
+                auth,
+                service: SERVICE,
+                max_body_bytes: MAX_BODY_BYTES,
+                render: error::render_auth_error,
+            },
+            crate::auth::layer,
+        ))
         .layer(middleware::from_fn(request_id))
 }
 

@@ -153,6 +153,7 @@ mod tests {
             arn: "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123def456".into(),
             request: JobRequest {
                 name: "j".into(),
+                account_id: "000000000000".into(),
                 model_id: "m".into(),
                 origin: JobOrigin::Api,
                 role_arn: None,

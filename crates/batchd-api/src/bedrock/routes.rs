@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use batchd_core::{DialectKind, JobFilter, JobOrigin};
 use batchd_core::{JobArn, JobId};
@@ -16,6 +16,7 @@ use super::token::PageToken;
 use super::validate::{self, Violations};
 use super::{ApiConfig, MAX_BODY_BYTES, model};
 use crate::JobService;
+use crate::auth::Caller;
 
 #[derive(Clone)]
 pub(super) struct AppState {
@@ -50,9 +51,14 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> 
     })
 }
 
-/// A job of this API: another dialect's job is not found, as an unknown id.
-async fn bedrock_job(state: &AppState, id: &JobId) -> Result<batchd_core::Job, ApiError> {
-    let job = state.service.get_job(id).await?;
+/// A job of this API and the caller's account: another dialect's or account's job is not
+/// found, as an unknown id.
+async fn bedrock_job(
+    state: &AppState,
+    caller: &Caller,
+    id: &JobId,
+) -> Result<batchd_core::Job, ApiError> {
+    let job = state.service.get_job(&caller.account_id, id).await?;
     if job.request.dialect.kind() != DialectKind::Bedrock {
         return Err(crate::ServiceError::NotFound(format!("Could not find job {id}")).into());
     }
@@ -62,6 +68,7 @@ async fn bedrock_job(state: &AppState, id: &JobId) -> Result<batchd_core::Job, A
 /// CreateModelInvocationJob: `POST /model-invocation-job`.
 pub(super) async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let body = body.map_err(|e| {
@@ -73,7 +80,10 @@ pub(super) async fn create(
             ApiError::validation(format!("Cannot read the request body: {}", e.body_text()))
         }
     })?;
-    let request = validate::parse_create(&body)?;
+    let request = batchd_core::JobRequest {
+        account_id: caller.account_id,
+        ..validate::parse_create(&body)?
+    };
     let job = state.service.create_job(request).await?;
     Ok(Json(
         json!({ "jobArn": model::job_arn(&job, &state.config) }),
@@ -83,10 +93,11 @@ pub(super) async fn create(
 /// GetModelInvocationJob: `GET /model-invocation-job/{jobIdentifier}`.
 pub(super) async fn get_job(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = job_id(path)?;
-    let job = bedrock_job(&state, &id).await?;
+    let job = bedrock_job(&state, &caller, &id).await?;
     Ok(Json(model::job_json(&job, &state.config)))
 }
 
@@ -94,11 +105,12 @@ pub(super) async fn get_job(
 /// shape has no members; `{}` with a JSON content type parses in every SDK.
 pub(super) async fn stop(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = job_id(path)?;
-    bedrock_job(&state, &id).await?;
-    state.service.stop_job(&id).await?;
+    bedrock_job(&state, &caller, &id).await?;
+    state.service.stop_job(&caller.account_id, &id).await?;
     Ok(Json(json!({})))
 }
 
@@ -106,12 +118,14 @@ pub(super) async fn stop(
 /// than the page size to learn whether a `nextToken` is due.
 pub(super) async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
     let q = validate::parse_list_query(&query_pairs(query)?)?;
     let filter = JobFilter {
         origin: JobOrigin::Api,
         dialect: Some(DialectKind::Bedrock),
+        account_id: Some(caller.account_id),
         submit_time_after_ms: q.submit_time_after_ms,
         submit_time_before_ms: q.submit_time_before_ms,
         status: q.status,

@@ -518,6 +518,8 @@ pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
     };
     Ok(JobRequest {
         name: job_name.to_owned(),
+        // The caller's, set by the route from the authenticated caller.
+        account_id: String::new(),
         model_id: model_id.to_owned(),
         origin: JobOrigin::Api,
         role_arn: Some(role_arn.to_owned()),

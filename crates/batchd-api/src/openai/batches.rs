@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use batchd_core::{
@@ -19,6 +19,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::OpenAiError;
+use crate::auth::Caller;
 use crate::{FileService, JobService, ServiceError};
 
 #[derive(Clone)]
@@ -49,10 +50,11 @@ fn job_id(raw: &str) -> Result<JobId, OpenAiError> {
         .ok_or_else(|| OpenAiError::not_found(format!("No batch found with id '{raw}'.")))
 }
 
-/// This API's batch: another dialect's job is not found, as an unknown id.
-async fn batch(state: &BatchesState, raw: &str) -> Result<Job, OpenAiError> {
+/// This API's batch of the caller's account: another dialect's or account's job is not
+/// found, as an unknown id.
+async fn batch(state: &BatchesState, caller: &Caller, raw: &str) -> Result<Job, OpenAiError> {
     let id = job_id(raw)?;
-    match state.jobs.get_job(&id).await {
+    match state.jobs.get_job(&caller.account_id, &id).await {
         Ok(job) if job.request.dialect.kind() == DialectKind::OpenAi => Ok(job),
         Ok(_) | Err(ServiceError::NotFound(_)) => Err(OpenAiError::not_found(format!(
             "No batch found with id '{raw}'."
@@ -99,7 +101,11 @@ async fn first_model(state: &BatchesState, file_id: &str) -> Result<String, Open
 }
 
 /// CreateBatch.
-async fn create(State(state): State<BatchesState>, body: Result<Bytes, BytesRejection>) -> Answer {
+async fn create(
+    State(state): State<BatchesState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
     let body = body.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(&body) else {
         return Err(OpenAiError::invalid(
@@ -171,6 +177,7 @@ async fn create(State(state): State<BatchesState>, body: Result<Bytes, BytesReje
         .rsplit_once('/')
         .map_or(file.uri.as_str(), |(dir, _)| dir);
     let request = JobRequest {
+        account_id: caller.account_id.clone(),
         name: format!("openai-batch-{input_file_id}"),
         model_id: model,
         origin: JobOrigin::Api,
@@ -223,21 +230,23 @@ fn metadata(value: Option<&Value>) -> Result<Vec<(String, String)>, OpenAiError>
 /// RetrieveBatch.
 async fn retrieve(
     State(state): State<BatchesState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let Path(raw) = path.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
-    let job = batch(&state, &raw).await?;
+    let job = batch(&state, &caller, &raw).await?;
     Ok(Json(batch_json(&state, &job).await))
 }
 
 /// CancelBatch: `cancelling`, then `cancelled` with the output of what finished.
 async fn cancel(
     State(state): State<BatchesState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let Path(raw) = path.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
-    let job = batch(&state, &raw).await?;
-    match state.jobs.stop_job(&job.id).await {
+    let job = batch(&state, &caller, &raw).await?;
+    match state.jobs.stop_job(&caller.account_id, &job.id).await {
         Ok(()) => {}
         Err(ServiceError::Conflict(_)) => {
             return Err(OpenAiError::conflict(format!(
@@ -247,13 +256,14 @@ async fn cancel(
         }
         Err(e) => return Err(e.into()),
     }
-    let job = batch(&state, &raw).await?;
+    let job = batch(&state, &caller, &raw).await?;
     Ok(Json(batch_json(&state, &job).await))
 }
 
 /// ListBatches: newest first, `after` a batch id, `limit` 1..=100 (20).
 async fn list(
     State(state): State<BatchesState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Answer {
     let Query(pairs) = query.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
@@ -269,7 +279,7 @@ async fn list(
                     .ok_or_else(|| bad("limit", "'limit' must be an integer from 1 to 100."))?;
             }
             "after" => {
-                let job = batch(&state, value).await?;
+                let job = batch(&state, &caller, value).await?;
                 after = Some((job.submit_time_ms, job.id.to_string()));
             }
             _ => {}
@@ -277,6 +287,7 @@ async fn list(
     }
     let mut filter = JobFilter::new(JobOrigin::Api, limit + 1);
     filter.dialect = Some(DialectKind::OpenAi);
+    filter.account_id = Some(caller.account_id.clone());
     filter.after = after;
     let mut jobs = state.jobs.list_jobs(filter).await?;
     let has_more = jobs.len() > limit as usize;

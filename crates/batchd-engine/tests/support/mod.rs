@@ -62,6 +62,7 @@ pub async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -
 pub fn create(name: &str, timeout_hours: Option<u32>) -> JobRequest {
     JobRequest {
         name: name.into(),
+        account_id: "000000000000".into(),
         model_id: MODEL.into(),
         origin: JobOrigin::Api,
         role_arn: None,
