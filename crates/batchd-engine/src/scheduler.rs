@@ -210,8 +210,9 @@ impl Scheduler {
         for (field, uri) in uris.chain([(output_field, &req.output)]) {
             let parsed = StorageUri::parse(uri)
                 .map_err(|e| SchedulerError::BadRequest(format!("{field}: {e}")))?;
-            // A caller of the server names buckets, never the server's own files.
-            if !matches!(parsed, StorageUri::S3 { .. }) {
+            // A caller of the server names buckets, never the server's own files. (An OpenAI
+            // batch's locations are the server's files root: the API made them, not the caller.)
+            if req.dialect.openai().is_none() && !matches!(parsed, StorageUri::S3 { .. }) {
                 return Err(SchedulerError::BadRequest(format!(
                     "{field}: {uri:?} is not an s3:// URI (the server's APIs take no local paths)"
                 )));
