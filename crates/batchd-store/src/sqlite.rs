@@ -777,20 +777,26 @@ mod tests {
         assert_eq!(validating.len(), 1);
     }
 
+    /// A database file made by the first `n` migrations only, as an older batchd left it.
+    async fn pool_upto(path: &Path, n: usize) -> SqlitePool {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        migrator_upto(n).run(&pool).await.unwrap();
+        pool
+    }
+
     /// A file written by a batchd from before migration 4 (inputs "\n"-joined, origin
     /// implied by the role ARN) reads back with the inputs as a list and the origin explicit.
     #[tokio::test]
     async fn a_file_from_before_origin_and_inputs_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("batchd.sqlite");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true);
-        let pool = SqlitePoolOptions::new()
-            .connect_with(options)
-            .await
-            .unwrap();
-        migrator_upto(3).run(&pool).await.unwrap();
+        let pool = pool_upto(&path, 3).await;
         for (id, role, inputs) in [
             ("aaaaaaaaaaa1", Some("arn:aws:iam::1:role/r"), "s3://b/in/"),
             (
@@ -835,20 +841,13 @@ mod tests {
         );
     }
 
-    /// Jobs from before migration 7 belong to the account their ARN names (the server's
+    /// Jobs from before migration 8 belong to the account their ARN names (the server's
     /// configured one); one without an ARN (`batchd run`'s, once) to the default account.
     #[tokio::test]
     async fn jobs_from_before_accounts_take_the_account_of_their_arn() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("batchd.sqlite");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true);
-        let pool = SqlitePoolOptions::new()
-            .connect_with(options)
-            .await
-            .unwrap();
-        migrator_upto(6).run(&pool).await.unwrap();
+        let pool = pool_upto(&path, 7).await;
         for (id, arn) in [
             (
                 "aaaaaaaaaaa1",

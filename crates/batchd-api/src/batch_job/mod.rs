@@ -104,11 +104,16 @@ async fn create(
         ..validate::parse_create(&body_bytes(body)?)?
     };
     let job = state.service.create_job(request).await?;
-    Ok(Json(json!({
+    Ok(job_answer(&job, &state.config))
+}
+
+/// What create and start answer: the job's id, ARN and status.
+fn job_answer(job: &Job, config: &ApiConfig) -> Json<Value> {
+    Json(json!({
         "jobId": job.id.as_str(),
-        "jobArn": arn(&job, &state.config),
+        "jobArn": arn(job, config),
         "status": model::status_name(job.status),
-    })))
+    }))
 }
 
 /// StartBatchInferenceJob: `POST /batch-inference-jobs/{jobId}/start`.
@@ -120,11 +125,7 @@ async fn start(
     let id = job_id(path)?;
     batch_job(&state, &caller, &id).await?;
     let job = state.service.start_job(&caller.account_id, &id).await?;
-    Ok(Json(json!({
-        "jobId": job.id.as_str(),
-        "jobArn": arn(&job, &state.config),
-        "status": model::status_name(job.status),
-    })))
+    Ok(job_answer(&job, &state.config))
 }
 
 /// GetBatchInferenceJob: `GET /batch-inference-jobs/{jobId}`.
