@@ -74,6 +74,9 @@ def test_the_shared_chat_file_runs_on_the_embedded_model(start_server):
     assert done.request_counts.total == len(expected) == done.request_counts.completed
     assert done.error_file_id is None
     assert done.usage.output_tokens > 0
+    # Every phase it went through has its time, in order; the others have none.
+    assert done.created_at <= done.in_progress_at <= done.finalizing_at <= done.completed_at, done
+    assert (done.failed_at, done.expired_at, done.cancelling_at, done.cancelled_at) == (None,) * 4
     out = lines_of(c, done.output_file_id)
     assert sorted(line["custom_id"] for line in out) == sorted(expected)
     for line in out:
@@ -110,6 +113,7 @@ def test_cancel_keeps_what_finished_and_answers_the_rest_as_cancelled(start_serv
     assert cancelling.status in ("cancelling", "cancelled")
     done = wait(c, batch.id)
     assert done.status == "cancelled", done
+    assert done.in_progress_at <= done.cancelling_at <= done.cancelled_at and done.completed_at is None, done
     out = lines_of(c, done.output_file_id)
     errors = lines_of(c, done.error_file_id)
     assert out, "what finished before the cancel is kept"

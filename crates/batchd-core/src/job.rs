@@ -290,6 +290,18 @@ impl NewJob {
     }
 }
 
+/// When a job first entered a phase (Unix ms); `None` until it does. A resumed job keeps
+/// the first time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// First `InProgress`.
+    pub in_progress_ms: Option<i64>,
+    /// Every record done: the job writes its logs and publishes its files, then ends.
+    pub finalizing_ms: Option<i64>,
+    /// First `Stopping`.
+    pub stopping_ms: Option<i64>,
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -302,6 +314,8 @@ pub struct Job {
     pub last_modified_ms: i64,
     pub end_time_ms: Option<i64>,
     pub job_expiration_ms: Option<i64>,
+    /// When the job first entered each phase the OpenAI Batch object reports.
+    pub phases: PhaseTimes,
     /// Live counters: those of the last checkpoint while running, final once ended.
     pub counters: Counters,
     pub checkpoint: Checkpoint,

@@ -16,7 +16,7 @@ pub use file::{FileFilter, FileRecord, PURPOSE_BATCH, PURPOSE_BATCH_OUTPUT};
 pub use ids::{IdError, JobArn, JobId, generated_record_id, stable_hash64};
 pub use job::{
     BatchJobOptions, Dialect, DialectKind, ItemFormat, Job, JobFile, JobFilter, JobOrigin,
-    JobRequest, JobRetry, NewJob, OpenAiBatchOptions, RetryClass, UnknownOrigin,
+    JobRequest, JobRetry, NewJob, OpenAiBatchOptions, PhaseTimes, RetryClass, UnknownOrigin,
 };
 pub use model_id::ModelId;
 pub use status::{InvocationType, JobStatus, StatusError};

@@ -576,6 +576,9 @@ impl Engine {
             Err(e) if stop.reason() == Some(StopReason::Shutdown) => return Err(e),
             Err(e) => return job.fail(e).await,
         };
+        if stop.reason().is_none() {
+            store.mark_finalizing(&spec.job_id).await?;
+        }
         if spec.batch.is_some()
             && stop.reason() != Some(StopReason::Shutdown)
             && let Err(e) = self.write_error_log(spec, &files).await

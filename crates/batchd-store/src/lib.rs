@@ -78,7 +78,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     async fn job_files(&self, id: &JobId) -> Result<Vec<JobFile>, StoreError>;
 
     /// Moves a job to `to` if that is legal from its current status; sets `message` when
-    /// given, and `end_time` when `to` is terminal. Compare-and-set: a concurrent change
+    /// given, and `end_time` when `to` is terminal (and the first `InProgress` / `Stopping`
+    /// time in `phases`). Compare-and-set: a concurrent change
     /// makes it re-check against the new status.
     async fn transition(
         &self,
@@ -97,6 +98,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Records a checkpoint and its counters, atomically. A checkpoint behind the stored one
     /// is refused (returns false; the stored one stays), so it never moves backwards.
     async fn checkpoint(&self, id: &JobId, checkpoint: &Checkpoint) -> Result<bool, StoreError>;
+
+    /// Records that every record of a running job is done and it is writing its logs and
+    /// files (the first time only; `PhaseTimes::finalizing_ms`).
+    async fn mark_finalizing(&self, id: &JobId) -> Result<(), StoreError>;
 
     /// Sets the job's message without changing its status.
     async fn set_message(&self, id: &JobId, message: &str) -> Result<(), StoreError>;

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use batchd_core::{
     BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, FileFilter, FileRecord,
     ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobRetry, JobStatus, NewJob,
-    OpenAiBatchOptions, RetryClass,
+    OpenAiBatchOptions, PhaseTimes, RetryClass,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (7, "files", include_str!("../migrations/0007_files.sql")),
     (8, "account", include_str!("../migrations/0008_account.sql")),
+    (
+        9,
+        "phase times",
+        include_str!("../migrations/0009_phase_times.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -315,15 +320,21 @@ impl JobStore for SqliteStore {
                 })?;
             let now = now_ms();
             let end_time = to.is_terminal().then_some(now);
+            let in_progress = (to == JobStatus::InProgress).then_some(now);
+            let stopping = (to == JobStatus::Stopping).then_some(now);
             let done = sqlx::query(
                 "UPDATE jobs SET status = ?, message = COALESCE(?, message), last_modified_ms = ?,
-                    end_time_ms = COALESCE(?, end_time_ms)
+                    end_time_ms = COALESCE(?, end_time_ms),
+                    in_progress_ms = COALESCE(in_progress_ms, ?),
+                    stopping_ms = COALESCE(stopping_ms, ?)
                  WHERE job_id = ? AND status = ?",
             )
             .bind(to.as_str())
             .bind(message)
             .bind(now)
             .bind(end_time)
+            .bind(in_progress)
+            .bind(stopping)
             .bind(id.as_str())
             .bind(job.status.as_str())
             .execute(&self.pool)
@@ -403,6 +414,15 @@ impl JobStore for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn mark_finalizing(&self, id: &JobId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET finalizing_ms = COALESCE(finalizing_ms, ?) WHERE job_id = ?")
+            .bind(now_ms())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn set_message(&self, id: &JobId, message: &str) -> Result<(), StoreError> {
@@ -589,6 +609,11 @@ fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
         last_modified_ms: row.try_get("last_modified_ms")?,
         end_time_ms: row.try_get("end_time_ms")?,
         job_expiration_ms: row.try_get("job_expiration_ms")?,
+        phases: PhaseTimes {
+            in_progress_ms: row.try_get("in_progress_ms")?,
+            finalizing_ms: row.try_get("finalizing_ms")?,
+            stopping_ms: row.try_get("stopping_ms")?,
+        },
         counters,
         checkpoint: Checkpoint {
             file_index: to_u64(row.try_get("ckpt_file")?),
@@ -720,6 +745,25 @@ mod tests {
     //! store shares is in `tests/conformance.rs`.
     use super::*;
     use batchd_core::InvocationType;
+
+    /// A migration file that is not in `MIGRATIONS` never runs: each file is listed, under
+    /// the number its name starts with, with its own text.
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), MIGRATIONS.len(), "{files:?}");
+        for (path, (version, _, sql)) in files.iter().zip(MIGRATIONS) {
+            let name = path.file_name().unwrap().to_string_lossy();
+            let number: i64 = name.split('_').next().unwrap().parse().unwrap();
+            assert_eq!(number, *version, "{name}");
+            assert_eq!(std::fs::read_to_string(path).unwrap(), *sql, "{name}");
+        }
+    }
 
     fn new_job(id: &str) -> NewJob {
         NewJob {

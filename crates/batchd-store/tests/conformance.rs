@@ -10,7 +10,7 @@ use std::time::Duration;
 use batchd_core::{
     BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, FileFilter, FileRecord,
     InvocationType, ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobRetry,
-    JobStatus, NewJob, RetryClass,
+    JobStatus, NewJob, PhaseTimes, RetryClass,
 };
 use batchd_store::{JobStore, SharedStore, SqliteStore, StoreError};
 
@@ -44,6 +44,7 @@ macro_rules! stores {
             cases!(
                 a_job_reads_back_as_it_was_created,
                 jobs_move_only_through_legal_transitions,
+                phase_times_are_set_once_when_entered,
                 racing_transitions_have_one_winner,
                 list_filters_orders_and_pages_with_a_cursor,
                 list_in_status_keeps_to_its_origin_oldest_first,
@@ -207,6 +208,47 @@ async fn jobs_move_only_through_legal_transitions(store: &dyn JobStore) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+/// The first `InProgress`, finalizing and `Stopping` times are kept; later ones change
+/// nothing.
+async fn phase_times_are_set_once_when_entered(store: &dyn JobStore) {
+    let job = store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    assert_eq!(job.phases, PhaseTimes::default());
+    for to in [JobStatus::Validating, JobStatus::Scheduled] {
+        store.transition(&job.id, to, None).await.unwrap();
+    }
+    let running = store
+        .transition(&job.id, JobStatus::InProgress, None)
+        .await
+        .unwrap();
+    let started = running.phases.in_progress_ms.unwrap();
+    assert!(started >= job.submit_time_ms);
+    assert_eq!(
+        (running.phases.finalizing_ms, running.phases.stopping_ms),
+        (None, None)
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.mark_finalizing(&job.id).await.unwrap();
+    let finalizing = store.get(&job.id).await.unwrap().unwrap().phases;
+    assert!(finalizing.finalizing_ms.unwrap() > started);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.mark_finalizing(&job.id).await.unwrap();
+    let stopping = store
+        .transition(&job.id, JobStatus::Stopping, None)
+        .await
+        .unwrap();
+    assert_eq!(stopping.phases.in_progress_ms, Some(started));
+    assert_eq!(stopping.phases.finalizing_ms, finalizing.finalizing_ms);
+    assert!(stopping.phases.stopping_ms.unwrap() > finalizing.finalizing_ms.unwrap());
+    let stopped = store
+        .transition(&job.id, JobStatus::Stopped, None)
+        .await
+        .unwrap();
+    assert_eq!(stopped.phases, stopping.phases);
 }
 
 /// Compare-and-set: of many writers making the same move, exactly one wins.

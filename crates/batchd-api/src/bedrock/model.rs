@@ -171,6 +171,7 @@ mod tests {
             last_modified_ms: 1_736_935_200_124,
             end_time_ms: None,
             job_expiration_ms: None,
+            phases: Default::default(),
             counters: Counters::default(),
             checkpoint: Default::default(),
         }

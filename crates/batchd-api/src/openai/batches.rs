@@ -336,7 +336,10 @@ async fn batch_json(state: &BatchesState, job: &Job) -> Value {
             ..live.counters
         };
     }
-    let status = status_name(job.status);
+    let status = match status_name(job.status) {
+        "in_progress" if job.phases.finalizing_ms.is_some() => "finalizing",
+        name => name,
+    };
     let ended = job.end_time_ms.map(seconds);
     let at = |name: &str| if status == name { ended } else { None };
     let output_file_id = published(state, OpenAiBatchOptions::output_file_id(&job.id)).await;
@@ -359,13 +362,13 @@ async fn batch_json(state: &BatchesState, job: &Job) -> Value {
         "output_file_id": output_file_id,
         "error_file_id": error_file_id,
         "created_at": created,
-        "in_progress_at": null,
+        "in_progress_at": job.phases.in_progress_ms.map(seconds),
         "expires_at": created + 24 * 3600,
-        "finalizing_at": null,
+        "finalizing_at": job.phases.finalizing_ms.map(seconds),
         "completed_at": at("completed"),
         "failed_at": at("failed"),
         "expired_at": at("expired"),
-        "cancelling_at": null,
+        "cancelling_at": job.phases.stopping_ms.map(seconds),
         "cancelled_at": at("cancelled"),
         "request_counts": {"total": counters.total, "completed": counters.success, "failed": counters.error},
         "metadata": if metadata.is_empty() { Value::Null } else { Value::Object(metadata) },
