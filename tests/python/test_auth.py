@@ -383,3 +383,52 @@ def test_batchd_jobs_sends_its_bearer_key(keyed_server, binaries):
     assert arn.rsplit("/", 1)[1] in listed.stdout
     refused = jobs_list()
     assert refused.returncode == 1 and "MissingAuthenticationTokenException" in refused.stderr + refused.stdout
+
+
+def test_the_openai_sdk_with_right_wrong_and_another_accounts_keys(keyed_server):
+    """Bearer keys are the openai SDK's API keys: a wrong one is its AuthenticationError; one
+    account's files and batches (uploaded, published) are not found by another's key."""
+    import asyncio
+
+    import openai
+    from test_openai_batches import chat_lines, lines_of, upload, wait
+
+    server = keyed_server
+
+    def sdk(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=30)
+
+    a, b = sdk(TOKEN_A), sdk(TOKEN_B)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        sdk("sk-not-a-key").files.list()
+    assert refused.value.code == "invalid_api_key" and refused.value.status_code == 401
+
+    async def async_refused():
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="sk-not-a-key", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            await client.batches.list()
+        await client.close()
+
+    asyncio.run(async_refused())
+
+    file_id = upload(a, chat_lines(3))
+    raw = a.files.with_raw_response.retrieve(file_id)
+    assert raw.headers.get("x-request-id"), "the SDK's request id"
+    batch = a.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert [f.id for f in b.files.list()] == [] and b.batches.list().data == []
+    for call in (b.files.retrieve, b.files.content, b.files.delete):
+        with pytest.raises(openai.NotFoundError):
+            call(file_id)
+    for call in (b.batches.retrieve, b.batches.cancel):
+        with pytest.raises(openai.NotFoundError):
+            call(batch.id)
+    with pytest.raises(openai.BadRequestError) as e:
+        b.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert e.value.param == "input_file_id"
+    done = wait(a, batch.id)
+    assert done.status == "completed", done
+    assert len(lines_of(a, done.output_file_id)) == 3
+    with pytest.raises(openai.NotFoundError):
+        b.files.content(done.output_file_id)
+    assert sorted(f.id for f in a.files.list()) == sorted([done.output_file_id, file_id])
+    assert_no_secret_in_logs(server)

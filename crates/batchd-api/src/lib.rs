@@ -85,12 +85,16 @@ pub trait JobService: Send + Sync + 'static {
 
 /// The files of the OpenAI API: metadata in the job store, content in storage.
 #[async_trait::async_trait]
+///
+/// Every file belongs to an account: another account's file is NotFound, as an unknown id.
 pub trait FileService: Send + Sync + 'static {
-    /// Stores `body` as a new file, never holding all of it in memory. More than `max_bytes`
-    /// is `Validation("File is too large.")` and leaves nothing behind; so does a body that
-    /// breaks off. `expires_after_seconds` counts from the upload (`None`: never expires).
+    /// Stores `body` as a new file of `account`, never holding all of it in memory. More than
+    /// `max_bytes` is `Validation("File is too large.")` and leaves nothing behind; so does a
+    /// body that breaks off. `expires_after_seconds` counts from the upload (`None`: never
+    /// expires).
     async fn upload(
         &self,
+        account: &str,
         filename: &str,
         purpose: &str,
         expires_after_seconds: Option<i64>,
@@ -98,15 +102,16 @@ pub trait FileService: Send + Sync + 'static {
         max_bytes: u64,
     ) -> Result<FileRecord, ServiceError>;
 
-    /// A file; an unknown or expired one is NotFound.
-    async fn get(&self, id: &str) -> Result<FileRecord, ServiceError>;
+    /// A file of `account`; an unknown or expired one is NotFound.
+    async fn get(&self, account: &str, id: &str) -> Result<FileRecord, ServiceError>;
 
-    /// One page of unexpired files; `filter.limit` is the page size.
+    /// One page of unexpired files; `filter.limit` is the page size (the API sets
+    /// `filter.account_id`).
     async fn list(&self, filter: FileFilter) -> Result<Vec<FileRecord>, ServiceError>;
 
-    /// Removes a file and its content (NotFound if there is none).
-    async fn delete(&self, id: &str) -> Result<(), ServiceError>;
+    /// Removes a file of `account` and its content (NotFound if there is none).
+    async fn delete(&self, account: &str, id: &str) -> Result<(), ServiceError>;
 
     /// A file's content as stored, streamed.
-    async fn content(&self, id: &str) -> Result<ByteStream<'static>, ServiceError>;
+    async fn content(&self, account: &str, id: &str) -> Result<ByteStream<'static>, ServiceError>;
 }

@@ -12,6 +12,8 @@ pub const PURPOSE_BATCH_OUTPUT: &str = "batch_output";
 pub struct FileRecord {
     /// `file-` and 24 random `[a-z0-9]`.
     pub id: String,
+    /// The uploader's account, or that of the batch that published it.
+    pub account_id: String,
     pub bytes: u64,
     /// Unix seconds.
     pub created_at: i64,
@@ -34,6 +36,8 @@ impl FileRecord {
 /// One page of files, ordered by `(created_at, id)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileFilter {
+    /// Only files of this account (the API lists its caller's); `None`: every account.
+    pub account_id: Option<String>,
     /// Only files of this purpose.
     pub purpose: Option<String>,
     /// Continue after this file id in the chosen order (keyset cursor); a cursor that names
@@ -52,6 +56,7 @@ mod tests {
     fn a_file_expires_at_its_expiry_second_and_never_without_one() {
         let mut file = FileRecord {
             id: "file-abc".into(),
+            account_id: "000000000000".into(),
             bytes: 1,
             created_at: 100,
             expires_at: Some(200),

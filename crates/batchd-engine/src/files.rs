@@ -46,33 +46,19 @@ pub fn new_file_id() -> String {
     id
 }
 
-/// Publishes the object at `uri` (`bytes` long, already written) as the file `id`
-/// ([`new_file_id`] or an id of the caller's own, such as one derived from a job). Idempotent,
-/// for a job that publishes again after a resume: a file `id` that is already there is kept
-/// when it names the same object and size, and replaced otherwise.
+/// Publishes an object already written (at `record.uri`, `record.bytes` long) as the file
+/// `record.id` ([`new_file_id`] or an id of the caller's own, such as one derived from a
+/// job). Idempotent, for a job that publishes again after a resume: a file with that id that
+/// is already there is kept when it names the same object and size, and replaced otherwise.
 pub async fn register_file(
     store: &dyn batchd_store::JobStore,
-    id: &str,
-    filename: &str,
-    purpose: &str,
-    uri: &StorageUri,
-    bytes: u64,
-    expires_at: Option<i64>,
+    record: FileRecord,
 ) -> Result<FileRecord, StoreError> {
-    let record = FileRecord {
-        id: id.to_owned(),
-        bytes,
-        created_at: now_secs(),
-        expires_at,
-        filename: filename.to_owned(),
-        purpose: purpose.to_owned(),
-        uri: uri.to_string(),
-    };
-    if let Some(existing) = store.get_file(id).await? {
-        if existing.uri == record.uri && existing.bytes == bytes {
+    if let Some(existing) = store.get_file(&record.id).await? {
+        if existing.uri == record.uri && existing.bytes == record.bytes {
             return Ok(existing);
         }
-        store.delete_file(id).await?;
+        store.delete_file(&record.id).await?;
     }
     store.create_file(&record).await?;
     Ok(record)
@@ -100,6 +86,7 @@ impl Files {
     /// breaks off, the upload is abandoned and nothing is left behind.
     pub async fn upload(
         &self,
+        account_id: &str,
         filename: &str,
         purpose: &str,
         expires_after_seconds: Option<i64>,
@@ -133,6 +120,7 @@ impl Files {
         let created_at = now_secs();
         let record = FileRecord {
             id,
+            account_id: account_id.to_owned(),
             bytes,
             created_at,
             expires_at: expires_after_seconds.map(|s| created_at.saturating_add(s)),
@@ -147,9 +135,11 @@ impl Files {
         Ok(record)
     }
 
-    /// A file that has not expired; an expired one is deleted now and not found.
-    pub async fn get(&self, id: &str) -> Result<FileRecord, FilesError> {
+    /// A file of `account` that has not expired; an expired one is deleted now and not
+    /// found, and another account's is not found, as an unknown id.
+    pub async fn get(&self, account: &str, id: &str) -> Result<FileRecord, FilesError> {
         match self.store.get_file(id).await? {
+            Some(file) if file.account_id != account => Err(FilesError::NotFound(id.to_owned())),
             Some(file) if file.is_expired(now_secs()) => {
                 self.forget(&file).await?;
                 Err(FilesError::NotFound(id.to_owned()))
@@ -175,18 +165,19 @@ impl Files {
         }
     }
 
-    /// Deletes a file and its content.
-    pub async fn delete(&self, id: &str) -> Result<(), FilesError> {
-        let file = self.get(id).await?;
+    /// Deletes a file of `account` and its content.
+    pub async fn delete(&self, account: &str, id: &str) -> Result<(), FilesError> {
+        let file = self.get(account, id).await?;
         self.forget(&file).await
     }
 
-    /// A file's content, streamed as stored.
+    /// A file's content (of `account`), streamed as stored.
     pub async fn content(
         &self,
+        account: &str,
         id: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, FilesError> {
-        let file = self.get(id).await?;
+        let file = self.get(account, id).await?;
         let uri = StorageUri::parse(&file.uri)?;
         Ok(self.storage.read_bytes(&uri).await?)
     }
@@ -216,6 +207,9 @@ mod tests {
     use batchd_storage::StorageConfig;
     use batchd_store::SqliteStore;
     use futures::TryStreamExt;
+
+    const ME: &str = "000000000000";
+    const OTHER: &str = "111122223333";
 
     struct Env {
         files: Files,
@@ -259,9 +253,9 @@ mod tests {
         names
     }
 
-    async fn read(files: &Files, id: &str) -> Vec<u8> {
+    async fn read(files: &Files, account: &str, id: &str) -> Vec<u8> {
         let chunks: Vec<Bytes> = files
-            .content(id)
+            .content(account, id)
             .await
             .unwrap()
             .try_collect()
@@ -276,6 +270,7 @@ mod tests {
         let file = env
             .files
             .upload(
+                ME,
                 "in.jsonl",
                 "batch",
                 Some(3600),
@@ -292,16 +287,16 @@ mod tests {
         );
         assert_eq!(file.uri, env.root.join(&file.id).display().to_string());
         assert_eq!(stored(&env), [file.id.as_str()]);
-        assert_eq!(env.files.get(&file.id).await.unwrap(), file);
-        assert_eq!(read(&env.files, &file.id).await, b"{\"a\":1}\n{}\n");
-        env.files.delete(&file.id).await.unwrap();
+        assert_eq!(env.files.get(ME, &file.id).await.unwrap(), file);
+        assert_eq!(read(&env.files, ME, &file.id).await, b"{\"a\":1}\n{}\n");
+        env.files.delete(ME, &file.id).await.unwrap();
         assert!(stored(&env).is_empty());
         assert!(matches!(
-            env.files.get(&file.id).await,
+            env.files.get(ME, &file.id).await,
             Err(FilesError::NotFound(_))
         ));
         assert!(matches!(
-            env.files.delete(&file.id).await,
+            env.files.delete(ME, &file.id).await,
             Err(FilesError::NotFound(_))
         ));
     }
@@ -313,6 +308,7 @@ mod tests {
         let exact = env
             .files
             .upload(
+                ME,
                 "a.jsonl",
                 "batch",
                 None,
@@ -325,6 +321,7 @@ mod tests {
         let over = env
             .files
             .upload(
+                ME,
                 "b.jsonl",
                 "batch",
                 None,
@@ -339,6 +336,7 @@ mod tests {
         let broken = env
             .files
             .upload(
+                ME,
                 "c.jsonl",
                 "batch",
                 None,
@@ -352,6 +350,7 @@ mod tests {
         assert!(matches!(broken, Err(FilesError::Body(_))), "{broken:?}");
         assert_eq!(stored(&env), [exact.id.as_str()]);
         let all = FileFilter {
+            account_id: Some(ME.into()),
             purpose: None,
             after: None,
             limit: 10,
@@ -367,7 +366,7 @@ mod tests {
         for name in ["a.jsonl", "b.jsonl", "c.jsonl"] {
             let file = env
                 .files
-                .upload(name, "batch", Some(3600), body(vec![Ok(b"x\n")]), 10)
+                .upload(ME, name, "batch", Some(3600), body(vec![Ok(b"x\n")]), 10)
                 .await
                 .unwrap();
             kept.push(file);
@@ -381,6 +380,7 @@ mod tests {
             env.store.create_file(file).await.unwrap();
         }
         let page = FileFilter {
+            account_id: Some(ME.into()),
             purpose: None,
             after: None,
             limit: 1,
@@ -392,7 +392,7 @@ mod tests {
         for file in &kept[..2] {
             assert_eq!(env.store.get_file(&file.id).await.unwrap(), None);
             assert!(matches!(
-                env.files.get(&file.id).await,
+                env.files.get(ME, &file.id).await,
                 Err(FilesError::NotFound(_))
             ));
         }
@@ -402,58 +402,89 @@ mod tests {
         env.store.delete_file(&last.id).await.unwrap();
         env.store.create_file(&last).await.unwrap();
         assert!(matches!(
-            env.files.content(&last.id).await,
+            env.files.content(ME, &last.id).await,
             Err(FilesError::NotFound(_))
         ));
         assert!(stored(&env).is_empty());
+    }
+
+    fn published(uri: &StorageUri, bytes: u64) -> FileRecord {
+        FileRecord {
+            id: "file-out".into(),
+            account_id: ME.into(),
+            bytes,
+            created_at: now_secs(),
+            expires_at: None,
+            filename: "out.jsonl".into(),
+            purpose: "batch_output".into(),
+            uri: uri.to_string(),
+        }
     }
 
     #[tokio::test]
     async fn register_file_publishes_once_and_replaces_a_different_object() {
         let env = env().await;
         let uri = StorageUri::Local(env.root.join("out.jsonl"));
-        let first = register_file(
-            env.store.as_ref(),
-            "file-out",
-            "out.jsonl",
-            "batch_output",
-            &uri,
-            5,
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(env.files.get("file-out").await.unwrap(), first);
+        let first = register_file(env.store.as_ref(), published(&uri, 5))
+            .await
+            .unwrap();
+        assert_eq!(env.files.get(ME, "file-out").await.unwrap(), first);
         // Published again after a resume: the same record.
-        let again = register_file(
-            env.store.as_ref(),
-            "file-out",
-            "out.jsonl",
-            "batch_output",
-            &uri,
-            5,
-            None,
-        )
-        .await
-        .unwrap();
+        let again = register_file(env.store.as_ref(), published(&uri, 5))
+            .await
+            .unwrap();
         assert_eq!(again, first);
         let other = StorageUri::Local(env.root.join("out2.jsonl"));
-        let replaced = register_file(
-            env.store.as_ref(),
-            "file-out",
-            "out.jsonl",
-            "batch_output",
-            &other,
-            7,
-            None,
-        )
-        .await
-        .unwrap();
+        let replaced = register_file(env.store.as_ref(), published(&other, 7))
+            .await
+            .unwrap();
         assert_eq!(
             (replaced.bytes, replaced.uri.as_str()),
             (7, other.to_string().as_str())
         );
-        assert_eq!(env.files.get("file-out").await.unwrap(), replaced);
+        assert_eq!(env.files.get(ME, "file-out").await.unwrap(), replaced);
+    }
+
+    #[tokio::test]
+    async fn another_accounts_file_is_not_found_read_listed_or_deleted() {
+        let env = env().await;
+        let mine = env
+            .files
+            .upload(ME, "a.jsonl", "batch", None, body(vec![Ok(b"x\n")]), 10)
+            .await
+            .unwrap();
+        let theirs = env
+            .files
+            .upload(OTHER, "b.jsonl", "batch", None, body(vec![Ok(b"y\n")]), 10)
+            .await
+            .unwrap();
+        assert_eq!(theirs.account_id, OTHER);
+        assert!(matches!(
+            env.files.get(ME, &theirs.id).await,
+            Err(FilesError::NotFound(_))
+        ));
+        assert!(matches!(
+            env.files.content(ME, &theirs.id).await,
+            Err(FilesError::NotFound(_))
+        ));
+        assert!(matches!(
+            env.files.delete(ME, &theirs.id).await,
+            Err(FilesError::NotFound(_))
+        ));
+        let filter = |account: &str| FileFilter {
+            account_id: Some(account.into()),
+            purpose: None,
+            after: None,
+            limit: 10,
+            ascending: true,
+        };
+        assert_eq!(env.files.list(&filter(ME)).await.unwrap(), [mine]);
+        // Still there for its owner, content and all.
+        assert_eq!(
+            env.files.list(&filter(OTHER)).await.unwrap(),
+            std::slice::from_ref(&theirs)
+        );
+        assert_eq!(read(&env.files, OTHER, &theirs.id).await, b"y\n");
     }
 
     #[test]

@@ -165,6 +165,8 @@ pub struct OpenAiRun {
     pub model: String,
     /// Seconds after publication its output and error files expire (`None`: never).
     pub output_expires_after: Option<i64>,
+    /// The batch's account: its output and error files are that account's.
+    pub account_id: String,
 }
 
 impl JobSpec {
@@ -206,6 +208,7 @@ impl JobSpec {
             endpoint: o.endpoint.clone(),
             model: r.model_id.clone(),
             output_expires_after: o.output_expires_after_seconds,
+            account_id: r.account_id.clone(),
         });
         Ok(Self {
             job_id: job.id.clone(),
@@ -657,22 +660,22 @@ impl Engine {
                 self.storage.delete(&uri).await?;
                 continue;
             }
-            let expires_at = spec
-                .openai
-                .as_ref()
-                .and_then(|o| o.output_expires_after)
+            let Some(openai) = &spec.openai else { break };
+            let expires_at = openai
+                .output_expires_after
                 .map(|seconds| batchd_store::now_ms() / 1000 + seconds);
             let filename = format!("batch_{}_{}.jsonl", spec.job_id, &id[id.len() - 3..]);
-            files::register_file(
-                store,
-                &id,
-                &filename,
-                "batch_output",
-                &uri,
+            let record = batchd_core::FileRecord {
+                id,
+                account_id: openai.account_id.clone(),
                 bytes,
+                created_at: files::now_secs(),
                 expires_at,
-            )
-            .await?;
+                filename,
+                purpose: batchd_core::PURPOSE_BATCH_OUTPUT.into(),
+                uri: uri.to_string(),
+            };
+            files::register_file(store, record).await?;
         }
         Ok(())
     }

@@ -96,6 +96,7 @@ fn file_error(e: FilesError) -> ServiceError {
 impl FileService for Files {
     async fn upload(
         &self,
+        account: &str,
         filename: &str,
         purpose: &str,
         expires_after_seconds: Option<i64>,
@@ -104,6 +105,7 @@ impl FileService for Files {
     ) -> Result<FileRecord, ServiceError> {
         Files::upload(
             self,
+            account,
             filename,
             purpose,
             expires_after_seconds,
@@ -114,20 +116,20 @@ impl FileService for Files {
         .map_err(file_error)
     }
 
-    async fn get(&self, id: &str) -> Result<FileRecord, ServiceError> {
-        Files::get(self, id).await.map_err(file_error)
+    async fn get(&self, account: &str, id: &str) -> Result<FileRecord, ServiceError> {
+        Files::get(self, account, id).await.map_err(file_error)
     }
 
     async fn list(&self, filter: FileFilter) -> Result<Vec<FileRecord>, ServiceError> {
         Files::list(self, &filter).await.map_err(file_error)
     }
 
-    async fn delete(&self, id: &str) -> Result<(), ServiceError> {
-        Files::delete(self, id).await.map_err(file_error)
+    async fn delete(&self, account: &str, id: &str) -> Result<(), ServiceError> {
+        Files::delete(self, account, id).await.map_err(file_error)
     }
 
-    async fn content(&self, id: &str) -> Result<ByteStream<'static>, ServiceError> {
-        Files::content(self, id)
+    async fn content(&self, account: &str, id: &str) -> Result<ByteStream<'static>, ServiceError> {
+        Files::content(self, account, id)
             .await
             // HTTP bodies take io errors.
             .map(|stream| stream.map_err(std::io::Error::other).boxed())

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "phase times",
         include_str!("../migrations/0009_phase_times.sql"),
     ),
+    (
+        10,
+        "file account",
+        include_str!("../migrations/0010_file_account.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -437,10 +442,11 @@ impl JobStore for SqliteStore {
 
     async fn create_file(&self, file: &FileRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO files (id, bytes, created_at, expires_at, filename, purpose, uri)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO files (id, account_id, bytes, created_at, expires_at, filename, purpose, uri)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&file.id)
+        .bind(&file.account_id)
         .bind(to_i64(file.bytes))
         .bind(file.created_at)
         .bind(file.expires_at)
@@ -462,6 +468,9 @@ impl JobStore for SqliteStore {
 
     async fn list_files(&self, filter: &FileFilter) -> Result<Vec<FileRecord>, StoreError> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM files WHERE 1 = 1");
+        if let Some(account) = &filter.account_id {
+            q.push(" AND account_id = ").push_bind(account.clone());
+        }
         if let Some(purpose) = &filter.purpose {
             q.push(" AND purpose = ").push_bind(purpose.clone());
         }
@@ -628,6 +637,7 @@ fn row_to_job(row: &SqliteRow) -> Result<Job, StoreError> {
 fn row_to_file(row: &SqliteRow) -> Result<FileRecord, StoreError> {
     Ok(FileRecord {
         id: row.try_get("id")?,
+        account_id: row.try_get("account_id")?,
         bytes: to_u64(row.try_get("bytes")?),
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,

@@ -56,6 +56,7 @@ macro_rules! stores {
                 a_file_reads_back_as_it_was_created,
                 files_list_by_purpose_in_order_with_a_cursor,
                 a_deleted_file_is_gone_once,
+                files_list_by_account,
                 each_account_lists_finds_and_names_only_its_own_jobs,
             );
         })*
@@ -579,6 +580,7 @@ async fn batch_jobs_keep_their_options_wait_for_start_and_list_apart(store: &dyn
 fn file(id: &str, created_at: i64, purpose: &str) -> FileRecord {
     FileRecord {
         id: id.into(),
+        account_id: ACCOUNT.into(),
         bytes: 1234,
         created_at,
         expires_at: Some(created_at + 2_592_000),
@@ -623,6 +625,7 @@ async fn files_list_by_purpose_in_order_with_a_cursor(store: &dyn JobStore) {
     }
     let filter =
         |purpose: Option<&str>, after: Option<&str>, limit: u32, ascending: bool| FileFilter {
+            account_id: None,
             purpose: purpose.map(str::to_owned),
             after: after.map(str::to_owned),
             limit,
@@ -681,6 +684,7 @@ async fn a_deleted_file_is_gone_once(store: &dyn JobStore) {
     assert_eq!(store.get_file("file-a").await.unwrap(), None);
     assert!(!store.delete_file("file-a").await.unwrap());
     let all = FileFilter {
+        account_id: None,
         purpose: None,
         after: None,
         limit: 10,
@@ -692,6 +696,40 @@ async fn a_deleted_file_is_gone_once(store: &dyn JobStore) {
         .create_file(&file("file-a", 6, "batch"))
         .await
         .unwrap();
+}
+
+/// A list with an account sees only that account's files; no account, all of them.
+async fn files_list_by_account(store: &dyn JobStore) {
+    const OTHER: &str = "111122223333";
+    for (id, account) in [("file-a", ACCOUNT), ("file-b", OTHER), ("file-c", ACCOUNT)] {
+        let f = FileRecord {
+            account_id: account.into(),
+            ..file(id, 7, "batch")
+        };
+        store.create_file(&f).await.unwrap();
+        assert_eq!(
+            store.get_file(id).await.unwrap().unwrap().account_id,
+            account
+        );
+    }
+    let of = |account: Option<&str>| FileFilter {
+        account_id: account.map(str::to_owned),
+        purpose: None,
+        after: None,
+        limit: 10,
+        ascending: true,
+    };
+    let list = |f: FileFilter| async move { store.list_files(&f).await.unwrap() };
+    assert_eq!(
+        file_ids(&list(of(Some(ACCOUNT))).await),
+        ["file-a", "file-c"]
+    );
+    assert_eq!(file_ids(&list(of(Some(OTHER))).await), ["file-b"]);
+    assert!(list(of(Some("444455556666"))).await.is_empty());
+    assert_eq!(
+        file_ids(&list(of(None)).await),
+        ["file-a", "file-b", "file-c"]
+    );
 }
 
 /// Accounts: a list with an account sees only that account's jobs (pages included), tokens

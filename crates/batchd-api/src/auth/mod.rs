@@ -191,8 +191,9 @@ impl AuthError {
     }
 }
 
-/// How a dialect answers a refusal (rest-json: [`crate::ApiError`]'s shape).
-pub type Render = fn(AuthError) -> Response;
+/// How a refusal is answered, given the request's path: in the shape of the dialect that
+/// serves the path (rest-json: [`crate::ApiError`]'s; `/v1/`: [`crate::OpenAiError`]'s).
+pub type Render = fn(AuthError, &str) -> Response;
 
 /// Checks requests against the configured keys.
 #[derive(Debug)]
@@ -303,12 +304,13 @@ pub struct AuthLayer {
 
 /// The middleware: `router.layer(axum::middleware::from_fn_with_state(state, auth::layer))`.
 pub async fn layer(State(state): State<AuthLayer>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
     match admit(&state, request).await {
         Ok(request) => next.run(request).await,
         Err(e) => {
             // Only the code and message: neither holds a secret (tested).
             tracing::info!(code = e.kind.code(), message = %e.message, "request refused");
-            (state.render)(e)
+            (state.render)(e, &path)
         }
     }
 }

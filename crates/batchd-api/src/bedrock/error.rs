@@ -121,7 +121,12 @@ impl From<AuthError> for ApiError {
 }
 
 /// The Bedrock routes' [`crate::auth::Render`]: a refusal as a rest-json error.
-pub fn render_auth_error(e: AuthError) -> Response {
+/// A refusal in rest-json; a path under `/v1/` gets the OpenAI API's shape instead, so the
+/// `openai` SDK raises its own exception classes.
+pub fn render_auth_error(e: AuthError, path: &str) -> Response {
+    if path.starts_with("/v1/") {
+        return crate::openai::error::render_auth_error(e);
+    }
     ApiError::from(e).into_response()
 }
 

@@ -96,6 +96,8 @@ pub fn router(
         .layer(middleware::from_fn(request_id))
 }
 
+const OPENAI_REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Detail of an InternalServerException, carried from the error to the log line that also
 /// names the request id (the client sees only a generic message).
 #[derive(Debug, Clone)]
@@ -112,6 +114,12 @@ async fn request_id(request: Request, next: Next) -> Response {
         tracing::error!(request_id = %id, %method, %path, %detail, "internal error");
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
+        // The OpenAI SDKs read theirs (`_request_id`) from `x-request-id`.
+        if path.starts_with("/v1/") {
+            response
+                .headers_mut()
+                .insert(OPENAI_REQUEST_ID_HEADER, value.clone());
+        }
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response

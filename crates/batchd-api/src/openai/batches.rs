@@ -69,8 +69,12 @@ fn bad(param: &str, message: impl Into<String>) -> OpenAiError {
 
 /// The `model` of the input file's first line: a batch runs one model, and the job needs it
 /// before validation reads the rest.
-async fn first_model(state: &BatchesState, file_id: &str) -> Result<String, OpenAiError> {
-    let mut content = state.files.content(file_id).await?;
+async fn first_model(
+    state: &BatchesState,
+    account: &str,
+    file_id: &str,
+) -> Result<String, OpenAiError> {
+    let mut content = state.files.content(account, file_id).await?;
     let mut head = Vec::new();
     while let Some(chunk) = content.next().await {
         let chunk = chunk.map_err(|e| OpenAiError::internal(e.to_string()))?;
@@ -154,13 +158,17 @@ async fn create(
             }
         }
     };
-    let file = state.files.get(input_file_id).await.map_err(|e| match e {
-        ServiceError::NotFound(_) => bad(
-            "input_file_id",
-            format!("Invalid 'input_file_id': no file with id '{input_file_id}'."),
-        ),
-        other => other.into(),
-    })?;
+    let file = state
+        .files
+        .get(&caller.account_id, input_file_id)
+        .await
+        .map_err(|e| match e {
+            ServiceError::NotFound(_) => bad(
+                "input_file_id",
+                format!("Invalid 'input_file_id': no file with id '{input_file_id}'."),
+            ),
+            other => other.into(),
+        })?;
     if file.purpose != "batch" {
         return Err(bad(
             "input_file_id",
@@ -170,7 +178,7 @@ async fn create(
             ),
         ));
     }
-    let model = first_model(&state, input_file_id).await?;
+    let model = first_model(&state, &caller.account_id, input_file_id).await?;
     // Results go beside the files: `<files root>/batches/<jobId>/...`.
     let root = file
         .uri
@@ -342,8 +350,10 @@ async fn batch_json(state: &BatchesState, job: &Job) -> Value {
     };
     let ended = job.end_time_ms.map(seconds);
     let at = |name: &str| if status == name { ended } else { None };
-    let output_file_id = published(state, OpenAiBatchOptions::output_file_id(&job.id)).await;
-    let error_file_id = published(state, OpenAiBatchOptions::error_file_id(&job.id)).await;
+    let account = &job.request.account_id;
+    let output_file_id =
+        published(state, account, OpenAiBatchOptions::output_file_id(&job.id)).await;
+    let error_file_id = published(state, account, OpenAiBatchOptions::error_file_id(&job.id)).await;
     let created = seconds(job.submit_time_ms);
     let metadata: Map<String, Value> = options
         .metadata
@@ -383,8 +393,8 @@ async fn batch_json(state: &BatchesState, job: &Job) -> Value {
 }
 
 /// The file's id once the batch has published it.
-async fn published(state: &BatchesState, id: String) -> Option<String> {
-    state.files.get(&id).await.ok().map(|f| f.id)
+async fn published(state: &BatchesState, account: &str, id: String) -> Option<String> {
+    state.files.get(account, &id).await.ok().map(|f| f.id)
 }
 
 /// A failed batch's `errors`: one entry per defect line of its message

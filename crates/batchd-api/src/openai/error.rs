@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::ServiceError;
+use crate::auth::{AuthError, AuthErrorKind};
 use crate::bedrock::InternalDetail;
 
 /// An error answer of the OpenAI API.
@@ -111,6 +112,30 @@ impl From<ServiceError> for OpenAiError {
             ServiceError::Internal(detail) => Self::internal(detail),
         }
     }
+}
+
+/// A refusal of the authentication layer as OpenAI answers one: 401 `invalid_api_key` (the
+/// SDK's `AuthenticationError`), or 413 for a body too large to check.
+pub fn render_auth_error(e: AuthError) -> Response {
+    let error = match e.kind {
+        AuthErrorKind::MissingAuthenticationToken => OpenAiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "You didn't provide an API key. You need to provide your API key in an \
+             Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        ),
+        AuthErrorKind::RequestEntityTooLarge => OpenAiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            e.message,
+        ),
+        AuthErrorKind::UnrecognizedClient
+        | AuthErrorKind::InvalidSignature
+        | AuthErrorKind::IncompleteSignature => {
+            OpenAiError::unauthorized("Incorrect API key provided.")
+        }
+    };
+    error.into_response()
 }
 
 impl IntoResponse for OpenAiError {

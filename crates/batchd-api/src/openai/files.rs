@@ -9,7 +9,7 @@
 use axum::body::Body;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use super::{OpenAiError, method_not_allowed};
+use crate::auth::Caller;
 use crate::{FileService, ServiceError};
 
 /// How long an uploaded batch file lives without `expires_after`: OpenAI's 30 days.
@@ -189,16 +190,18 @@ async fn drain(multipart: &mut Multipart) {
 /// `POST /v1/files`.
 async fn upload(
     State(state): State<FilesState>,
+    Extension(caller): Extension<Caller>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Answer {
     let mut multipart = multipart.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
-    let result = read_upload(&state, &mut multipart).await;
+    let account = caller.account_id.as_str();
+    let result = read_upload(&state, account, &mut multipart).await;
     match result {
         Ok(file) => Ok(Json(file_object(&file))),
         Err((e, uploaded)) => {
             drain(&mut multipart).await;
             if let Some(file) = uploaded
-                && let Err(delete) = state.files.delete(&file.id).await
+                && let Err(delete) = state.files.delete(account, &file.id).await
             {
                 tracing::warn!(file = %file.id, error = %delete, "cannot remove a refused upload");
             }
@@ -211,6 +214,7 @@ async fn upload(
 /// caller to remove.
 async fn read_upload(
     state: &FilesState,
+    account: &str,
     multipart: &mut Multipart,
 ) -> Result<FileRecord, (OpenAiError, Option<FileRecord>)> {
     let mut fields = UploadFields::default();
@@ -231,7 +235,7 @@ async fn read_upload(
                     let e = OpenAiError::invalid("Only one 'file' per upload.", Some("file"));
                     return Err((e, uploaded));
                 }
-                match store_file(state, &fields, field).await {
+                match store_file(state, account, &fields, field).await {
                     Ok(file) => uploaded = Some(file),
                     Err(e) => return Err((e, None)),
                 }
@@ -264,6 +268,7 @@ async fn read_upload(
 /// Streams the `file` part to storage under the fields read before it.
 async fn store_file(
     state: &FilesState,
+    account: &str,
     fields: &UploadFields,
     field: Field<'_>,
 ) -> Result<FileRecord, OpenAiError> {
@@ -284,6 +289,7 @@ async fn store_file(
     state
         .files
         .upload(
+            account,
             &filename,
             purpose,
             Some(expires_after),
@@ -300,10 +306,12 @@ async fn store_file(
 /// `GET /v1/files`: `purpose`, `limit`, `after`, `order` (`desc` by default).
 async fn list(
     State(state): State<FilesState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Answer {
     let Query(pairs) = query.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
     let mut filter = FileFilter {
+        account_id: Some(caller.account_id),
         purpose: None,
         after: None,
         limit: *LIST_LIMIT.end(),
@@ -363,22 +371,28 @@ async fn list(
 /// `GET /v1/files/{file_id}`.
 async fn retrieve(
     State(state): State<FilesState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let id = file_id(path)?;
-    let file = state.files.get(&id).await.map_err(|e| file_error(&id, e))?;
+    let file = state
+        .files
+        .get(&caller.account_id, &id)
+        .await
+        .map_err(|e| file_error(&id, e))?;
     Ok(Json(file_object(&file)))
 }
 
 /// `DELETE /v1/files/{file_id}`.
 async fn delete(
     State(state): State<FilesState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let id = file_id(path)?;
     state
         .files
-        .delete(&id)
+        .delete(&caller.account_id, &id)
         .await
         .map_err(|e| file_error(&id, e))?;
     Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
@@ -387,13 +401,19 @@ async fn delete(
 /// `GET /v1/files/{file_id}/content`: the bytes as uploaded (or published), streamed.
 async fn content(
     State(state): State<FilesState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, OpenAiError> {
     let id = file_id(path)?;
-    let file = state.files.get(&id).await.map_err(|e| file_error(&id, e))?;
+    let account = caller.account_id.as_str();
+    let file = state
+        .files
+        .get(account, &id)
+        .await
+        .map_err(|e| file_error(&id, e))?;
     let stream = state
         .files
-        .content(&id)
+        .content(account, &id)
         .await
         .map_err(|e| file_error(&id, e))?;
     let mut response = Body::from_stream(stream).into_response();
@@ -472,6 +492,7 @@ mod tests {
     fn the_file_object_has_openais_members() {
         let file = FileRecord {
             id: "file-abc".into(),
+            account_id: "000000000000".into(),
             bytes: 12,
             created_at: 1_700_000_000,
             expires_at: None,

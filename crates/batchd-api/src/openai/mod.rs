@@ -3,9 +3,9 @@
 //! `{"error": {"message", "type", "param", "code"}}` ([`OpenAiError`]); an unknown `/v1/` path
 //! or method answers in that shape too.
 //!
-//! Authentication: any API key is accepted, as the Bedrock API accepts any signature; run it
-//! where only trusted clients reach it. [`OpenAiError::unauthorized`] is the answer a key
-//! check gives.
+//! Authentication is the server's one layer (`crate::auth`): the API key is a bearer key of
+//! `[[auth.tokens]]`, naming its account; a refusal answers 401 `invalid_api_key` in OpenAI's
+//! shape. Files and batches belong to the caller's account; another account's are not found.
 
 pub mod batches;
 pub mod error;
