@@ -77,6 +77,8 @@ def test_the_shared_chat_file_runs_on_the_embedded_model(start_server):
     # Every phase it went through has its time, in order; the others have none.
     assert done.created_at <= done.in_progress_at <= done.finalizing_at <= done.completed_at, done
     assert (done.failed_at, done.expired_at, done.cancelling_at, done.cancelled_at) == (None,) * 4
+    # The object as sent, not as the SDK leniently builds it, is a valid Batch.
+    openai.types.Batch.model_validate(c.batches.with_raw_response.retrieve(batch.id).http_response.json())
     out = lines_of(c, done.output_file_id)
     assert sorted(line["custom_id"] for line in out) == sorted(expected)
     for line in out:
@@ -165,6 +167,36 @@ def test_an_embeddings_batch_answers_vectors(start_server):
     out = {line["custom_id"]: line["response"]["body"] for line in lines_of(c, done.output_file_id)}
     assert [len(out["e0"]["data"]), len(out["e1"]["data"])] == [1, 2]
     assert len(out["e1"]["data"][1]["embedding"]) == 384
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "answer_type"),
+    [
+        ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 12}, openai.types.Completion),
+        ("/v1/responses", {"instructions": "Be brief.", "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hello"}]}], "max_output_tokens": 12}, openai.types.responses.Response),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 12}, openai.types.chat.ChatCompletion),
+    ],
+)
+def test_each_text_endpoint_answers_objects_the_sdk_reads(start_server, endpoint, body, answer_type):
+    """Completions and Responses bodies run as chat; each answer parses as the SDK's own type."""
+    c = client(start_server("local"))
+    lines = [json.dumps({"custom_id": f"t{i}", "method": "POST", "url": endpoint, "body": {"model": FAST_MODEL, **body}}) for i in range(3)]
+    bad = json.dumps({"custom_id": "bad", "method": "POST", "url": endpoint, "body": {"model": FAST_MODEL, "stream": True, **body}})
+    refused = c.batches.create(input_file_id=upload(c, (bad + "\n").encode()), endpoint=endpoint, completion_window="24h")
+    failed = wait(c, refused.id)
+    assert failed.status == "failed" and failed.errors.data[0].param == "body.stream", failed
+    batch = c.batches.create(input_file_id=upload(c, ("\n".join(lines) + "\n").encode()), endpoint=endpoint, completion_window="24h")
+    done = wait(c, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 3, done
+    for line in lines_of(c, done.output_file_id):
+        answer = answer_type.model_validate(line["response"]["body"], strict=False)
+        assert answer.model == FAST_MODEL and answer.usage is not None
+        text = {
+            openai.types.Completion: lambda a: a.choices[0].text,
+            openai.types.responses.Response: lambda a: a.output_text,
+            openai.types.chat.ChatCompletion: lambda a: a.choices[0].message.content,
+        }[answer_type](answer)
+        assert text.strip(), line
 
 
 def test_sigkill_and_restart_answer_every_request_exactly_once(start_server):

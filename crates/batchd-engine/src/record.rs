@@ -275,7 +275,13 @@ async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer,
             let id = format!("{:016x}", fastrand::u64(..));
             let created = unix_seconds();
             Ok(Answer {
-                body: openai::render_chat(&response, &lines.model, &id, created),
+                body: openai::render_text(
+                    lines.endpoint.unwrap_or(Endpoint::ChatCompletions),
+                    &response,
+                    &lines.model,
+                    &id,
+                    created,
+                ),
                 input_tokens: response.usage.input_tokens,
                 output_tokens: response.usage.output_tokens,
             })

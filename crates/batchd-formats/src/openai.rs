@@ -1,6 +1,10 @@
 //! The OpenAI Batch API's request lines (`{custom_id, method, url, body}`), the chat
 //! completions and embeddings bodies they carry (→ the neutral requests), and the output and
-//! error lines (`{id, custom_id, response: {status_code, request_id, body}, error}`).
+//! error lines (`{id, custom_id, response: {status_code, request_id, body}, error}`). The
+//! completions and Responses bodies are in `completions` and `responses`: both run as chat.
+
+mod completions;
+mod responses;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -15,15 +19,26 @@ use crate::neutral::{
 pub enum Endpoint {
     ChatCompletions,
     Embeddings,
+    /// The legacy text completions: the prompt runs as one user message.
+    Completions,
+    /// The Responses API (text in, text out).
+    Responses,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 2] = [Self::ChatCompletions, Self::Embeddings];
+    pub const ALL: [Endpoint; 4] = [
+        Self::ChatCompletions,
+        Self::Embeddings,
+        Self::Completions,
+        Self::Responses,
+    ];
 
     pub fn path(self) -> &'static str {
         match self {
             Self::ChatCompletions => "/v1/chat/completions",
             Self::Embeddings => "/v1/embeddings",
+            Self::Completions => "/v1/completions",
+            Self::Responses => "/v1/responses",
         }
     }
 
@@ -138,6 +153,12 @@ pub fn parse_body(endpoint: Endpoint, body: &RawValue) -> Result<BatchBody, Vec<
     let parsed = match endpoint {
         Endpoint::ChatCompletions => chat(&map, &mut defects).map(|c| BatchBody::Chat(Box::new(c))),
         Endpoint::Embeddings => embed(&map, &mut defects).map(BatchBody::Embed),
+        Endpoint::Completions => {
+            completions::parse(&map, &mut defects).map(|c| BatchBody::Chat(Box::new(c)))
+        }
+        Endpoint::Responses => {
+            responses::parse(&map, &mut defects).map(|c| BatchBody::Chat(Box::new(c)))
+        }
     };
     match parsed {
         Some(body) if defects.is_empty() => Ok(body),
@@ -195,6 +216,40 @@ fn chat(map: &Map<String, Value>, defects: &mut Vec<Defect>) -> Option<ChatReque
             None => defects.push(Defect::new(at(".role"), "must be a string")),
         }
     }
+    sampling(
+        map,
+        defects,
+        &mut req,
+        &["max_completion_tokens", "max_tokens"],
+    );
+    if map.get("tools").is_some_and(|t| !t.is_null()) {
+        defects.push(Defect::new(
+            "body.tools",
+            "tools are not supported in batches by batchd yet",
+        ));
+    }
+    req.extra = extra_keys(map, &CHAT_KEYS);
+    Some(req)
+}
+
+/// Keys of `map` not in `known`, passed to the backend as they are.
+fn extra_keys(map: &Map<String, Value>, known: &[&str]) -> Option<Map<String, Value>> {
+    let extra: Map<String, Value> = map
+        .iter()
+        .filter(|(k, _)| !known.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (!extra.is_empty()).then_some(extra)
+}
+
+/// The sampling members the text endpoints share: the first of `max_keys` present is the
+/// token limit; `temperature`, `top_p`, `stop`, `n` (1) and `stream` (false).
+fn sampling(
+    map: &Map<String, Value>,
+    defects: &mut Vec<Defect>,
+    req: &mut ChatRequest,
+    max_keys: &[&str],
+) {
     let count = |key: &str, defects: &mut Vec<Defect>| match map.get(key) {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
@@ -208,7 +263,7 @@ fn chat(map: &Map<String, Value>, defects: &mut Vec<Defect>) -> Option<ChatReque
             }
         },
     };
-    req.max_tokens = count("max_completion_tokens", defects).or(count("max_tokens", defects));
+    req.max_tokens = max_keys.iter().find_map(|key| count(key, defects));
     let ranged = |key: &str, max: f64, defects: &mut Vec<Defect>| match map.get(key) {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_f64() {
@@ -251,19 +306,6 @@ fn chat(map: &Map<String, Value>, defects: &mut Vec<Defect>) -> Option<ChatReque
             "streaming is not allowed in a batch",
         ));
     }
-    if map.get("tools").is_some_and(|t| !t.is_null()) {
-        defects.push(Defect::new(
-            "body.tools",
-            "tools are not supported in batches by batchd yet",
-        ));
-    }
-    let extra: Map<String, Value> = map
-        .iter()
-        .filter(|(k, _)| !CHAT_KEYS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    req.extra = (!extra.is_empty()).then_some(extra);
-    Some(req)
 }
 
 /// A message's text: a string, or an array of `{"type": "text", "text"}` parts.
@@ -338,22 +380,50 @@ fn embed(map: &Map<String, Value>, defects: &mut Vec<Defect>) -> Option<EmbedReq
     Some(EmbedRequest { inputs, dimensions })
 }
 
-/// The chat completion object of a response.
-pub fn render_chat(response: &ChatResponse, model: &str, id: &str, created: i64) -> Value {
-    let text: String = response
+/// The answer object of `endpoint` (chat completion, text completion or response) for a
+/// chat response.
+pub fn render_text(
+    endpoint: Endpoint,
+    response: &ChatResponse,
+    model: &str,
+    id: &str,
+    created: i64,
+) -> Value {
+    match endpoint {
+        Endpoint::Completions => completions::render(response, model, id, created),
+        Endpoint::Responses => responses::render(response, model, id, created),
+        Endpoint::ChatCompletions | Endpoint::Embeddings => {
+            render_chat(response, model, id, created)
+        }
+    }
+}
+
+/// The text of a response's parts.
+fn response_text(response: &ChatResponse) -> String {
+    response
         .content
         .iter()
         .filter_map(|p| match p {
             ContentPart::Text(t) => Some(t.as_str()),
             _ => None,
         })
-        .collect();
-    let finish = match response.stop_reason {
+        .collect()
+}
+
+/// OpenAI's `finish_reason` for a stop reason.
+fn finish_reason(stop: StopReason) -> &'static str {
+    match stop {
         StopReason::MaxTokens | StopReason::ModelContextWindowExceeded => "length",
         StopReason::ToolUse => "tool_calls",
         StopReason::ContentFiltered | StopReason::GuardrailIntervened => "content_filter",
         _ => "stop",
-    };
+    }
+}
+
+/// The chat completion object of a response.
+pub fn render_chat(response: &ChatResponse, model: &str, id: &str, created: i64) -> Value {
+    let text = response_text(response);
+    let finish = finish_reason(response.stop_reason);
     let u = &response.usage;
     json!({
         "id": format!("chatcmpl-{id}"),

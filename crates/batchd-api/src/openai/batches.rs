@@ -131,7 +131,7 @@ async fn create(
             "endpoint",
             format!(
                 "Invalid value: '{endpoint}'. batchd runs batches for {}.",
-                Endpoint::ALL.map(Endpoint::path).join(" and ")
+                Endpoint::ALL.map(Endpoint::path).join(", ")
             ),
         ));
     }
