@@ -26,6 +26,8 @@ pub enum FilesError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("no randomness for a file id: {0}")]
+    Entropy(getrandom::Error),
 }
 
 /// Unix seconds now: files' timestamps.
@@ -35,15 +37,10 @@ pub fn now_secs() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// `file-` and 24 random `[a-z0-9]`, as OpenAI's file ids look.
-pub fn new_file_id() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut id = String::with_capacity(29);
-    id.push_str("file-");
-    for _ in 0..24 {
-        id.push(char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]));
-    }
-    id
+/// `file-` and 24 unguessable `[a-z0-9]`, as OpenAI's file ids look.
+pub fn new_file_id() -> Result<String, FilesError> {
+    let tail = crate::ids::unguessable_alnum(24).map_err(FilesError::Entropy)?;
+    Ok(format!("file-{tail}"))
 }
 
 /// Publishes an object already written (at `record.uri`, `record.bytes` long) as the file
@@ -93,7 +90,7 @@ impl Files {
         mut body: BoxStream<'_, Result<Bytes, std::io::Error>>,
         max_bytes: u64,
     ) -> Result<FileRecord, FilesError> {
-        let id = new_file_id();
+        let id = new_file_id()?;
         let uri = self.root.join(&id);
         let mut writer = self.storage.create(&uri)?;
         let mut bytes = 0u64;
@@ -489,13 +486,13 @@ mod tests {
 
     #[test]
     fn file_ids_look_like_openais() {
-        let id = new_file_id();
+        let id = new_file_id().unwrap();
         let tail = id.strip_prefix("file-").unwrap();
         assert_eq!(tail.len(), 24);
         assert!(
             tail.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         );
-        assert_ne!(new_file_id(), id);
+        assert_ne!(new_file_id().unwrap(), id);
     }
 }

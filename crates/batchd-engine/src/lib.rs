@@ -14,6 +14,7 @@
 pub mod analysis;
 mod embed_batch;
 pub mod files;
+pub mod ids;
 mod record;
 pub mod retry;
 pub mod run;

@@ -77,6 +77,8 @@ pub enum SchedulerError {
     NotFound(JobId),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 #[derive(Clone)]
@@ -244,9 +246,8 @@ impl Scheduler {
                 self.inner.config.max_active_jobs_per_model
             )));
         }
-        let id = JobId::from_random(
-            (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)),
-        );
+        let id = crate::ids::new_job_id()
+            .map_err(|e| SchedulerError::Internal(format!("no randomness for a job id: {e}")))?;
         // The caller's account, not the server's: the ARN says whose job it is.
         let arn = JobArn::new(&self.inner.config.region, &req.account_id, id.clone());
         // A batch job's timeout counts from its start.

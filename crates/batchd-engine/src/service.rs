@@ -23,6 +23,7 @@ fn service_error(e: SchedulerError) -> ServiceError {
         SchedulerError::QuotaExceeded(m) => ServiceError::QuotaExceeded(m),
         SchedulerError::NotFound(id) => ServiceError::NotFound(format!("Could not find job {id}")),
         SchedulerError::Store(e) => ServiceError::Internal(e.to_string()),
+        SchedulerError::Internal(m) => ServiceError::Internal(m),
     }
 }
 
@@ -86,7 +87,7 @@ fn file_error(e: FilesError) -> ServiceError {
         // OpenAI's words: the API shows them as they are.
         FilesError::TooLarge { .. } => ServiceError::Validation("File is too large.".into()),
         FilesError::Body(e) => ServiceError::Validation(format!("The upload broke off: {e}")),
-        e @ (FilesError::Storage(_) | FilesError::Store(_)) => {
+        e @ (FilesError::Storage(_) | FilesError::Store(_) | FilesError::Entropy(_)) => {
             ServiceError::Internal(e.to_string())
         }
     }

@@ -597,8 +597,7 @@ async fn create_run_job(
         Some(out) => absolute_uri(StorageUri::parse(out)?)?,
         None => absolute_uri(StorageUri::Local(data_dir.join("output")))?,
     };
-    let job_id =
-        JobId::from_random((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)));
+    let job_id = batchd_engine::ids::new_job_id().context("no randomness for a job id")?;
     let arn = JobArn::new(
         &config.server.region,
         &config.server.account_id,
