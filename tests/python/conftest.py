@@ -437,6 +437,7 @@ class ServerFactory:
         extra_toml: str = "",
         env: dict | None = None,
         listen: str = "127.0.0.1:0",
+        tls: tuple[Path, Path] | None = None,
     ) -> Server:
         """Starts `batchd serve`; with `data_dir` and `config_path` given, restarts on them.
         `extra_toml` is appended to the config (`[[auth.keys]]` entries), `env` added to the
@@ -462,9 +463,11 @@ class ServerFactory:
             "--config",
             str(config_path),
         ]
+        if tls:
+            argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         proc = Proc("batchd-serve", argv, data_dir.parent / "logs", env=env)
         host = listen.rsplit(":", 1)[0]
-        line = proc.first_line(f"listening on http://{host}:")
+        line = proc.first_line(f"listening on {'https' if tls else 'http'}://{host}:")
         # A server on every address is reached on loopback.
         url = line.removeprefix("listening on ").strip().replace("0.0.0.0", "127.0.0.1")
         server = Server(proc, url, mode, data_dir, config_path, env, Buckets(mode, data_dir, moto), argv)

@@ -432,3 +432,38 @@ def test_the_openai_sdk_with_right_wrong_and_another_accounts_keys(keyed_server)
         b.files.content(done.output_file_id)
     assert sorted(f.id for f in a.files.list()) == sorted([done.output_file_id, file_id])
     assert_no_secret_in_logs(server)
+
+
+def test_no_secret_in_any_response_log_line_or_file_of_a_full_run(keyed_server, wait_status):
+    """A whole job through both key kinds, with refusals and errors on the way: no secret in
+    any response (status line, headers, body), any log line (trace level) or any file the
+    server wrote."""
+    server = keyed_server
+    seen: list[str] = []
+
+    def record(http_response, **_):
+        seen.append(f"{http_response.status_code} {dict(http_response.headers)} {http_response.text}")
+
+    a = server.client(key=KEY_A)
+    a.meta.events.register("after-call.bedrock.*", record)
+    in_uri, out_uri = put_input(server, "leak")
+    arn = create_job(a, "job-leak", in_uri, out_uri)
+    wait_status(a, arn, {"Completed"})
+    a.get_model_invocation_job(jobIdentifier=arn)
+    a.list_model_invocation_jobs()
+    for call in (lambda: a.stop_model_invocation_job(jobIdentifier=arn), lambda: a.get_model_invocation_job(jobIdentifier="000000000000")):
+        error_of(call)
+    wrong = server.client(key=(KEY_A[0], KEY_B[1]))
+    wrong.meta.events.register("after-call.bedrock.*", record)
+    error_of(lambda: wrong.list_model_invocation_jobs())
+    for path in ("/model-invocation-jobs", "/batchd/metrics", "/v1/models", "/v1/files", "/batch-inference-jobs", "/v1/nope"):
+        for token in (TOKEN_A, TOKEN_B, KEY_A[1], None):
+            status, headers, body = http_get(f"{server.url}{path}", token)
+            seen.append(f"{status} {dict(headers)} {json.dumps(body)}")
+    assert len(seen) > 20
+    written = [p.read_text(errors="replace") for p in server.data_dir.rglob("*") if p.is_file()]
+    assert any("leak" in text or "recordId" in text for text in written), "the job's files are among them"
+    for secret in SECRETS:
+        for text in seen + written:
+            assert secret not in text, f"a secret is in a response or file: {secret[:6]}..."
+    assert_no_secret_in_logs(server)

@@ -182,8 +182,11 @@ impl Storage {
             StorageUri::Local(path) => Ok((self.local.clone(), local_object_path(path, uri)?)),
             StorageUri::S3 { bucket, key } => match &self.config.s3_endpoint {
                 None => {
-                    let path = self.config.data_dir.join("buckets").join(bucket).join(key);
-                    Ok((self.local.clone(), local_object_path(&path, uri)?))
+                    let root = self.config.data_dir.join("buckets");
+                    let path = root.join(bucket).join(key);
+                    let object = local_object_path(&path, uri)?;
+                    stays_below(&root, &path, uri)?;
+                    Ok((self.local.clone(), object))
                 }
                 Some(endpoint) => {
                     let store = self.s3_store(bucket, endpoint, uri)?;
@@ -551,6 +554,35 @@ fn local_object_path(path: &FsPath, uri: &StorageUri) -> Result<ObjectPath, Stor
             reason: e.to_string(),
         }
     })
+}
+
+/// Refuses a local-bucket path that a symbolic link inside the buckets folder leads out of
+/// it: the deepest part of `path` that exists must resolve to a place below `root`.
+fn stays_below(root: &FsPath, path: &FsPath, uri: &StorageUri) -> Result<(), StorageError> {
+    let Ok(root) = root.canonicalize() else {
+        // No buckets folder yet: nothing in it can be a link.
+        return Ok(());
+    };
+    let existing = path.ancestors().find(|p| p.symlink_metadata().is_ok());
+    let Some(existing) = existing else {
+        return Ok(());
+    };
+    let resolved = existing.canonicalize().map_err(|e| StorageError::BadUri {
+        uri: uri.to_string(),
+        reason: format!("cannot resolve {}: {e}", existing.display()),
+    })?;
+    if resolved.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(StorageError::BadUri {
+            uri: uri.to_string(),
+            reason: format!(
+                "{} leads out of the buckets folder {} through a symbolic link",
+                existing.display(),
+                root.display()
+            ),
+        })
+    }
 }
 
 /// Resolves `.` and `..` without touching the disk: outputs do not exist yet, so the path

@@ -176,3 +176,34 @@ async fn read_bytes_streams_an_object_as_written_and_misses_are_not_found() {
         Some(StorageError::NotFound { .. })
     ));
 }
+
+/// A symbolic link inside the buckets folder cannot lead a bucket's key out of it: neither to
+/// read nor to write nor to list; a link that stays inside is followed.
+#[tokio::test]
+async fn links_out_of_the_buckets_folder_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.jsonl"), "{}\n").unwrap();
+    let s = storage(dir.path());
+    let bucket = dir.path().join("buckets/bkt");
+    std::fs::create_dir_all(bucket.join("real")).unwrap();
+    std::fs::write(bucket.join("real/in.jsonl"), "{}\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), bucket.join("out")).unwrap();
+    std::os::unix::fs::symlink(bucket.join("real"), bucket.join("inside")).unwrap();
+    for uri in [
+        "s3://bkt/out/secret.jsonl",
+        "s3://bkt/out/",
+        "s3://bkt/out/new/file.jsonl",
+    ] {
+        let uri = StorageUri::parse(uri).unwrap();
+        let read = s.get(&uri).await.unwrap_err();
+        assert!(
+            matches!(&read, StorageError::BadUri { reason, .. } if reason.contains("symbolic link")),
+            "{uri}: {read}"
+        );
+        assert!(s.create(&uri).is_err(), "{uri}");
+        assert!(s.list_inputs(&uri).await.is_err(), "{uri}");
+    }
+    let inside = StorageUri::parse("s3://bkt/inside/in.jsonl").unwrap();
+    assert_eq!(s.get(&inside).await.unwrap(), Bytes::from_static(b"{}\n"));
+}

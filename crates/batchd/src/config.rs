@@ -189,13 +189,42 @@ pub struct ServerSection {
     pub region: String,
     /// The account of every caller when no keys are configured (and of `batchd run`'s jobs).
     pub account_id: String,
+    /// Open connections at most; more wait until one closes.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head (and, with TLS, to finish the handshake).
+    pub header_timeout_seconds: f64,
+    /// Seconds a request body may go without sending anything.
+    pub body_timeout_seconds: f64,
+    /// PEM certificate chain and private key: serve HTTPS (`--tls-cert` / `--tls-key` win).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
+        let limits = crate::listener::Limits::default();
         Self {
             region: SchedulerConfig::default().region,
             account_id: batchd_api::auth::ANONYMOUS_ACCOUNT.into(),
+            max_connections: limits.max_connections,
+            header_timeout_seconds: limits.header_timeout.as_secs_f64(),
+            body_timeout_seconds: limits.body_timeout.as_secs_f64(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl ServerSection {
+    /// The accept loop's limits.
+    pub fn limits(&self) -> crate::listener::Limits {
+        let header = Duration::from_secs_f64(self.header_timeout_seconds.clamp(0.001, 1e9));
+        crate::listener::Limits {
+            max_connections: self.max_connections,
+            handshake_timeout: header,
+            header_timeout: header,
+            body_timeout: Duration::from_secs_f64(self.body_timeout_seconds.clamp(0.001, 1e9)),
+            ..crate::listener::Limits::default()
         }
     }
 }
@@ -614,6 +643,17 @@ impl Config {
             if !value.is_finite() || value < 0.0 {
                 bail!("engine.{key} must be a number of seconds, 0 or more");
             }
+        }
+        for (key, value) in [
+            ("header_timeout_seconds", self.server.header_timeout_seconds),
+            ("body_timeout_seconds", self.server.body_timeout_seconds),
+        ] {
+            if !value.is_finite() || value <= 0.0 {
+                bail!("server.{key} must be a positive number of seconds");
+            }
+        }
+        if self.server.max_connections == 0 {
+            bail!("server.max_connections must be at least 1");
         }
         Ok(())
     }

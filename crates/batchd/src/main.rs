@@ -4,6 +4,7 @@
 mod client;
 mod config;
 mod embedded;
+mod listener;
 mod results;
 mod serve;
 
@@ -74,6 +75,12 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
     /// Talk to a running `batchd serve`: create, get, list, stop and wait for jobs.
     Jobs {
@@ -180,11 +187,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             data_dir,
             config,
+            tls_cert,
+            tls_key,
         } => {
             serve::serve(serve::ServeArgs {
                 listen,
                 data_dir,
                 config,
+                tls_cert,
+                tls_key,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -25,6 +25,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     pub data_dir: Option<PathBuf>,
     pub config: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// What `GET /batchd/metrics` reads.
@@ -98,6 +100,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let auth = Arc::new(Authenticator::new(config.auth_config()?));
     check_exposure(&auth, args.listen)?;
+    let tls = crate::listener::tls_paths(
+        args.tls_cert.or(config.server.tls_cert.clone()),
+        args.tls_key.or(config.server.tls_key.clone()),
+    )?
+    .map(|(cert, key)| crate::listener::tls_config(&cert, &key))
+    .transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let data_dir = config.data_dir(args.data_dir.as_deref());
     let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
     let mut engine_config = config.engine_config(None);
@@ -171,9 +180,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     // Scripts and tests read the address (the port may have been 0) from this first line.
-    println!("listening on http://{addr}");
+    println!("listening on {scheme}://{addr}");
     eprintln!(
-        "batchd serve: Bedrock batch API on http://{addr}, OpenAI API on http://{addr}/v1 \
+        "batchd serve: Bedrock batch API on {scheme}://{addr}, OpenAI API on {scheme}://{addr}/v1 \
          (data dir {}), {} model(s)",
         data_dir.display(),
         config.models.len()
@@ -195,10 +204,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .map_or("any".to_owned(), |r| r.join(", "))
         );
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(crate::wait_for_signal())
-        .await
-        .context("server error")?;
+    crate::listener::serve(
+        listener,
+        app,
+        tls,
+        config.server.limits(),
+        crate::wait_for_signal(),
+        shutdown_grace,
+    )
+    .await;
     eprintln!(
         "batchd serve: shutting down; records in flight get {:?} to finish, running jobs \
          checkpoint and resume on the next start (a second signal exits at once)",
