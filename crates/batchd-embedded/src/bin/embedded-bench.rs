@@ -3,7 +3,11 @@
 //!
 //!   cargo run --release -p batchd-embedded --bin embedded-bench -- [--records 64]
 //!       [--max-tokens 128] [--slots N] [--context N] [--threads N] [--batch N]
-//!       [--weights q8_0|shipped] [--kv-unified]
+//!       [--weights q8_0|shipped] [--kv-unified] [--shared-prefix]
+//!
+//! `--shared-prefix`: instead, the same records (one long system prompt, a short question
+//! each, temperature 0) with prefix sharing off and then on: records/s of each, their ratio,
+//! and whether the answers are byte-identical.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,6 +49,7 @@ struct Args {
     records: usize,
     max_tokens: u32,
     config: ChatModelConfig,
+    shared_prefix: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -54,11 +59,16 @@ fn parse_args() -> Result<Args, String> {
         records: 64,
         max_tokens: 128,
         config: ChatModelConfig::from_files(&files),
+        shared_prefix: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--kv-unified" {
             args.config.kv_unified = true;
+            continue;
+        }
+        if flag == "--shared-prefix" {
+            args.shared_prefix = true;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -97,6 +107,157 @@ fn request(i: usize, max_tokens: u32) -> ChatRequest {
     }
 }
 
+/// A labelling job's instructions, the same in every record (about 400 tokens).
+const GUIDELINES: &str = "You are a careful annotator for a customer-support dataset. \
+Read the customer's message and answer with exactly one label from this list, then one short \
+sentence that explains the choice. Labels: BILLING (charges, refunds, invoices, payment \
+methods, prices, discounts, taxes), SHIPPING (delivery times, tracking numbers, lost or \
+damaged parcels, addresses, couriers, customs), ACCOUNT (passwords, sign-in problems, \
+two-factor codes, profile details, closing an account, privacy requests), PRODUCT (how a \
+product works, sizes, colours, materials, compatibility, defects that are not caused by \
+shipping), RETURNS (return windows, return labels, exchanges, store credit), FEEDBACK \
+(praise, complaints about staff, suggestions, reviews), OTHER (anything else, including \
+messages that are empty, spam, or in a language you cannot read). Rules: choose the label of \
+the customer's main request when a message mentions several topics; a refund for a returned \
+item is RETURNS, a refund for a wrong charge is BILLING; a parcel that arrived broken is \
+SHIPPING, a product that stopped working after a week is PRODUCT; questions about an order's \
+status are SHIPPING unless they are about payment; requests to delete personal data are \
+ACCOUNT. Never invent facts about the order. Never ask the customer a question. Do not repeat \
+the message. Do not add greetings or signatures. Keep the explanation under twenty words and \
+write it in plain English even when the message is in another language. If the message is \
+abusive, still label its request and do not comment on the tone. If you are unsure between \
+two labels, prefer the one that names what the customer wants done, not what went wrong. \
+Examples: 'I was charged twice for order 1182' is BILLING; 'Where is my parcel, the tracking \
+page has not changed for five days' is SHIPPING; 'The zip on the jacket broke the first time \
+I used it' is PRODUCT; 'Can I swap these shoes for a bigger size' is RETURNS; 'Your agent \
+Maria was wonderful' is FEEDBACK; 'I cannot log in since I changed my phone' is ACCOUNT.";
+
+const QUESTIONS: [&str; 8] = [
+    "My card was billed for a subscription I cancelled last month.",
+    "The box arrived crushed and the vase inside is in pieces.",
+    "How do I reset my password? The email never comes.",
+    "Does this charger work with the older model of the tablet?",
+    "I want to send the blue dress back and get the red one instead.",
+    "Thanks, the support team fixed everything in five minutes!",
+    "Tracking says delivered but nothing is at my door.",
+    "Please delete all the data you have about me.",
+];
+
+fn labelling_request(i: usize, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        system: vec![GUIDELINES.to_owned()],
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: vec![ContentPart::Text(format!(
+                "Message {i}: {}",
+                QUESTIONS[i % QUESTIONS.len()]
+            ))],
+        }],
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..ChatRequest::default()
+    }
+}
+
+/// Runs the labelling records on a fresh engine: (records/s, answers in record order, prompt
+/// tokens computed, prompt tokens shared).
+async fn labelling_run(
+    config: ChatModelConfig,
+    records: usize,
+    max_tokens: u32,
+    reversed: bool,
+) -> Result<(f64, Vec<String>, u64, u64), String> {
+    let chat = Arc::new(EmbeddedChat::load(config).map_err(|e| e.to_string())?);
+    chat.chat(&request(0, 4)).await.map_err(|e| e.to_string())?;
+    let before = chat.stats();
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    let order: Vec<usize> = if reversed {
+        (0..records).rev().collect()
+    } else {
+        (0..records).collect()
+    };
+    for i in order {
+        let request = labelling_request(i, max_tokens);
+        let chat = Arc::clone(&chat);
+        tasks.spawn(async move { (i, chat.chat(&request).await) });
+    }
+    let mut answers = vec![String::new(); records];
+    let mut shared = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (i, response) = done.map_err(|e| e.to_string())?;
+        let response = response.map_err(|e| e.to_string())?;
+        shared += response.usage.cache_read_input_tokens.unwrap_or(0);
+        if let Some(ContentPart::Text(text)) = response.content.first() {
+            answers[i] = text.clone();
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let computed = chat.stats().prompt_tokens - before.prompt_tokens;
+    Ok((records as f64 / wall, answers, computed, shared))
+}
+
+/// Prefix sharing off, then on, on the same records.
+async fn shared_prefix(args: Args) -> Result<(), String> {
+    let mut off = args.config.clone();
+    off.min_shared_prefix = 0;
+    let mut on = args.config.clone();
+    if on.min_shared_prefix == 0 {
+        on.min_shared_prefix = ChatModelConfig::new("").min_shared_prefix;
+    }
+    println!(
+        "shared prefix: {} records, one {}-character system prompt, max {} tokens, temperature \
+         0, {} slots, kv_unified {}",
+        args.records,
+        GUIDELINES.len(),
+        args.max_tokens,
+        args.config.max_sequences,
+        args.config.kv_unified
+    );
+    let (rate_off, answers_off, computed_off, _) =
+        labelling_run(off.clone(), args.records, args.max_tokens, false).await?;
+    println!("sharing off: {rate_off:.2} records/s, {computed_off} prompt tokens computed");
+    let (rate_on, answers_on, computed_on, shared) =
+        labelling_run(on, args.records, args.max_tokens, false).await?;
+    println!(
+        "sharing on: {rate_on:.2} records/s, {computed_on} prompt tokens computed, {shared} \
+         copied from the cache"
+    );
+    let same = answers_off
+        .iter()
+        .zip(&answers_on)
+        .filter(|(a, b)| a == b)
+        .count();
+    println!(
+        "ratio: {:.2}× records/s with sharing; answers byte-identical: {same} of {}",
+        rate_on / rate_off,
+        args.records
+    );
+    // The noise floor: sharing off again, the records submitted in reverse order, so each
+    // prompt is cut into other batches. Greedy answers differ with the batch's shape alone
+    // (llama.cpp's CPU kernels sum in another order), sharing or not.
+    let (_, answers_reversed, _, _) =
+        labelling_run(off, args.records, args.max_tokens, true).await?;
+    let floor = answers_off
+        .iter()
+        .zip(&answers_reversed)
+        .filter(|(a, b)| a == b)
+        .count();
+    println!(
+        "noise floor: sharing off twice (the second in reverse order): {floor} of {} identical",
+        args.records
+    );
+    if let Some((i, (a, b))) = answers_off
+        .iter()
+        .zip(&answers_on)
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+    {
+        println!("first difference, record {i}: off {a:?} / on {b:?}");
+    }
+    Ok(())
+}
+
 /// Peak resident set size of this process, from /proc (Linux only).
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -106,6 +267,9 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if args.shared_prefix {
+        return shared_prefix(args).await;
+    }
     let config = args.config.clone();
     let load_start = Instant::now();
     let chat = Arc::new(EmbeddedChat::load(config).map_err(|e| e.to_string())?);

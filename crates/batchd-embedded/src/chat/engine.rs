@@ -6,6 +6,10 @@
 //! one forward pass, and samples each sequence that produced logits. A sequence that finishes
 //! (or whose caller went away) frees its KV cells and its slot at once, and the next waiting
 //! request takes the slot in the following step.
+//!
+//! Prefix sharing: a new sequence whose prompt starts like one already in the cache (a shared
+//! system prompt) copies those KV cells from it and prefills only the rest; while that other
+//! sequence is still prefilling the shared part, the new one waits for it.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -53,6 +57,8 @@ pub(crate) struct EngineParams {
     pub batch_size: u32,
     pub threads: i32,
     pub kv_unified: bool,
+    /// Shortest common prompt prefix worth copying (tokens); 0: never share.
+    pub min_shared_prefix: u32,
 }
 
 /// Counters of the inference thread, for benchmarks and diagnostics.
@@ -145,6 +151,10 @@ struct Active {
     output: Output,
     /// Index in the current batch whose logits this sequence samples from.
     logits_at: Option<i32>,
+    /// Prompt tokens copied from another sequence's cells instead of computed.
+    shared: u32,
+    /// Whether this sequence has looked for a prefix to share (done before its first feed).
+    looked: bool,
 }
 
 impl Active {
@@ -161,7 +171,68 @@ impl Active {
             generated: 0,
             output,
             logits_at: None,
+            shared: 0,
+            looked: false,
         }
+    }
+}
+
+/// Length of the common prefix of two token lists.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// What a sequence that has not fed anything yet does about a shared prefix.
+#[derive(Debug, PartialEq, Eq)]
+enum Share {
+    /// Copy the first `len` cells of sequence `from`.
+    Copy { from: i32, len: usize },
+    /// Another sequence is still prefilling the prefix: wait a step.
+    Wait,
+    /// Nothing to share: prefill it all.
+    Alone,
+}
+
+/// The best donor for `me` among `others`: the longest common prefix (at least `min`
+/// tokens, and never the whole prompt: its last token must be computed for its logits).
+fn find_share(me: &[LlamaToken], others: &[(i32, &[LlamaToken], usize)], min: usize) -> Share {
+    if min == 0 {
+        return Share::Alone;
+    }
+    let want_max = me.len().saturating_sub(1);
+    let mut best: Option<(usize, i32, usize)> = None;
+    for &(seq, prompt, fed) in others {
+        let len = common_prefix(me, prompt).min(want_max);
+        if len >= min && best.is_none_or(|(l, _, _)| len > l) {
+            best = Some((len, seq, fed));
+        }
+    }
+    match best {
+        None => Share::Alone,
+        Some((len, from, fed)) if fed >= len => Share::Copy { from, len },
+        Some(_) => Share::Wait,
+    }
+}
+
+/// Gives `to` the cells of positions `[0, len)` of `from`. In one KV stream that marks the
+/// cells as shared; across streams llama.cpp can only copy a whole stream (at the next
+/// decode), so the copy's cells past `len` are dropped again at once.
+fn copy_prefix(
+    ctx: &mut LlamaContext<'_>,
+    from: i32,
+    to: i32,
+    len: usize,
+    unified: bool,
+) -> Result<(), String> {
+    let len = u32::try_from(len).map_err(|e| e.to_string())?;
+    if unified {
+        ctx.kv_cache_seq_cp(from, to, Some(0), Some(len))
+            .map_err(|e| e.to_string())
+    } else {
+        ctx.kv_cache_seq_cp(from, to, None, None)
+            .map_err(|e| e.to_string())?;
+        ctx.kv_cache_seq_rm(to, Some(len), None)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -244,6 +315,41 @@ pub(crate) fn run(
             .max_active
             .fetch_max(active.len() as u64, Ordering::Relaxed);
 
+        // New sequences take a shared prefix from the cache, or wait for it to be there.
+        let mut waits = vec![false; active.len()];
+        for i in 0..active.len() {
+            if active[i].looked {
+                continue;
+            }
+            // Donors are sequences that have decided: two new ones must not wait for each other.
+            let others: Vec<(i32, &[LlamaToken], usize)> = active
+                .iter()
+                .enumerate()
+                .filter(|&(j, o)| j != i && o.looked)
+                .map(|(_, o)| (o.seq, o.job.prompt.as_slice(), o.fed))
+                .collect();
+            let min = params.min_shared_prefix as usize;
+            match find_share(&active[i].job.prompt, &others, min) {
+                Share::Wait => waits[i] = true,
+                Share::Alone => active[i].looked = true,
+                Share::Copy { from, len } => {
+                    let a = &mut active[i];
+                    a.looked = true;
+                    match copy_prefix(ctx, from, a.seq, len, params.kv_unified) {
+                        Ok(()) => {
+                            a.fed = len;
+                            a.pos = i32::try_from(len).unwrap_or(i32::MAX);
+                            a.shared = u32::try_from(len).unwrap_or(u32::MAX);
+                        }
+                        // Then it prefills everything itself, as without sharing.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "embedded chat: cannot share a prefix")
+                        }
+                    }
+                }
+            }
+        }
+
         // One batch: the next token of every decoding sequence first, then prompt chunks.
         batch.clear();
         let mut add_failed = None;
@@ -259,7 +365,7 @@ pub(crate) fn run(
             }
         }
         let mut prompt_tokens = 0u64;
-        for a in active.iter_mut() {
+        for (a, _) in active.iter_mut().zip(&waits).filter(|(_, w)| !**w) {
             let room = budget.saturating_sub(usize::try_from(batch.n_tokens()).unwrap_or(0));
             if room == 0 || add_failed.is_some() {
                 break;
@@ -358,7 +464,7 @@ pub(crate) fn run(
                 usage: Usage {
                     input_tokens: a.job.prompt.len() as u64,
                     output_tokens: u64::from(a.generated),
-                    cache_read_input_tokens: None,
+                    cache_read_input_tokens: (a.shared > 0).then_some(u64::from(a.shared)),
                 },
             };
             // The caller may have gone away meanwhile; nothing to do then.
@@ -373,4 +479,44 @@ fn release(ctx: &mut LlamaContext<'_>, seq: i32, free: &mut Vec<i32>) {
         tracing::error!(seq, error = %e, "embedded chat: cannot free a sequence");
     }
     free.push(seq);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(ids: &[i32]) -> Vec<LlamaToken> {
+        ids.iter().map(|&i| LlamaToken::new(i)).collect()
+    }
+
+    #[test]
+    fn the_longest_ready_prefix_is_copied_but_never_the_last_token() {
+        let me = tokens(&[1, 2, 3, 4, 5, 6]);
+        let short = tokens(&[1, 2, 3, 9]);
+        let long = tokens(&[1, 2, 3, 4, 5, 7, 8]);
+        let others = [(3, short.as_slice(), 4), (5, long.as_slice(), 7)];
+        assert_eq!(find_share(&me, &others, 2), Share::Copy { from: 5, len: 5 });
+        // The whole prompt in another's cells: all but the last token, whose logits it needs.
+        let same = tokens(&[1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            find_share(&me, &[(1, same.as_slice(), 6)], 2),
+            Share::Copy { from: 1, len: 5 }
+        );
+    }
+
+    #[test]
+    fn a_prefix_still_prefilling_is_waited_for_and_a_short_one_ignored() {
+        let me = tokens(&[1, 2, 3, 4, 5, 6]);
+        let other = tokens(&[1, 2, 3, 4, 9]);
+        assert_eq!(find_share(&me, &[(2, other.as_slice(), 1)], 3), Share::Wait);
+        assert_eq!(
+            find_share(&me, &[(2, other.as_slice(), 1)], 5),
+            Share::Alone
+        );
+        assert_eq!(
+            find_share(&me, &[(2, other.as_slice(), 4)], 0),
+            Share::Alone
+        );
+        assert_eq!(find_share(&me, &[], 1), Share::Alone);
+    }
 }

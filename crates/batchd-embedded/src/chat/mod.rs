@@ -41,6 +41,10 @@ pub struct ChatModelConfig {
     pub batch_size: u32,
     /// One KV buffer shared by all sequences instead of one stream per sequence.
     pub kv_unified: bool,
+    /// A request whose prompt starts with at least this many tokens of a prompt already in
+    /// the KV cache copies those cells instead of computing them again (a shared system
+    /// prompt is evaluated once). 0 turns prefix sharing off.
+    pub min_shared_prefix: u32,
     /// `maxTokens` when the request has none.
     pub default_max_tokens: u32,
     /// `temperature` when the request has none (SmolLM2's recommended 0.2).
@@ -63,6 +67,7 @@ impl ChatModelConfig {
             threads: std::thread::available_parallelism().map_or(2, usize::from),
             batch_size: 512,
             kv_unified: false,
+            min_shared_prefix: 32,
             default_max_tokens: 256,
             default_temperature: 0.2,
             default_top_p: 0.9,
@@ -172,6 +177,7 @@ impl EmbeddedChat {
             batch_size: config.batch_size,
             threads,
             kv_unified: config.kv_unified,
+            min_shared_prefix: config.min_shared_prefix,
         };
 
         let counters = Arc::new(Counters::default());
