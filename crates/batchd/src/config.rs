@@ -189,6 +189,9 @@ pub struct ServerSection {
     pub region: String,
     /// The account of every caller when no keys are configured (and of `batchd run`'s jobs).
     pub account_id: String,
+    /// A configured model id that runs any Bedrock model id no entry answers to (off when
+    /// unset; `batchd serve` only).
+    pub catch_all_model: Option<String>,
 }
 
 impl Default for ServerSection {
@@ -196,6 +199,7 @@ impl Default for ServerSection {
         Self {
             region: SchedulerConfig::default().region,
             account_id: batchd_api::auth::ANONYMOUS_ACCOUNT.into(),
+            catch_all_model: None,
         }
     }
 }
@@ -462,6 +466,14 @@ impl ModelConfig {
             price_per_million_output_tokens: None,
             backend,
         }
+    }
+
+    /// Answers with embeddings (a Titan embedding family, or the built-in embedding model):
+    /// what the model listing says.
+    pub fn is_embedding(&self) -> bool {
+        self.family().is_some_and(ModelFamily::is_embedding)
+            || (matches!(self.backend, Backend::Embedded(_))
+                && self.model.as_deref() == Some(crate::embedded::EMBEDDINGS_MODEL))
     }
 
     /// The InvokeModel body family: `format`, else the one the id (or the backend's model
@@ -789,6 +801,7 @@ impl Config {
             timeout_unit: Duration::from_secs_f64(self.limits.timeout_unit_seconds),
             default_timeout_hours: self.limits.default_timeout_hours,
             region: self.server.region.clone(),
+            catch_all_model: self.server.catch_all_model.clone(),
             ..SchedulerConfig::default()
         }
     }
