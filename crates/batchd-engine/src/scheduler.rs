@@ -107,6 +107,14 @@ struct Inner {
     tasks: TaskTracker,
 }
 
+/// What a job run by the catch-all model says about it.
+fn catch_all_note(model_id: &str, key: &str) -> String {
+    format!(
+        "modelId {model_id:?} is not a configured model: it runs on {key:?}, the catch-all model \
+         ([server] catch_all_model)"
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -282,11 +290,7 @@ impl Scheduler {
         };
         let job = match self.caught_by_catch_all(&job.request.model_id) {
             Some(key) if job.message.is_none() => {
-                let message = format!(
-                    "modelId {:?} is not a configured model: it runs on {key:?}, the catch-all \
-                     model ([server] catch_all_model)",
-                    job.request.model_id
-                );
+                let message = catch_all_note(&job.request.model_id, key);
                 store.set_message(&job.id, &message).await?;
                 self.stored(&job.id).await?
             }
@@ -447,7 +451,12 @@ impl Scheduler {
                 job.request.model_id
             )
         })?;
-        JobSpec::for_job(job, model.records.clone(), model.concurrency).map_err(|e| e.to_string())
+        let mut spec = JobSpec::for_job(job, model.records.clone(), model.concurrency)
+            .map_err(|e| e.to_string())?;
+        spec.note = self
+            .caught_by_catch_all(&job.request.model_id)
+            .map(|key| catch_all_note(&job.request.model_id, key));
+        Ok(spec)
     }
 
     async fn run_loop(&self) {

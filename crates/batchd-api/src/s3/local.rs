@@ -217,13 +217,13 @@ impl LocalBuckets {
                 file.write_all(&chunk).await.map_err(io_error)?;
             }
         }
-        if let (Some(h), Some(claimed)) = (hasher, sha256) {
-            if !hex(&h.finalize()).eq_ignore_ascii_case(claimed) {
-                return Err(s3_error!(
-                    BadDigest,
-                    "The provided 'x-amz-content-sha256' header does not match what was computed."
-                ));
-            }
+        if let (Some(h), Some(claimed)) = (hasher, sha256)
+            && !hex(&h.finalize()).eq_ignore_ascii_case(claimed)
+        {
+            return Err(s3_error!(
+                BadDigest,
+                "The provided 'x-amz-content-sha256' header does not match what was computed."
+            ));
         }
         file.sync_all().await.map_err(io_error)?;
         drop(file);
@@ -370,11 +370,11 @@ fn page(
             rest.find(d)
                 .map(|pos| format!("{prefix}{}", &rest[..pos + d.len()]))
         });
-        if let Some(common) = &common {
-            if marker.is_some_and(|m| common.as_str() <= m) || page.prefixes.last() == Some(common)
-            {
-                continue;
-            }
+        if let Some(common) = &common
+            && (marker.is_some_and(|m| common.as_str() <= m)
+                || page.prefixes.last() == Some(common))
+        {
+            continue;
         }
         if count == max {
             page.next_marker = last;
@@ -448,7 +448,6 @@ impl S3 for LocalBuckets {
         }
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{}", req.input.bucket)),
-            ..Default::default()
         }))
     }
 
