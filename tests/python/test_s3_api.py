@@ -4,16 +4,24 @@ writes across a SIGKILL, keys that would leave the data dir, and the shared auth
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
+import zlib
 
 import pytest
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from conftest import ROLE_ARN, job_id_of, unique, wait_for_status
+from conftest import REGION, ROLE_ARN, job_id_of, unique, wait_for_status
 
 EMBED_MODEL = "amazon.titan-embed-text-v2:0"
 MIB = 1024 * 1024
@@ -273,3 +281,53 @@ def test_s3_requests_pass_the_same_authentication(start_server):
     refused = server.aws("s3", "ls", "s3://auth/", "--no-sign-request", check=False)
     assert refused.returncode != 0 and "AccessDenied" in refused.stderr
 
+
+
+def aws_chunked(data: bytes, chunk: int = 64 * 1024) -> bytes:
+    """`data` as an aws-chunked body with a CRC32 trailer, as botocore frames uploads over HTTPS."""
+    out = b"".join(
+        f"{len(data[i : i + chunk]):x}\r\n".encode() + data[i : i + chunk] + b"\r\n" for i in range(0, len(data), chunk)
+    )
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    return out + f"0\r\nx-amz-checksum-crc32:{crc}\r\n\r\n".encode()
+
+
+def put_chunked(server, path: str, data: bytes, body: bytes | None = None) -> int:
+    """A PutObject with an aws-chunked body and STREAMING-UNSIGNED-PAYLOAD-TRAILER, signed by
+    botocore's own S3 signer (what it does for uploads over HTTPS); returns the status."""
+    body = aws_chunked(data) if body is None else body
+    request = AWSRequest(
+        method="PUT",
+        url=f"{server.url}{path}",
+        data=body,
+        headers={
+            "Content-Encoding": "aws-chunked",
+            "x-amz-decoded-content-length": str(len(data)),
+            "x-amz-trailer": "x-amz-checksum-crc32",
+        },
+    )
+    request.context["checksum"] = {"request_algorithm": {"in": "trailer", "algorithm": "crc32"}}
+    S3SigV4Auth(Credentials(*KEY), "s3", REGION).add_auth(request)
+    assert request.headers["X-Amz-Content-SHA256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    headers = {k: v for k, v in request.headers.items()}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(request.url, data=body, headers=headers, method="PUT"), timeout=30
+        ) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_aws_chunked_uploads_with_checksum_trailers(start_server):
+    extra = f'[[auth.keys]]\naccess_key_id = "{KEY[0]}"\nsecret_access_key = "{KEY[1]}"\naccount_id = "{ACCOUNT}"\n'
+    server = start_server(mode="local", extra_toml=extra)
+    s3 = server.s3(key=KEY)
+    s3.create_bucket(Bucket="chunked")
+    data = os.urandom(300_000)
+    assert put_chunked(server, "/chunked/in/x.bin", data) == 200
+    assert s3.get_object(Bucket="chunked", Key="in/x.bin")["Body"].read() == data
+    # Cut off inside a chunk: refused, nothing stored.
+    whole = aws_chunked(data)
+    assert put_chunked(server, "/chunked/in/cut.bin", data, body=whole[: len(whole) // 2]) >= 400
+    assert not (server.data_dir / "buckets" / "chunked" / "in" / "cut.bin").exists()
