@@ -29,8 +29,13 @@ MIB = 1024 * 1024
 
 def embed_model_toml(fake) -> str:
     """The fake backend's embeddings under a Titan id: deterministic output (no ids, no
-    latencies), so a job's output can be compared byte for byte."""
-    return f'[[models]]\nid = "{EMBED_MODEL}"\nbackend = "openai"\nbase_url = "{fake.base_url}"\nmax_concurrency = 8\n'
+    latencies), so a job's output can be compared byte for byte. One record a call: a call's
+    token count is shared among its records by length, so batches formed by timing would
+    change the per-record counts."""
+    return (
+        f'[[models]]\nid = "{EMBED_MODEL}"\nbackend = "openai"\nbase_url = "{fake.base_url}"\n'
+        "max_concurrency = 8\nembed_batch_size = 1\n"
+    )
 
 
 def sha256_of(path) -> str:
