@@ -905,7 +905,8 @@ impl S3 for LocalBuckets {
 }
 
 fn hex_decode(text: &str, out: &mut [u8; 16]) -> bool {
-    if text.len() != 32 {
+    // ASCII first: the ETag is the client's, and slicing must not split a character.
+    if text.len() != 32 || !text.is_ascii() {
         return false;
     }
     for (i, byte) in out.iter_mut().enumerate() {
@@ -1073,6 +1074,18 @@ mod tests {
             .unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(&buckets.tmp).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn part_etags_decode_only_as_32_hex_digits() {
+        let mut raw = [0u8; 16];
+        assert!(hex_decode("00112233445566778899aabbccddeeff", &mut raw));
+        assert_eq!(raw[1], 0x11);
+        // 32 bytes, not 32 characters: refused, not sliced through the `ü`.
+        let non_ascii = format!("0ü{}", "0".repeat(29));
+        assert_eq!(non_ascii.len(), 32);
+        assert!(!hex_decode(&non_ascii, &mut raw));
+        assert!(!hex_decode("xyz", &mut raw));
     }
 
     #[test]
