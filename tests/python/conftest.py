@@ -8,7 +8,8 @@
   (`bedrock_raw` skips botocore's client-side checks so the server's own validation is hit).
 - `Server.buckets`: reads and writes `s3://bucket/key` objects the way batchd sees them
   (moto through boto3's S3 client, or files under `<data-dir>/buckets/`).
-- `aws_cli`: runs `.venv/bin/aws` with a clean environment.
+- `aws_cli`: runs `.venv/bin/aws` with a clean environment; `Server.aws` runs it on a server,
+  `Server.s3` is a boto3 `s3` client on the server's own S3 API.
 - `wait_for_status`: polls GetModelInvocationJob until a status (or any ended status).
 
 Every process started here is stopped in teardown: SIGTERM, wait, SIGKILL on timeout.
@@ -368,6 +369,32 @@ class Server:
             aws_secret_access_key=key[1],
             config=client_config(validate),
         )
+
+    def s3(self, key: tuple[str, str] = ("test", "test")):
+        """A boto3 `s3` client on the server's own S3 API (the local buckets)."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id=key[0],
+            aws_secret_access_key=key[1],
+            config=client_config(),
+        )
+
+    def aws(self, *args: str, check: bool = True, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+        """Runs `aws <args> --endpoint-url <server>` (the AWS CLI of the venv, no user config);
+        `env` adds variables (AWS_ACCESS_KEY_ID=...)."""
+        argv = [str(AWS_CLI), *args, "--endpoint-url", self.url, "--region", REGION]
+        result = subprocess.run(
+            argv,
+            env=clean_env(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_PAGER="", **env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check:
+            assert result.returncode == 0, f"{argv}\nexit {result.returncode}\n{result.stderr}"
+        return result
 
     @property
     def bedrock(self):

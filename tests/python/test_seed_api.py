@@ -1,7 +1,8 @@
 """The first seed's four Python classes, read from ../shared/seeds at test time and run as
-written against `batchd serve` and a moto S3 server, with only environment variables set:
-`AWS_DATA_PATH` (botocore learns the batch-job operations from `batchd sdk botocore`),
-`AWS_ENDPOINT_URL_BEDROCK` and `AWS_ENDPOINT_URL_S3`.
+written against `batchd serve` and a moto S3 server, and against `batchd serve` alone (its
+own S3 API), with only environment variables set: `AWS_DATA_PATH` (botocore learns the
+batch-job operations from `batchd sdk botocore`), and `AWS_ENDPOINT_URL_BEDROCK` and
+`AWS_ENDPOINT_URL_S3`, or just `AWS_ENDPOINT_URL`.
 
 Only each code block's class definitions run: the blocks' usage examples (after `# 使用例`)
 use placeholder buckets and model ids, and the last one ends in `json.dump(analysis)`, which
@@ -39,18 +40,28 @@ def seed_classes() -> dict:
     return namespace
 
 
-@pytest.fixture
-def seed_env(monkeypatch, tmp_path, start_server, moto):
-    """A server in S3 mode and the environment the seed's code sees: nothing but variables."""
-    server = start_server("s3")
+@pytest.fixture(params=["moto", "batchd-alone"])
+def seed_env(request, monkeypatch, tmp_path, start_server):
+    """The environment the seed's code sees: nothing but variables. `moto`: a server in S3
+    mode, S3 on moto; `batchd-alone`: one `batchd serve` in local-bucket mode is the endpoint
+    of every client (`AWS_ENDPOINT_URL`), its own S3 API serving the buckets."""
+    alone = request.param == "batchd-alone"
+    server = start_server("local" if alone else "s3")
+    endpoints = (
+        {"AWS_ENDPOINT_URL": server.url}
+        if alone
+        else {
+            "AWS_ENDPOINT_URL_BEDROCK": server.url,
+            "AWS_ENDPOINT_URL_S3": request.getfixturevalue("moto").endpoint,
+        }
+    )
     data_path = tmp_path / "botocore-data"
     subprocess.run([str(BATCHD), "sdk", "botocore", str(data_path)], check=True, capture_output=True)
     for key in [k for k in list(__import__("os").environ) if k.startswith("AWS_")]:
         monkeypatch.delenv(key)
     for key, value in {
         "AWS_DATA_PATH": str(data_path),
-        "AWS_ENDPOINT_URL_BEDROCK": server.url,
-        "AWS_ENDPOINT_URL_S3": moto.endpoint,
+        **endpoints,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": REGION,

@@ -9,6 +9,7 @@
 //! - `batch_job`: the batch-job API's routes, validation, job object and botocore extras.
 //! - `openai`: the OpenAI API's routes and its `{"error": {...}}` errors.
 //! - `auth`: SigV4 and bearer keys, one middleware for every route; the caller's account.
+//! - `s3`: the S3 API over the local buckets (s3s), in front of the others on the same port.
 //!
 //! Only this crate (and `batchd-formats` for record bodies) knows the API's JSON shapes.
 
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod batch_job;
 pub mod bedrock;
 pub mod openai;
+pub mod s3;
 
 pub use bedrock::{ApiConfig, ApiError, router};
 pub use openai::{OpenAiApi, OpenAiConfig, OpenAiError};
@@ -70,6 +72,29 @@ pub trait JobService: Send + Sync + 'static {
 
     /// Stops a job that has not ended (ConflictException for an ended one).
     async fn stop_job(&self, account: &str, id: &JobId) -> Result<(), ServiceError>;
+
+    /// The tags of a job of `account` (as [`JobService::get_job`] finds it), by key.
+    async fn job_tags(
+        &self,
+        account: &str,
+        id: &JobId,
+    ) -> Result<Vec<(String, String)>, ServiceError>;
+
+    /// Adds tags to a job of `account`, replacing the values of keys it has.
+    async fn tag_job(
+        &self,
+        account: &str,
+        id: &JobId,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), ServiceError>;
+
+    /// Removes a job's tags by key (keys it does not have are ignored).
+    async fn untag_job(
+        &self,
+        account: &str,
+        id: &JobId,
+        keys: Vec<String>,
+    ) -> Result<(), ServiceError>;
 
     /// Starts a batch-job API job that waits for its start (Conflict once started).
     async fn start_job(&self, account: &str, id: &JobId) -> Result<Job, ServiceError>;

@@ -96,6 +96,7 @@ async fn start_with_auth(config: SchedulerConfig, auth: AuthConfig) -> Server {
         ApiConfig {
             region: REGION.into(),
             account_id: ACCOUNT.into(),
+            models: Vec::new(),
         },
         None,
         Arc::new(Authenticator::new(auth)),

@@ -55,6 +55,7 @@ async fn start() -> Server {
         ApiConfig {
             region: "us-east-1".into(),
             account_id: "123456789012".into(),
+            models: Vec::new(),
         },
         Some(OpenAiApi {
             files: Arc::new(files),

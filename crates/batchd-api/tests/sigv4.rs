@@ -62,6 +62,7 @@ impl Sent {
             regions: None,
             keys: &keys,
             now,
+            deferred_payload: false,
         };
         let request = Request {
             method: &self.method,

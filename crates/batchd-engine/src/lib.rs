@@ -155,6 +155,9 @@ pub struct JobSpec {
     pub batch: Option<BatchJobOptions>,
     /// An OpenAI batch's endpoint and model: its lines are `{custom_id, method, url, body}`.
     pub openai: Option<OpenAiRun>,
+    /// What the job's final message starts with (the server's catch-all model says it ran
+    /// the job).
+    pub note: Option<String>,
 }
 
 /// What the engine needs of an OpenAI batch.
@@ -224,6 +227,7 @@ impl JobSpec {
             concurrency,
             batch,
             openai,
+            note: None,
         })
     }
 }
@@ -791,6 +795,9 @@ impl Engine {
                 "the backend was unreachable (connections refused for more than {} s); {summary}",
                 self.config.backend_down.as_secs()
             );
+        }
+        if let Some(note) = &spec.note {
+            summary = format!("{note}; {summary}");
         }
         let (status, message) = match job.stop.reason() {
             _ if end.complete => (JobStatus::Completed, summary),

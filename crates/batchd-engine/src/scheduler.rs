@@ -47,6 +47,9 @@ pub struct SchedulerConfig {
     pub region: String,
     /// How often the store is looked at when nothing wakes the scheduler.
     pub poll_interval: Duration,
+    /// A configured model that runs any Bedrock model id no configured model answers to
+    /// (local development; off by default). The job's message says so.
+    pub catch_all_model: Option<String>,
 }
 
 impl Default for SchedulerConfig {
@@ -59,6 +62,7 @@ impl Default for SchedulerConfig {
             max_validating_jobs: 2,
             region: "us-east-1".into(),
             poll_interval: Duration::from_millis(500),
+            catch_all_model: None,
         }
     }
 }
@@ -103,6 +107,14 @@ struct Inner {
     wake: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// What a job run by the catch-all model says about it.
+fn catch_all_note(model_id: &str, key: &str) -> String {
+    format!(
+        "modelId {model_id:?} is not a configured model: it runs on {key:?}, the catch-all model \
+         ([server] catch_all_model)"
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -277,8 +289,25 @@ impl Scheduler {
                 None => return Err(e.into()),
             },
         };
+        let job = match self.caught_by_catch_all(&job.request.model_id) {
+            Some(key) if job.message.is_none() => {
+                let message = catch_all_note(&job.request.model_id, key);
+                store.set_message(&job.id, &message).await?;
+                self.stored(&job.id).await?
+            }
+            _ => job,
+        };
         self.inner.wake.notify_one();
         Ok(job)
+    }
+
+    /// The catch-all model's name when only it answers to `model_id`.
+    fn caught_by_catch_all(&self, model_id: &str) -> Option<&str> {
+        let configured = ModelId::new(model_id).resolve(|id| self.inner.models.get(id));
+        configured
+            .is_none()
+            .then(|| self.catch_all(model_id))
+            .flatten()
     }
 
     async fn stored(&self, id: &JobId) -> Result<Job, SchedulerError> {
@@ -383,17 +412,37 @@ impl Scheduler {
     /// The configured name of the model `model_id` names, in any of its forms
     /// ([`batchd_core::ModelId`]).
     fn model_key(&self, model_id: &str) -> Option<&str> {
-        ModelId::new(model_id).resolve(|id| {
-            self.inner
-                .models
-                .get_key_value(id)
-                .map(|(key, _)| key.as_str())
-        })
+        ModelId::new(model_id)
+            .resolve(|id| {
+                self.inner
+                    .models
+                    .get_key_value(id)
+                    .map(|(key, _)| key.as_str())
+            })
+            .or_else(|| self.catch_all(model_id))
     }
 
-    /// The configured model `model_id` names, in any of its forms.
+    /// The catch-all model, when one is configured and `model_id` looks like a Bedrock model
+    /// id (`provider.model`, in any of its forms): ids of other APIs (`gpt-4o`) stay unknown.
+    fn catch_all(&self, model_id: &str) -> Option<&str> {
+        let key = self.inner.config.catch_all_model.as_deref()?;
+        let base = ModelId::new(model_id).base();
+        let bedrock_like = base
+            .split_once('.')
+            .is_some_and(|(provider, rest)| !provider.is_empty() && !rest.is_empty());
+        if !bedrock_like {
+            return None;
+        }
+        self.inner
+            .models
+            .get_key_value(key)
+            .map(|(key, _)| key.as_str())
+    }
+
+    /// The configured model `model_id` names, in any of its forms (or the catch-all).
     pub fn model(&self, model_id: &str) -> Option<&ModelEntry> {
-        ModelId::new(model_id).resolve(|id| self.inner.models.get(id))
+        self.model_key(model_id)
+            .and_then(|key| self.inner.models.get(key))
     }
 
     fn spec(&self, job: &Job) -> Result<JobSpec, String> {
@@ -403,7 +452,12 @@ impl Scheduler {
                 job.request.model_id
             )
         })?;
-        JobSpec::for_job(job, model.records.clone(), model.concurrency).map_err(|e| e.to_string())
+        let mut spec = JobSpec::for_job(job, model.records.clone(), model.concurrency)
+            .map_err(|e| e.to_string())?;
+        spec.note = self
+            .caught_by_catch_all(&job.request.model_id)
+            .map(|key| catch_all_note(&job.request.model_id, key));
+        Ok(spec)
     }
 
     async fn run_loop(&self) {

@@ -47,6 +47,47 @@ impl JobService for SchedulerService {
         }
     }
 
+    async fn job_tags(
+        &self,
+        account: &str,
+        id: &JobId,
+    ) -> Result<Vec<(String, String)>, ServiceError> {
+        self.get_job(account, id).await?;
+        self.0
+            .store()
+            .tags(id)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    async fn tag_job(
+        &self,
+        account: &str,
+        id: &JobId,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), ServiceError> {
+        self.get_job(account, id).await?;
+        self.0
+            .store()
+            .set_tags(id, &tags)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    async fn untag_job(
+        &self,
+        account: &str,
+        id: &JobId,
+        keys: Vec<String>,
+    ) -> Result<(), ServiceError> {
+        self.get_job(account, id).await?;
+        self.0
+            .store()
+            .remove_tags(id, &keys)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, ServiceError> {
         self.0
             .store()

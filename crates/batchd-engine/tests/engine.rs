@@ -96,6 +96,7 @@ impl Harness {
             concurrency,
             batch: None,
             openai: None,
+            note: None,
         }
     }
 

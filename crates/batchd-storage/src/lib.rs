@@ -104,6 +104,16 @@ pub struct StorageConfig {
     pub s3_session_token: Option<String>,
 }
 
+impl StorageConfig {
+    /// The folder `s3://bucket/key` maps below (`<data_dir>/buckets`), when there is no
+    /// endpoint: what `batchd serve`'s S3 API serves.
+    pub fn local_buckets(&self) -> Option<PathBuf> {
+        self.s3_endpoint
+            .is_none()
+            .then(|| self.data_dir.join("buckets"))
+    }
+}
+
 /// One input file of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputFile {

@@ -48,6 +48,15 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
 
+    /// A job's tags, by key. A Bedrock job starts with its create request's `tags`.
+    async fn tags(&self, id: &JobId) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Adds tags to a job, replacing the value of a key it has (all or none).
+    async fn set_tags(&self, id: &JobId, tags: &[(String, String)]) -> Result<(), StoreError>;
+
+    /// Removes a job's tags by key; keys it does not have are ignored.
+    async fn remove_tags(&self, id: &JobId, keys: &[String]) -> Result<(), StoreError>;
+
     /// Jobs of `origin` in the given statuses, oldest first (the scheduler's and resume's view).
     async fn list_in_status(
         &self,

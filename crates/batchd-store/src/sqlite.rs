@@ -52,6 +52,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "file account",
         include_str!("../migrations/0010_file_account.sql"),
     ),
+    (11, "tags", include_str!("../migrations/0011_tags.sql")),
 ];
 
 fn migrator() -> Migrator {
@@ -167,7 +168,64 @@ impl JobStore for SqliteStore {
         .bind(&r.account_id)
         .execute(&self.pool)
         .await?;
+        if r.dialect.kind() == DialectKind::Bedrock {
+            // The request's tags, read from the stored request as migration 11 reads them.
+            sqlx::query(
+                "INSERT OR REPLACE INTO job_tags (job_id, tag_key, tag_value)
+                 SELECT ?, json_extract(t.value, '$.key'), json_extract(t.value, '$.value')
+                 FROM json_each(CASE WHEN json_valid(?) THEN ? ELSE '{}' END, '$.tags') AS t
+                 WHERE json_type(t.value, '$.key') = 'text'
+                     AND json_type(t.value, '$.value') = 'text'",
+            )
+            .bind(job.id.as_str())
+            .bind(&r.request_json)
+            .bind(&r.request_json)
+            .execute(&self.pool)
+            .await?;
+        }
         self.get(&job.id).await?.ok_or(StoreError::NotFound(job.id))
+    }
+
+    async fn tags(&self, id: &JobId) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tag_key, tag_value FROM job_tags WHERE job_id = ? ORDER BY tag_key",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("tag_key")?, row.try_get("tag_value")?)))
+            .collect()
+    }
+
+    async fn set_tags(&self, id: &JobId, tags: &[(String, String)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (key, value) in tags {
+            sqlx::query(
+                "INSERT INTO job_tags (job_id, tag_key, tag_value) VALUES (?, ?, ?)
+                 ON CONFLICT (job_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value",
+            )
+            .bind(id.as_str())
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_tags(&self, id: &JobId, keys: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for key in keys {
+            sqlx::query("DELETE FROM job_tags WHERE job_id = ? AND tag_key = ?")
+                .bind(id.as_str())
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
@@ -934,5 +992,48 @@ mod tests {
                 .unwrap();
             assert_eq!(job.request.account_id, account, "{id}");
         }
+    }
+
+    /// Migration 11 gives the jobs before it the tags of their create request; a request with
+    /// no tags, or one that is not JSON, gives none.
+    #[tokio::test]
+    async fn jobs_from_before_tags_take_the_tags_of_their_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("batchd.sqlite");
+        let pool = pool_upto(&path, 10).await;
+        for (id, request) in [
+            (
+                "aaaaaaaaaaa1",
+                Some(r#"{"tags":[{"key":"team","value":"a"}]}"#),
+            ),
+            ("aaaaaaaaaaa2", Some("not json")),
+            ("aaaaaaaaaaa3", None),
+        ] {
+            sqlx::query(
+                "INSERT INTO jobs (job_id, job_arn, job_name, model_id, invocation_type, inputs,
+                    input_uri, output_uri, status, submit_time_ms, last_modified_ms, origin,
+                    request_json)
+                 VALUES (?, '', 'n', 'm', 'Converse', '[]', '', 'out', 'Completed', 1, 1, 'api', ?)",
+            )
+            .bind(id)
+            .bind(request)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let tags = |id: &str| {
+            let id = JobId::parse(id).unwrap();
+            let store = &store;
+            async move { store.tags(&id).await.unwrap() }
+        };
+        assert_eq!(
+            tags("aaaaaaaaaaa1").await,
+            vec![("team".into(), "a".into())]
+        );
+        assert!(tags("aaaaaaaaaaa2").await.is_empty());
+        assert!(tags("aaaaaaaaaaa3").await.is_empty());
     }
 }

@@ -58,6 +58,7 @@ macro_rules! stores {
                 a_deleted_file_is_gone_once,
                 files_list_by_account,
                 each_account_lists_finds_and_names_only_its_own_jobs,
+                tags_start_from_the_request_and_change_by_key,
             );
         })*
     };
@@ -812,4 +813,45 @@ async fn each_account_lists_finds_and_names_only_its_own_jobs(store: &dyn JobSto
             .unwrap()
             .is_none()
     );
+}
+
+async fn tags_start_from_the_request_and_change_by_key(store: &dyn JobStore) {
+    let mut r = request(JobOrigin::Api);
+    r.request_json = Some(
+        r#"{"jobName":"job","tags":[{"key":"team","value":"a"},{"key":"env","value":"dev"}]}"#
+            .into(),
+    );
+    let tagged = store.create(new_job(1, r)).await.unwrap();
+    let plain = store
+        .create(new_job(2, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        store.tags(&tagged.id).await.unwrap(),
+        pairs(&[("env", "dev"), ("team", "a")])
+    );
+    assert_eq!(store.tags(&plain.id).await.unwrap(), vec![]);
+
+    store
+        .set_tags(&tagged.id, &pairs(&[("team", "b"), ("cost", "x")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tags(&tagged.id).await.unwrap(),
+        pairs(&[("cost", "x"), ("env", "dev"), ("team", "b")])
+    );
+    store
+        .remove_tags(&tagged.id, &["env".to_string(), "nope".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tags(&tagged.id).await.unwrap(),
+        pairs(&[("cost", "x"), ("team", "b")])
+    );
+    assert_eq!(store.tags(&plain.id).await.unwrap(), vec![]);
 }

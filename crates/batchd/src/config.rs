@@ -198,6 +198,9 @@ pub struct ServerSection {
     /// PEM certificate chain and private key: serve HTTPS (`--tls-cert` / `--tls-key` win).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// A configured model id that runs any Bedrock model id no entry answers to (off when
+    /// unset; `batchd serve` only).
+    pub catch_all_model: Option<String>,
 }
 
 impl Default for ServerSection {
@@ -211,6 +214,7 @@ impl Default for ServerSection {
             body_timeout_seconds: limits.body_timeout.as_secs_f64(),
             tls_cert: None,
             tls_key: None,
+            catch_all_model: None,
         }
     }
 }
@@ -491,6 +495,14 @@ impl ModelConfig {
             price_per_million_output_tokens: None,
             backend,
         }
+    }
+
+    /// Answers with embeddings (a Titan embedding family, or the built-in embedding model):
+    /// what the model listing says.
+    pub fn is_embedding(&self) -> bool {
+        self.family().is_some_and(ModelFamily::is_embedding)
+            || (matches!(self.backend, Backend::Embedded(_))
+                && self.model.as_deref() == Some(crate::embedded::EMBEDDINGS_MODEL))
     }
 
     /// The InvokeModel body family: `format`, else the one the id (or the backend's model
@@ -829,6 +841,7 @@ impl Config {
             timeout_unit: Duration::from_secs_f64(self.limits.timeout_unit_seconds),
             default_timeout_hours: self.limits.default_timeout_hours,
             region: self.server.region.clone(),
+            catch_all_model: self.server.catch_all_model.clone(),
             ..SchedulerConfig::default()
         }
     }

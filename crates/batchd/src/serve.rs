@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use batchd_api::auth::{AuthLayer, Authenticator, Caller};
+use batchd_api::bedrock::models::ModelInfo;
+use batchd_api::s3::{LocalBuckets, S3Api};
 use batchd_api::{ApiConfig, OpenAiApi};
 use batchd_core::JobOrigin;
 use batchd_engine::Engine;
@@ -98,6 +100,14 @@ fn check_exposure(auth: &Authenticator, listen: SocketAddr) -> anyhow::Result<()
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
+    if let Some(model) = &config.server.catch_all_model
+        && !config.models.iter().any(|m| &m.id == model)
+    {
+        anyhow::bail!(
+            "server.catch_all_model {model:?} is not a model id of the config ([[models]] or a \
+             built-in one such as batchd.smollm2-135m-instruct)"
+        );
+    }
     let auth = Arc::new(Authenticator::new(config.auth_config()?));
     check_exposure(&auth, args.listen)?;
     let tls = crate::listener::tls_paths(
@@ -108,7 +118,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let data_dir = config.data_dir(args.data_dir.as_deref());
-    let storage = Arc::new(Storage::new(config.storage_config(&data_dir)));
+    let storage_config = config.storage_config(&data_dir);
+    let local_buckets = storage_config.local_buckets();
+    let storage = Arc::new(Storage::new(storage_config));
     let mut engine_config = config.engine_config(None);
     engine_config.quotas = Some(config.quotas.quotas());
     let shutdown_grace = engine_config.shutdown_grace;
@@ -144,6 +156,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let api_config = ApiConfig {
         region: config.server.region.clone(),
         account_id: config.server.account_id.clone(),
+        models: config
+            .models
+            .iter()
+            .map(|m| ModelInfo {
+                model_id: m.id.clone(),
+                embedding: m.is_embedding(),
+            })
+            .collect(),
     };
     let openai = OpenAiApi {
         files: Arc::new(Files::new(
@@ -176,6 +196,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(openai),
         auth.clone(),
     ));
+    // The S3 API serves the local buckets; with an S3 endpoint configured, `s3://` is that
+    // store's, and S3 clients should talk to it.
+    let s3_api = match &local_buckets {
+        Some(root) => {
+            let buckets = LocalBuckets::new(root.clone(), &data_dir.join("s3-staging"))
+                .with_context(|| {
+                    format!(
+                        "cannot prepare the S3 API's folders in {}",
+                        data_dir.display()
+                    )
+                })?;
+            Some(S3Api::new(buckets, auth.clone()))
+        }
+        None => None,
+    };
+    let app = match s3_api {
+        Some(api) => batchd_api::s3::with_s3(app, api),
+        None => app,
+    };
     let listener =
         listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -187,6 +226,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir.display(),
         config.models.len()
     );
+    match &local_buckets {
+        Some(root) => eprintln!(
+            "batchd serve: S3 API on http://{addr} over {} (aws s3 --endpoint-url http://{addr})",
+            root.display()
+        ),
+        None => eprintln!("batchd serve: no S3 API: s3:// locations are the configured endpoint's"),
+    }
     let a = auth.config();
     if auth.is_open() {
         eprintln!(

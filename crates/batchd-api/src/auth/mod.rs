@@ -223,6 +223,28 @@ impl Authenticator {
         service: &str,
         now: SystemTime,
     ) -> Result<Caller, AuthError> {
+        self.check_with(request, service, now, false)
+    }
+
+    /// [`Self::check`] for a body the caller reads later (S3 uploads): the signature covers
+    /// the claimed `x-amz-content-sha256`, which the caller must check against the body as it
+    /// streams (see [`sigv4::Verifier::deferred_payload`]).
+    pub fn check_streaming(
+        &self,
+        request: &sigv4::Request<'_>,
+        service: &str,
+        now: SystemTime,
+    ) -> Result<Caller, AuthError> {
+        self.check_with(request, service, now, true)
+    }
+
+    fn check_with(
+        &self,
+        request: &sigv4::Request<'_>,
+        service: &str,
+        now: SystemTime,
+        deferred_payload: bool,
+    ) -> Result<Caller, AuthError> {
         if self.is_open() {
             return Ok(Caller {
                 account_id: self.config.anonymous_account.clone(),
@@ -238,6 +260,7 @@ impl Authenticator {
             regions: self.config.regions.as_deref(),
             keys: &self.config.keys,
             now,
+            deferred_payload,
         };
         let key = verifier.verify(request, authorization)?;
         Ok(Caller {

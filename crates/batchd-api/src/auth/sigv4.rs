@@ -14,6 +14,11 @@ use super::{AccessKey, AuthError, AuthErrorKind};
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 /// `x-amz-content-sha256` of a body the client did not hash.
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+/// `x-amz-content-sha256` of an aws-chunked body with unsigned chunks and a checksum trailer
+/// (what botocore sends for S3 uploads over HTTPS).
+pub const STREAMING_UNSIGNED_TRAILER: &str = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
+/// The SHA-256 of no bytes.
+pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 /// How far a request's date may be from the server's clock, either way (AWS: 15 minutes).
 pub const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 
@@ -37,6 +42,10 @@ pub struct Verifier<'a> {
     pub regions: Option<&'a [String]>,
     pub keys: &'a [AccessKey],
     pub now: SystemTime,
+    /// The body is checked by the caller as it streams (S3 uploads too large to hold): a
+    /// claimed `x-amz-content-sha256` is signed as given, and `STREAMING-UNSIGNED-PAYLOAD-TRAILER`
+    /// is accepted.
+    pub deferred_payload: bool,
 }
 
 /// The three parameters of the `Authorization` header.
@@ -373,11 +382,23 @@ impl Verifier<'_> {
 
         let payload_hash = match single_header(headers, "x-amz-content-sha256")? {
             Some(UNSIGNED_PAYLOAD) => UNSIGNED_PAYLOAD.to_owned(),
+            Some(STREAMING_UNSIGNED_TRAILER) if self.deferred_payload => {
+                STREAMING_UNSIGNED_TRAILER.to_owned()
+            }
             Some(h) if h.starts_with("STREAMING-") => {
                 return Err(incomplete(format!(
                     "x-amz-content-sha256 {h}: streaming (aws-chunked) payloads are not supported"
                 )));
             }
+            Some(claimed) if self.deferred_payload => {
+                if claimed.len() != 64 || !claimed.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        "x-amz-content-sha256 must be a SHA-256 in hex, UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+                    ));
+                }
+                claimed.to_owned()
+            }
+            None if self.deferred_payload => EMPTY_SHA256.to_owned(),
             Some(claimed) => {
                 let actual = sha256_hex(request.body.unwrap_or_default());
                 if request.body.is_none() || !actual.eq_ignore_ascii_case(claimed) {

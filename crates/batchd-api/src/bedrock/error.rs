@@ -18,6 +18,8 @@ pub enum ErrorKind {
     ResourceNotFound,
     Conflict,
     ServiceQuotaExceeded,
+    /// TagResource would leave a resource with more tags than allowed.
+    TooManyTags,
     AccessDenied,
     Throttling,
     InternalServer,
@@ -36,6 +38,7 @@ impl ErrorKind {
             Self::ResourceNotFound => "ResourceNotFoundException",
             Self::Conflict => "ConflictException",
             Self::ServiceQuotaExceeded => "ServiceQuotaExceededException",
+            Self::TooManyTags => "TooManyTagsException",
             Self::AccessDenied => "AccessDeniedException",
             Self::Throttling => "ThrottlingException",
             Self::InternalServer => "InternalServerException",
@@ -47,7 +50,7 @@ impl ErrorKind {
     /// The HTTP status of the service model (Conflict and ServiceQuota are 400, not 409/402).
     pub fn status(self) -> StatusCode {
         match self {
-            Self::Validation | Self::Conflict | Self::ServiceQuotaExceeded => {
+            Self::Validation | Self::Conflict | Self::ServiceQuotaExceeded | Self::TooManyTags => {
                 StatusCode::BAD_REQUEST
             }
             Self::AccessDenied => StatusCode::FORBIDDEN,

@@ -1,7 +1,8 @@
 //! The Amazon Bedrock batch control plane over HTTP (service `bedrock`, protocol rest-json,
 //! model version 2023-04-20): CreateModelInvocationJob, GetModelInvocationJob,
-//! ListModelInvocationJobs and StopModelInvocationJob, so boto3 and the AWS CLI work with only
-//! `endpoint_url` changed.
+//! ListModelInvocationJobs and StopModelInvocationJob, the tagging operations for job ARNs
+//! (`tags`) and the foundation-model listing (`models`), so boto3 and the AWS CLI work with
+//! only `endpoint_url` changed.
 //!
 //! Authentication: clients sign requests with SigV4 for service `bedrock` (boto3, the AWS CLI)
 //! or send `Authorization: Bearer <Bedrock API key>`; [`crate::auth`]'s layer checks both
@@ -12,7 +13,9 @@
 
 pub mod error;
 pub mod model;
+pub mod models;
 pub(crate) mod routes;
+pub mod tags;
 pub mod timestamp;
 pub mod token;
 pub mod validate;
@@ -42,6 +45,8 @@ pub struct ApiConfig {
     pub region: String,
     /// 12 digits.
     pub account_id: String,
+    /// What ListFoundationModels and GetFoundationModel show.
+    pub models: Vec<models::ModelInfo>,
 }
 
 /// Largest request body accepted (a create request is a few KiB at most).
@@ -66,6 +71,10 @@ pub fn router(
         crate::openai::routes(api.files.clone(), api.config)
             .merge(crate::openai::batches::routes(service.clone(), api.files))
     });
+    let model_routes = Router::new()
+        .route("/foundation-models", get(models::list))
+        .route("/foundation-models/{modelIdentifier}", get(models::get))
+        .with_state(config.clone());
     let state = routes::AppState { service, config };
     Router::new()
         .route("/model-invocation-job", post(routes::create))
@@ -78,7 +87,11 @@ pub fn router(
             post(routes::stop),
         )
         .route("/model-invocation-jobs", get(routes::list))
+        .route("/tagResource", post(tags::tag))
+        .route("/untagResource", post(tags::untag))
+        .route("/listTagsForResource", post(tags::list))
         .with_state(state)
+        .merge(model_routes)
         .merge(batch_jobs)
         .merge(openai)
         .fallback(routes::unknown_route)

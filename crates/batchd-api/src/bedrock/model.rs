@@ -181,6 +181,7 @@ mod tests {
         ApiConfig {
             region: "eu-west-1".into(),
             account_id: "000000000000".into(),
+            models: Vec::new(),
         }
     }
 

@@ -414,9 +414,8 @@ fn check_bucket_owner(v: &mut Violations, obj: &Map<String, Value>, parent: &str
     }
 }
 
-/// Validates a CreateModelInvocationJob body and turns it into a [`CreateJobRequest`]
-/// (`request_json` is the body as received). An empty body counts as `{}`.
-pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
+/// A request body as a JSON object; an empty body counts as `{}`.
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::validation("The request body is not valid UTF-8."))?;
     let value: Value = if text.trim().is_empty() {
@@ -430,6 +429,86 @@ pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
             "The request body must be a JSON object.",
         ));
     };
+    Ok(obj)
+}
+
+/// `resourceARN` of the tagging operations.
+fn resource_arn<'a>(v: &mut Violations, obj: &'a Map<String, Value>) -> Option<&'a str> {
+    let arn = string_member(v, obj, "", "resourceARN", true)?;
+    v.check_str("resourceARN", arn, 20, 1011, None);
+    Some(arn)
+}
+
+/// A TagResource body: the resource ARN and its tags (each key at most once: the last wins).
+pub fn parse_tag_resource(body: &[u8]) -> Result<(String, Vec<(String, String)>), ApiError> {
+    let obj = body_object(body)?;
+    let mut v = Violations::default();
+    let arn = resource_arn(&mut v, &obj);
+    if obj.get("tags").is_none_or(Value::is_null) {
+        v.required("tags");
+    }
+    tags(&mut v, &obj);
+    v.into_result()?;
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for tag in obj
+        .get("tags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(key), Some(value)) = (
+            tag.get("key").and_then(Value::as_str),
+            tag.get("value").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        pairs.retain(|(k, _)| k != key);
+        pairs.push((key.to_owned(), value.to_owned()));
+    }
+    Ok((arn.unwrap_or_default().to_owned(), pairs))
+}
+
+/// An UntagResource body: the resource ARN and the keys to remove.
+pub fn parse_untag_resource(body: &[u8]) -> Result<(String, Vec<String>), ApiError> {
+    let obj = body_object(body)?;
+    let mut v = Violations::default();
+    let arn = resource_arn(&mut v, &obj);
+    let pattern = Some((TAG_PATTERN, is_tag_text as fn(&str) -> bool));
+    string_list(
+        &mut v,
+        &obj,
+        "",
+        "tagKeys",
+        (true, 0, 200),
+        (1, 128, pattern),
+    );
+    v.into_result()?;
+    let keys = obj
+        .get("tagKeys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    Ok((arn.unwrap_or_default().to_owned(), keys))
+}
+
+/// A ListTagsForResource body: the resource ARN.
+pub fn parse_list_tags(body: &[u8]) -> Result<String, ApiError> {
+    let obj = body_object(body)?;
+    let mut v = Violations::default();
+    let arn = resource_arn(&mut v, &obj);
+    v.into_result()?;
+    Ok(arn.unwrap_or_default().to_owned())
+}
+
+/// Validates a CreateModelInvocationJob body and turns it into a [`CreateJobRequest`]
+/// (`request_json` is the body as received). An empty body counts as `{}`.
+pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
+    let obj = body_object(body)?;
+    // `body_object` checked it is UTF-8.
+    let text = String::from_utf8_lossy(body).into_owned();
     let mut v = Violations::default();
 
     let job_name = string_member(&mut v, &obj, "", "jobName", true);
@@ -529,7 +608,7 @@ pub fn parse_create(body: &[u8]) -> Result<JobRequest, ApiError> {
         output: output_uri.to_owned(),
         timeout_hours,
         // Get echoes `inputDataConfig`, `outputDataConfig`, `vpcConfig` and `tags` from it.
-        request_json: Some(text.to_owned()),
+        request_json: Some(text),
         dialect: Dialect::Bedrock,
     })
 }
