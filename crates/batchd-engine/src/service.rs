@@ -26,6 +26,24 @@ fn service_error(e: SchedulerError) -> ServiceError {
     }
 }
 
+impl SchedulerService {
+    /// A job with the counters its execution has written so far, when this server runs it:
+    /// the store has them only as of the last checkpoint (every 5 s for S3 output), so every
+    /// API's Get and List show progress within the 50 ms the pipeline publishes it at.
+    fn with_live_counters(&self, mut job: Job) -> Job {
+        if !job.status.is_terminal()
+            && let Some(live) = self.0.live_progress(&job.id)
+            && live.counters.processed >= job.counters.processed
+        {
+            job.counters = batchd_core::Counters {
+                total: job.counters.total.max(live.counters.total),
+                ..live.counters
+            };
+        }
+        job
+    }
+}
+
 #[async_trait::async_trait]
 impl JobService for SchedulerService {
     async fn create_job(&self, request: JobRequest) -> Result<Job, ServiceError> {
@@ -39,7 +57,7 @@ impl JobService for SchedulerService {
             Ok(Some(job))
                 if job.request.origin == JobOrigin::Api && job.request.account_id == account =>
             {
-                Ok(job)
+                Ok(self.with_live_counters(job))
             }
             Ok(_) => Err(ServiceError::NotFound(format!("Could not find job {id}"))),
             Err(e) => Err(ServiceError::Internal(e.to_string())),
@@ -51,6 +69,11 @@ impl JobService for SchedulerService {
             .store()
             .list(&filter)
             .await
+            .map(|jobs| {
+                jobs.into_iter()
+                    .map(|job| self.with_live_counters(job))
+                    .collect()
+            })
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 
