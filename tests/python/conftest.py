@@ -10,6 +10,7 @@
   (moto through boto3's S3 client, or files under `<data-dir>/buckets/`).
 - `aws_cli`: runs `.venv/bin/aws` with a clean environment.
 - `wait_for_status`: polls GetModelInvocationJob until a status (or any ended status).
+- `http_json`: a plain (unsigned or bearer) HTTP request, for routes no SDK covers.
 
 Every process started here is stopped in teardown: SIGTERM, wait, SIGKILL on timeout.
 """
@@ -437,10 +438,11 @@ class ServerFactory:
         extra_toml: str = "",
         env: dict | None = None,
         listen: str = "127.0.0.1:0",
+        args: tuple[str, ...] = (),
     ) -> Server:
         """Starts `batchd serve`; with `data_dir` and `config_path` given, restarts on them.
         `extra_toml` is appended to the config (`[[auth.keys]]` entries), `env` added to the
-        server's environment."""
+        server's environment, `args` put before `serve` (`--log-format json`)."""
         assert mode in ("s3", "local")
         moto = self.moto_getter() if mode == "s3" else None
         if data_dir is None:
@@ -454,6 +456,7 @@ class ServerFactory:
         env.update(extra_env)
         argv = [
             str(self.binaries["batchd"]),
+            *args,
             "serve",
             "--listen",
             listen,
@@ -538,6 +541,28 @@ def wait_for_status(client, job: str, statuses=None, timeout: float = 60, interv
 @pytest.fixture
 def wait_status():
     return wait_for_status
+
+
+def http_json(method: str, url: str, body: dict | None = None, token: str | None = None):
+    """(status, headers, body) of a plain HTTP request: JSON when the answer is JSON, else
+    text. Unsigned: fine on a server without keys; `token` sends a bearer key."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            status, headers, raw = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        status, headers, raw = e.code, e.headers, e.read()
+    if (headers.get("Content-Type") or "").startswith("application/json"):
+        return status, headers, json.loads(raw)
+    return status, headers, raw.decode(errors="replace")
 
 
 def job_id_of(arn: str) -> str:

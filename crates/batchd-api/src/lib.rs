@@ -9,12 +9,14 @@
 //! - `batch_job`: the batch-job API's routes, validation, job object and botocore extras.
 //! - `openai`: the OpenAI API's routes and its `{"error": {...}}` errors.
 //! - `auth`: SigV4 and bearer keys, one middleware for every route; the caller's account.
+//! - `observe`: request counts by route and status for the Prometheus metrics.
 //!
 //! Only this crate (and `batchd-formats` for record bodies) knows the API's JSON shapes.
 
 pub mod auth;
 pub mod batch_job;
 pub mod bedrock;
+pub mod observe;
 pub mod openai;
 
 pub use bedrock::{ApiConfig, ApiError, router};
@@ -62,7 +64,8 @@ pub trait JobService: Send + Sync + 'static {
     async fn create_job(&self, request: JobRequest) -> Result<Job, ServiceError>;
 
     /// A job of this API's origin (`JobOrigin::Api`) and of `account`; another origin's or
-    /// another account's job is NotFound, as an unknown id.
+    /// another account's job is NotFound, as an unknown id. A running job's counters are live
+    /// (as of its last written record, not its last checkpoint); so are `list_jobs`'s.
     async fn get_job(&self, account: &str, id: &JobId) -> Result<Job, ServiceError>;
 
     /// One page of jobs; `filter.limit` is the page size (the API sets `filter.account_id`).
