@@ -2,7 +2,9 @@
 //! [`FileService`] (feature `api`): the adapters that `batchd serve` and the API crate's HTTP
 //! tests both use, so those tests exercise the real scheduler, store and storage.
 
-use batchd_api::{ByteStream, FileService, JobService, LiveProgress, ServiceError};
+use batchd_api::{
+    ByteStream, FailedPage, FailedRecord, FileService, JobService, LiveProgress, ServiceError,
+};
 use batchd_core::{FileFilter, FileRecord, Job, JobFilter, JobId, JobOrigin, JobRequest};
 
 use futures::{StreamExt, TryStreamExt};
@@ -95,6 +97,55 @@ impl JobService for SchedulerService {
         let uri = output.join(&format!("{}.analysis.json", job.id));
         let bytes = self.0.engine().storage().get(&uri).await.ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn failed_records(
+        &self,
+        job: &Job,
+        offset: u64,
+        limit: usize,
+    ) -> Result<FailedPage, ServiceError> {
+        let internal = |e: String| ServiceError::Internal(e);
+        let output = batchd_storage::StorageUri::parse(&job.request.output)
+            .map_err(|e| internal(e.to_string()))?;
+        let dir = output.join(job.id.as_str());
+        let storage = self.0.engine().storage();
+        let max_line = self.0.engine().config.max_line_bytes;
+        let files = match crate::analysis::result_files(storage, &dir).await {
+            Ok(files) => files,
+            // Nothing written yet.
+            Err(crate::analysis::AnalysisError::NothingThere { .. }) => {
+                return Ok(FailedPage::default());
+            }
+            Err(e) => return Err(internal(e.to_string())),
+        };
+        let (mut page, mut seen) = (FailedPage::default(), 0u64);
+        for file in files {
+            let name = file.file.relative.clone();
+            crate::analysis::read_results(storage, &file, max_line, |position, result| {
+                let Some(error) = result.error else {
+                    return Ok(());
+                };
+                seen += 1;
+                if seen <= offset {
+                } else if page.records.len() < limit {
+                    page.records.push(FailedRecord {
+                        file: name.clone(),
+                        position,
+                        id: result.id,
+                        input: result.input,
+                        code: error.code,
+                        message: error.message,
+                    });
+                } else {
+                    page.more = true;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        }
+        Ok(page)
     }
 
     async fn start_job(&self, account: &str, id: &JobId) -> Result<Job, ServiceError> {

@@ -66,6 +66,7 @@ pub fn router(
         crate::openai::routes(api.files.clone(), api.config)
             .merge(crate::openai::batches::routes(service.clone(), api.files))
     });
+    let console = crate::console::routes(service.clone());
     let state = routes::AppState { service, config };
     Router::new()
         .route("/model-invocation-job", post(routes::create))
@@ -81,6 +82,7 @@ pub fn router(
         .with_state(state)
         .merge(batch_jobs)
         .merge(openai)
+        .merge(console)
         .fallback(routes::unknown_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
