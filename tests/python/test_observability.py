@@ -91,8 +91,16 @@ def test_live_counters_in_every_api_for_s3_jobs(start_server, moto, bucket_name)
         {
             "name": unique("live-batch"),
             "modelId": SLOW_MODEL,
-            "inputConfiguration": {"inputLocation": f"s3://{bucket_name}/batch/in/", "inputFormat": "JSONL"},
+            # Two items at a time, as the slow model takes them: the counters count records
+            # written in input order, so many items in flight would finish out of order and
+            # move them in jumps.
+            "inputConfiguration": {
+                "inputLocation": f"s3://{bucket_name}/batch/in/",
+                "inputFormat": "JSONL",
+                "batchSize": 2,
+            },
             "outputConfiguration": {"outputLocation": f"s3://{bucket_name}/batch/out/", "outputFormat": "JSONL"},
+            "jobConfiguration": {"maxConcurrentBatches": 1},
         },
     )
     assert status == 200, job

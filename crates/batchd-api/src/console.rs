@@ -257,7 +257,7 @@ async fn job_page(
         Ok(job) => job,
         Err(e) => return service_error(e),
     };
-    let now = batchd_store_now();
+    let now = now_ms();
     let samples = console.sample(&job, now);
     let offset = q.failed.unwrap_or(0);
     let failed = match console
@@ -279,7 +279,7 @@ async fn job_page(
 }
 
 /// Milliseconds since the Unix epoch.
-fn batchd_store_now() -> i64 {
+fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
