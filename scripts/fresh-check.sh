@@ -21,6 +21,13 @@ for name in "${batchd_prereq_names[@]}"; do
     failed+=("$(batchd_prereq_package "$name")")
   fi
 done
+for name in "${batchd_browser_prereq_names[@]}"; do
+  if batchd_prereq_probe "$name"; then
+    report ok "$name" "$batchd_prereq_detail"
+  else
+    report warn "$name" "$batchd_prereq_detail (the browser test's; scripts/test.sh installs $(batchd_prereq_package "$name"))"
+  fi
+done
 for tool in cargo rustc; do
   if v=$("$tool" --version 2>/dev/null); then report ok "$tool" "$v"; else
     report FAIL "$tool" "not found; install a stable Rust toolchain (https://rustup.rs)"; failed+=(rust); fi

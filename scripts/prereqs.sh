@@ -6,8 +6,11 @@
 #   batchd_prereq_probe NAME   # 0 if NAME is the real thing; what it saw in $batchd_prereq_detail
 #   batchd_prereq_package NAME # the Debian package that provides NAME
 # NAME is one of $batchd_prereq_names. `ccache` is optional: a speed-up, not a requirement.
+# $batchd_browser_prereq_names are the test suite's only (the web console's browser test):
+# setup.sh installs them when BATCHD_SETUP_BROWSER=1 (scripts/test.sh and pytest.sh set it).
 
 batchd_prereq_names=(cc c++ make cmake python3 pip libclang python-venv ccache)
+batchd_browser_prereq_names=(chromium chromedriver)
 batchd_prereq_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 batchd_prereq_package() {
@@ -21,6 +24,8 @@ batchd_prereq_package() {
     libclang) echo libclang-dev ;;
     python-venv) echo python3-venv ;;
     ccache) echo ccache ;;
+    chromium) echo chromium ;;
+    chromedriver) echo chromium-driver ;;
   esac
 }
 
@@ -94,6 +99,17 @@ int main() { std::optional<int> v; std::thread t([&] { v = 1; }); t.join(); retu
     ccache)
       batchd_prereq_run ccache --version || { batchd_prereq_detail="ccache not found"; return 1; }
       batchd_prereq_detail=$(ccache --version 2>/dev/null | sed -n 1p)
+      ;;
+    chromium)
+      # As the browser test runs it: headless, as root without the sandbox, rendering a page.
+      command -v chromium >/dev/null 2>&1 || { batchd_prereq_detail="chromium not found"; return 1; }
+      batchd_prereq_run timeout 60 chromium --headless --no-sandbox --disable-gpu --dump-dom 'data:text/html,<p>batchd-probe</p>' \
+        && grep -q batchd-probe <<<"$batchd_prereq_detail" \
+        || { batchd_prereq_detail="chromium cannot render a page headless: $batchd_prereq_detail"; return 1; }
+      batchd_prereq_detail="$(chromium --version 2>/dev/null | sed -n 1p): renders headless"
+      ;;
+    chromedriver)
+      batchd_prereq_run chromedriver --version || { batchd_prereq_detail="chromedriver not found"; return 1; }
       ;;
     *) batchd_prereq_detail="unknown prerequisite $1"; return 2 ;;
   esac

@@ -4,6 +4,8 @@
 #   scripts/pytest.sh -k restart -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Headless Chromium and chromedriver too: tests/python/test_console.py drives the web console.
+export BATCHD_SETUP_BROWSER=1
 source scripts/setup.sh
 if [ ! -d ../shared/data ]; then
   echo "../shared/data is missing: the tests read the shared example records beside the repo" >&2

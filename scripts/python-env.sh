@@ -14,7 +14,7 @@ if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
   }
 fi
 if ! cmp -s "$req" "$stamp" \
-   || ! "$venv/bin/python" -c 'import boto3, moto, pytest, awscli, pandas, openai' >/dev/null 2>&1 \
+   || ! "$venv/bin/python" -c 'import boto3, moto, pytest, awscli, pandas, openai, prometheus_client, selenium' >/dev/null 2>&1 \
    || ! [ -x "$venv/bin/moto_server" ] || ! [ -x "$venv/bin/aws" ]; then
   rm -f "$stamp"
   echo "python-env: installing the Python test tools into $venv (boto3, the AWS CLI, moto, pytest, pandas, openai)" >&2

@@ -9,6 +9,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 source "$(dirname "${BASH_SOURCE[0]}")/prereqs.sh"
+# The test scripts also want headless Chromium and its driver (the web console's browser test).
+[ "${BATCHD_SETUP_BROWSER:-}" = 1 ] && batchd_prereq_names+=("${batchd_browser_prereq_names[@]}")
 batchd_missing=()
 for batchd_name in "${batchd_prereq_names[@]}"; do
   batchd_prereq_probe "$batchd_name" || batchd_missing+=("$(batchd_prereq_package "$batchd_name")")
@@ -18,9 +20,12 @@ if [ ${#batchd_missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || batchd_sudo=(sudo)
   if command -v apt-get >/dev/null 2>&1 && { [ ${#batchd_sudo[@]} = 0 ] || command -v sudo >/dev/null 2>&1; }; then
     echo "installing: ${batchd_missing[*]}" >&2
+    batchd_apt_start=$SECONDS
     "${batchd_sudo[@]}" apt-get update -qq \
       && "${batchd_sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${batchd_missing[@]}" >/dev/null \
       || { echo "apt-get install ${batchd_missing[*]} failed" >&2; exit 1; }
+    echo "installed in $((SECONDS - batchd_apt_start)) s: ${batchd_missing[*]}" >&2
+    unset batchd_apt_start
     batchd_failed=0
     for batchd_name in "${batchd_prereq_names[@]}"; do
       if ! batchd_prereq_probe "$batchd_name" && [ "$batchd_name" != ccache ]; then

@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '== test.sh [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 step "prerequisites (scripts/setup.sh installs what is missing through apt)"
+# Headless Chromium and chromedriver too: tests/python/test_console.py drives the web console.
+export BATCHD_SETUP_BROWSER=1
 source scripts/setup.sh
 bash scripts/fresh-check.sh >&2
 # llama.cpp's OpenMP threads otherwise spin between steps on a busy 2-core host.

@@ -11,6 +11,7 @@
 - `aws_cli`: runs `.venv/bin/aws` with a clean environment; `Server.aws` runs it on a server,
   `Server.s3` is a boto3 `s3` client on the server's own S3 API.
 - `wait_for_status`: polls GetModelInvocationJob until a status (or any ended status).
+- `http_json`: a plain (unsigned or bearer) HTTP request, for routes no SDK covers.
 
 Every process started here is stopped in teardown: SIGTERM, wait, SIGKILL on timeout.
 """
@@ -465,10 +466,11 @@ class ServerFactory:
         env: dict | None = None,
         listen: str = "127.0.0.1:0",
         tls: tuple[Path, Path] | None = None,
+        args: tuple[str, ...] = (),
     ) -> Server:
         """Starts `batchd serve`; with `data_dir` and `config_path` given, restarts on them.
         `extra_toml` is appended to the config (`[[auth.keys]]` entries), `env` added to the
-        server's environment."""
+        server's environment, `args` put before `serve` (`--log-format json`)."""
         assert mode in ("s3", "local")
         moto = self.moto_getter() if mode == "s3" else None
         if data_dir is None:
@@ -482,6 +484,7 @@ class ServerFactory:
         env.update(extra_env)
         argv = [
             str(self.binaries["batchd"]),
+            *args,
             "serve",
             "--listen",
             listen,
@@ -568,6 +571,28 @@ def wait_for_status(client, job: str, statuses=None, timeout: float = 60, interv
 @pytest.fixture
 def wait_status():
     return wait_for_status
+
+
+def http_json(method: str, url: str, body: dict | None = None, token: str | None = None):
+    """(status, headers, body) of a plain HTTP request: JSON when the answer is JSON, else
+    text. Unsigned: fine on a server without keys; `token` sends a bearer key."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            status, headers, raw = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        status, headers, raw = e.code, e.headers, e.read()
+    if (headers.get("Content-Type") or "").startswith("application/json"):
+        return status, headers, json.loads(raw)
+    return status, headers, raw.decode(errors="replace")
 
 
 def job_id_of(arn: str) -> str:

@@ -21,6 +21,7 @@ RUNTIME = {"tokio", "tokio-util", "futures", "futures-util", "async-std", "smol"
 HTTP = {"reqwest", "hyper", "hyper-util", "axum", "http", "tower", "h2", "aws-sigv4"}
 JSON = {"serde_json", "simd-json", "sonic-rs"}
 STORE = {"batchd-store", "sqlx"}
+EXPORTER = {"metrics-exporter-prometheus", "metrics-util"}
 
 # (crate, what it must never depend on, even transitively; the invariant it keeps)
 RULES = [
@@ -28,6 +29,8 @@ RULES = [
     ("batchd-backends", STORE | {"batchd-engine"}, "backends never on the store or the engine"),
     ("batchd-api", STORE | {"batchd-engine"}, "the API knows the job model, not the store"),
     ("batchd-formats", RUNTIME | HTTP | STORE, "formats are pure translation"),
+    ("batchd-engine", EXPORTER, "the engine records through the metrics facade; the binary exports"),
+    ("batchd-api", EXPORTER, "the API records through the metrics facade; the binary exports"),
 ]
 
 # Crates that may read the environment: the binary (invariant 8) and the dev-only ones.

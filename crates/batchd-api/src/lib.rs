@@ -10,12 +10,16 @@
 //! - `openai`: the OpenAI API's routes and its `{"error": {...}}` errors.
 //! - `auth`: SigV4 and bearer keys, one middleware for every route; the caller's account.
 //! - `s3`: the S3 API over the local buckets (s3s), in front of the others on the same port.
+//! - `observe`: request counts by route and status for the Prometheus metrics.
+//! - `console`: the web console at `/ui` (server-rendered HTML, no script).
 //!
 //! Only this crate (and `batchd-formats` for record bodies) knows the API's JSON shapes.
 
 pub mod auth;
 pub mod batch_job;
 pub mod bedrock;
+pub mod console;
+pub mod observe;
 pub mod openai;
 pub mod s3;
 
@@ -56,6 +60,28 @@ pub struct LiveProgress {
     pub timing: Option<TimingSummary>,
 }
 
+/// A record that failed, as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRecord {
+    /// The result file, relative to the job's folder.
+    pub file: String,
+    /// Line number (JSONL) or item index (JSON array) in that file.
+    pub position: u64,
+    pub id: String,
+    /// The record's input as JSON text, when its result carries it.
+    pub input: Option<String>,
+    pub code: String,
+    pub message: String,
+}
+
+/// One page of a job's failed records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailedPage {
+    pub records: Vec<FailedRecord>,
+    /// There are more after this page.
+    pub more: bool,
+}
+
 /// The job operations behind the control plane.
 #[async_trait::async_trait]
 pub trait JobService: Send + Sync + 'static {
@@ -64,7 +90,8 @@ pub trait JobService: Send + Sync + 'static {
     async fn create_job(&self, request: JobRequest) -> Result<Job, ServiceError>;
 
     /// A job of this API's origin (`JobOrigin::Api`) and of `account`; another origin's or
-    /// another account's job is NotFound, as an unknown id.
+    /// another account's job is NotFound, as an unknown id. A running job's counters are live
+    /// (as of its last written record, not its last checkpoint); so are `list_jobs`'s.
     async fn get_job(&self, account: &str, id: &JobId) -> Result<Job, ServiceError>;
 
     /// One page of jobs; `filter.limit` is the page size (the API sets `filter.account_id`).
@@ -106,6 +133,16 @@ pub trait JobService: Send + Sync + 'static {
     /// The result analysis an ended job wrote beside its output (`<out>/<jobId>.analysis.json`),
     /// if there is one and it can be read.
     async fn job_analysis(&self, job: &Job) -> Option<serde_json::Value>;
+
+    /// The failed records written so far under the job's output folder, `limit` from the
+    /// `offset`-th on, in output order (Bedrock and batch-job results; an OpenAI batch's
+    /// failures are in its error file).
+    async fn failed_records(
+        &self,
+        job: &Job,
+        offset: u64,
+        limit: usize,
+    ) -> Result<FailedPage, ServiceError>;
 }
 
 /// The files of the OpenAI API: metadata in the job store, content in storage.

@@ -7,6 +7,7 @@
 //! - [`retry`]: capped exponential backoff with full jitter, honouring `Retry-After`.
 //! - [`analysis`]: a job's results read back into statistics, written beside its folder.
 //! - [`files`]: the OpenAI API's files (uploads streamed to storage, records in the store).
+//! - [`metrics`]: the metric names the engine records (records, tokens, retries, latency).
 //! - [`Engine::validate_job`] and [`Engine::execute_job`]: the two phases of a job's life,
 //!   recorded in the job store, resumable from the last checkpoint; [`Engine::run_job`] runs
 //!   both (the CLI's in-process job).
@@ -15,6 +16,7 @@ pub mod analysis;
 mod embed_batch;
 pub mod files;
 pub mod ids;
+pub mod metrics;
 mod record;
 pub mod retry;
 pub mod run;
@@ -142,6 +144,8 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone)]
 pub struct JobSpec {
     pub job_id: JobId,
+    /// The model id as the job names it (metrics and logs label records with it).
+    pub model_id: String,
     /// Input files or prefixes; every `*.jsonl` below a prefix, in sorted order.
     pub inputs: Vec<StorageUri>,
     /// Output goes to `<output>/<jobId>/...`.
@@ -216,6 +220,7 @@ impl JobSpec {
         });
         Ok(Self {
             job_id: job.id.clone(),
+            model_id: r.model_id.clone(),
             inputs: r
                 .inputs
                 .iter()

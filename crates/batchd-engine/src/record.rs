@@ -20,6 +20,7 @@ use batchd_formats::record::{parse_record_line, write_error_line, write_success_
 use bytes::Bytes;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use crate::embed_batch::EmbedBatcher;
 use crate::retry::RetryPolicy;
@@ -34,6 +35,8 @@ pub(crate) struct RecordContext {
     invocation_type: InvocationType,
     records: RecordOptions,
     job_id: String,
+    /// The model id as the job names it: the label of its metrics.
+    model_id: String,
     /// Groups embedding records into backend calls (embedding families only).
     embedder: Option<EmbedBatcher>,
     /// A batch-job API job: units are items, results are result objects.
@@ -91,6 +94,7 @@ impl RecordContext {
             invocation_type: spec.invocation_type,
             records: spec.records.clone(),
             job_id: spec.job_id.to_string(),
+            model_id: spec.model_id.clone(),
             embedder,
             items,
             openai: spec.openai.as_ref().map(|o| OpenAiLines {
@@ -358,7 +362,7 @@ pub(crate) async fn process_record(
         }
     };
 
-    let called = call_with_retries(&ctx, &prepared).await;
+    let called = call_with_retries(&ctx, &prepared, &record_id).await;
     match called.result {
         Ok(answer) => {
             write_success_line(&mut out, &record_id, record.model_input, &answer.body);
@@ -390,14 +394,34 @@ struct Called {
 }
 
 /// Calls the backend until an answer, an error the policy does not retry, or the last attempt.
-async fn call_with_retries(ctx: &RecordContext, prepared: &Prepared<'_>) -> Called {
+/// Each attempt is a `tracing` span (record id, attempt, model) whose end is logged at debug
+/// with its latency and error class, and a latency sample in the metrics.
+async fn call_with_retries(
+    ctx: &RecordContext,
+    prepared: &Prepared<'_>,
+    record_id: &str,
+) -> Called {
     let started = Instant::now();
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let result = tokio::time::timeout(ctx.retry.attempt_timeout, attempt(ctx, prepared)).await;
+        let span = tracing::debug_span!(
+            "attempt",
+            record_id,
+            attempt = attempts,
+            model_id = %ctx.model_id
+        );
+        let attempt_started = Instant::now();
+        let result = tokio::time::timeout(ctx.retry.attempt_timeout, attempt(ctx, prepared))
+            .instrument(span.clone())
+            .await;
+        let latency = attempt_started.elapsed();
         let error = match result {
             Ok(Ok(answer)) => {
+                crate::metrics::attempt(&ctx.model_id, latency, None);
+                span.in_scope(|| {
+                    tracing::debug!(latency_ms = latency.as_millis() as u64, "attempt answered");
+                });
                 return Called {
                     result: Ok(answer),
                     attempts,
@@ -410,13 +434,26 @@ async fn call_with_retries(ctx: &RecordContext, prepared: &Prepared<'_>) -> Call
                 format!("no answer within {:?}", ctx.retry.attempt_timeout),
             ),
         };
-        if !ctx.retries(&error) || attempts >= ctx.retry.max_attempts {
+        crate::metrics::attempt(&ctx.model_id, latency, Some(error.kind));
+        let retried = ctx.retries(&error) && attempts < ctx.retry.max_attempts;
+        span.in_scope(|| {
+            tracing::debug!(
+                latency_ms = latency.as_millis() as u64,
+                error_class = crate::metrics::error_class(error.kind),
+                status = error.status,
+                retried,
+                error = %error.message,
+                "attempt failed"
+            );
+        });
+        if !retried {
             return Called {
                 result: Err(error),
                 attempts,
                 elapsed: started.elapsed(),
             };
         }
+        crate::metrics::retry(&ctx.model_id, error.kind);
         tokio::time::sleep(
             ctx.retry
                 .backoff(attempts, error.retry_after, fastrand::f64()),
@@ -573,7 +610,7 @@ async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -
             return RecordOutcome::failed(out);
         }
     };
-    let called = call_with_retries(ctx, &prepared).await;
+    let called = call_with_retries(ctx, &prepared, &id).await;
     let timing = (called.elapsed, called.attempts);
     match called.result {
         Ok(answer) => {
@@ -719,7 +756,7 @@ async fn process_openai_line(
         Ok(openai::BatchBody::Embed(request)) => Prepared::OpenAiEmbed(request, lines),
         Err(defects) => return openai_not_run(file, unit, line, Err((400, &joined(defects)))),
     };
-    let called = call_with_retries(ctx, &prepared).await;
+    let called = call_with_retries(ctx, &prepared, &parsed.custom_id).await;
     let mut out = Vec::with_capacity(1024);
     match called.result {
         Ok(answer) => {

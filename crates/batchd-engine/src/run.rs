@@ -14,7 +14,9 @@ use batchd_store::JobStore;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tracing::Instrument;
 
+use crate::metrics::JobMetrics;
 use crate::record::{self, NotRun, RecordContext, RecordOutcome, process_record};
 use crate::retry::WaitWhileDown;
 use crate::units::UnitReader;
@@ -350,7 +352,9 @@ pub(crate) async fn run_records(
             };
             let relative = pipeline.relative[file_index].clone();
             let task = process_record(ctx.clone(), relative, line_no, line.clone());
-            pipeline.dispatch(file_index, line_no, line, tokio::spawn(task));
+            // The record's logs belong to the job's span.
+            let task = tokio::spawn(task.instrument(tracing::Span::current()));
+            pipeline.dispatch(file_index, line_no, line, task);
         }
         if stop.is_stopped() && not_run.is_none() && spec.answers_every_line() {
             not_run = match stop.reason() {
@@ -466,6 +470,7 @@ struct Pipeline<'a> {
     exhausted: bool,
     abandoned: usize,
     last_progress: Instant,
+    metrics: JobMetrics,
 }
 
 impl<'a> Pipeline<'a> {
@@ -532,6 +537,7 @@ impl<'a> Pipeline<'a> {
             exhausted: false,
             abandoned: 0,
             last_progress: Instant::now(),
+            metrics: JobMetrics::new(spec.job_id.as_str(), &spec.model_id),
         })
     }
 
@@ -555,6 +561,7 @@ impl<'a> Pipeline<'a> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.tasks.insert(seq, task.abort_handle());
+        self.metrics.in_flight(self.inflight.len() + 1);
         let mut task = AbortOnDrop(task);
         self.inflight.push(Box::pin(async move {
             let result = (&mut task.0).await;
@@ -619,12 +626,15 @@ impl<'a> Pipeline<'a> {
             }
             c.input_tokens += done.input_tokens;
             c.output_tokens += done.output_tokens;
+            self.metrics
+                .written(done.success, done.input_tokens, done.output_tokens);
             if let Some(elapsed) = done.elapsed {
                 self.timings.record(elapsed);
             }
             self.write_seq += 1;
         }
         self.output.checkpoint_if_due(&self.counters).await?;
+        self.metrics.in_flight(self.inflight.len());
         if self.last_progress.elapsed() >= Duration::from_millis(50) {
             self.send_progress();
         }
@@ -647,6 +657,7 @@ impl<'a> Pipeline<'a> {
     async fn finish(&mut self) -> Result<Counters, EngineError> {
         self.inflight.clear();
         self.pending.clear();
+        self.metrics.in_flight(0);
         let counters = self.counters;
         let output = &mut self.output;
         match self.job.stop.reason() {

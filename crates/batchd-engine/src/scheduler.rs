@@ -19,6 +19,7 @@ use batchd_store::{ACTIVE_STATUSES, JobStore, SharedStore, StoreError, now_ms};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::{Engine, EngineError, JobSpec, Progress, RecordOptions, StopReason, StopSignal};
 
@@ -115,6 +116,12 @@ fn catch_all_note(model_id: &str, key: &str) -> String {
         "modelId {model_id:?} is not a configured model: it runs on {key:?}, the catch-all model \
          ([server] catch_all_model)"
     )
+}
+
+/// The span of a job's validation or execution: every log line of it (and of its records,
+/// whose tasks inherit it) names the job and its model.
+fn job_span(job: &Job) -> tracing::Span {
+    tracing::info_span!("job", job_id = %job.id, model_id = %job.request.model_id)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -564,6 +571,7 @@ impl Scheduler {
     fn start_validation(&self, job: Job) {
         lock(&self.inner.validating).insert(job.id.clone());
         let this = self.clone();
+        let span = job_span(&job);
         self.inner.tasks.spawn(async move {
             let id = job.id.clone();
             let result = match this.spec(&job) {
@@ -584,7 +592,7 @@ impl Scheduler {
             lock(&this.inner.validating).remove(&id);
             drop(decisions);
             this.inner.wake.notify_one();
-        });
+        }.instrument(span));
     }
 
     /// Validation could not move the job on: a stop arrived meanwhile, or something broke.
@@ -640,21 +648,25 @@ impl Scheduler {
             running.insert(job.id.clone(), signal.clone());
         }
         let this = self.clone();
-        self.inner.tasks.spawn(async move {
-            let id = job.id.clone();
-            match this.spec(&job) {
-                Ok(spec) => this.execute(&job, &spec, &signal).await,
-                Err(message) => {
-                    if let Err(e) = this.fail(&job, &message).await {
-                        tracing::error!(job = %id, error = %e, "cannot fail a job");
+        let span = job_span(&job);
+        self.inner.tasks.spawn(
+            async move {
+                let id = job.id.clone();
+                match this.spec(&job) {
+                    Ok(spec) => this.execute(&job, &spec, &signal).await,
+                    Err(message) => {
+                        if let Err(e) = this.fail(&job, &message).await {
+                            tracing::error!(job = %id, error = %e, "cannot fail a job");
+                        }
                     }
                 }
+                let decisions = this.inner.decisions.lock().await;
+                lock(&this.inner.running).remove(&id);
+                drop(decisions);
+                this.inner.wake.notify_one();
             }
-            let decisions = this.inner.decisions.lock().await;
-            lock(&this.inner.running).remove(&id);
-            drop(decisions);
-            this.inner.wake.notify_one();
-        });
+            .instrument(span),
+        );
     }
 
     async fn execute(&self, job: &Job, spec: &JobSpec, signal: &StopSignal) {

@@ -2,7 +2,9 @@
 //! [`FileService`] (feature `api`): the adapters that `batchd serve` and the API crate's HTTP
 //! tests both use, so those tests exercise the real scheduler, store and storage.
 
-use batchd_api::{ByteStream, FileService, JobService, LiveProgress, ServiceError};
+use batchd_api::{
+    ByteStream, FailedPage, FailedRecord, FileService, JobService, LiveProgress, ServiceError,
+};
 use batchd_core::{FileFilter, FileRecord, Job, JobFilter, JobId, JobOrigin, JobRequest};
 
 use futures::{StreamExt, TryStreamExt};
@@ -27,6 +29,24 @@ fn service_error(e: SchedulerError) -> ServiceError {
     }
 }
 
+impl SchedulerService {
+    /// A job with the counters its execution has written so far, when this server runs it:
+    /// the store has them only as of the last checkpoint (every 5 s for S3 output), so every
+    /// API's Get and List show progress within the 50 ms the pipeline publishes it at.
+    fn with_live_counters(&self, mut job: Job) -> Job {
+        if !job.status.is_terminal()
+            && let Some(live) = self.0.live_progress(&job.id)
+            && live.counters.processed >= job.counters.processed
+        {
+            job.counters = batchd_core::Counters {
+                total: job.counters.total.max(live.counters.total),
+                ..live.counters
+            };
+        }
+        job
+    }
+}
+
 #[async_trait::async_trait]
 impl JobService for SchedulerService {
     async fn create_job(&self, request: JobRequest) -> Result<Job, ServiceError> {
@@ -40,7 +60,7 @@ impl JobService for SchedulerService {
             Ok(Some(job))
                 if job.request.origin == JobOrigin::Api && job.request.account_id == account =>
             {
-                Ok(job)
+                Ok(self.with_live_counters(job))
             }
             Ok(_) => Err(ServiceError::NotFound(format!("Could not find job {id}"))),
             Err(e) => Err(ServiceError::Internal(e.to_string())),
@@ -93,6 +113,11 @@ impl JobService for SchedulerService {
             .store()
             .list(&filter)
             .await
+            .map(|jobs| {
+                jobs.into_iter()
+                    .map(|job| self.with_live_counters(job))
+                    .collect()
+            })
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 
@@ -114,6 +139,55 @@ impl JobService for SchedulerService {
         let uri = output.join(&format!("{}.analysis.json", job.id));
         let bytes = self.0.engine().storage().get(&uri).await.ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn failed_records(
+        &self,
+        job: &Job,
+        offset: u64,
+        limit: usize,
+    ) -> Result<FailedPage, ServiceError> {
+        let internal = |e: String| ServiceError::Internal(e);
+        let output = batchd_storage::StorageUri::parse(&job.request.output)
+            .map_err(|e| internal(e.to_string()))?;
+        let dir = output.join(job.id.as_str());
+        let storage = self.0.engine().storage();
+        let max_line = self.0.engine().config.max_line_bytes;
+        let files = match crate::analysis::result_files(storage, &dir).await {
+            Ok(files) => files,
+            // Nothing written yet.
+            Err(crate::analysis::AnalysisError::NothingThere { .. }) => {
+                return Ok(FailedPage::default());
+            }
+            Err(e) => return Err(internal(e.to_string())),
+        };
+        let (mut page, mut seen) = (FailedPage::default(), 0u64);
+        for file in files {
+            let name = file.file.relative.clone();
+            crate::analysis::read_results(storage, &file, max_line, |position, result| {
+                let Some(error) = result.error else {
+                    return Ok(());
+                };
+                seen += 1;
+                if seen <= offset {
+                } else if page.records.len() < limit {
+                    page.records.push(FailedRecord {
+                        file: name.clone(),
+                        position,
+                        id: result.id,
+                        input: result.input,
+                        code: error.code,
+                        message: error.message,
+                    });
+                } else {
+                    page.more = true;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        }
+        Ok(page)
     }
 
     async fn start_job(&self, account: &str, id: &JobId) -> Result<Job, ServiceError> {

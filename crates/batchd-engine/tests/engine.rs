@@ -89,6 +89,7 @@ impl Harness {
     fn spec(&self, concurrency: usize) -> JobSpec {
         JobSpec {
             job_id: self.job_id.clone(),
+            model_id: "test-model".into(),
             inputs: vec![StorageUri::Local(self.dir.path().join("in"))],
             output: StorageUri::Local(self.dir.path().join("out")),
             invocation_type: InvocationType::Converse,

@@ -36,6 +36,8 @@ pub struct Config {
     pub embedded: crate::embedded::EmbeddedSection,
     #[serde(default)]
     pub openai: OpenAiSection,
+    #[serde(default)]
+    pub events: crate::events::EventsSection,
     #[serde(default, deserialize_with = "models")]
     pub models: Vec<ModelConfig>,
 }
@@ -638,6 +640,11 @@ impl Config {
         {
             bail!("engine.attempt_timeout_secs must be positive");
         }
+        if let Some(url) = &self.events.webhook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("events.webhook_url: {url:?} is not an http:// or https:// URL");
+        }
         if let Some(location) = &self.openai.files_location {
             StorageUri::parse(location).context("openai.files_location")?;
         }
@@ -1224,7 +1231,7 @@ mod tests {
             bedrock.backend_model(),
             "us.anthropic.claude-3-5-sonnet-20240620-v1:0"
         );
-        // The README says its [engine], [server], [limits], [quotas] and [openai] values are the
+        // The README says its [engine], [server], [limits], [quotas], [openai] and [events] values are the
         // defaults.
         let defaults = Config::default();
         assert_eq!(full.engine, defaults.engine);
@@ -1232,6 +1239,7 @@ mod tests {
         assert_eq!(full.limits, defaults.limits);
         assert_eq!(full.quotas, defaults.quotas);
         assert_eq!(full.openai, defaults.openai);
+        assert_eq!(full.events, defaults.events);
         let embedded: Config = toml::from_str(blocks[1]).unwrap();
         embedded.check().unwrap();
         assert_eq!(embedded.models[0].backend.name(), "embedded");

@@ -4,6 +4,7 @@
 mod client;
 mod config;
 mod embedded;
+mod events;
 mod listener;
 mod results;
 mod serve;
@@ -43,8 +44,18 @@ const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
     about = "Self-hosted batch inference in Amazon Bedrock's batch format"
 )]
 struct Cli {
+    /// Log lines on stderr: `text` for people, `json` (one object a line, with the job and
+    /// record spans' fields) for log collectors. `BATCHD_LOG` sets the level (default warn).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -133,13 +144,21 @@ enum SdkCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BATCHD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Every enclosing span (job, attempt) with its fields, so a line stands on its own.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     // One TLS provider for every HTTPS client (S3, remote backends).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

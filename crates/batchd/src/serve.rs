@@ -22,6 +22,7 @@ use batchd_storage::Storage;
 use batchd_store::{SharedStore, SqliteStore};
 
 use crate::config::Config;
+use crate::events::{EventStore, Events};
 
 pub struct ServeArgs {
     pub listen: SocketAddr,
@@ -81,6 +82,99 @@ async fn metrics(
     axum::Json(serde_json::json!({ "models": models, "jobs": jobs })).into_response()
 }
 
+/// What `GET /metrics` reads besides the recorder: the state sampled at each scrape.
+struct Prometheus {
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    limiters: Vec<(String, Arc<batchd_backends::adaptive::Limiter>)>,
+    store: SharedStore,
+}
+
+/// Gauges sampled at each scrape (the rest is recorded where it happens).
+const CONCURRENCY_LIMIT: &str = "batchd_concurrency_limit";
+const CONCURRENCY_MAX: &str = "batchd_concurrency_max";
+const BACKEND_IN_FLIGHT: &str = "batchd_backend_in_flight";
+const JOBS: &str = "batchd_jobs";
+
+/// Installs the process's metrics recorder (the Prometheus exporter, rendered by `GET
+/// /metrics`; no listener of its own) and describes every metric batchd records.
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(batchd_engine::metrics::BACKEND_LATENCY.into()),
+            &batchd_engine::metrics::LATENCY_BUCKETS,
+        )?
+        .install_recorder()?;
+    for (name, help) in batchd_engine::metrics::DESCRIPTIONS {
+        metrics::describe_counter!(name, help);
+    }
+    let described = [
+        (
+            batchd_api::observe::API_REQUESTS,
+            "API responses by route, method and status code",
+        ),
+        (
+            crate::events::STATUS_CHANGES,
+            "Status changes of server jobs, by the status reached",
+        ),
+        (
+            crate::events::DELIVERIES,
+            "Job events for the webhook, by outcome",
+        ),
+        (
+            CONCURRENCY_LIMIT,
+            "The adaptive concurrency limit of a remote model now",
+        ),
+        (
+            CONCURRENCY_MAX,
+            "The most calls a remote model may have in flight",
+        ),
+        (BACKEND_IN_FLIGHT, "Calls in flight to a remote model"),
+        (JOBS, "Server jobs that have not ended, by status"),
+    ];
+    for (name, help) in described {
+        metrics::describe_counter!(name, help);
+    }
+    Ok(handle)
+}
+
+/// `GET /metrics`: the Prometheus text exposition of every metric of the process.
+async fn prometheus(
+    axum::extract::State(p): axum::extract::State<Arc<Prometheus>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    for (id, l) in &p.limiters {
+        let model = || [("model_id", id.clone())];
+        metrics::gauge!(CONCURRENCY_LIMIT, &model()).set(l.current_limit() as f64);
+        metrics::gauge!(CONCURRENCY_MAX, &model()).set(l.max_limit() as f64);
+        metrics::gauge!(BACKEND_IN_FLIGHT, &model()).set(l.in_flight() as f64);
+    }
+    // Only unfinished jobs: ended ones are the status-change counter's (a count of every
+    // job ever ended would read the whole store at each scrape).
+    if let Ok(active) = p
+        .store
+        .list_in_status(JobOrigin::Api, &batchd_store::ACTIVE_STATUSES)
+        .await
+    {
+        for status in batchd_store::ACTIVE_STATUSES
+            .into_iter()
+            .chain([batchd_core::JobStatus::Created])
+        {
+            let n = active.iter().filter(|j| j.status == status).count();
+            metrics::gauge!(JOBS, "status" => status.as_str()).set(n as f64);
+        }
+    }
+    p.handle.run_upkeep();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        p.handle.render(),
+    )
+        .into_response()
+}
+
 /// Refuses to serve everyone as one account anywhere but on loopback.
 fn check_exposure(auth: &Authenticator, listen: SocketAddr) -> anyhow::Result<()> {
     if auth.is_open() && !listen.ip().is_loopback() {
@@ -125,11 +219,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_config.quotas = Some(config.quotas.quotas());
     let shutdown_grace = engine_config.shutdown_grace;
     let engine = Engine::new(storage.clone(), engine_config);
-    let store: SharedStore = Arc::new(
+    let metrics_handle = install_metrics()?;
+    let sqlite: SharedStore = Arc::new(
         SqliteStore::open(&data_dir.join("batchd.sqlite"))
             .await
             .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?,
     );
+    // Every status change goes through the store: the events see them all there.
+    let (events, events_task) = Events::start(&config.events, &config.server.region)?;
+    let store: SharedStore = EventStore::new(sqlite, events);
 
     let mut models = HashMap::new();
     // Each remote model's adaptive limit, for GET /batchd/metrics.
@@ -175,6 +273,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let metrics_route = axum::Router::new()
         .route(
+            "/metrics",
+            axum::routing::get(prometheus).with_state(Arc::new(Prometheus {
+                handle: metrics_handle,
+                limiters: limiters.clone(),
+                store: store.clone(),
+            })),
+        )
+        .route(
             "/batchd/metrics",
             axum::routing::get(metrics).with_state(Arc::new(Metrics {
                 limiters,
@@ -190,12 +296,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             batchd_api::auth::layer,
         ));
-    let app = metrics_route.merge(batchd_api::router(
-        Arc::new(SchedulerService(scheduler.clone())),
-        api_config,
-        Some(openai),
-        auth.clone(),
-    ));
+    let app = metrics_route
+        .merge(batchd_api::router(
+            Arc::new(SchedulerService(scheduler.clone())),
+            api_config,
+            Some(openai),
+            auth.clone(),
+        ))
+        .layer(axum::middleware::from_fn(
+            batchd_api::observe::count_requests,
+        ));
     // The S3 API serves the local buckets; with an S3 endpoint configured, `s3://` is that
     // store's, and S3 clients should talk to it.
     let s3_api = match &local_buckets {
@@ -272,6 +382,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::process::exit(130);
     });
     scheduler.shutdown().await;
+    if let Some(delivery) = events_task {
+        // The queue's last events (the jobs' final statuses) get a few seconds to go out.
+        delivery.finish(std::time::Duration::from_secs(5)).await;
+    }
     store.close().await;
     Ok(())
 }

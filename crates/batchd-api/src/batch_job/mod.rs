@@ -17,7 +17,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use batchd_core::{Counters, DialectKind, Job, JobArn, JobFilter, JobId, JobOrigin};
+use batchd_core::{DialectKind, Job, JobArn, JobFilter, JobId, JobOrigin};
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
@@ -135,7 +135,7 @@ async fn get_job(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = job_id(path)?;
-    let mut job = batch_job(&state, &caller, &id).await?;
+    let job = batch_job(&state, &caller, &id).await?;
     let timing = if job.status.is_terminal() {
         // The analysis's `{records, mean, p50, ...}` in this API's names.
         state.service.job_analysis(&job).await.and_then(|a| {
@@ -147,16 +147,9 @@ async fn get_job(
             }))
         })
     } else {
-        // Between checkpoints the running job knows more than the store.
+        // The counters are live already (`JobService::get_job`); the running job's
+        // processing times are here.
         let live = state.service.live_progress(&id).await;
-        if let Some(live) = live
-            && live.counters.processed >= job.counters.processed
-        {
-            job.counters = Counters {
-                total: job.counters.total.max(live.counters.total),
-                ..live.counters
-            };
-        }
         live.and_then(|l| l.timing).map(
             |t| json!({"count": t.count, "mean": t.mean, "p50": t.p50, "p90": t.p90, "p99": t.p99}),
         )

@@ -75,6 +75,7 @@ pub fn router(
         .route("/foundation-models", get(models::list))
         .route("/foundation-models/{modelIdentifier}", get(models::get))
         .with_state(config.clone());
+    let console = crate::console::routes(service.clone());
     let state = routes::AppState { service, config };
     Router::new()
         .route("/model-invocation-job", post(routes::create))
@@ -94,6 +95,7 @@ pub fn router(
         .merge(model_routes)
         .merge(batch_jobs)
         .merge(openai)
+        .merge(console)
         .fallback(routes::unknown_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

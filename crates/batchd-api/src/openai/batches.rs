@@ -335,15 +335,8 @@ async fn batch_json(state: &BatchesState, job: &Job) -> Value {
     let Some(options) = job.request.dialect.openai() else {
         return Value::Null;
     };
-    let mut counters = job.counters;
-    if let Some(live) = state.jobs.live_progress(&job.id).await
-        && live.counters.processed >= counters.processed
-    {
-        counters = batchd_core::Counters {
-            total: counters.total.max(live.counters.total),
-            ..live.counters
-        };
-    }
+    // Live between checkpoints: `JobService::get_job`/`list_jobs` give the running counters.
+    let counters = job.counters;
     let status = match status_name(job.status) {
         "in_progress" if job.phases.finalizing_ms.is_some() => "finalizing",
         name => name,

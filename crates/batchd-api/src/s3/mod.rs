@@ -48,6 +48,8 @@ const API_PATHS: &[&str] = &[
     "listTagsForResource",
     "v1",
     "batchd",
+    "metrics",
+    "ui",
 ];
 
 /// The S3 service and the authenticator it shares with the other APIs.
