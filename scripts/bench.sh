@@ -5,6 +5,7 @@
 #   scripts/bench.sh            quick (about 1 minute): overhead, latency-bound, CPU/record,
 #                               memory 10k vs 100k, control-plane p50/p99
 #   scripts/bench.sh --full     the same with longer runs and the 1M-record memory run
+#   scripts/bench.sh --shared-prefix   the embedded model's prefix sharing, off against on
 #
 # Other arguments go to batchd-bench (target/release/batchd-bench --help), e.g.
 #   scripts/bench.sh --only overhead,control --concurrency 128
@@ -12,11 +13,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 args=()
+shared_prefix=""
 for arg in "$@"; do
   case "$arg" in
     --quick) ;;                 # the default
+    --shared-prefix) shared_prefix=1 ;;
     *) args+=("$arg") ;;
   esac
 done
+if [ -n "$shared_prefix" ]; then
+  # The embedded chat model's prefix sharing: 64 records with one ~450-token system prompt,
+  # sharing off and on in one run (records/s ratio, answers compared), about 5-15 minutes.
+  bash scripts/models.sh
+  cargo build --release --quiet -p batchd-embedded --bin embedded-bench
+  exec target/release/embedded-bench --shared-prefix --records 64 --max-tokens 24 "${args[@]+"${args[@]}"}"
+fi
 cargo build --release --quiet -p batchd -p batchd-testkit -p batchd-bench
 target/release/batchd-bench "${args[@]+"${args[@]}"}"

@@ -359,11 +359,11 @@ class Server:
     buckets: Buckets
     argv: list[str] = field(default_factory=list)
 
-    def client(self, validate: bool = True, key: tuple[str, str] = ("test", "test")):
-        """A boto3 `bedrock` client; `key` is (access key id, secret) (the dummy pair works
-        while the server has no keys)."""
+    def client(self, validate: bool = True, key: tuple[str, str] = ("test", "test"), service: str = "bedrock"):
+        """A boto3 client of the server (`bedrock` by default); `key` is (access key id,
+        secret) (the dummy pair works while the server has no keys)."""
         return boto3.client(
-            "bedrock",
+            service,
             endpoint_url=self.url,
             region_name=REGION,
             aws_access_key_id=key[0],
@@ -373,14 +373,7 @@ class Server:
 
     def s3(self, key: tuple[str, str] = ("test", "test")):
         """A boto3 `s3` client on the server's own S3 API (the local buckets)."""
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id=key[0],
-            aws_secret_access_key=key[1],
-            config=client_config(),
-        )
+        return self.client(key=key, service="s3")
 
     def aws(self, *args: str, check: bool = True, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
         """Runs `aws <args> --endpoint-url <server>` (the AWS CLI of the venv, no user config);

@@ -374,14 +374,7 @@ async fn admit(state: &AuthLayer, request: Request) -> Result<Request, AuthError
         (Body::from(bytes.clone()), Some(bytes))
     };
     let caller = state.auth.check(
-        &sigv4::Request {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            authority: parts.uri.authority().map(|a| a.as_str()),
-            headers: &parts.headers,
-            body: bytes.as_deref(),
-        },
+        &sigv4::Request::of(&parts, bytes.as_deref()),
         state.service,
         SystemTime::now(),
     )?;

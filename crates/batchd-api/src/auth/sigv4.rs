@@ -35,6 +35,20 @@ pub struct Request<'a> {
     pub body: Option<&'a [u8]>,
 }
 
+impl<'a> Request<'a> {
+    /// The request an HTTP request's head describes, with `body` when it was read.
+    pub fn of(parts: &'a axum::http::request::Parts, body: Option<&'a [u8]>) -> Self {
+        Self {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            authority: parts.uri.authority().map(|a| a.as_str()),
+            headers: &parts.headers,
+            body,
+        }
+    }
+}
+
 /// The service and regions a request must be scoped to, and the keys it may be signed with.
 pub struct Verifier<'a> {
     pub service: &'a str,

@@ -88,14 +88,7 @@ impl S3Api {
     async fn call(&self, request: Request) -> Response {
         let (mut parts, body) = request.into_parts();
         let checked = self.auth.check_streaming(
-            &sigv4::Request {
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                authority: parts.uri.authority().map(|a| a.as_str()),
-                headers: &parts.headers,
-                body: None,
-            },
+            &sigv4::Request::of(&parts, None),
             SERVICE,
             SystemTime::now(),
         );
