@@ -35,6 +35,9 @@ pub struct EmbeddedSection {
     pub threads: Option<usize>,
     /// Tokens of prompt plus answer per sequence.
     pub context_per_sequence: Option<u32>,
+    /// Shortest prompt prefix shared with a sequence already in the cache that is copied
+    /// instead of computed again (0: never).
+    pub min_shared_prefix: Option<u32>,
 }
 
 impl EmbeddedSection {
@@ -55,6 +58,9 @@ impl EmbeddedSection {
         }
         if let Some(ctx) = self.context_per_sequence {
             config.context_per_sequence = ctx;
+        }
+        if let Some(min) = self.min_shared_prefix {
+            config.min_shared_prefix = min;
         }
         Ok(config)
     }
