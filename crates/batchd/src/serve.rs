@@ -36,6 +36,8 @@ pub struct ServeArgs {
 struct Metrics {
     limiters: Vec<(String, Arc<batchd_backends::adaptive::Limiter>)>,
     store: SharedStore,
+    /// For the running jobs' live counters (the store's are as of the last checkpoint).
+    scheduler: Scheduler,
 }
 
 /// `GET /batchd/metrics`: each remote model's adaptive concurrency limit, and the caller's
@@ -66,6 +68,11 @@ async fn metrics(
         .list_in_status(JobOrigin::Api, &[batchd_core::JobStatus::InProgress])
         .await
         .unwrap_or_default();
+    let live = |j: &batchd_core::Job| {
+        m.scheduler
+            .live_progress(&j.id)
+            .map_or(j.counters, |p| p.counters)
+    };
     let jobs: Vec<serde_json::Value> = running
         .iter()
         .filter(|j| j.request.account_id == caller.account_id)
@@ -73,8 +80,8 @@ async fn metrics(
             serde_json::json!({
                 "jobId": j.id.as_str(),
                 "modelId": j.request.model_id,
-                "processedRecordCount": j.counters.processed,
-                "totalRecordCount": j.counters.total,
+                "processedRecordCount": live(j).processed,
+                "totalRecordCount": live(j).total,
                 "concurrencyLimit": limit_of(&j.request.model_id).map(|l| l.current_limit()),
             })
         })
@@ -214,6 +221,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = config.data_dir(args.data_dir.as_deref());
     let storage_config = config.storage_config(&data_dir);
     let local_buckets = storage_config.local_buckets();
+    let s3_endpoint = storage_config.s3_endpoint.clone();
     let storage = Arc::new(Storage::new(storage_config));
     let mut engine_config = config.engine_config(None);
     engine_config.quotas = Some(config.quotas.quotas());
@@ -285,6 +293,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             axum::routing::get(metrics).with_state(Arc::new(Metrics {
                 limiters,
                 store: store.clone(),
+                scheduler: scheduler.clone(),
             })),
         )
         .layer(axum::middleware::from_fn_with_state(
@@ -328,6 +337,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if let Some(endpoint) = s3_endpoint.as_deref()
+        && names_this_server(endpoint, addr)
+    {
+        anyhow::bail!(
+            "the S3 endpoint {endpoint} ([storage] s3_endpoint or AWS_ENDPOINT_URL_S3) is this \
+             server itself: its jobs would read and write through their own API. Unset it to \
+             serve the local buckets in {} (the S3 API is then on {addr})",
+            data_dir.join("buckets").display()
+        );
+    }
     // Scripts and tests read the address (the port may have been 0) from this first line.
     println!("listening on {scheme}://{addr}");
     eprintln!(
@@ -338,7 +357,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     match &local_buckets {
         Some(root) => eprintln!(
-            "batchd serve: S3 API on http://{addr} over {} (aws s3 --endpoint-url http://{addr})",
+            "batchd serve: S3 API on {scheme}://{addr} over {} (aws s3 --endpoint-url {scheme}://{addr})",
             root.display()
         ),
         None => eprintln!("batchd serve: no S3 API: s3:// locations are the configured endpoint's"),
@@ -390,6 +409,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether an endpoint URL names the address this server listens on (a client of this
+/// machine reaching it on loopback or on that address).
+fn names_this_server(endpoint: &str, addr: SocketAddr) -> bool {
+    let rest = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok()),
+        _ => (authority, None),
+    };
+    let port = port.unwrap_or(if endpoint.starts_with("https://") {
+        443
+    } else {
+        80
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip == addr.ip());
+    port == addr.port() && local
+}
+
 /// Binds with a deep accept queue: a burst of clients (a thousand boto3 pollers) otherwise
 /// overflows the default one and waits a second for SYN retries.
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -401,4 +444,31 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_on_this_servers_port_is_this_server() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for endpoint in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080/",
+            "http://[::1]:8080",
+        ] {
+            assert!(names_this_server(endpoint, addr), "{endpoint}");
+        }
+        for endpoint in [
+            "http://127.0.0.1:9000",
+            "http://minio.internal:8080",
+            "https://s3.amazonaws.com",
+            "http://10.0.0.5:8080",
+        ] {
+            assert!(!names_this_server(endpoint, addr), "{endpoint}");
+        }
+        let public: SocketAddr = "10.0.0.5:8080".parse().unwrap();
+        assert!(names_this_server("http://10.0.0.5:8080", public));
+    }
 }
