@@ -371,11 +371,15 @@ async fn invoke_model_jobs_keep_processing_times_beside_their_unchanged_output()
     let side = env.path(&format!("out/{job_id}.timings/claude.jsonl.jsonl"));
     let times = read_jsonl(&side);
     assert_eq!(times.len(), 6, "one line per output line");
+    // Record 2 is the fast one: the least time, whatever the machine's load adds to all.
+    let ms: Vec<u64> = times
+        .iter()
+        .map(|t| t["latencyMs"].as_u64().unwrap())
+        .collect();
     assert!(
-        times
-            .iter()
+        ms.iter()
             .enumerate()
-            .all(|(i, t)| (i == 2) != (t["latencyMs"].as_u64().unwrap() >= 40)),
+            .all(|(i, &m)| i == 2 || (m >= 40 && m > ms[2])),
         "{times:?}"
     );
 
