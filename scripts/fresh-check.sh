@@ -21,11 +21,11 @@ for name in "${batchd_prereq_names[@]}"; do
     failed+=("$(batchd_prereq_package "$name")")
   fi
 done
-for name in "${batchd_browser_prereq_names[@]}"; do
+for name in "${batchd_browser_prereq_names[@]}" "${batchd_postgres_prereq_names[@]}"; do
   if batchd_prereq_probe "$name"; then
     report ok "$name" "$batchd_prereq_detail"
   else
-    report warn "$name" "$batchd_prereq_detail (the browser test's; scripts/test.sh installs $(batchd_prereq_package "$name"))"
+    report warn "$name" "$batchd_prereq_detail (the tests'; scripts/test.sh installs $(batchd_prereq_package "$name"))"
   fi
 done
 for tool in cargo rustc; do

@@ -8,9 +8,12 @@
 # NAME is one of $batchd_prereq_names. `ccache` is optional: a speed-up, not a requirement.
 # $batchd_browser_prereq_names are the test suite's only (the web console's browser test):
 # setup.sh installs them when BATCHD_SETUP_BROWSER=1 (scripts/test.sh and pytest.sh set it).
+# $batchd_postgres_prereq_names too: the PostgreSQL server the Postgres job-store tests start
+# (scripts/pg.sh), installed when BATCHD_SETUP_POSTGRES=1 (scripts/test.sh sets it).
 
 batchd_prereq_names=(cc c++ make cmake python3 pip libclang python-venv ccache)
 batchd_browser_prereq_names=(chromium chromedriver)
+batchd_postgres_prereq_names=(postgres)
 batchd_prereq_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 batchd_prereq_package() {
@@ -26,6 +29,7 @@ batchd_prereq_package() {
     ccache) echo ccache ;;
     chromium) echo chromium ;;
     chromedriver) echo chromium-driver ;;
+    postgres) echo postgresql ;;
   esac
 }
 
@@ -111,6 +115,20 @@ int main() { std::optional<int> v; std::thread t([&] { v = 1; }); t.join(); retu
     chromedriver)
       batchd_prereq_run chromedriver --version || { batchd_prereq_detail="chromedriver not found"; return 1; }
       ;;
+    postgres)
+      # The server's own tools, as scripts/pg.sh runs them (psql alone is only the client).
+      local initdb
+      initdb=$(batchd_postgres_bin initdb) || { batchd_prereq_detail="no PostgreSQL server (initdb) under /usr/lib/postgresql"; return 1; }
+      batchd_prereq_run "$initdb" --version && [ -x "$(dirname "$initdb")/pg_ctl" ] \
+        || { batchd_prereq_detail="PostgreSQL's initdb or pg_ctl does not run: $batchd_prereq_detail"; return 1; }
+      ;;
     *) batchd_prereq_detail="unknown prerequisite $1"; return 2 ;;
   esac
+}
+
+# The newest installed PostgreSQL server's program NAME (Debian keeps them off the PATH).
+batchd_postgres_bin() {
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$bin" ] && [ -x "$bin" ] && echo "$bin"
 }

@@ -11,6 +11,8 @@ fi
 source "$(dirname "${BASH_SOURCE[0]}")/prereqs.sh"
 # The test scripts also want headless Chromium and its driver (the web console's browser test).
 [ "${BATCHD_SETUP_BROWSER:-}" = 1 ] && batchd_prereq_names+=("${batchd_browser_prereq_names[@]}")
+# And a PostgreSQL server (the Postgres job store's tests, scripts/pg.sh).
+[ "${BATCHD_SETUP_POSTGRES:-}" = 1 ] && batchd_prereq_names+=("${batchd_postgres_prereq_names[@]}")
 batchd_missing=()
 for batchd_name in "${batchd_prereq_names[@]}"; do
   batchd_prereq_probe "$batchd_name" || batchd_missing+=("$(batchd_prereq_package "$batchd_name")")

@@ -1,10 +1,13 @@
 //! The job store: the [`JobStore`] trait every implementation keeps (status changes as
 //! compare-and-set over the legal transitions of `batchd-core`, checkpoints that never move
-//! backwards, keyset-paginated lists, the OpenAI API's file records), and [`SqliteStore`], the one-machine implementation.
+//! backwards, keyset-paginated lists, the OpenAI API's file records), written once for SQL
+//! databases ([`sql::SqlStore`]): [`SqliteStore`] for one machine, [`PgStore`] for several.
 //!
 //! The job types themselves live in `batchd-core::job`, so the APIs need nothing from here.
 //! `tests/conformance.rs` is the suite every implementation must pass.
 
+mod postgres;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
@@ -15,6 +18,8 @@ use batchd_core::{
     JobStatus, NewJob, StatusError,
 };
 
+pub use postgres::PgStore;
+pub use sql::{Columns, Flavor, SqlStore};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! The `JobStore` conformance suite: what every implementation must do, run against each one
-//! (SQLite in memory and in a file today; a new implementation adds one line to `stores!`).
+//! (SQLite in memory and in a file, and Postgres: a database of its own per test on the server
+//! `scripts/pg.sh` starts; a new implementation adds one line to `stores!`).
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 use std::future::Future;
@@ -12,18 +13,21 @@ use batchd_core::{
     InvocationType, ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobRetry,
     JobStatus, NewJob, PhaseTimes, RetryClass,
 };
-use batchd_store::{JobStore, SharedStore, SqliteStore, StoreError};
+use batchd_store::{JobStore, PgStore, SharedStore, SqliteStore, StoreError};
 
-type Maker = fn() -> Pin<Box<dyn Future<Output = (SharedStore, Option<tempfile::TempDir>)>>>;
+/// A new empty store (`None`: this machine has none of that kind; the case then passes outside
+/// CI and fails under it), and what must live as long as it.
+type Made = Option<(SharedStore, Option<tempfile::TempDir>)>;
+type Maker = fn() -> Pin<Box<dyn Future<Output = Made>>>;
 
-fn sqlite_memory() -> Pin<Box<dyn Future<Output = (SharedStore, Option<tempfile::TempDir>)>>> {
+fn sqlite_memory() -> Pin<Box<dyn Future<Output = Made>>> {
     Box::pin(async {
         let store: SharedStore = Arc::new(SqliteStore::in_memory().await.unwrap());
-        (store, None)
+        Some((store, None))
     })
 }
 
-fn sqlite_file() -> Pin<Box<dyn Future<Output = (SharedStore, Option<tempfile::TempDir>)>>> {
+fn sqlite_file() -> Pin<Box<dyn Future<Output = Made>>> {
     Box::pin(async {
         let dir = tempfile::tempdir().unwrap();
         let store: SharedStore = Arc::new(
@@ -31,7 +35,15 @@ fn sqlite_file() -> Pin<Box<dyn Future<Output = (SharedStore, Option<tempfile::T
                 .await
                 .unwrap(),
         );
-        (store, Some(dir))
+        Some((store, Some(dir)))
+    })
+}
+
+fn postgres() -> Pin<Box<dyn Future<Output = Made>>> {
+    Box::pin(async {
+        let url = batchd_testkit::postgres::fresh_database().await?;
+        let store: SharedStore = Arc::new(PgStore::connect(&url).await.unwrap());
+        Some((store, None))
     })
 }
 
@@ -68,7 +80,7 @@ macro_rules! cases {
     ($($case:ident),* $(,)?) => {
         $(#[tokio::test]
         async fn $case() {
-            let (store, _dir) = MAKE().await;
+            let Some((store, _dir)) = MAKE().await else { return };
             super::$case(store.as_ref()).await;
             store.close().await;
         })*
@@ -78,6 +90,7 @@ macro_rules! cases {
 stores! {
     sqlite_in_memory: sqlite_memory;
     sqlite_in_a_file: sqlite_file;
+    postgres: postgres;
 }
 
 fn id(n: u32) -> JobId {
@@ -854,4 +867,19 @@ async fn tags_start_from_the_request_and_change_by_key(store: &dyn JobStore) {
         pairs(&[("cost", "x"), ("team", "b")])
     );
     assert_eq!(store.tags(&plain.id).await.unwrap(), vec![]);
+}
+
+/// Two instances that start at once on a new Postgres database both open it: the migrations
+/// run once, under sqlx's advisory lock, and neither sees a half-made schema.
+#[tokio::test]
+async fn postgres_instances_starting_at_once_migrate_once() {
+    let Some(url) = batchd_testkit::postgres::fresh_database().await else {
+        return;
+    };
+    let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let job = a.create(new_job(1, request(JobOrigin::Api))).await.unwrap();
+    assert_eq!(b.get(&job.id).await.unwrap().unwrap().id, job.id);
+    a.close().await;
+    b.close().await;
 }

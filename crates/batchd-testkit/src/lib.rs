@@ -16,6 +16,8 @@
 //!
 //! [`moto::MotoServer`] starts a moto S3-compatible server for storage tests.
 //!
+//! [`postgres::fresh_database`] gives a Postgres test its own database.
+//!
 //! [`harness::TestEnv`] is the one test environment of the `batchd` binary's tests: a typed
 //! config written as `batchd.toml`, `batchd run`/`serve` as child processes, output readers.
 
@@ -24,6 +26,7 @@ mod fake;
 pub mod fake_bedrock;
 pub mod harness;
 pub mod moto;
+pub mod postgres;
 pub mod process;
 
 use std::io::Write;
