@@ -20,6 +20,9 @@ use serde::{Deserialize, Deserializer};
 pub struct Config {
     /// Local state: the job database and `s3://` buckets when no endpoint is set.
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL job store (`postgres://...`) instead of `<data_dir>/batchd.sqlite`
+    /// (`batchd serve` and `batchd results`; `--database-url` wins).
+    pub database_url: Option<String>,
     #[serde(default)]
     pub storage: StorageSection,
     #[serde(default)]
@@ -705,6 +708,32 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("batchd-data"))
     }
 
+    /// The job store: Postgres at `--database-url` (or `database_url`), else SQLite in the
+    /// data dir.
+    pub async fn open_store(
+        &self,
+        flag: Option<&str>,
+        data_dir: &Path,
+    ) -> anyhow::Result<batchd_store::SharedStore> {
+        use anyhow::Context as _;
+        let Some(url) = flag.or(self.database_url.as_deref()) else {
+            let store = batchd_store::SqliteStore::open(&data_dir.join("batchd.sqlite"))
+                .await
+                .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
+            return Ok(std::sync::Arc::new(store));
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            anyhow::bail!(
+                "--database-url / database_url: {} is not a postgres:// URL",
+                without_password(url)
+            );
+        }
+        let store = batchd_store::PgStore::connect(url)
+            .await
+            .with_context(|| format!("cannot open the job store at {}", without_password(url)))?;
+        Ok(std::sync::Arc::new(store))
+    }
+
     /// Storage settings; credentials and region come from the usual `AWS_*` variables.
     pub fn storage_config(&self, data_dir: &Path) -> StorageConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -851,6 +880,18 @@ impl Config {
             catch_all_model: self.server.catch_all_model.clone(),
             ..SchedulerConfig::default()
         }
+    }
+}
+
+/// A database URL fit for a message: its password, if any, replaced.
+fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(an unparsable URL)".to_owned(),
     }
 }
 

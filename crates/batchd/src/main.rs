@@ -84,6 +84,10 @@ enum Command {
         listen: std::net::SocketAddr,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Keep jobs in this PostgreSQL database (`postgres://user:password@host/db`) instead
+        /// of `<data-dir>/batchd.sqlite`: instances sharing it serve one set of jobs.
+        #[arg(long, env = "BATCHD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
         /// Serve HTTPS with this PEM certificate chain (with --tls-key).
@@ -205,6 +209,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             listen,
             data_dir,
+            database_url,
             config,
             tls_cert,
             tls_key,
@@ -212,6 +217,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::serve(serve::ServeArgs {
                 listen,
                 data_dir,
+                database_url,
                 config,
                 tls_cert,
                 tls_key,

@@ -15,7 +15,7 @@ use batchd_engine::analysis::{self, ExportSummary};
 use batchd_formats::analysis::AnalysisContext;
 use batchd_formats::analysis::render::{CSV_COLUMNS, push_csv_row, render_table};
 use batchd_storage::{InputFile, Storage, StorageUri};
-use batchd_store::{JobStore, SqliteStore};
+use batchd_store::JobStore;
 use clap::ValueEnum;
 
 use crate::config::Config;
@@ -45,6 +45,9 @@ pub struct ResultsArgs {
     config: Option<PathBuf>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The PostgreSQL job store `batchd serve --database-url` keeps the job in.
+    #[arg(long, env = "BATCHD_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 pub async fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
@@ -52,12 +55,12 @@ pub async fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir(args.data_dir.as_deref());
     let export = args.export.as_deref().map(ExportKind::of).transpose()?;
     let storage = Storage::new(config.storage_config(&data_dir));
-    let store = SqliteStore::open(&data_dir.join("batchd.sqlite"))
-        .await
-        .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
-    let (dir, job) = locate(&store, &args.job, &data_dir).await?;
+    let store = config
+        .open_store(args.database_url.as_deref(), &data_dir)
+        .await?;
+    let (dir, job) = locate(store.as_ref(), &args.job, &data_dir).await?;
     let inputs = match &job {
-        Some(job) => Some(job_inputs(&store, &job.id).await?),
+        Some(job) => Some(job_inputs(store.as_ref(), &job.id).await?),
         None => None,
     };
     store.close().await;
@@ -96,7 +99,7 @@ pub async fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
 /// The job's output folder, and the job when the store knows it: JOB is a location when it
 /// has a `/` and is no ARN, else a job id or ARN.
 async fn locate(
-    store: &SqliteStore,
+    store: &dyn JobStore,
     job: &str,
     data_dir: &Path,
 ) -> anyhow::Result<(StorageUri, Option<Job>)> {
@@ -120,7 +123,7 @@ async fn locate(
     Ok((dir, Some(found)))
 }
 
-async fn job_inputs(store: &SqliteStore, id: &JobId) -> anyhow::Result<Vec<InputFile>> {
+async fn job_inputs(store: &dyn JobStore, id: &JobId) -> anyhow::Result<Vec<InputFile>> {
     store
         .job_files(id)
         .await?

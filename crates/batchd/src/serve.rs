@@ -19,7 +19,7 @@ use batchd_engine::files::Files;
 use batchd_engine::scheduler::{ModelEntry, Scheduler};
 use batchd_engine::service::SchedulerService;
 use batchd_storage::Storage;
-use batchd_store::{SharedStore, SqliteStore};
+use batchd_store::SharedStore;
 
 use crate::config::Config;
 use crate::events::{EventStore, Events};
@@ -27,6 +27,7 @@ use crate::events::{EventStore, Events};
 pub struct ServeArgs {
     pub listen: SocketAddr,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
     pub config: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -228,14 +229,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown_grace = engine_config.shutdown_grace;
     let engine = Engine::new(storage.clone(), engine_config);
     let metrics_handle = install_metrics()?;
-    let sqlite: SharedStore = Arc::new(
-        SqliteStore::open(&data_dir.join("batchd.sqlite"))
-            .await
-            .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?,
-    );
+    let jobs = config
+        .open_store(args.database_url.as_deref(), &data_dir)
+        .await?;
     // Every status change goes through the store: the events see them all there.
     let (events, events_task) = Events::start(&config.events, &config.server.region)?;
-    let store: SharedStore = EventStore::new(sqlite, events);
+    let store: SharedStore = EventStore::new(jobs, events);
 
     let mut models = HashMap::new();
     // Each remote model's adaptive limit, for GET /batchd/metrics.
