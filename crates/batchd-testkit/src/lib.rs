@@ -12,7 +12,8 @@
 //! Failures (by rate, `fail_first_n`, or a prompt marker) answer at once with an OpenAI-style
 //! `{"error":{..}}` body; only successful answers wait for the configured latency.
 //!
-//! [`conformance`] holds the checks every `ModelBackend` passes.
+//! [`conformance`] holds the checks every `ModelBackend` passes; `fuzz` (feature `proptest`)
+//! the property tests' JSON strategies.
 //!
 //! [`moto::MotoServer`] starts a moto S3-compatible server for storage tests.
 //!
@@ -22,19 +23,21 @@
 pub mod conformance;
 mod fake;
 pub mod fake_bedrock;
+#[cfg(feature = "proptest")]
+pub mod fuzz;
 pub mod harness;
 pub mod moto;
 pub mod process;
+mod serving;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+use serving::{Live, LiveConfig, Running};
 
 /// The fake's behaviour. Serde names match the field names (`POST /fake/config`); missing
 /// fields take their defaults.
@@ -63,6 +66,17 @@ pub struct FakeConfig {
     pub capacity: Option<u64>,
 }
 
+impl FakeConfig {
+    /// Every successful answer after `ms`, plus a uniform random 0..=`jitter_ms`.
+    pub fn latency(ms: u64, jitter_ms: u64) -> FakeConfig {
+        FakeConfig {
+            latency_ms: ms,
+            latency_jitter_ms: jitter_ms,
+            ..FakeConfig::default()
+        }
+    }
+}
+
 /// Counters since start (or the last reset).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FakeStats {
@@ -82,10 +96,8 @@ pub struct FakeStats {
 
 /// A running fake server. Dropping it stops the server too (without waiting).
 pub struct FakeServer {
-    addr: SocketAddr,
+    running: Running,
     shared: Arc<Shared>,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
 }
 
 impl FakeServer {
@@ -96,32 +108,22 @@ impl FakeServer {
 
     /// Starts on `addr`.
     pub async fn bind(addr: SocketAddr, config: FakeConfig) -> std::io::Result<FakeServer> {
-        // Tests build reqwest clients (rustls without a provider) right after starting the
-        // fake; installing one here spares every test from doing it.
-        install_crypto_provider();
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config));
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(fake::serve(listener, shared.clone(), async move {
-            // A dropped sender (server dropped) also stops it.
-            let _ = shutdown_rx.await;
-        }));
-        Ok(FakeServer {
-            addr,
-            shared,
-            shutdown,
-            task,
+        let running = Running::bind(addr, {
+            let shared = shared.clone();
+            |listener, stopped| fake::serve(listener, shared, stopped)
         })
+        .await?;
+        Ok(FakeServer { running, shared })
     }
 
     /// `http://127.0.0.1:PORT/v1`
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.running.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.running.addr
     }
 
     pub fn stats(&self) -> FakeStats {
@@ -143,14 +145,7 @@ impl FakeServer {
 
     /// Stops accepting, lets requests in progress finish (at most 5 s), then returns.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(());
-        let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(5), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-        }
+        self.running.shutdown().await;
     }
 }
 
@@ -163,50 +158,43 @@ pub fn skip_unless_ci(why: &str, ci_fix: &str) {
     let _ = writeln!(std::io::stderr(), "skipping: {why}");
 }
 
+/// `found`'s value; or, when it is an error, `None` after [`skip_unless_ci`] has said
+/// `what: <the error>`.
+pub fn found_or_skip<T, E: std::fmt::Display>(
+    found: Result<T, E>,
+    what: &str,
+    ci_fix: &str,
+) -> Option<T> {
+    found
+        .map_err(|e| skip_unless_ci(&format!("{what}: {e}"), ci_fix))
+        .ok()
+}
+
 /// Installs ring as the process-wide rustls provider if none is installed yet. reqwest is
 /// built with `rustls-no-provider` and panics building a client without one.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The config with its own `fail_first_n` counter, swapped as one.
-struct Live {
-    config: FakeConfig,
-    served: AtomicU64,
-}
-
 struct Shared {
-    live: RwLock<Arc<Live>>,
+    live: LiveConfig<FakeConfig>,
     counters: Counters,
 }
 
 impl Shared {
     fn new(config: FakeConfig) -> Self {
         Shared {
-            live: RwLock::new(Arc::new(Live {
-                config,
-                served: AtomicU64::new(0),
-            })),
+            live: LiveConfig::new(config),
             counters: Counters::default(),
         }
     }
 
-    fn live(&self) -> Arc<Live> {
-        match self.live.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    fn live(&self) -> Arc<Live<FakeConfig>> {
+        self.live.get()
     }
 
     fn set_config(&self, config: FakeConfig) {
-        let live = Arc::new(Live {
-            config,
-            served: AtomicU64::new(0),
-        });
-        match self.live.write() {
-            Ok(mut guard) => *guard = live,
-            Err(poisoned) => *poisoned.into_inner() = live,
-        }
+        self.live.set(config);
     }
 }
 
