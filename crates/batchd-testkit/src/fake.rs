@@ -19,7 +19,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::serving::{Live, Stopped};
-use crate::{FakeConfig, Shared};
+use crate::{FakeConfig, FakeState, Shared};
 
 const EMBEDDING_DIMENSIONS: usize = 384;
 const MAX_EMBEDDING_DIMENSIONS: usize = 65_536;

@@ -36,7 +36,7 @@ use batchd_formats::native::ModelFamily as Family;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::serving::{Live, LiveConfig, Running};
+use crate::serving::{Fake, FakeState, Live, LiveConfig};
 
 /// The access key id the fake accepts by default.
 pub const ACCESS_KEY_ID: &str = "AKIDBATCHDFAKE000001";
@@ -107,12 +107,9 @@ pub struct FakeBedrockStats {
 }
 
 /// A running fake. Dropping it stops the server too (without waiting).
-pub struct FakeBedrock {
-    running: Running,
-    shared: Arc<Shared>,
-}
+pub type FakeBedrock = Fake<Shared>;
 
-impl FakeBedrock {
+impl Fake<Shared> {
     /// Starts on 127.0.0.1 with a port the OS picks.
     pub async fn start(config: FakeBedrockConfig) -> std::io::Result<FakeBedrock> {
         Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
@@ -120,60 +117,35 @@ impl FakeBedrock {
 
     /// Starts on `addr`.
     pub async fn bind(addr: SocketAddr, config: FakeBedrockConfig) -> std::io::Result<FakeBedrock> {
-        let shared = Arc::new(Shared::new(config));
-        let app = router(shared.clone());
-        let running = Running::bind(addr, |listener, stopped| async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
+        Fake::bind_with(addr, Shared::new(config), |listener, shared, stopped| {
+            let app = router(shared);
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
         })
-        .await?;
-        Ok(FakeBedrock { running, shared })
+        .await
     }
 
     /// `http://127.0.0.1:PORT`: the `endpoint_url` of a bedrock model.
     pub fn url(&self) -> String {
-        format!("http://{}", self.running.addr)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.running.addr
-    }
-
-    pub fn stats(&self) -> FakeBedrockStats {
-        self.shared.counters.snapshot()
-    }
-
-    pub fn reset_stats(&self) {
-        self.shared.counters.reset();
-    }
-
-    pub fn config(&self) -> FakeBedrockConfig {
-        self.shared.live().config.clone()
-    }
-
-    /// Replaces the config; `throttle_first_n` counts again from here.
-    pub fn set_config(&self, config: FakeBedrockConfig) {
-        self.shared.set_config(config);
+        format!("http://{}", self.addr())
     }
 
     /// The session token of the last correctly signed request that carried one.
     pub fn last_session_token(&self) -> Option<String> {
-        match self.shared.last_session_token.lock() {
+        match self.state.last_session_token.lock() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
-    }
-
-    /// Stops accepting, lets requests in progress finish (at most 5 s), then returns.
-    pub async fn shutdown(self) {
-        self.running.shutdown().await;
     }
 }
 
 // ---- shared state --------------------------------------------------------------------------
 
-struct Shared {
+/// The fake bedrock-runtime's state.
+pub struct Shared {
     live: LiveConfig<FakeBedrockConfig>,
     counters: Counters,
     last_session_token: Mutex<Option<String>>,
@@ -192,16 +164,33 @@ impl Shared {
         self.live.get()
     }
 
-    fn set_config(&self, config: FakeBedrockConfig) {
-        self.live.set(config);
-    }
-
     fn remember_session_token(&self, token: &str) {
         let token = Some(token.to_owned());
         match self.last_session_token.lock() {
             Ok(mut guard) => *guard = token,
             Err(poisoned) => *poisoned.into_inner() = token,
         }
+    }
+}
+
+impl FakeState for Shared {
+    type Config = FakeBedrockConfig;
+    type Stats = FakeBedrockStats;
+
+    fn config(&self) -> FakeBedrockConfig {
+        self.live().config.clone()
+    }
+
+    fn set_config(&self, config: FakeBedrockConfig) {
+        self.live.set(config);
+    }
+
+    fn stats(&self) -> FakeBedrockStats {
+        self.counters.snapshot()
+    }
+
+    fn reset_stats(&self) {
+        self.counters.reset();
     }
 }
 

@@ -37,7 +37,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use serving::{Live, LiveConfig, Running};
+pub use serving::{Fake, FakeState};
+use serving::{Live, LiveConfig};
 
 /// The fake's behaviour. Serde names match the field names (`POST /fake/config`); missing
 /// fields take their defaults.
@@ -95,12 +96,9 @@ pub struct FakeStats {
 }
 
 /// A running fake server. Dropping it stops the server too (without waiting).
-pub struct FakeServer {
-    running: Running,
-    shared: Arc<Shared>,
-}
+pub type FakeServer = Fake<Shared>;
 
-impl FakeServer {
+impl Fake<Shared> {
     /// Starts on 127.0.0.1 with a port the OS picks.
     pub async fn start(config: FakeConfig) -> std::io::Result<FakeServer> {
         Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
@@ -108,44 +106,12 @@ impl FakeServer {
 
     /// Starts on `addr`.
     pub async fn bind(addr: SocketAddr, config: FakeConfig) -> std::io::Result<FakeServer> {
-        let shared = Arc::new(Shared::new(config));
-        let running = Running::bind(addr, {
-            let shared = shared.clone();
-            |listener, stopped| fake::serve(listener, shared, stopped)
-        })
-        .await?;
-        Ok(FakeServer { running, shared })
+        Fake::bind_with(addr, Shared::new(config), fake::serve).await
     }
 
     /// `http://127.0.0.1:PORT/v1`
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.running.addr)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.running.addr
-    }
-
-    pub fn stats(&self) -> FakeStats {
-        self.shared.counters.snapshot()
-    }
-
-    pub fn reset_stats(&self) {
-        self.shared.counters.reset();
-    }
-
-    pub fn config(&self) -> FakeConfig {
-        self.shared.live().config.clone()
-    }
-
-    /// Replaces the config; `fail_first_n` counts again from here.
-    pub fn set_config(&self, config: FakeConfig) {
-        self.shared.set_config(config);
-    }
-
-    /// Stops accepting, lets requests in progress finish (at most 5 s), then returns.
-    pub async fn shutdown(self) {
-        self.running.shutdown().await;
+        format!("http://{}/v1", self.addr())
     }
 }
 
@@ -176,9 +142,31 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-struct Shared {
+/// The OpenAI-compatible fake's state.
+pub struct Shared {
     live: LiveConfig<FakeConfig>,
     counters: Counters,
+}
+
+impl FakeState for Shared {
+    type Config = FakeConfig;
+    type Stats = FakeStats;
+
+    fn config(&self) -> FakeConfig {
+        self.live().config.clone()
+    }
+
+    fn set_config(&self, config: FakeConfig) {
+        self.live.set(config);
+    }
+
+    fn stats(&self) -> FakeStats {
+        self.counters.snapshot()
+    }
+
+    fn reset_stats(&self) {
+        self.counters.reset();
+    }
 }
 
 impl Shared {
@@ -191,10 +179,6 @@ impl Shared {
 
     fn live(&self) -> Arc<Live<FakeConfig>> {
         self.live.get()
-    }
-
-    fn set_config(&self, config: FakeConfig) {
-        self.live.set(config);
     }
 }
 

@@ -1,5 +1,6 @@
-//! What both fakes share: the config swapped as one with its own served-request counter, and
-//! the running server's handle (stopped on drop, or gracefully by `shutdown`).
+//! What both fakes share: [`Fake`], the running server's handle (stopped on drop, or gracefully
+//! by `shutdown`) with the accessors of its config and counters, and the config swapped as one
+//! with its own served-request counter.
 
 use std::future::Future;
 use std::io;
@@ -50,19 +51,80 @@ impl<C> LiveConfig<C> {
     }
 }
 
+/// What a fake keeps between requests: its config and its counters.
+pub trait FakeState: Send + Sync + 'static {
+    type Config: Clone;
+    type Stats;
+    fn config(&self) -> Self::Config;
+    fn set_config(&self, config: Self::Config);
+    fn stats(&self) -> Self::Stats;
+    fn reset_stats(&self);
+}
+
+/// A running fake over its state `S`. Dropping it stops the server too (without waiting).
+pub struct Fake<S> {
+    running: Running,
+    pub(crate) state: Arc<S>,
+}
+
+impl<S: FakeState> Fake<S> {
+    /// Binds `addr` and serves `state` with `serve`.
+    pub(crate) async fn bind_with<Fut>(
+        addr: SocketAddr,
+        state: S,
+        serve: impl FnOnce(TcpListener, Arc<S>, Stopped) -> Fut,
+    ) -> io::Result<Self>
+    where
+        Fut: Future<Output = io::Result<()>> + Send + 'static,
+    {
+        let state = Arc::new(state);
+        let served = state.clone();
+        let running =
+            Running::bind(addr, |listener, stopped| serve(listener, served, stopped)).await?;
+        Ok(Fake { running, state })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr
+    }
+
+    pub fn stats(&self) -> S::Stats {
+        self.state.stats()
+    }
+
+    pub fn reset_stats(&self) {
+        self.state.reset_stats();
+    }
+
+    pub fn config(&self) -> S::Config {
+        self.state.config()
+    }
+
+    /// Replaces the config; its first-n knob (`fail_first_n`, `throttle_first_n`) counts again
+    /// from here.
+    pub fn set_config(&self, config: S::Config) {
+        self.state.set_config(config);
+    }
+
+    /// Stops accepting, lets requests in progress finish (at most 5 s), then returns.
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
+    }
+}
+
 /// Resolves when the server is to stop: `shutdown` was called or the handle dropped.
 pub(crate) type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A server task on its own port.
-pub(crate) struct Running {
-    pub(crate) addr: SocketAddr,
+struct Running {
+    addr: SocketAddr,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<io::Result<()>>,
 }
 
 impl Running {
     /// Binds `addr` (port 0: the OS picks) and spawns `serve` on the listener.
-    pub(crate) async fn bind<Fut>(
+    async fn bind<Fut>(
         addr: SocketAddr,
         serve: impl FnOnce(TcpListener, Stopped) -> Fut,
     ) -> io::Result<Running>
@@ -89,8 +151,7 @@ impl Running {
         })
     }
 
-    /// Stops accepting, lets requests in progress finish (at most 5 s), then returns.
-    pub(crate) async fn shutdown(self) {
+    async fn shutdown(self) {
         let _ = self.shutdown.send(());
         let mut task = self.task;
         if tokio::time::timeout(Duration::from_secs(5), &mut task)

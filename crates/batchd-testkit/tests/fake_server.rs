@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use batchd_testkit::{FakeConfig, FakeServer, FakeStats};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 /// A fake with one client: building a reqwest client loads the TLS roots, too slow per call.
@@ -29,6 +30,13 @@ impl Fake {
             .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap())
+    }
+
+    /// GET `path` (from the server's root) as JSON.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> T {
+        let url = format!("http://{}{path}", self.server.addr());
+        let response = self.client.get(url).send().await.unwrap();
+        response.json().await.unwrap()
     }
 
     async fn chat(&self, body: Value) -> (u16, Value) {
@@ -301,14 +309,7 @@ async fn stats_and_config_over_http() {
     assert_eq!(server.server.stats(), expected);
     let client = server.client.clone();
     let root = format!("http://{}", server.server.addr());
-    let over_http: FakeStats = client
-        .get(format!("{root}/fake/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let over_http: FakeStats = server.get("/fake/stats").await;
     assert_eq!(over_http, expected);
 
     // Replace the config at run time, without a Content-Type header.
@@ -330,14 +331,7 @@ async fn stats_and_config_over_http() {
     assert_eq!(response.status().as_u16(), 204);
     assert_eq!(server.server.stats().requests, 0);
 
-    let models: Value = client
-        .get(format!("{root}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = server.get("/v1/models").await;
     assert_eq!(models["data"][0]["object"], "model");
     server.shutdown().await;
 }
