@@ -138,6 +138,24 @@ impl Harness {
         self.dir.path().join("out").join(self.job_id.as_str())
     }
 
+    /// Validates the job, then executes it (4 records at a time) until a shutdown once
+    /// `processed` records are counted, which leaves it `InProgress` to resume. Returns its spec.
+    async fn execute_until_shutdown(&self, processed: u64) -> JobSpec {
+        let spec = self.spec(4);
+        let (tx, rx) = progress();
+        self.validate_ok(&spec, &tx).await;
+        let stop = StopSignal::new();
+        let stopper = stop_at(stop.clone(), rx, processed, StopReason::Shutdown);
+        let first = self.execute(&spec, &tx, &stop).await.unwrap();
+        stopper.await.unwrap();
+        assert_eq!(
+            first.status,
+            JobStatus::InProgress,
+            "a shutdown leaves the job running"
+        );
+        spec
+    }
+
     fn output(&self, name: &str) -> Vec<Value> {
         read_jsonl(&self.out().join(name))
     }
@@ -282,20 +300,8 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
             .collect::<String>(),
     )
     .unwrap();
-    let spec = h.spec(4);
-    let (tx, rx) = progress();
-    h.validate_ok(&spec, &tx).await;
-
     // First run: shut down once 60 records are written.
-    let stop = StopSignal::new();
-    let stopper = stop_at(stop.clone(), rx, 60, StopReason::Shutdown);
-    let first = h.execute(&spec, &tx, &stop).await.unwrap();
-    stopper.await.unwrap();
-    assert_eq!(
-        first.status,
-        JobStatus::InProgress,
-        "a shutdown leaves the job running"
-    );
+    let spec = h.execute_until_shutdown(60).await;
     let job = h.store.get(&h.job_id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::InProgress);
     assert!(job.checkpoint.counters.processed >= 60);
@@ -481,14 +487,7 @@ async fn a_resume_refuses_a_file_rewritten_meanwhile_and_keeps_what_was_written(
     let input = h.dir.path().join("in");
     write_prefixed(&input.join("a.jsonl"), "a", 150);
     write_prefixed(&input.join("b.jsonl"), "b", 20);
-    let spec = h.spec(4);
-    let (tx, rx) = progress();
-    h.validate_ok(&spec, &tx).await;
-    let stop = StopSignal::new();
-    let stopper = stop_at(stop.clone(), rx, 30, StopReason::Shutdown);
-    let first = h.execute(&spec, &tx, &stop).await.unwrap();
-    stopper.await.unwrap();
-    assert_eq!(first.status, JobStatus::InProgress);
+    let spec = h.execute_until_shutdown(30).await;
     let written = h.output("a.jsonl.out");
     let checkpointed = h
         .store

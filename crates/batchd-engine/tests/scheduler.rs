@@ -19,6 +19,19 @@ async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -> Sc
     s
 }
 
+/// A job of `model_id`, which names no configured model, is refused, naming the id.
+async fn assert_unknown_model(s: &Scheduler, model_id: &str) {
+    let request = JobRequest {
+        model_id: model_id.into(),
+        ..create("unknown", None)
+    };
+    let err = s.create(request).await.unwrap_err();
+    assert!(
+        matches!(&err, SchedulerError::UnknownModel(m) if m.contains(model_id)),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_and_create_is_idempotent_by_token() {
     let (dir, fake) = dir_and_fake(20, FakeConfig::default()).await;
@@ -43,17 +56,7 @@ async fn jobs_complete_and_create_is_idempotent_by_token() {
     assert!(matches!(err, SchedulerError::Conflict(_)), "{err}");
     let err = s.create(create("two", None).clone()).await.map(|_| ());
     assert!(err.is_ok(), "a finished job's name may be reused");
-    let unknown = s
-        .create(JobRequest {
-            model_id: "nope".into(),
-            ..create("three", None)
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(unknown, SchedulerError::UnknownModel(_)),
-        "{unknown}"
-    );
+    assert_unknown_model(&s, "nope").await;
     s.shutdown().await;
 }
 
@@ -207,17 +210,7 @@ async fn model_id_forms_resolve_and_share_one_quota() {
             done.message
         );
     }
-    let unknown = s
-        .create(JobRequest {
-            model_id: "us.other.model-v1".into(),
-            ..create("unknown", None)
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&unknown, SchedulerError::UnknownModel(m) if m.contains("us.other.model-v1")),
-        "{unknown}"
-    );
+    assert_unknown_model(&s, "us.other.model-v1").await;
     s.shutdown().await;
 }
 
