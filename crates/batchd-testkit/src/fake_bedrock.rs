@@ -49,27 +49,37 @@ const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 const ERROR_NAMESPACE: &str = "http://internal.amazon.com/coral/com.amazon.bedrock/";
 
 /// The fake's behaviour. Serde names match the field names (`POST /fake/config`); missing fields
-/// take their defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// take their defaults. `batchd-fake-bedrock` takes each field as a flag (`--throttle-rate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct FakeBedrockConfig {
-    /// The credentials the fake accepts.
+    /// The access key id the fake accepts.
+    #[arg(long, default_value = ACCESS_KEY_ID)]
     pub access_key_id: String,
+    /// Its secret.
+    #[arg(long, default_value = SECRET_ACCESS_KEY)]
     pub secret_access_key: String,
     /// The region signatures must be scoped to; `None` accepts any.
+    #[arg(long)]
     pub region: Option<String>,
     /// Fraction of (correctly signed) requests answered 429 `ThrottlingException`.
+    #[arg(long, default_value_t = 0.0, value_parser = crate::process::parse_rate)]
     pub throttle_rate: f64,
     /// The first n signed requests after this config is set are throttled.
+    #[arg(long, default_value_t = 0)]
     pub throttle_first_n: u64,
     /// Sent as `Retry-After` on throttled answers.
+    #[arg(long)]
     pub retry_after_secs: Option<u64>,
     /// Every signed request fails with this error type (e.g. `ValidationException`,
     /// `ServiceUnavailableException`), with its usual status.
+    #[arg(long)]
     pub forced_error: Option<String>,
     /// A request whose body contains this marker fails with `ValidationException`.
+    #[arg(long)]
     pub fail_when_prompt_contains: Option<String>,
     /// Latency of every successful answer.
+    #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
 }
 

@@ -41,29 +41,42 @@ pub use serving::{Fake, FakeState};
 use serving::{Live, LiveConfig};
 
 /// The fake's behaviour. Serde names match the field names (`POST /fake/config`); missing
-/// fields take their defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// fields take their defaults. `batchd-fake` takes each field as a flag (`--latency-ms`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct FakeConfig {
     /// Fixed latency added to every successful answer.
+    #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Plus a uniform random 0..=jitter.
+    #[arg(long, default_value_t = 0)]
     pub latency_jitter_ms: u64,
-    /// Fraction of requests answered 429 (with `Retry-After` if `retry_after_secs` is set).
+    /// Fraction of requests answered 429 (with `Retry-After` if `retry_after_secs` is set;
+    /// likewise 500, 503 and 400 for the other rates).
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     pub rate_429: f64,
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     pub rate_500: f64,
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     pub rate_503: f64,
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     pub rate_400: f64,
+    /// Sent as `Retry-After` on 429 answers.
+    #[arg(long)]
     pub retry_after_secs: Option<u64>,
     /// The first n requests after this config is set answer 503 (retry tests).
+    #[arg(long, default_value_t = 0)]
     pub fail_first_n: u64,
     /// Fixed reply text; `None` echoes `echo: <last user message text>`.
+    #[arg(long)]
     pub reply: Option<String>,
     /// Answer 400 when any message (or embedding input) contains this marker: a deterministic
     /// per-record failure.
+    #[arg(long)]
     pub fail_when_prompt_contains: Option<String>,
     /// Requests beyond this many in progress at once answer 429 at once (with `Retry-After`
     /// if `retry_after_secs` is set): a server with a fixed capacity, for adaptive clients.
+    #[arg(long)]
     pub capacity: Option<u64>,
 }
 
