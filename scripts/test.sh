@@ -9,6 +9,8 @@ step() { printf '== test.sh [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) 
 step "prerequisites (scripts/setup.sh installs what is missing through apt)"
 # Headless Chromium and chromedriver too: tests/python/test_console.py drives the web console.
 export BATCHD_SETUP_BROWSER=1
+# And a PostgreSQL server: the job store's conformance suite runs on Postgres too.
+export BATCHD_SETUP_POSTGRES=1
 source scripts/setup.sh
 bash scripts/fresh-check.sh >&2
 # llama.cpp's OpenMP threads otherwise spin between steps on a busy 2-core host.
@@ -35,9 +37,14 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # idle cores; then a few seconds to start). Stopped on exit.
 step "llama-server for the real-server test (scripts/model-server.sh; built once, ~10 min)"
 export BATCHD_MODEL_SERVER_RUN="$(mktemp -d)"
-trap 'bash scripts/model-server.sh stop; rm -rf "$BATCHD_MODEL_SERVER_RUN"' EXIT
+# A throwaway PostgreSQL on 127.0.0.1 (scripts/pg.sh) for the Postgres job store's tests.
+export BATCHD_PG_RUN="$(mktemp -d /tmp/batchd-pg.XXXXXX)"
+trap 'bash scripts/model-server.sh stop; rm -rf "$BATCHD_MODEL_SERVER_RUN"; bash scripts/pg.sh stop' EXIT
 BATCHD_REAL_SERVER_URL=$(bash scripts/model-server.sh start)
 export BATCHD_REAL_SERVER_URL
+step "PostgreSQL for the job store's tests (scripts/pg.sh)"
+BATCHD_TEST_PG_URL=$(bash scripts/pg.sh start)
+export BATCHD_TEST_PG_URL
 step "cargo test --workspace"
 cargo test --workspace
 step "python suite (scripts/pytest.sh)"

@@ -588,6 +588,12 @@ def http_json(method: str, url: str, body: dict | None = None, token: str | None
     return status, headers, raw.decode(errors="replace")
 
 
+def client_error(excinfo) -> tuple[str, int, str]:
+    """The error code, HTTP status and message of a `pytest.raises(ClientError)` result."""
+    r = excinfo.value.response
+    return r["Error"]["Code"], r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Message"]
+
+
 def job_id_of(arn: str) -> str:
     return arn.rsplit("/", 1)[1]
 

@@ -19,6 +19,7 @@ from conftest import (
     AWS_CLI,
     REGION,
     clean_env,
+    client_error,
     create_job,
     free_port,
     records,
@@ -99,8 +100,7 @@ def keyed_server(start_server, tmp_path):
 def error_of(call) -> tuple[str, int, str]:
     with pytest.raises(ClientError) as e:
         call()
-    r = e.value.response
-    return r["Error"]["Code"], r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Message"]
+    return client_error(e)
 
 
 def put_input(server, name: str) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from conftest import (
     ROLE_ARN,
     SHARED_DATA,
     SLOW_MODEL,
+    client_error,
     create_job,
     expected_manifest,
     job_id_of,
@@ -25,15 +26,6 @@ from conftest import (
     unique,
     wait_for_status,
 )
-
-
-def client_error(excinfo) -> tuple[str, int, str]:
-    e = excinfo.value
-    return (
-        e.response["Error"]["Code"],
-        e.response["ResponseMetadata"]["HTTPStatusCode"],
-        e.response["Error"]["Message"],
-    )
 
 
 def create_params(**overrides) -> dict:

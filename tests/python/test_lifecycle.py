@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from conftest import (
     SHARED_DATA,
     SLOW_MODEL,
+    client_error,
     create_job,
     expected_manifest,
     job_id_of,
@@ -23,15 +24,6 @@ from conftest import (
     unique,
     wait_for_status,
 )
-
-
-def error_of(excinfo) -> tuple[str, int, str]:
-    e = excinfo.value
-    return (
-        e.response["Error"]["Code"],
-        e.response["ResponseMetadata"]["HTTPStatusCode"],
-        e.response["Error"]["Message"],
-    )
 
 
 def test_stop_in_progress_job_keeps_finished_records(s3_server, bucket_name):
@@ -66,7 +58,7 @@ def test_stop_in_progress_job_keeps_finished_records(s3_server, bucket_name):
     # Stopping it again: it has ended.
     with pytest.raises(ClientError) as excinfo:
         s3_server.bedrock.stop_model_invocation_job(jobIdentifier=arn)
-    code, status, _ = error_of(excinfo)
+    code, status, _ = client_error(excinfo)
     assert (code, status) == ("ConflictException", 400)
 
 
@@ -78,7 +70,7 @@ def test_stop_completed_job_is_a_conflict(s3_server, bucket_name):
     wait_for_status(s3_server.bedrock, arn, {"Completed"})
     with pytest.raises(ClientError) as excinfo:
         s3_server.bedrock.stop_model_invocation_job(jobIdentifier=job_id_of(arn))
-    code, status, message = error_of(excinfo)
+    code, status, message = client_error(excinfo)
     assert (code, status) == ("ConflictException", 400)
     assert message
     assert s3_server.bedrock.get_model_invocation_job(jobIdentifier=arn)["status"] == "Completed"
@@ -118,7 +110,7 @@ def test_duplicate_job_name_while_the_first_runs_is_a_conflict(s3_server, bucket
     wait_for_status(s3_server.bedrock, arn, {"InProgress"}, timeout=30, interval=0.05)
     with pytest.raises(ClientError) as excinfo:
         create_job(s3_server.bedrock, name, in_uri, f"s3://{bucket_name}/out2/", model=SLOW_MODEL)
-    code, status, message = error_of(excinfo)
+    code, status, message = client_error(excinfo)
     assert (code, status) == ("ConflictException", 400)
     assert "name" in message.lower()
     jobs = s3_server.bedrock.list_model_invocation_jobs(nameContains=name)["invocationJobSummaries"]

@@ -46,8 +46,23 @@ def warm_clients(server, n: int = THREADS):
     return clients
 
 
-def test_concurrent_creates_with_one_name_make_one_active_job(start_server, bucket_name):
-    server = start_server("s3")
+@pytest.mark.parametrize(
+    "limits, same_name, refusal, rule",
+    [
+        ({}, True, "ConflictException", "active jobs named one name"),
+        (
+            {"max_jobs_per_model": 1},
+            False,
+            "ServiceQuotaExceededException",
+            "active jobs of one model with max_jobs_per_model = 1",
+        ),
+    ],
+    ids=["one-name", "max-jobs-per-model"],
+)
+def test_concurrent_creates_make_one_active_job(start_server, bucket_name, limits, same_name, refusal, rule):
+    """Racing creates of one name, or of one model limited to one job, make exactly one active
+    job; every other create is refused."""
+    server = start_server("s3", {"limits": limits} if limits else None)
     b = server.buckets
     b.create(bucket_name)
     body, _ = records(RECORDS)
@@ -55,25 +70,10 @@ def test_concurrent_creates_with_one_name_make_one_active_job(start_server, buck
     clients = warm_clients(server)
     for _ in range(12):
         name = unique("same")
-        results = race(clients, lambda c, i: create_job(c, name, in_uri, f"s3://{bucket_name}/out/", SLOW_MODEL))
+        job_name = (lambda: name) if same_name else (lambda: unique("quota"))
+        results = race(clients, lambda c, i: create_job(c, job_name(), in_uri, f"s3://{bucket_name}/out/", SLOW_MODEL))
         created = [r[1] for r in results if r[0] == "ok"]
-        assert all(r[0] in ("ok", "ConflictException") for r in results), results
-        assert len(created) == 1, f"{len(created)} active jobs named {name}: {results}"
-        for arn in created:
-            wait_for_status(server.bedrock, arn, {"Completed"})
-
-
-def test_concurrent_creates_respect_max_jobs_per_model(start_server, bucket_name):
-    server = start_server("s3", {"limits": {"max_jobs_per_model": 1}})
-    b = server.buckets
-    b.create(bucket_name)
-    body, _ = records(RECORDS)
-    in_uri = b.put(bucket_name, "in/one.jsonl", body)
-    clients = warm_clients(server)
-    for _ in range(12):
-        results = race(clients, lambda c, i: create_job(c, unique("quota"), in_uri, f"s3://{bucket_name}/out/", SLOW_MODEL))
-        created = [r[1] for r in results if r[0] == "ok"]
-        assert all(r[0] in ("ok", "ServiceQuotaExceededException") for r in results), results
-        assert len(created) == 1, f"{len(created)} active jobs of one model with max_jobs_per_model = 1: {results}"
+        assert all(r[0] in ("ok", refusal) for r in results), results
+        assert len(created) == 1, f"{len(created)} {rule}: {results}"
         for arn in created:
             wait_for_status(server.bedrock, arn, {"Completed"})

@@ -12,8 +12,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use batchd_core::{DialectKind, Job, JobFilter, JobId, JobOrigin, JobStatus};
@@ -234,25 +235,28 @@ struct JobQuery {
 }
 
 /// The job id of a path, or the page saying there is no such job.
-fn job_id(raw: &str) -> Result<JobId, Box<Response>> {
-    JobId::parse(raw).map_err(|_| {
-        Box::new(error_page(
-            StatusCode::NOT_FOUND,
-            &format!("No job {raw:?}."),
-        ))
-    })
+/// The job id of a `/ui/jobs/{id}` path; one that is no job id answers the 404 page.
+struct JobPath(JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        JobId::parse(&raw)
+            .map(JobPath)
+            .map_err(|_| error_page(StatusCode::NOT_FOUND, &format!("No job {raw:?}.")))
+    }
 }
 
 async fn job_page(
     State(console): State<Console>,
     Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    JobPath(id): JobPath,
     Query(q): Query<JobQuery>,
 ) -> Response {
-    let id = match job_id(&raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
     let job = match console.service.get_job(&caller.account_id, &id).await {
         Ok(job) => job,
         Err(e) => return service_error(e),
@@ -442,12 +446,8 @@ fn job_body(
 async fn stop(
     State(console): State<Console>,
     Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    JobPath(id): JobPath,
 ) -> Response {
-    let id = match job_id(&raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
     match console.service.stop_job(&caller.account_id, &id).await {
         // Back to the job's page, which shows Stopping and then Stopped.
         Ok(()) | Err(ServiceError::Conflict(_)) => {

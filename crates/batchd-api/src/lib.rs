@@ -21,6 +21,7 @@ pub mod bedrock;
 pub mod console;
 pub mod observe;
 pub mod openai;
+mod path_job;
 pub mod s3;
 
 pub use bedrock::{ApiConfig, ApiError, router};

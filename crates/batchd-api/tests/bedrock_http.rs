@@ -4,6 +4,8 @@
 //! test starts it, so the other tests see their jobs exactly as they created them.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +17,7 @@ use batchd_core::{Counters, JobArn, JobId, JobStatus};
 use batchd_engine::scheduler::{ModelEntry, Scheduler, SchedulerConfig};
 use batchd_engine::service::SchedulerService;
 use batchd_engine::{Engine, EngineConfig, RecordOptions};
-use batchd_storage::{Storage, StorageConfig};
-use batchd_store::{SharedStore, SqliteStore};
+use batchd_store::SharedStore;
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::{Value, json};
 
@@ -60,15 +61,7 @@ async fn start_with_auth(config: SchedulerConfig, auth: AuthConfig) -> Server {
     batchd_testkit::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let storage = Arc::new(Storage::new(StorageConfig {
-        data_dir: dir.path().into(),
-        ..Default::default()
-    }));
-    let store: SharedStore = Arc::new(
-        SqliteStore::open(&dir.path().join("batchd.sqlite"))
-            .await
-            .unwrap(),
-    );
+    let (storage, store) = support::local_state(dir.path()).await;
     let backend = batchd_testkit::conformance::openai_backend(fake.base_url()).unwrap();
     let models = models()
         .into_iter()
@@ -101,11 +94,8 @@ async fn start_with_auth(config: SchedulerConfig, auth: AuthConfig) -> Server {
         None,
         Arc::new(Authenticator::new(auth)),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
     Server {
-        base: format!("http://{addr}"),
+        base: support::serve(app).await,
         store,
         scheduler,
         http: reqwest::Client::new(),

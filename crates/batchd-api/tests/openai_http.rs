@@ -3,6 +3,8 @@
 //! bodies written out by hand so that each edge case is exactly what is sent.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -11,8 +13,7 @@ use batchd_engine::files::Files;
 use batchd_engine::scheduler::{Scheduler, SchedulerConfig};
 use batchd_engine::service::SchedulerService;
 use batchd_engine::{Engine, EngineConfig};
-use batchd_storage::{Storage, StorageConfig, StorageUri};
-use batchd_store::{SharedStore, SqliteStore};
+use batchd_storage::StorageUri;
 use serde_json::{Value, json};
 
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -28,15 +29,7 @@ struct Server {
 async fn start() -> Server {
     batchd_testkit::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(Storage::new(StorageConfig {
-        data_dir: dir.path().into(),
-        ..Default::default()
-    }));
-    let store: SharedStore = Arc::new(
-        SqliteStore::open(&dir.path().join("batchd.sqlite"))
-            .await
-            .unwrap(),
-    );
+    let (storage, store) = support::local_state(dir.path()).await;
     let files_dir = dir.path().join("files");
     let files = Files::new(
         storage.clone(),
@@ -72,11 +65,8 @@ async fn start() -> Server {
             },
         )),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
     Server {
-        base: format!("http://{addr}"),
+        base: support::serve(app).await,
         http: reqwest::Client::new(),
         files_dir,
         _dir: dir,

@@ -490,18 +490,10 @@ fn join_text_parts(parts: Vec<WirePart<'_>>) -> Cow<'_, str> {
         WirePart::Text { text } => Some(text),
         WirePart::ImageUrl { .. } => None,
     });
-    let Some(first) = texts.next() else {
-        return Cow::Borrowed("");
-    };
-    let Some(second) = texts.next() else {
-        return first;
-    };
-    let mut joined = first.into_owned();
-    for text in std::iter::once(second).chain(texts) {
-        joined.push('\n');
-        joined.push_str(&text);
+    match texts.next() {
+        Some(first) => join_lines(first, texts),
+        None => Cow::Borrowed(""),
     }
-    Cow::Owned(joined)
 }
 
 /// A tool message's content is a string: text as is, JSON serialized, a part per line
@@ -518,13 +510,21 @@ fn tool_result_text(parts: &[ToolResultPart], is_error: bool) -> Cow<'_, str> {
         (None, false) => return Cow::Borrowed(""),
         (first, true) => Cow::Owned(format!("Error: {}", first.unwrap_or_default())),
     };
-    let Some(second) = pieces.next() else {
+    join_lines(first, pieces)
+}
+
+/// `first` and the `rest`, a line each; borrowed when there is only `first`.
+fn join_lines<'a>(
+    first: Cow<'a, str>,
+    mut rest: impl Iterator<Item = Cow<'a, str>>,
+) -> Cow<'a, str> {
+    let Some(second) = rest.next() else {
         return first;
     };
     let mut joined = first.into_owned();
-    for piece in std::iter::once(second).chain(pieces) {
+    for line in std::iter::once(second).chain(rest) {
         joined.push('\n');
-        joined.push_str(&piece);
+        joined.push_str(&line);
     }
     Cow::Owned(joined)
 }

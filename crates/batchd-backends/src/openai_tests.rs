@@ -1,7 +1,7 @@
 //! Unit tests of the OpenAI backend's translation: request bodies, answers, errors, headers.
 #![allow(clippy::unwrap_used)]
 
-use batchd_formats::neutral::{JsonSchemaFormat, Role, ToolSpec};
+use batchd_formats::neutral::{JsonSchemaFormat, ToolSpec};
 use serde_json::json;
 
 use super::*;
@@ -10,20 +10,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 fn body_json(request: &ChatRequest) -> Value {
     serde_json::to_value(chat_body("m", request).unwrap()).unwrap()
-}
-
-fn user(content: Vec<ContentPart>) -> ChatMessage {
-    ChatMessage {
-        role: Role::User,
-        content,
-    }
-}
-
-fn assistant(content: Vec<ContentPart>) -> ChatMessage {
-    ChatMessage {
-        role: Role::Assistant,
-        content,
-    }
 }
 
 fn text(t: &str) -> ContentPart {
@@ -35,14 +21,14 @@ fn system_multi_turn_and_sampling_fields() {
     let request = ChatRequest {
         system: vec!["You are terse.".into(), "Answer in French.".into()],
         messages: vec![
-            user(vec![text("Hi")]),
-            assistant(vec![
+            ChatMessage::user(vec![text("Hi")]),
+            ChatMessage::assistant(vec![
                 text("Salut"),
                 ContentPart::Reasoning {
                     text: "hidden".into(),
                 },
             ]),
-            user(vec![text("Part one"), text("part two")]),
+            ChatMessage::user(vec![text("Part one"), text("part two")]),
         ],
         max_tokens: Some(64),
         temperature: Some(0.5),
@@ -73,7 +59,7 @@ fn system_multi_turn_and_sampling_fields() {
 #[test]
 fn minimal_request_omits_unset_fields() {
     let request = ChatRequest {
-        messages: vec![user(vec![text("Hi")])],
+        messages: vec![ChatMessage::user(vec![text("Hi")])],
         ..Default::default()
     };
     assert_eq!(
@@ -85,7 +71,7 @@ fn minimal_request_omits_unset_fields() {
 #[test]
 fn images_and_documents_make_a_content_array() {
     let request = ChatRequest {
-        messages: vec![user(vec![
+        messages: vec![ChatMessage::user(vec![
             ContentPart::Document {
                 name: "report".into(),
                 format: Some("txt".into()),
@@ -113,8 +99,8 @@ fn images_and_documents_make_a_content_array() {
 fn tools_tool_calls_and_tool_results() {
     let request = ChatRequest {
         messages: vec![
-            user(vec![text("Weather in Paris?")]),
-            assistant(vec![
+            ChatMessage::user(vec![text("Weather in Paris?")]),
+            ChatMessage::assistant(vec![
                 text("Let me check."),
                 ContentPart::ToolUse {
                     id: "call_1".into(),
@@ -122,12 +108,12 @@ fn tools_tool_calls_and_tool_results() {
                     input: json!({"city": "Paris"}),
                 },
             ]),
-            assistant(vec![ContentPart::ToolUse {
+            ChatMessage::assistant(vec![ContentPart::ToolUse {
                 id: "call_2".into(),
                 name: "time".into(),
                 input: json!({}),
             }]),
-            user(vec![
+            ChatMessage::user(vec![
                 ContentPart::ToolResult {
                     tool_use_id: "call_1".into(),
                     content: vec![
@@ -144,7 +130,7 @@ fn tools_tool_calls_and_tool_results() {
                 text("Thanks, and tomorrow?"),
             ]),
             // A turn that only carries tool results adds no user message.
-            user(vec![ContentPart::ToolResult {
+            ChatMessage::user(vec![ContentPart::ToolResult {
                 tool_use_id: "call_3".into(),
                 content: vec![ToolResultPart::Json(json!([1, 2]))],
                 is_error: true,
@@ -202,7 +188,7 @@ fn tool_choice_modes() {
         (ToolChoice::Any, json!("required")),
     ] {
         let request = ChatRequest {
-            messages: vec![user(vec![text("x")])],
+            messages: vec![ChatMessage::user(vec![text("x")])],
             tools: vec![tool.clone()],
             tool_choice: Some(choice),
             ..Default::default()
@@ -216,7 +202,7 @@ fn tool_choice_modes() {
     }
     // Without tools, OpenAI would refuse a tool_choice: it is left out.
     let request = ChatRequest {
-        messages: vec![user(vec![text("x")])],
+        messages: vec![ChatMessage::user(vec![text("x")])],
         tool_choice: Some(ToolChoice::Any),
         ..Default::default()
     };
@@ -230,7 +216,7 @@ fn response_format_and_extra_fields() {
     extra.insert("max_tokens".into(), json!(1));
     extra.insert("top_k".into(), json!(5));
     let request = ChatRequest {
-        messages: vec![user(vec![text("x")])],
+        messages: vec![ChatMessage::user(vec![text("x")])],
         max_tokens: Some(10),
         response_format: Some(JsonSchemaFormat {
             name: None,
@@ -257,7 +243,7 @@ fn response_format_and_extra_fields() {
 #[test]
 fn unsupported_parts_are_refused() {
     let request = ChatRequest {
-        messages: vec![user(vec![
+        messages: vec![ChatMessage::user(vec![
             text("x"),
             ContentPart::Unsupported {
                 kind: "video".into(),
@@ -276,7 +262,7 @@ fn unsupported_parts_are_refused() {
 #[test]
 fn tool_result_images_follow_in_a_user_message() {
     let request = ChatRequest {
-        messages: vec![user(vec![
+        messages: vec![ChatMessage::user(vec![
             ContentPart::ToolResult {
                 tool_use_id: "c".into(),
                 content: vec![
@@ -311,7 +297,7 @@ fn tool_result_images_follow_in_a_user_message() {
 #[test]
 fn document_names_are_escaped() {
     let request = ChatRequest {
-        messages: vec![user(vec![ContentPart::Document {
+        messages: vec![ChatMessage::user(vec![ContentPart::Document {
             name: "a \"b\" & c".into(),
             format: None,
             text: "body".into(),
@@ -356,7 +342,7 @@ fn reasoning_in_answers_comes_first() {
 fn every_neutral_field_reaches_the_wire() {
     let request = ChatRequest {
         system: vec!["s1".into(), "s2".into()],
-        messages: vec![user(vec![text("x")])],
+        messages: vec![ChatMessage::user(vec![text("x")])],
         max_tokens: Some(5),
         temperature: Some(0.25),
         top_p: Some(0.5),

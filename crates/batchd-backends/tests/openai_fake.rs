@@ -203,11 +203,7 @@ async fn embeddings_round_trip() {
 
 #[tokio::test]
 async fn concurrent_calls_share_the_pool() {
-    let (server, backend) = start(FakeConfig {
-        latency_ms: 20,
-        ..Default::default()
-    })
-    .await;
+    let (server, backend) = start(FakeConfig::latency(20, 0)).await;
     let backend = Arc::new(backend);
     let calls: Vec<_> = (0..64)
         .map(|i| {

@@ -13,7 +13,7 @@ use batchd_embedded::{
 use batchd_formats::neutral::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, EmbedRequest, Role, StopReason,
 };
-use batchd_testkit::skip_unless_ci;
+use batchd_testkit::found_or_skip;
 use futures::future::join_all;
 
 const SLOTS: usize = 4;
@@ -23,17 +23,12 @@ const SLOTS: usize = 4;
 fn chat() -> Option<&'static EmbeddedChat> {
     static CHAT: OnceLock<Option<EmbeddedChat>> = OnceLock::new();
     CHAT.get_or_init(|| {
-        let files = match ChatModelFiles::locate(&default_cache_dir(|name| std::env::var_os(name)))
-        {
-            Ok(files) => files,
-            Err(e) => {
-                skip_unless_ci(
-                    &format!("the model tests: {e}"),
-                    "CI must run scripts/models.sh first",
-                );
-                return None;
-            }
-        };
+        let cache = default_cache_dir(|name| std::env::var_os(name));
+        let files = found_or_skip(
+            ChatModelFiles::locate(&cache),
+            "the model tests",
+            "CI must run scripts/models.sh first",
+        )?;
         let config = ChatModelConfig {
             max_sequences: SLOTS,
             context_per_sequence: 1024,

@@ -11,25 +11,19 @@ use batchd_embedded::{
     default_cache_dir,
 };
 use batchd_formats::neutral::{ChatRequest, EmbedRequest};
-use batchd_testkit::skip_unless_ci;
+use batchd_testkit::found_or_skip;
 use futures::future::join_all;
 
 fn model() -> Option<&'static EmbeddedEmbeddings> {
     static MODEL: OnceLock<Option<EmbeddedEmbeddings>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let files = match EmbeddingModelFiles::locate(&default_cache_dir(|name| {
-                std::env::var_os(name)
-            })) {
-                Ok(files) => files,
-                Err(e) => {
-                    skip_unless_ci(
-                        &format!("the model tests: {e}"),
-                        "CI must run scripts/models.sh first",
-                    );
-                    return None;
-                }
-            };
+            let cache = default_cache_dir(|name| std::env::var_os(name));
+            let files = found_or_skip(
+                EmbeddingModelFiles::locate(&cache),
+                "the model tests",
+                "CI must run scripts/models.sh first",
+            )?;
             Some(EmbeddedEmbeddings::load(EmbeddingsConfig::new(files)).unwrap())
         })
         .as_ref()

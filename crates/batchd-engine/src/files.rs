@@ -232,6 +232,20 @@ mod tests {
         }
     }
 
+    impl Env {
+        /// Uploads `chunks` as `name`, a batch file of `ME` that never expires, of at most
+        /// 10 bytes.
+        async fn upload_small(
+            &self,
+            name: &str,
+            chunks: Vec<Result<&'static [u8], std::io::Error>>,
+        ) -> Result<FileRecord, FilesError> {
+            self.files
+                .upload(ME, name, "batch", None, body(chunks), 10)
+                .await
+        }
+    }
+
     fn body(
         chunks: Vec<Result<&'static [u8], std::io::Error>>,
     ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
@@ -303,47 +317,19 @@ mod tests {
         let env = env().await;
         // Exactly the limit is fine; one byte more is not.
         let exact = env
-            .files
-            .upload(
-                ME,
-                "a.jsonl",
-                "batch",
-                None,
-                body(vec![Ok(b"12345"), Ok(b"67890")]),
-                10,
-            )
+            .upload_small("a.jsonl", vec![Ok(b"12345"), Ok(b"67890")])
             .await
             .unwrap();
         assert_eq!((exact.bytes, exact.expires_at), (10, None));
         let over = env
-            .files
-            .upload(
-                ME,
-                "b.jsonl",
-                "batch",
-                None,
-                body(vec![Ok(b"12345"), Ok(b"678901")]),
-                10,
-            )
+            .upload_small("b.jsonl", vec![Ok(b"12345"), Ok(b"678901")])
             .await;
         assert!(
             matches!(over, Err(FilesError::TooLarge { max: 10 })),
             "{over:?}"
         );
-        let broken = env
-            .files
-            .upload(
-                ME,
-                "c.jsonl",
-                "batch",
-                None,
-                body(vec![
-                    Ok(b"123"),
-                    Err(std::io::Error::other("connection reset")),
-                ]),
-                10,
-            )
-            .await;
+        let reset = Err(std::io::Error::other("connection reset"));
+        let broken = env.upload_small("c.jsonl", vec![Ok(b"123"), reset]).await;
         assert!(matches!(broken, Err(FilesError::Body(_))), "{broken:?}");
         assert_eq!(stored(&env), [exact.id.as_str()]);
         let all = FileFilter {
@@ -445,11 +431,7 @@ mod tests {
     #[tokio::test]
     async fn another_accounts_file_is_not_found_read_listed_or_deleted() {
         let env = env().await;
-        let mine = env
-            .files
-            .upload(ME, "a.jsonl", "batch", None, body(vec![Ok(b"x\n")]), 10)
-            .await
-            .unwrap();
+        let mine = env.upload_small("a.jsonl", vec![Ok(b"x\n")]).await.unwrap();
         let theirs = env
             .files
             .upload(OTHER, "b.jsonl", "batch", None, body(vec![Ok(b"y\n")]), 10)

@@ -756,12 +756,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stale_validation_and_start_leave_the_job_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = FakeServer::start(FakeConfig {
-            latency_ms: 100,
-            ..FakeConfig::default()
-        })
-        .await
-        .unwrap();
+        let fake = FakeServer::start(FakeConfig::latency(100, 0))
+            .await
+            .unwrap();
         let s = idle_scheduler(dir.path(), &fake, 12).await;
         let stale = s.create(create("stale", None)).await.unwrap();
         assert_eq!(stale.status, JobStatus::Submitted);
@@ -797,12 +794,7 @@ mod tests {
     /// shutdown never waits for a job to run to its end.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_stops_executions_started_concurrently() {
-        let fake = FakeServer::start(FakeConfig {
-            latency_ms: 20,
-            ..FakeConfig::default()
-        })
-        .await
-        .unwrap();
+        let fake = FakeServer::start(FakeConfig::latency(20, 0)).await.unwrap();
         for round in 0..40_u32 {
             let dir = tempfile::tempdir().unwrap();
             let s = idle_scheduler(dir.path(), &fake, 400).await;

@@ -16,6 +16,11 @@ use crate::scheduler::{Scheduler, SchedulerError};
 #[derive(Clone)]
 pub struct SchedulerService(pub Scheduler);
 
+/// A store failure, as the API reports it.
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(e.to_string())
+}
+
 fn service_error(e: SchedulerError) -> ServiceError {
     match e {
         SchedulerError::UnknownModel(m) | SchedulerError::BadRequest(m) => {
@@ -24,7 +29,7 @@ fn service_error(e: SchedulerError) -> ServiceError {
         SchedulerError::Conflict(m) => ServiceError::Conflict(m),
         SchedulerError::QuotaExceeded(m) => ServiceError::QuotaExceeded(m),
         SchedulerError::NotFound(id) => ServiceError::NotFound(format!("Could not find job {id}")),
-        SchedulerError::Store(e) => ServiceError::Internal(e.to_string()),
+        SchedulerError::Store(e) => internal(e),
         SchedulerError::Internal(m) => ServiceError::Internal(m),
     }
 }
@@ -63,7 +68,7 @@ impl JobService for SchedulerService {
                 Ok(self.with_live_counters(job))
             }
             Ok(_) => Err(ServiceError::NotFound(format!("Could not find job {id}"))),
-            Err(e) => Err(ServiceError::Internal(e.to_string())),
+            Err(e) => Err(internal(e)),
         }
     }
 
@@ -73,11 +78,7 @@ impl JobService for SchedulerService {
         id: &JobId,
     ) -> Result<Vec<(String, String)>, ServiceError> {
         self.get_job(account, id).await?;
-        self.0
-            .store()
-            .tags(id)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+        self.0.store().tags(id).await.map_err(internal)
     }
 
     async fn tag_job(
@@ -87,11 +88,7 @@ impl JobService for SchedulerService {
         tags: Vec<(String, String)>,
     ) -> Result<(), ServiceError> {
         self.get_job(account, id).await?;
-        self.0
-            .store()
-            .set_tags(id, &tags)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+        self.0.store().set_tags(id, &tags).await.map_err(internal)
     }
 
     async fn untag_job(
@@ -105,7 +102,7 @@ impl JobService for SchedulerService {
             .store()
             .remove_tags(id, &keys)
             .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+            .map_err(internal)
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, ServiceError> {
@@ -118,7 +115,7 @@ impl JobService for SchedulerService {
                     .map(|job| self.with_live_counters(job))
                     .collect()
             })
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+            .map_err(internal)
     }
 
     async fn stop_job(&self, account: &str, id: &JobId) -> Result<(), ServiceError> {
@@ -147,9 +144,7 @@ impl JobService for SchedulerService {
         offset: u64,
         limit: usize,
     ) -> Result<FailedPage, ServiceError> {
-        let internal = |e: String| ServiceError::Internal(e);
-        let output = batchd_storage::StorageUri::parse(&job.request.output)
-            .map_err(|e| internal(e.to_string()))?;
+        let output = batchd_storage::StorageUri::parse(&job.request.output).map_err(internal)?;
         let dir = output.join(job.id.as_str());
         let storage = self.0.engine().storage();
         let max_line = self.0.engine().config.max_line_bytes;
@@ -159,7 +154,7 @@ impl JobService for SchedulerService {
             Err(crate::analysis::AnalysisError::NothingThere { .. }) => {
                 return Ok(FailedPage::default());
             }
-            Err(e) => return Err(internal(e.to_string())),
+            Err(e) => return Err(internal(e)),
         };
         let (mut page, mut seen) = (FailedPage::default(), 0u64);
         for file in files {
@@ -185,7 +180,7 @@ impl JobService for SchedulerService {
                 Ok(())
             })
             .await
-            .map_err(|e| internal(e.to_string()))?;
+            .map_err(internal)?;
         }
         Ok(page)
     }
@@ -202,9 +197,7 @@ fn file_error(e: FilesError) -> ServiceError {
         // OpenAI's words: the API shows them as they are.
         FilesError::TooLarge { .. } => ServiceError::Validation("File is too large.".into()),
         FilesError::Body(e) => ServiceError::Validation(format!("The upload broke off: {e}")),
-        e @ (FilesError::Storage(_) | FilesError::Store(_) | FilesError::Entropy(_)) => {
-            ServiceError::Internal(e.to_string())
-        }
+        e @ (FilesError::Storage(_) | FilesError::Store(_) | FilesError::Entropy(_)) => internal(e),
     }
 }
 

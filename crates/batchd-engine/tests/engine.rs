@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,10 @@ use batchd_engine::{
 use batchd_core::{JobOrigin, JobRequest, NewJob};
 use batchd_storage::{Storage, StorageConfig, StorageUri};
 use batchd_store::{JobStore, SqliteStore};
+use batchd_testkit::harness::{manifest, read_jsonl, record_ids};
 use batchd_testkit::{FakeConfig, FakeServer};
 use serde_json::Value;
-use support::{write_prefixed, write_records};
+use support::{create, write_prefixed, write_records};
 use tokio::sync::watch;
 
 struct Harness {
@@ -51,18 +53,11 @@ impl Harness {
                 id: job_id.clone(),
                 arn: "arn".into(),
                 request: JobRequest {
-                    name: "t".into(),
-                    account_id: "000000000000".into(),
                     model_id: "m".into(),
                     origin: JobOrigin::Run,
-                    role_arn: None,
-                    client_request_token: None,
-                    invocation_type: InvocationType::Converse,
                     inputs: vec!["in".into()],
                     output: "out".into(),
-                    timeout_hours: None,
-                    request_json: None,
-                    dialect: batchd_core::Dialect::Bedrock,
+                    ..create("t", None)
                 },
                 job_expiration_ms: None,
             })
@@ -111,6 +106,21 @@ impl Harness {
         assert!(failed.is_none(), "{:?}", failed.map(|o| o.message));
     }
 
+    /// Runs the whole job (validation, then execution) on the fake backend, `concurrency`
+    /// records at a time.
+    async fn run(
+        &self,
+        concurrency: usize,
+        tx: &watch::Sender<Progress>,
+        stop: &StopSignal,
+    ) -> JobOutcome {
+        let spec = self.spec(concurrency);
+        self.engine
+            .run_job(&spec, self.backend.clone(), &self.store, tx, stop)
+            .await
+            .unwrap()
+    }
+
     /// Runs the job's execution phase on the fake backend.
     async fn execute(
         &self,
@@ -123,18 +133,35 @@ impl Harness {
             .await
     }
 
+    /// The job's output folder.
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out").join(self.job_id.as_str())
+    }
+
+    /// Validates the job, then executes it (4 records at a time) until a shutdown once
+    /// `processed` records are counted, which leaves it `InProgress` to resume. Returns its spec.
+    async fn execute_until_shutdown(&self, processed: u64) -> JobSpec {
+        let spec = self.spec(4);
+        let (tx, rx) = progress();
+        self.validate_ok(&spec, &tx).await;
+        let stop = StopSignal::new();
+        let stopper = stop_at(stop.clone(), rx, processed, StopReason::Shutdown);
+        let first = self.execute(&spec, &tx, &stop).await.unwrap();
+        stopper.await.unwrap();
+        assert_eq!(
+            first.status,
+            JobStatus::InProgress,
+            "a shutdown leaves the job running"
+        );
+        spec
+    }
+
     fn output(&self, name: &str) -> Vec<Value> {
-        let path = self
-            .dir
-            .path()
-            .join("out")
-            .join(self.job_id.as_str())
-            .join(name);
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        read_jsonl(&self.out().join(name))
+    }
+
+    fn manifest(&self) -> Value {
+        manifest(&self.out())
     }
 }
 
@@ -171,22 +198,13 @@ fn fast_retry() -> RetryPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_mid_job_keeps_an_ordered_prefix_and_writes_the_manifest() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 10,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(10, 0)).await.unwrap();
     let h = Harness::new(&fake, fast_retry()).await;
     write_records(&h.dir.path().join("in/a.jsonl"), 400);
     let (tx, rx) = progress();
     let cancel = StopSignal::new();
     let stopper = stop_at(cancel.clone(), rx, 20, StopReason::User);
-    let outcome = h
-        .engine
-        .run_job(&h.spec(4), h.backend.clone(), &h.store, &tx, &cancel)
-        .await
-        .unwrap();
+    let outcome = h.run(4, &tx, &cancel).await;
     stopper.await.unwrap();
     assert_eq!(outcome.status, JobStatus::Stopped);
     let c = outcome.counters;
@@ -204,10 +222,7 @@ async fn stop_mid_job_keeps_an_ordered_prefix_and_writes_the_manifest() {
             "an in-order prefix of the input"
         );
     }
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(h.dir.path().join("out/testjob00001/manifest.json.out")).unwrap(),
-    )
-    .unwrap();
+    let manifest = h.manifest();
     assert_eq!(manifest["processedRecordCount"], c.processed);
     assert_eq!(manifest["totalRecordCount"], 400);
     let job = h.store.get(&h.job_id).await.unwrap().unwrap();
@@ -217,12 +232,9 @@ async fn stop_mid_job_keeps_an_ordered_prefix_and_writes_the_manifest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_that_times_out_is_retried_then_becomes_a_408_error_line() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 2_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(2_000, 0))
+        .await
+        .unwrap();
     let retry = RetryPolicy {
         attempt_timeout: Duration::from_millis(100),
         max_attempts: 2,
@@ -231,17 +243,7 @@ async fn an_attempt_that_times_out_is_retried_then_becomes_a_408_error_line() {
     let h = Harness::new(&fake, retry).await;
     write_records(&h.dir.path().join("in/a.jsonl"), 2);
     let (tx, _rx) = progress();
-    let outcome = h
-        .engine
-        .run_job(
-            &h.spec(2),
-            h.backend.clone(),
-            &h.store,
-            &tx,
-            &StopSignal::new(),
-        )
-        .await
-        .unwrap();
+    let outcome = h.run(2, &tx, &StopSignal::new()).await;
     assert_eq!(outcome.status, JobStatus::Completed);
     assert_eq!(outcome.counters.error, 2);
     for line in h.output("a.jsonl.out") {
@@ -273,17 +275,7 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
     write_records(&h.dir.path().join("in/a.jsonl"), 1);
     let (tx, _rx) = progress();
     let started = Instant::now();
-    let outcome = h
-        .engine
-        .run_job(
-            &h.spec(1),
-            h.backend.clone(),
-            &h.store,
-            &tx,
-            &StopSignal::new(),
-        )
-        .await
-        .unwrap();
+    let outcome = h.run(1, &tx, &StopSignal::new()).await;
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "waited for Retry-After: {:?}",
@@ -297,13 +289,7 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 5,
-        latency_jitter_ms: 10,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(5, 10)).await.unwrap();
     let h = Harness::new(&fake, fast_retry()).await;
     write_records(&h.dir.path().join("in/a.jsonl"), 150);
     write_records(&h.dir.path().join("in/b.jsonl"), 0);
@@ -314,20 +300,8 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
             .collect::<String>(),
     )
     .unwrap();
-    let spec = h.spec(4);
-    let (tx, rx) = progress();
-    h.validate_ok(&spec, &tx).await;
-
     // First run: shut down once 60 records are written.
-    let stop = StopSignal::new();
-    let stopper = stop_at(stop.clone(), rx, 60, StopReason::Shutdown);
-    let first = h.execute(&spec, &tx, &stop).await.unwrap();
-    stopper.await.unwrap();
-    assert_eq!(
-        first.status,
-        JobStatus::InProgress,
-        "a shutdown leaves the job running"
-    );
+    let spec = h.execute_until_shutdown(60).await;
     let job = h.store.get(&h.job_id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::InProgress);
     assert!(job.checkpoint.counters.processed >= 60);
@@ -348,22 +322,15 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
     let second = h.execute(&spec, &tx2, &StopSignal::new()).await.unwrap();
     assert_eq!(second.status, JobStatus::Completed);
     let a = h.output("a.jsonl.out");
-    let ids: Vec<String> = a
-        .iter()
-        .map(|l| l["recordId"].as_str().unwrap().to_owned())
-        .collect();
     let want: Vec<String> = (0..150).map(|i| format!("r{i:04}")).collect();
-    assert_eq!(ids, want, "every record exactly once, in order");
+    assert_eq!(record_ids(&a), want, "every record exactly once, in order");
     assert!(h.output("b.jsonl.out").is_empty());
     let c = h.output("c.jsonl.out");
     assert_eq!(c.len(), 120);
     assert_eq!(c[119]["recordId"], "c0119");
     assert_eq!(second.counters.processed, 270);
     assert_eq!(second.counters.success, 270);
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(h.dir.path().join("out/testjob00001/manifest.json.out")).unwrap(),
-    )
-    .unwrap();
+    let manifest = h.manifest();
     assert_eq!(manifest["processedRecordCount"], 270);
     assert_eq!(manifest["totalRecordCount"], 270);
     // A graceful shutdown drains the records in flight into the checkpoint: none runs twice.
@@ -515,24 +482,12 @@ async fn a_job_runs_only_the_input_files_it_validated() {
 /// it, naming the file, and the output written before the interruption stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_refuses_a_file_rewritten_meanwhile_and_keeps_what_was_written() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 5,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(5, 0)).await.unwrap();
     let h = Harness::new(&fake, fast_retry()).await;
     let input = h.dir.path().join("in");
     write_prefixed(&input.join("a.jsonl"), "a", 150);
     write_prefixed(&input.join("b.jsonl"), "b", 20);
-    let spec = h.spec(4);
-    let (tx, rx) = progress();
-    h.validate_ok(&spec, &tx).await;
-    let stop = StopSignal::new();
-    let stopper = stop_at(stop.clone(), rx, 30, StopReason::Shutdown);
-    let first = h.execute(&spec, &tx, &stop).await.unwrap();
-    stopper.await.unwrap();
-    assert_eq!(first.status, JobStatus::InProgress);
+    let spec = h.execute_until_shutdown(30).await;
     let written = h.output("a.jsonl.out");
     let checkpointed = h
         .store

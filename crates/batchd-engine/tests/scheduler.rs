@@ -10,7 +10,7 @@ use std::time::Duration;
 use batchd_core::{JobOrigin, JobRequest, JobStatus, NewJob};
 use batchd_engine::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
 use batchd_testkit::{FakeConfig, FakeServer};
-use support::{create, output_ids, wait_for, write_records};
+use support::{create, dir_and_fake, output_ids, wait_for};
 
 /// The shared scheduler with its loop running.
 async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -> Scheduler {
@@ -19,11 +19,22 @@ async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -> Sc
     s
 }
 
+/// A job of `model_id`, which names no configured model, is refused, naming the id.
+async fn assert_unknown_model(s: &Scheduler, model_id: &str) {
+    let request = JobRequest {
+        model_id: model_id.into(),
+        ..create("unknown", None)
+    };
+    let err = s.create(request).await.unwrap_err();
+    assert!(
+        matches!(&err, SchedulerError::UnknownModel(m) if m.contains(model_id)),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_and_create_is_idempotent_by_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 20);
+    let (dir, fake) = dir_and_fake(20, FakeConfig::default()).await;
     let s = scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
     let with_token = JobRequest {
         client_request_token: Some("tok1".into()),
@@ -45,30 +56,13 @@ async fn jobs_complete_and_create_is_idempotent_by_token() {
     assert!(matches!(err, SchedulerError::Conflict(_)), "{err}");
     let err = s.create(create("two", None).clone()).await.map(|_| ());
     assert!(err.is_ok(), "a finished job's name may be reused");
-    let unknown = s
-        .create(JobRequest {
-            model_id: "nope".into(),
-            ..create("three", None)
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(unknown, SchedulerError::UnknownModel(_)),
-        "{unknown}"
-    );
+    assert_unknown_model(&s, "nope").await;
     s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_while_running_keeps_a_prefix_and_duplicate_active_names_conflict() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 20,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 400);
+    let (dir, fake) = dir_and_fake(400, FakeConfig::latency(20, 0)).await;
     let s = scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
     let job = s.create(create("slow", None)).await.unwrap();
     let dup = s.create(create("slow", None)).await.unwrap_err();
@@ -99,14 +93,7 @@ async fn stop_while_running_keeps_a_prefix_and_duplicate_active_names_conflict()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_give_partially_completed_and_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 25,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 400);
+    let (dir, fake) = dir_and_fake(400, FakeConfig::latency(25, 0)).await;
     let config = SchedulerConfig {
         max_running_jobs: 1,
         timeout_unit: Duration::from_millis(40),
@@ -137,16 +124,8 @@ async fn timeouts_give_partially_completed_and_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_scheduler_resumes_the_running_job_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 15,
-        latency_jitter_ms: 10,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     // ~2.5 s of work; store counters move at checkpoints (every second for local files).
-    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 500);
+    let (dir, fake) = dir_and_fake(500, FakeConfig::latency(15, 10)).await;
     let s = scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
     let job = s.create(create("resumed", None)).await.unwrap();
     wait_for(&s, &job.id, |j| j.counters.processed > 0).await;
@@ -175,14 +154,7 @@ async fn a_restarted_scheduler_resumes_the_running_job_exactly_once() {
 /// of one model whichever form each named it by.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_id_forms_resolve_and_share_one_quota() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 50,
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
-    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 8);
+    let (dir, fake) = dir_and_fake(8, FakeConfig::latency(50, 0)).await;
     let config = SchedulerConfig {
         max_active_jobs_per_model: 1,
         ..SchedulerConfig::default()
@@ -238,17 +210,7 @@ async fn model_id_forms_resolve_and_share_one_quota() {
             done.message
         );
     }
-    let unknown = s
-        .create(JobRequest {
-            model_id: "us.other.model-v1".into(),
-            ..create("unknown", None)
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&unknown, SchedulerError::UnknownModel(m) if m.contains("us.other.model-v1")),
-        "{unknown}"
-    );
+    assert_unknown_model(&s, "us.other.model-v1").await;
     s.shutdown().await;
 }
 
@@ -256,9 +218,7 @@ async fn model_id_forms_resolve_and_share_one_quota() {
 /// --resume`: the server neither resumes, validates nor counts it, and refuses to create one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_leaves_jobs_of_batchd_run_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), 5);
+    let (dir, fake) = dir_and_fake(5, FakeConfig::default()).await;
     let idle = support::scheduler(dir.path(), &fake, SchedulerConfig::default()).await;
     let run = |n: u32| NewJob {
         id: batchd_core::JobId::parse(&format!("{n:012x}")).unwrap(),

@@ -160,11 +160,7 @@ pub fn parse_bedrock_line(line: &str) -> Result<RecordResult, Defect> {
             result.output = Some(body_text(&body));
         }
         (Some(other), None) => {
-            let reason = format!(
-                "must be an object, found {}",
-                crate::converse::check::kind(&other)
-            );
-            return Err(Defect::new("modelOutput", reason));
+            return Err(wrong_type("modelOutput", "an object", &other));
         }
     }
     Ok(result)
@@ -173,35 +169,15 @@ pub fn parse_bedrock_line(line: &str) -> Result<RecordResult, Defect> {
 /// `{"errorCode": 400, "errorMessage": "..."}` (a string code is taken as it is).
 fn bedrock_error(error: &Value) -> Result<RecordError, Defect> {
     let Value::Object(error) = error else {
-        let reason = format!(
-            "must be an object, found {}",
-            crate::converse::check::kind(error)
-        );
-        return Err(Defect::new("error", reason));
+        return Err(wrong_type("error", "an object", error));
     };
     let code = match error.get("errorCode") {
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::String(s)) => s.clone(),
-        Some(other) => {
-            let reason = format!(
-                "must be a number, found {}",
-                crate::converse::check::kind(other)
-            );
-            return Err(Defect::new("error.errorCode", reason));
-        }
+        Some(other) => return Err(wrong_type("error.errorCode", "a number", other)),
         None => return Err(Defect::new("error.errorCode", "missing")),
     };
-    let message = match error.get("errorMessage") {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => {
-            let reason = format!(
-                "must be a string, found {}",
-                crate::converse::check::kind(other)
-            );
-            return Err(Defect::new("error.errorMessage", reason));
-        }
-        None => return Err(Defect::new("error.errorMessage", "missing")),
-    };
+    let message = required_string(error, "errorMessage", "error.errorMessage")?;
     Ok(RecordError { code, message })
 }
 
@@ -346,13 +322,7 @@ pub fn parse_seed_result(text: &str) -> Result<RecordResult, Defect> {
         Some(Value::String(s)) => s.clone(),
         // A document's numeric id is echoed as a number.
         Some(Value::Number(n)) => n.to_string(),
-        Some(other) => {
-            let reason = format!(
-                "must be a string, found {}",
-                crate::converse::check::kind(other)
-            );
-            return Err(Defect::new("id", reason));
-        }
+        Some(other) => return Err(wrong_type("id", "a string", other)),
         None => return Err(Defect::new("id", "missing")),
     };
     let success = match object.get("status") {
@@ -377,24 +347,12 @@ pub fn parse_seed_result(text: &str) -> Result<RecordResult, Defect> {
             code: required_string(e, "code", "error.code")?,
             message: required_string(e, "message", "error.message")?,
         }),
-        Some(other) => {
-            let reason = format!(
-                "must be an object or null, found {}",
-                crate::converse::check::kind(other)
-            );
-            return Err(Defect::new("error", reason));
-        }
+        Some(other) => return Err(wrong_type("error", "an object or null", other)),
     };
     let output = match object.get("output") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            let reason = format!(
-                "must be a string or null, found {}",
-                crate::converse::check::kind(other)
-            );
-            return Err(Defect::new("output", reason));
-        }
+        Some(other) => return Err(wrong_type("output", "a string or null", other)),
     };
     let processing_time = match object.get("processing_time") {
         None | Some(Value::Null) => None,
@@ -419,16 +377,16 @@ pub fn parse_seed_result(text: &str) -> Result<RecordResult, Defect> {
     })
 }
 
+/// `field` is there but of another JSON type than `expected`.
+fn wrong_type(field: &str, expected: &str, found: &Value) -> Defect {
+    let found = crate::converse::check::kind(found);
+    Defect::new(field, format!("must be {expected}, found {found}"))
+}
+
 fn required_string(object: &Map<String, Value>, key: &str, path: &str) -> Result<String, Defect> {
     match object.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(Defect::new(
-            path,
-            format!(
-                "must be a string, found {}",
-                crate::converse::check::kind(other)
-            ),
-        )),
+        Some(other) => Err(wrong_type(path, "a string", other)),
         None => Err(Defect::new(path, "missing")),
     }
 }

@@ -26,6 +26,22 @@ pub struct ChatMessage {
     pub content: Vec<ContentPart>,
 }
 
+impl ChatMessage {
+    pub fn user(content: Vec<ContentPart>) -> Self {
+        ChatMessage {
+            role: Role::User,
+            content,
+        }
+    }
+
+    pub fn assistant(content: Vec<ContentPart>) -> Self {
+        ChatMessage {
+            role: Role::Assistant,
+            content,
+        }
+    }
+}
+
 /// A piece of a message. Formats produce these; a backend that cannot carry a part answers
 /// with a non-retryable `Unsupported` error for that record.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Defect;
 use crate::neutral::{
-    ChatMessage, ChatRequest, ChatResponse, ContentPart, EmbedRequest, Role, StopReason,
+    ChatMessage, ChatRequest, ChatResponse, ContentPart, EmbedRequest, Role, StopReason, Usage,
 };
 
 /// The endpoints a batch may name that batchd runs.
@@ -422,27 +422,52 @@ fn finish_reason(stop: StopReason) -> &'static str {
 
 /// The chat completion object of a response.
 pub fn render_chat(response: &ChatResponse, model: &str, id: &str, created: i64) -> Value {
-    let text = response_text(response);
-    let finish = finish_reason(response.stop_reason);
     let u = &response.usage;
+    let choice = json!({
+        "index": 0,
+        "message": {"role": "assistant", "content": response_text(response), "refusal": null},
+        "logprobs": null,
+        "finish_reason": finish_reason(response.stop_reason),
+    });
+    let mut usage = usage_counts(u);
+    usage["prompt_tokens_details"] =
+        json!({"cached_tokens": u.cache_read_input_tokens.unwrap_or(0)});
+    usage["completion_tokens_details"] = json!({"reasoning_tokens": 0});
+    completion_object(
+        "chat.completion",
+        &format!("chatcmpl-{id}"),
+        model,
+        created,
+        choice,
+        usage,
+    )
+}
+
+/// What a chat completion and a `text_completion` share: the object around one choice.
+fn completion_object(
+    object: &str,
+    id: &str,
+    model: &str,
+    created: i64,
+    choice: Value,
+    usage: Value,
+) -> Value {
     json!({
-        "id": format!("chatcmpl-{id}"),
-        "object": "chat.completion",
+        "id": id,
+        "object": object,
         "created": created,
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": finish,
-        }],
-        "usage": {
-            "prompt_tokens": u.input_tokens,
-            "completion_tokens": u.output_tokens,
-            "total_tokens": u.input_tokens + u.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens.unwrap_or(0)},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        },
+        "choices": [choice],
+        "usage": usage,
+    })
+}
+
+/// The token counts of a completion's `usage`, in OpenAI's names.
+fn usage_counts(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens + u.output_tokens,
     })
 }
 
@@ -521,6 +546,17 @@ pub fn is_success_line(line: &str) -> bool {
         .ok()
         .and_then(|l| l.response)
         .is_some_and(|r| (200..300).contains(&r.status_code))
+}
+
+/// A chat body of `endpoint` parsed as a batch line's body would be (the dialects' tests).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn chat_body(endpoint: Endpoint, v: Value) -> Result<ChatRequest, Vec<Defect>> {
+    let raw = RawValue::from_string(v.to_string()).unwrap();
+    match parse_body(endpoint, &raw)? {
+        BatchBody::Chat(c) => Ok(*c),
+        BatchBody::Embed(_) => panic!("{endpoint:?} parsed as an embedding"),
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,24 @@ fn first_chat(name: &str, family: ModelFamily) -> ChatRequest {
     }
 }
 
+/// The first record of a chat file: every one of them asks the same question in one user
+/// turn, with at most 64 tokens.
+fn first_question(name: &str, family: ModelFamily) -> ChatRequest {
+    let req = first_chat(name, family);
+    assert_eq!(
+        single_user_text(&req),
+        "AWS Lambda について説明してください",
+        "{name}"
+    );
+    assert_eq!(req.max_tokens, Some(64), "{name}");
+    req
+}
+
+/// The family's native response to a fake answer of `text` (12 tokens in, 5 out).
+fn render(family: ModelFamily, text: &str, stop_reason: StopReason) -> Value {
+    render_chat(family, &answer(text, stop_reason), 30)
+}
+
 fn answer(text: &str, stop_reason: StopReason) -> ChatResponse {
     ChatResponse {
         content: vec![ContentPart::Text(text.to_owned())],
@@ -103,19 +121,14 @@ fn every_invoke_file_parses_cleanly() {
 
 #[test]
 fn anthropic_record_round_trip() {
-    let req = first_chat("invoke-anthropic.jsonl", ModelFamily::Anthropic);
+    let req = first_question("invoke-anthropic.jsonl", ModelFamily::Anthropic);
     assert_eq!(req.system, vec!["Be brief.".to_owned()]);
-    assert_eq!(
-        single_user_text(&req),
-        "AWS Lambda について説明してください"
-    );
-    assert_eq!(req.max_tokens, Some(64));
     assert_eq!(req.temperature, Some(0.5));
 
-    let out = render_chat(
+    let out = render(
         ModelFamily::Anthropic,
-        &answer("Lambda runs code.", StopReason::EndTurn),
-        30,
+        "Lambda runs code.",
+        StopReason::EndTurn,
     );
     assert_shape(
         &out,
@@ -146,22 +159,13 @@ fn anthropic_record_round_trip() {
 
 #[test]
 fn titan_text_record_round_trip() {
-    let req = first_chat("invoke-titan-text.jsonl", ModelFamily::TitanText);
     // "User: …\nBot:" becomes the user turn alone.
-    assert_eq!(
-        single_user_text(&req),
-        "AWS Lambda について説明してください"
-    );
-    assert_eq!(req.max_tokens, Some(64));
+    let req = first_question("invoke-titan-text.jsonl", ModelFamily::TitanText);
     assert_eq!(req.temperature, Some(0.7));
     assert_eq!(req.top_p, Some(0.9));
     assert!(req.stop_sequences.is_empty());
 
-    let out = render_chat(
-        ModelFamily::TitanText,
-        &answer("Serverless.", StopReason::EndTurn),
-        30,
-    );
+    let out = render(ModelFamily::TitanText, "Serverless.", StopReason::EndTurn);
     assert_shape(
         &out,
         &[
@@ -223,16 +227,11 @@ fn titan_embed_record_round_trip() {
 
 #[test]
 fn nova_record_round_trip() {
-    let req = first_chat("invoke-nova.jsonl", ModelFamily::Nova);
+    let req = first_question("invoke-nova.jsonl", ModelFamily::Nova);
     assert_eq!(req.system, vec!["Be brief.".to_owned()]);
-    assert_eq!(
-        single_user_text(&req),
-        "AWS Lambda について説明してください"
-    );
-    assert_eq!(req.max_tokens, Some(64));
     assert_eq!(req.temperature, Some(0.7));
 
-    let out = render_chat(ModelFamily::Nova, &answer("Hi", StopReason::MaxTokens), 30);
+    let out = render(ModelFamily::Nova, "Hi", StopReason::MaxTokens);
     assert_shape(
         &out,
         &[
@@ -260,17 +259,12 @@ fn nova_record_round_trip() {
 
 #[test]
 fn llama_record_round_trip() {
-    let req = first_chat("invoke-llama.jsonl", ModelFamily::Llama);
+    let req = first_question("invoke-llama.jsonl", ModelFamily::Llama);
     assert!(req.system.is_empty());
-    assert_eq!(
-        single_user_text(&req),
-        "AWS Lambda について説明してください"
-    );
-    assert_eq!(req.max_tokens, Some(64));
     assert_eq!(req.temperature, Some(0.5));
     assert_eq!(req.top_p, Some(0.9));
 
-    let out = render_chat(ModelFamily::Llama, &answer("Hi", StopReason::EndTurn), 30);
+    let out = render(ModelFamily::Llama, "Hi", StopReason::EndTurn);
     assert_shape(
         &out,
         &[
@@ -287,20 +281,11 @@ fn llama_record_round_trip() {
 
 #[test]
 fn mistral_record_round_trip() {
-    let req = first_chat("invoke-mistral.jsonl", ModelFamily::Mistral);
+    let req = first_question("invoke-mistral.jsonl", ModelFamily::Mistral);
     assert!(req.system.is_empty());
-    assert_eq!(
-        single_user_text(&req),
-        "AWS Lambda について説明してください"
-    );
-    assert_eq!(req.max_tokens, Some(64));
     assert_eq!(req.temperature, Some(0.5));
 
-    let out = render_chat(
-        ModelFamily::Mistral,
-        &answer("Hi", StopReason::MaxTokens),
-        30,
-    );
+    let out = render(ModelFamily::Mistral, "Hi", StopReason::MaxTokens);
     assert_shape(&out, &[("outputs", Value::is_array)]);
     assert_shape(
         &out["outputs"][0],

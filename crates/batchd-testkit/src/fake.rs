@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,7 +18,8 @@ use axum::serve::ListenerExt;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::{FakeConfig, Live, Shared};
+use crate::serving::{Live, Stopped};
+use crate::{FakeConfig, FakeState, Shared};
 
 const EMBEDDING_DIMENSIONS: usize = 384;
 const MAX_EMBEDDING_DIMENSIONS: usize = 65_536;
@@ -27,7 +28,7 @@ const MODEL_ID: &str = "fake-model";
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Stopped,
 ) -> std::io::Result<()> {
     let listener = listener.tap_io(|stream| {
         // Small request/response pairs: do not let Nagle delay them.
@@ -84,41 +85,26 @@ struct MessageIn<'a> {
 #[derive(Default)]
 struct Texts<'a>(Vec<Cow<'a, str>>);
 
+/// `stop`: one string or several.
+struct Stop<'a>(Vec<Cow<'a, str>>);
+
 impl<'de: 'a, 'a> Deserialize<'de> for Texts<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextsVisitor;
-        impl<'de> Visitor<'de> for TextsVisitor {
-            type Value = Texts<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, an array of content parts or null")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Texts(vec![Cow::Borrowed(v)]))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Texts(vec![Cow::Owned(v.to_owned())]))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Texts(vec![Cow::Owned(v)]))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Texts::default())
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Texts::default())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut texts = Vec::new();
-                while let Some(part) = seq.next_element::<PartIn<'de>>()? {
-                    if let Some(text) = part.text {
-                        texts.push(text);
-                    }
-                }
-                Ok(Texts(texts))
-            }
-        }
-        deserializer.deserialize_any(TextsVisitor)
+        let visitor = StringsVisitor::<PartIn>::new("a string, an array of content parts or null");
+        deserializer.deserialize_any(visitor).map(Texts)
     }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Stop<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let visitor = StringsVisitor::<CowStr>::new("a string or an array of strings");
+        deserializer.deserialize_any(visitor).map(Stop)
+    }
+}
+
+/// An item of a list of strings: what it contributes to the list.
+trait StringItem<'de>: Deserialize<'de> {
+    fn text(self) -> Option<Cow<'de, str>>;
 }
 
 #[derive(Deserialize)]
@@ -127,37 +113,65 @@ struct PartIn<'a> {
     text: Option<Cow<'a, str>>,
 }
 
-/// `stop`: one string or several.
-struct Stop<'a>(Vec<Cow<'a, str>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Stop<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct StopVisitor;
-        impl<'de> Visitor<'de> for StopVisitor {
-            type Value = Stop<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or an array of strings")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Stop(vec![Cow::Borrowed(v)]))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Stop(vec![Cow::Owned(v.to_owned())]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut stops = Vec::new();
-                while let Some(CowStr(s)) = seq.next_element::<CowStr<'de>>()? {
-                    stops.push(s);
-                }
-                Ok(Stop(stops))
-            }
-        }
-        deserializer.deserialize_any(StopVisitor)
+impl<'de> StringItem<'de> for PartIn<'de> {
+    fn text(self) -> Option<Cow<'de, str>> {
+        self.text
     }
 }
 
 #[derive(Deserialize)]
 struct CowStr<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de> StringItem<'de> for CowStr<'de> {
+    fn text(self) -> Option<Cow<'de, str>> {
+        Some(self.0)
+    }
+}
+
+/// One string (borrowed when it can be) or a sequence of `I`; null is no strings (a null
+/// `stop` never gets here: it is an `Option`).
+struct StringsVisitor<I> {
+    expecting: &'static str,
+    item: PhantomData<fn() -> I>,
+}
+
+impl<I> StringsVisitor<I> {
+    fn new(expecting: &'static str) -> Self {
+        StringsVisitor {
+            expecting,
+            item: PhantomData,
+        }
+    }
+}
+
+impl<'de, I: StringItem<'de>> Visitor<'de> for StringsVisitor<I> {
+    type Value = Vec<Cow<'de, str>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(vec![Cow::Borrowed(v)])
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(vec![Cow::Owned(v.to_owned())])
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(vec![Cow::Owned(v)])
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut texts = Vec::new();
+        while let Some(item) = seq.next_element::<I>()? {
+            texts.extend(item.text());
+        }
+        Ok(texts)
+    }
+}
 
 #[derive(Deserialize)]
 struct ToolIn<'a> {
@@ -236,16 +250,9 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let _in_flight = shared.counters.enter();
     let n = shared.counters.chat.fetch_add(1, Ordering::Relaxed);
     let live = shared.live();
-    let request: ChatIn<'_> = match serde_json::from_slice(&body) {
+    let request: ChatIn<'_> = match parse(&shared, &live.config, &body, "chat") {
         Ok(request) => request,
-        Err(e) => {
-            return fail(
-                &shared,
-                &live.config,
-                400,
-                &format!("invalid chat request: {e}"),
-            );
-        }
+        Err(answer) => return *answer,
     };
     let has_marker = |marker: &str| {
         request
@@ -269,76 +276,64 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let id = format!("chatcmpl-fake-{n}");
     let created = unix_now();
 
-    if let Some(tool) = forced_tool(&request) {
-        let message = MessageOut {
-            role: "assistant",
-            content: None,
-            tool_calls: vec![ToolCallOut {
+    // A forced tool call answers the call; otherwise the reply text, cut like a model's.
+    let reply: Cow<'_, str>;
+    let (message, finish_reason, stop_reason, completion_tokens) =
+        if let Some(tool) = forced_tool(&request) {
+            let call = ToolCallOut {
                 id: format!("call_fake_{n}"),
                 kind: "function",
                 function: FunctionCallOut {
                     name: tool,
                     arguments: "{}",
                 },
-            }],
+            };
+            let message = MessageOut {
+                role: "assistant",
+                content: None,
+                tool_calls: vec![call],
+            };
+            (message, "tool_calls", None, 1)
+        } else {
+            reply = match &live.config.reply {
+                Some(reply) => Cow::Borrowed(reply),
+                None => Cow::Owned(format!("echo: {}", last_user_text(&request))),
+            };
+            let mut content: &str = &reply;
+            let mut finish_reason = "stop";
+            let mut stop_reason = None;
+            // Like a model: generation ends at whichever comes first, a stop string or max_tokens.
+            if let Some(stops) = &request.stop {
+                let first = stops
+                    .0
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .filter_map(|s| content.find(&**s).map(|at| (at, &**s)))
+                    .min_by_key(|(at, _)| *at);
+                if let Some((at, stop)) = first {
+                    content = &content[..at];
+                    stop_reason = Some(stop);
+                }
+            }
+            if let Some(max_tokens) = request.max_completion_tokens.or(request.max_tokens)
+                && let Some(cut) = first_words(content, max_tokens)
+            {
+                content = cut;
+                finish_reason = "length";
+                stop_reason = None;
+            }
+            let message = MessageOut {
+                role: "assistant",
+                content: Some(content),
+                tool_calls: Vec::new(),
+            };
+            (
+                message,
+                finish_reason,
+                stop_reason,
+                count_words(content) as u64,
+            )
         };
-        let choice = ChoiceOut {
-            index: 0,
-            message,
-            logprobs: None,
-            finish_reason: "tool_calls",
-            stop_reason: None,
-        };
-        let usage = UsageOut {
-            prompt_tokens,
-            completion_tokens: 1,
-            total_tokens: prompt_tokens + 1,
-        };
-        let out = ChatOut {
-            id,
-            object: "chat.completion",
-            created,
-            model,
-            choices: [choice],
-            usage,
-        };
-        shared.counters.ok.fetch_add(1, Ordering::Relaxed);
-        return json(StatusCode::OK, &out);
-    }
-
-    let reply: Cow<'_, str> = match &live.config.reply {
-        Some(reply) => Cow::Borrowed(reply),
-        None => Cow::Owned(format!("echo: {}", last_user_text(&request))),
-    };
-    let mut content: &str = &reply;
-    let mut finish_reason = "stop";
-    let mut stop_reason = None;
-    // Like a model: generation ends at whichever comes first, a stop string or max_tokens.
-    if let Some(stops) = &request.stop {
-        let first = stops
-            .0
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| content.find(&**s).map(|at| (at, &**s)))
-            .min_by_key(|(at, _)| *at);
-        if let Some((at, stop)) = first {
-            content = &content[..at];
-            stop_reason = Some(stop);
-        }
-    }
-    if let Some(max_tokens) = request.max_completion_tokens.or(request.max_tokens)
-        && let Some(cut) = first_words(content, max_tokens)
-    {
-        content = cut;
-        finish_reason = "length";
-        stop_reason = None;
-    }
-    let completion_tokens = count_words(content) as u64;
-    let message = MessageOut {
-        role: "assistant",
-        content: Some(content),
-        tool_calls: Vec::new(),
-    };
     let choice = ChoiceOut {
         index: 0,
         message,
@@ -452,16 +447,9 @@ async fn embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     let _in_flight = shared.counters.enter();
     shared.counters.embeddings.fetch_add(1, Ordering::Relaxed);
     let live = shared.live();
-    let request: EmbeddingsIn<'_> = match serde_json::from_slice(&body) {
+    let request: EmbeddingsIn<'_> = match parse(&shared, &live.config, &body, "embeddings") {
         Ok(request) => request,
-        Err(e) => {
-            return fail(
-                &shared,
-                &live.config,
-                400,
-                &format!("invalid embeddings request: {e}"),
-            );
-        }
+        Err(answer) => return *answer,
     };
     let inputs = match &request.input {
         EmbedInput::One(text) => std::slice::from_ref(text),
@@ -560,7 +548,11 @@ async fn set_config(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
 
 /// The status to fail this request with, if any: `fail_first_n`, then the marker, then
 /// capacity, then rates.
-fn pick_failure(shared: &Shared, live: &Live, has_marker: impl Fn(&str) -> bool) -> Option<u16> {
+fn pick_failure(
+    shared: &Shared,
+    live: &Live<FakeConfig>,
+    has_marker: impl Fn(&str) -> bool,
+) -> Option<u16> {
     let config = &live.config;
     if config.fail_first_n > 0 && live.served.fetch_add(1, Ordering::Relaxed) < config.fail_first_n
     {
@@ -605,6 +597,23 @@ fn failure_message(status: u16) -> &'static str {
         503 => "The server is overloaded (fake server).",
         _ => "Invalid request (fake server).",
     }
+}
+
+/// A request body of `what` endpoint; one that does not parse is answered 400.
+fn parse<'a, T: Deserialize<'a>>(
+    shared: &Shared,
+    config: &FakeConfig,
+    body: &'a [u8],
+    what: &str,
+) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(fail(
+            shared,
+            config,
+            400,
+            &format!("invalid {what} request: {e}"),
+        ))
+    })
 }
 
 fn fail(shared: &Shared, config: &FakeConfig, status: u16, message: &str) -> Response {

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -32,10 +32,11 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use batchd_formats::native::ModelFamily as Family;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+use crate::serving::{Fake, FakeState, Live, LiveConfig};
 
 /// The access key id the fake accepts by default.
 pub const ACCESS_KEY_ID: &str = "AKIDBATCHDFAKE000001";
@@ -48,27 +49,37 @@ const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 const ERROR_NAMESPACE: &str = "http://internal.amazon.com/coral/com.amazon.bedrock/";
 
 /// The fake's behaviour. Serde names match the field names (`POST /fake/config`); missing fields
-/// take their defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// take their defaults. `batchd-fake-bedrock` takes each field as a flag (`--throttle-rate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct FakeBedrockConfig {
-    /// The credentials the fake accepts.
+    /// The access key id the fake accepts.
+    #[arg(long, default_value = ACCESS_KEY_ID)]
     pub access_key_id: String,
+    /// Its secret.
+    #[arg(long, default_value = SECRET_ACCESS_KEY)]
     pub secret_access_key: String,
     /// The region signatures must be scoped to; `None` accepts any.
+    #[arg(long)]
     pub region: Option<String>,
     /// Fraction of (correctly signed) requests answered 429 `ThrottlingException`.
+    #[arg(long, default_value_t = 0.0, value_parser = crate::process::parse_rate)]
     pub throttle_rate: f64,
     /// The first n signed requests after this config is set are throttled.
+    #[arg(long, default_value_t = 0)]
     pub throttle_first_n: u64,
     /// Sent as `Retry-After` on throttled answers.
+    #[arg(long)]
     pub retry_after_secs: Option<u64>,
     /// Every signed request fails with this error type (e.g. `ValidationException`,
     /// `ServiceUnavailableException`), with its usual status.
+    #[arg(long)]
     pub forced_error: Option<String>,
     /// A request whose body contains this marker fails with `ValidationException`.
+    #[arg(long)]
     pub fail_when_prompt_contains: Option<String>,
     /// Latency of every successful answer.
+    #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
 }
 
@@ -106,14 +117,9 @@ pub struct FakeBedrockStats {
 }
 
 /// A running fake. Dropping it stops the server too (without waiting).
-pub struct FakeBedrock {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
-}
+pub type FakeBedrock = Fake<Shared>;
 
-impl FakeBedrock {
+impl Fake<Shared> {
     /// Starts on 127.0.0.1 with a port the OS picks.
     pub async fn start(config: FakeBedrockConfig) -> std::io::Result<FakeBedrock> {
         Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
@@ -121,83 +127,36 @@ impl FakeBedrock {
 
     /// Starts on `addr`.
     pub async fn bind(addr: SocketAddr, config: FakeBedrockConfig) -> std::io::Result<FakeBedrock> {
-        crate::install_crypto_provider();
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(config));
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let app = router(shared.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = shutdown_rx.await;
-                })
-                .await
-        });
-        Ok(FakeBedrock {
-            addr,
-            shared,
-            shutdown,
-            task,
+        Fake::bind_with(addr, Shared::new(config), |listener, shared, stopped| {
+            let app = router(shared);
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
         })
+        .await
     }
 
     /// `http://127.0.0.1:PORT`: the `endpoint_url` of a bedrock model.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn stats(&self) -> FakeBedrockStats {
-        self.shared.counters.snapshot()
-    }
-
-    pub fn reset_stats(&self) {
-        self.shared.counters.reset();
-    }
-
-    pub fn config(&self) -> FakeBedrockConfig {
-        self.shared.live().config.clone()
-    }
-
-    /// Replaces the config; `throttle_first_n` counts again from here.
-    pub fn set_config(&self, config: FakeBedrockConfig) {
-        self.shared.set_config(config);
+        format!("http://{}", self.addr())
     }
 
     /// The session token of the last correctly signed request that carried one.
     pub fn last_session_token(&self) -> Option<String> {
-        match self.shared.last_session_token.lock() {
+        match self.state.last_session_token.lock() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Stops accepting, lets requests in progress finish (at most 5 s), then returns.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(());
-        let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(5), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
         }
     }
 }
 
 // ---- shared state --------------------------------------------------------------------------
 
-struct Live {
-    config: FakeBedrockConfig,
-    served: AtomicU64,
-}
-
-struct Shared {
-    live: RwLock<Arc<Live>>,
+/// The fake bedrock-runtime's state.
+pub struct Shared {
+    live: LiveConfig<FakeBedrockConfig>,
     counters: Counters,
     last_session_token: Mutex<Option<String>>,
 }
@@ -205,31 +164,14 @@ struct Shared {
 impl Shared {
     fn new(config: FakeBedrockConfig) -> Self {
         Shared {
-            live: RwLock::new(Arc::new(Live {
-                config,
-                served: AtomicU64::new(0),
-            })),
+            live: LiveConfig::new(config),
             counters: Counters::default(),
             last_session_token: Mutex::new(None),
         }
     }
 
-    fn live(&self) -> Arc<Live> {
-        match self.live.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn set_config(&self, config: FakeBedrockConfig) {
-        let live = Arc::new(Live {
-            config,
-            served: AtomicU64::new(0),
-        });
-        match self.live.write() {
-            Ok(mut guard) => *guard = live,
-            Err(poisoned) => *poisoned.into_inner() = live,
-        }
+    fn live(&self) -> Arc<Live<FakeBedrockConfig>> {
+        self.live.get()
     }
 
     fn remember_session_token(&self, token: &str) {
@@ -238,6 +180,27 @@ impl Shared {
             Ok(mut guard) => *guard = token,
             Err(poisoned) => *poisoned.into_inner() = token,
         }
+    }
+}
+
+impl FakeState for Shared {
+    type Config = FakeBedrockConfig;
+    type Stats = FakeBedrockStats;
+
+    fn config(&self) -> FakeBedrockConfig {
+        self.live().config.clone()
+    }
+
+    fn set_config(&self, config: FakeBedrockConfig) {
+        self.live.set(config);
+    }
+
+    fn stats(&self) -> FakeBedrockStats {
+        self.counters.snapshot()
+    }
+
+    fn reset_stats(&self) {
+        self.counters.reset();
     }
 }
 
@@ -656,51 +619,86 @@ fn content_text(content: &Value) -> String {
     }
 }
 
-/// The last user message's text and the words of all messages (the input token count).
-fn last_user_text(messages: &Value) -> Result<(String, u64), String> {
-    let messages = messages
-        .as_array()
-        .filter(|m| !m.is_empty())
-        .ok_or("messages: must be a non-empty array")?;
-    let mut input_words = 0;
-    let mut last = None;
-    for message in messages {
-        let text = content_text(&message["content"]);
-        input_words += words(&text);
-        if message["role"] == "user" {
-            last = Some(text);
+/// The fake's reply: `echo: <text>` cut to a word limit, and the word counts it reports as
+/// tokens.
+struct Reply {
+    text: String,
+    cut: bool,
+    input: u64,
+    output: u64,
+}
+
+impl Reply {
+    /// `prompt` echoed; its words are the input tokens.
+    fn to_prompt(prompt: &str, max_tokens: Option<u64>) -> Reply {
+        Self::echo(prompt, words(prompt), max_tokens)
+    }
+
+    /// The last user message echoed; the words of all messages are the input tokens.
+    fn to_messages(messages: &Value, max_tokens: Option<u64>) -> Result<Reply, String> {
+        let messages = messages
+            .as_array()
+            .filter(|m| !m.is_empty())
+            .ok_or("messages: must be a non-empty array")?;
+        let mut input_words = 0;
+        let mut last = None;
+        for message in messages {
+            let text = content_text(&message["content"]);
+            input_words += words(&text);
+            if message["role"] == "user" {
+                last = Some(text);
+            }
+        }
+        let last = last.ok_or("messages: no user message")?;
+        Ok(Self::echo(&last, input_words, max_tokens))
+    }
+
+    fn echo(text: &str, input: u64, max_tokens: Option<u64>) -> Reply {
+        let (text, cut) = reply(text, max_tokens);
+        let output = words(&text);
+        Reply {
+            text,
+            cut,
+            input,
+            output,
         }
     }
-    let last = last.ok_or("messages: no user message")?;
-    Ok((last, input_words))
+
+    /// Converse's (and Nova's) `stopReason`, Anthropic's `stop_reason`.
+    fn end_turn(&self) -> &'static str {
+        if self.cut { "max_tokens" } else { "end_turn" }
+    }
+
+    /// Llama's and Mistral's `stop_reason`.
+    fn stop(&self) -> &'static str {
+        if self.cut { "length" } else { "stop" }
+    }
+}
+
+/// The text the fake answers a Converse or Anthropic body's `messages` with (the last user
+/// message echoed, cut to `max_tokens` words): what a test expects back.
+pub fn expected_reply(messages: &Value, max_tokens: Option<u64>) -> Result<String, String> {
+    Reply::to_messages(messages, max_tokens).map(|r| r.text)
 }
 
 fn converse_answer(request: &Value) -> Result<Answer, String> {
-    let (text, input) = last_user_text(&request["messages"])?;
-    let (text, cut) = reply(&text, request["inferenceConfig"]["maxTokens"].as_u64());
-    let output = words(&text);
+    let r = Reply::to_messages(
+        &request["messages"],
+        request["inferenceConfig"]["maxTokens"].as_u64(),
+    )?;
     Ok(Answer {
         body: json!({
-            "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
-            "stopReason": if cut { "max_tokens" } else { "end_turn" },
-            "usage": {"inputTokens": input, "outputTokens": output, "totalTokens": input + output},
+            "output": {"message": {"role": "assistant", "content": [{"text": r.text}]}},
+            "stopReason": r.end_turn(),
+            "usage": {"inputTokens": r.input, "outputTokens": r.output, "totalTokens": r.input + r.output},
             "metrics": {"latencyMs": 1},
         }),
         tokens: None,
     })
 }
 
-/// The model family an id (or inference profile id, or ARN) belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Anthropic,
-    TitanText,
-    TitanEmbed,
-    Nova,
-    Llama,
-    Mistral,
-}
-
+/// The model family an id (or inference profile id, or ARN) belongs to: the fake's own reading
+/// of the id, not the formats crate's, so the two are checked against each other.
 fn family(model_id: &str) -> Option<Family> {
     let id = model_id.rsplit('/').next().unwrap_or(model_id);
     let has = |s: &str| id.contains(s);
@@ -725,7 +723,7 @@ fn invoke_answer(model_id: &str, request: &Value) -> Result<Answer, String> {
     let family = family(model_id).ok_or_else(|| {
         format!("The provided model identifier is invalid: {model_id} (the fake knows anthropic, titan, nova, llama and mistral ids)")
     })?;
-    let (body, input, output) = match family {
+    let (body, r) = match family {
         Family::Anthropic => {
             if request["anthropic_version"].as_str().is_none() {
                 return Err(
@@ -736,92 +734,82 @@ fn invoke_answer(model_id: &str, request: &Value) -> Result<Answer, String> {
             let max_tokens = request["max_tokens"].as_u64().ok_or(
                 "Malformed input request: #: required key [max_tokens] not found".to_owned(),
             )?;
-            let (text, input) = last_user_text(&request["messages"])?;
-            let (text, cut) = reply(&text, Some(max_tokens));
-            let output = words(&text);
+            let r = Reply::to_messages(&request["messages"], Some(max_tokens))?;
             let body = json!({
                 "id": format!("msg_bdrk_{:016x}", fastrand::u64(..)),
                 "type": "message",
                 "role": "assistant",
                 "model": model_id,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": if cut { "max_tokens" } else { "end_turn" },
+                "content": [{"type": "text", "text": r.text}],
+                "stop_reason": r.end_turn(),
                 "stop_sequence": null,
-                "usage": {"input_tokens": input, "output_tokens": output},
+                "usage": {"input_tokens": r.input, "output_tokens": r.output},
             });
-            (body, input, output)
+            (body, r)
         }
         Family::Nova => {
-            let (text, input) = last_user_text(&request["messages"])?;
             let config = &request["inferenceConfig"];
             let max = config["maxTokens"]
                 .as_u64()
                 .or_else(|| config["max_new_tokens"].as_u64());
-            let (text, cut) = reply(&text, max);
-            let output = words(&text);
+            let r = Reply::to_messages(&request["messages"], max)?;
             let body = json!({
-                "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
-                "stopReason": if cut { "max_tokens" } else { "end_turn" },
-                "usage": {"inputTokens": input, "outputTokens": output, "totalTokens": input + output},
+                "output": {"message": {"role": "assistant", "content": [{"text": r.text}]}},
+                "stopReason": r.end_turn(),
+                "usage": {"inputTokens": r.input, "outputTokens": r.output, "totalTokens": r.input + r.output},
             });
-            (body, input, output)
+            (body, r)
         }
         Family::TitanText => {
-            let prompt = input_text(request)?;
             let max = request["textGenerationConfig"]["maxTokenCount"].as_u64();
-            let (text, cut) = reply(prompt, max);
-            let (input, output) = (words(prompt), words(&text));
+            let r = Reply::to_prompt(input_text(request)?, max);
+            let completion = if r.cut { "LENGTH" } else { "FINISH" };
             let body = json!({
-                "inputTextTokenCount": input,
-                "results": [{
-                    "tokenCount": output,
-                    "outputText": text,
-                    "completionReason": if cut { "LENGTH" } else { "FINISH" },
-                }],
+                "inputTextTokenCount": r.input,
+                "results": [{"tokenCount": r.output, "outputText": r.text, "completionReason": completion}],
             });
-            (body, input, output)
+            (body, r)
         }
-        Family::TitanEmbed => {
-            let text = input_text(request)?;
-            let dimensions = request["dimensions"].as_u64().unwrap_or(1024);
-            if !matches!(dimensions, 256 | 512 | 1024) {
-                return Err(format!(
-                    "Malformed input request: dimensions {dimensions} is not 256, 512 or 1024"
-                ));
-            }
-            let vector = embedding(text, dimensions as usize);
-            let input = words(text);
-            let mut body = json!({"embedding": vector, "inputTextTokenCount": input});
-            if model_id.contains("v2") {
-                body["embeddingsByType"] = json!({"float": body["embedding"].clone()});
-            }
-            (body, input, 0)
-        }
+        Family::TitanEmbed => return titan_embed_answer(model_id, request),
         Family::Llama => {
-            let prompt = prompt(request)?;
-            let (text, cut) = reply(prompt, request["max_gen_len"].as_u64());
-            let (input, output) = (words(prompt), words(&text));
+            let r = Reply::to_prompt(prompt(request)?, request["max_gen_len"].as_u64());
             let body = json!({
-                "generation": text,
-                "prompt_token_count": input,
-                "generation_token_count": output,
-                "stop_reason": if cut { "length" } else { "stop" },
+                "generation": r.text,
+                "prompt_token_count": r.input,
+                "generation_token_count": r.output,
+                "stop_reason": r.stop(),
             });
-            (body, input, output)
+            (body, r)
         }
         Family::Mistral => {
-            let prompt = prompt(request)?;
-            let (text, cut) = reply(prompt, request["max_tokens"].as_u64());
-            let (input, output) = (words(prompt), words(&text));
-            let body = json!({
-                "outputs": [{"text": text, "stop_reason": if cut { "length" } else { "stop" }}],
-            });
-            (body, input, output)
+            let r = Reply::to_prompt(prompt(request)?, request["max_tokens"].as_u64());
+            let body = json!({"outputs": [{"text": r.text, "stop_reason": r.stop()}]});
+            (body, r)
         }
     };
     Ok(Answer {
         body,
-        tokens: Some((input, output)),
+        tokens: Some((r.input, r.output)),
+    })
+}
+
+fn titan_embed_answer(model_id: &str, request: &Value) -> Result<Answer, String> {
+    let text = input_text(request)?;
+    let dimensions = request["dimensions"].as_u64().unwrap_or(1024);
+    if !matches!(dimensions, 256 | 512 | 1024) {
+        return Err(format!(
+            "Malformed input request: dimensions {dimensions} is not 256, 512 or 1024"
+        ));
+    }
+    let vector = embedding(text, dimensions as usize);
+    let input = words(text);
+    let mut body = json!({"embedding": vector, "inputTextTokenCount": input});
+    if model_id.contains("v2") {
+        body["embeddingsByType"] = json!({"float": body["embedding"].clone()});
+    }
+    Ok(Answer {
+        body,
+        tokens: Some((input, 0)),
     })
 }
 

@@ -12,7 +12,8 @@
 //! Failures (by rate, `fail_first_n`, or a prompt marker) answer at once with an OpenAI-style
 //! `{"error":{..}}` body; only successful answers wait for the configured latency.
 //!
-//! [`conformance`] holds the checks every `ModelBackend` passes.
+//! [`conformance`] holds the checks every `ModelBackend` passes; `fuzz` (feature `proptest`)
+//! the property tests' JSON strategies.
 //!
 //! [`moto::MotoServer`] starts a moto S3-compatible server for storage tests.
 //!
@@ -24,46 +25,73 @@
 pub mod conformance;
 mod fake;
 pub mod fake_bedrock;
+#[cfg(feature = "proptest")]
+pub mod fuzz;
 pub mod harness;
 pub mod moto;
 pub mod postgres;
 pub mod process;
+mod serving;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+pub use serving::{Fake, FakeState};
+use serving::{Live, LiveConfig};
 
 /// The fake's behaviour. Serde names match the field names (`POST /fake/config`); missing
-/// fields take their defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// fields take their defaults. `batchd-fake` takes each field as a flag (`--latency-ms`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct FakeConfig {
     /// Fixed latency added to every successful answer.
+    #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Plus a uniform random 0..=jitter.
+    #[arg(long, default_value_t = 0)]
     pub latency_jitter_ms: u64,
-    /// Fraction of requests answered 429 (with `Retry-After` if `retry_after_secs` is set).
+    /// Fraction of requests answered 429 (with `Retry-After` if `retry_after_secs` is set;
+    /// likewise 500, 503 and 400 for the other rates).
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     pub rate_429: f64,
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     pub rate_500: f64,
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     pub rate_503: f64,
+    #[arg(long, default_value_t = 0.0, value_parser = process::parse_rate)]
     pub rate_400: f64,
+    /// Sent as `Retry-After` on 429 answers.
+    #[arg(long)]
     pub retry_after_secs: Option<u64>,
     /// The first n requests after this config is set answer 503 (retry tests).
+    #[arg(long, default_value_t = 0)]
     pub fail_first_n: u64,
     /// Fixed reply text; `None` echoes `echo: <last user message text>`.
+    #[arg(long)]
     pub reply: Option<String>,
     /// Answer 400 when any message (or embedding input) contains this marker: a deterministic
     /// per-record failure.
+    #[arg(long)]
     pub fail_when_prompt_contains: Option<String>,
     /// Requests beyond this many in progress at once answer 429 at once (with `Retry-After`
     /// if `retry_after_secs` is set): a server with a fixed capacity, for adaptive clients.
+    #[arg(long)]
     pub capacity: Option<u64>,
+}
+
+impl FakeConfig {
+    /// Every successful answer after `ms`, plus a uniform random 0..=`jitter_ms`.
+    pub fn latency(ms: u64, jitter_ms: u64) -> FakeConfig {
+        FakeConfig {
+            latency_ms: ms,
+            latency_jitter_ms: jitter_ms,
+            ..FakeConfig::default()
+        }
+    }
 }
 
 /// Counters since start (or the last reset).
@@ -84,14 +112,9 @@ pub struct FakeStats {
 }
 
 /// A running fake server. Dropping it stops the server too (without waiting).
-pub struct FakeServer {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
-}
+pub type FakeServer = Fake<Shared>;
 
-impl FakeServer {
+impl Fake<Shared> {
     /// Starts on 127.0.0.1 with a port the OS picks.
     pub async fn start(config: FakeConfig) -> std::io::Result<FakeServer> {
         Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
@@ -99,61 +122,12 @@ impl FakeServer {
 
     /// Starts on `addr`.
     pub async fn bind(addr: SocketAddr, config: FakeConfig) -> std::io::Result<FakeServer> {
-        // Tests build reqwest clients (rustls without a provider) right after starting the
-        // fake; installing one here spares every test from doing it.
-        install_crypto_provider();
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(config));
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(fake::serve(listener, shared.clone(), async move {
-            // A dropped sender (server dropped) also stops it.
-            let _ = shutdown_rx.await;
-        }));
-        Ok(FakeServer {
-            addr,
-            shared,
-            shutdown,
-            task,
-        })
+        Fake::bind_with(addr, Shared::new(config), fake::serve).await
     }
 
     /// `http://127.0.0.1:PORT/v1`
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn stats(&self) -> FakeStats {
-        self.shared.counters.snapshot()
-    }
-
-    pub fn reset_stats(&self) {
-        self.shared.counters.reset();
-    }
-
-    pub fn config(&self) -> FakeConfig {
-        self.shared.live().config.clone()
-    }
-
-    /// Replaces the config; `fail_first_n` counts again from here.
-    pub fn set_config(&self, config: FakeConfig) {
-        self.shared.set_config(config);
-    }
-
-    /// Stops accepting, lets requests in progress finish (at most 5 s), then returns.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(());
-        let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(5), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-        }
+        format!("http://{}/v1", self.addr())
     }
 }
 
@@ -166,50 +140,61 @@ pub fn skip_unless_ci(why: &str, ci_fix: &str) {
     let _ = writeln!(std::io::stderr(), "skipping: {why}");
 }
 
+/// `found`'s value; or, when it is an error, `None` after [`skip_unless_ci`] has said
+/// `what: <the error>`.
+pub fn found_or_skip<T, E: std::fmt::Display>(
+    found: Result<T, E>,
+    what: &str,
+    ci_fix: &str,
+) -> Option<T> {
+    found
+        .map_err(|e| skip_unless_ci(&format!("{what}: {e}"), ci_fix))
+        .ok()
+}
+
 /// Installs ring as the process-wide rustls provider if none is installed yet. reqwest is
 /// built with `rustls-no-provider` and panics building a client without one.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The config with its own `fail_first_n` counter, swapped as one.
-struct Live {
-    config: FakeConfig,
-    served: AtomicU64,
+/// The OpenAI-compatible fake's state.
+pub struct Shared {
+    live: LiveConfig<FakeConfig>,
+    counters: Counters,
 }
 
-struct Shared {
-    live: RwLock<Arc<Live>>,
-    counters: Counters,
+impl FakeState for Shared {
+    type Config = FakeConfig;
+    type Stats = FakeStats;
+
+    fn config(&self) -> FakeConfig {
+        self.live().config.clone()
+    }
+
+    fn set_config(&self, config: FakeConfig) {
+        self.live.set(config);
+    }
+
+    fn stats(&self) -> FakeStats {
+        self.counters.snapshot()
+    }
+
+    fn reset_stats(&self) {
+        self.counters.reset();
+    }
 }
 
 impl Shared {
     fn new(config: FakeConfig) -> Self {
         Shared {
-            live: RwLock::new(Arc::new(Live {
-                config,
-                served: AtomicU64::new(0),
-            })),
+            live: LiveConfig::new(config),
             counters: Counters::default(),
         }
     }
 
-    fn live(&self) -> Arc<Live> {
-        match self.live.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn set_config(&self, config: FakeConfig) {
-        let live = Arc::new(Live {
-            config,
-            served: AtomicU64::new(0),
-        });
-        match self.live.write() {
-            Ok(mut guard) => *guard = live,
-            Err(poisoned) => *poisoned.into_inner() = live,
-        }
+    fn live(&self) -> Arc<Live<FakeConfig>> {
+        self.live.get()
     }
 }
 

@@ -1,8 +1,23 @@
-//! What the fake servers' programs (`batchd-fake`, `batchd-fake-bedrock`) share: the rate
-//! argument parser, their runtime, the lines they announce on stdout and waiting for
-//! SIGTERM or ctrl-c.
+//! What the fake servers' programs (`batchd-fake`, `batchd-fake-bedrock`) share: the port
+//! flag, the rate argument parser, their runtime, the lines they announce on stdout and
+//! waiting for SIGTERM or ctrl-c.
 
 use std::io::Write;
+use std::net::SocketAddr;
+
+/// Where a fake listens.
+#[derive(Debug, clap::Args)]
+pub struct Listen {
+    /// Port on 127.0.0.1; 0 lets the OS pick.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+impl Listen {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
 
 /// A probability argument: a number within 0..=1.
 pub fn parse_rate(text: &str) -> Result<f64, String> {

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use batchd_testkit::{FakeConfig, FakeServer, FakeStats};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 /// A fake with one client: building a reqwest client loads the TLS roots, too slow per call.
@@ -31,8 +32,31 @@ impl Fake {
         (status, response.json().await.unwrap())
     }
 
+    /// GET `path` (from the server's root) as JSON.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> T {
+        let url = format!("http://{}{path}", self.server.addr());
+        let response = self.client.get(url).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
     async fn chat(&self, body: Value) -> (u16, Value) {
         self.post("/chat/completions", body).await
+    }
+
+    /// A fake whose reply is always `reply`.
+    async fn replying(reply: &str) -> Fake {
+        Fake::start(FakeConfig {
+            reply: Some(reply.into()),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// The answer to "hi" with the request member `key` set to `value`.
+    async fn ask_with(&self, key: &str, value: Value) -> Value {
+        let mut body = user("hi");
+        body[key] = value;
+        self.chat(body).await.1
     }
 
     async fn shutdown(self) {
@@ -73,21 +97,13 @@ async fn echoes_the_last_user_message_with_usage() {
 
 #[tokio::test]
 async fn fixed_reply_truncated_to_max_tokens_finishes_with_length() {
-    let config = FakeConfig {
-        reply: Some("one two three four five".into()),
-        ..Default::default()
-    };
-    let server = Fake::start(config).await;
-    let mut body = user("hi");
-    body["max_tokens"] = json!(3);
-    let (_, out) = server.chat(body).await;
+    let server = Fake::replying("one two three four five").await;
+    let out = server.ask_with("max_tokens", json!(3)).await;
     assert_eq!(out["choices"][0]["message"]["content"], "one two three");
     assert_eq!(out["choices"][0]["finish_reason"], "length");
     assert_eq!(out["usage"]["completion_tokens"], 3);
 
-    let mut body = user("hi");
-    body["max_completion_tokens"] = json!(5);
-    let (_, out) = server.chat(body).await;
+    let out = server.ask_with("max_completion_tokens", json!(5)).await;
     assert_eq!(
         out["choices"][0]["message"]["content"],
         "one two three four five"
@@ -98,21 +114,13 @@ async fn fixed_reply_truncated_to_max_tokens_finishes_with_length() {
 
 #[tokio::test]
 async fn stop_string_cuts_the_reply() {
-    let config = FakeConfig {
-        reply: Some("alpha beta END gamma".into()),
-        ..Default::default()
-    };
-    let server = Fake::start(config).await;
-    let mut body = user("hi");
-    body["stop"] = json!(["gamma", "END"]);
-    let (_, out) = server.chat(body).await;
+    let server = Fake::replying("alpha beta END gamma").await;
+    let out = server.ask_with("stop", json!(["gamma", "END"])).await;
     assert_eq!(out["choices"][0]["message"]["content"], "alpha beta ");
     assert_eq!(out["choices"][0]["finish_reason"], "stop");
     assert_eq!(out["choices"][0]["stop_reason"], "END");
 
-    let mut body = user("hi");
-    body["stop"] = json!("beta");
-    let (_, out) = server.chat(body).await;
+    let out = server.ask_with("stop", json!("beta")).await;
     assert_eq!(out["choices"][0]["message"]["content"], "alpha ");
     server.shutdown().await;
 }
@@ -152,40 +160,20 @@ async fn forced_tool_choice_answers_with_tool_calls() {
 
 #[tokio::test]
 async fn rates_of_one_fail_every_request() {
-    for (config, status, kind) in [
-        (
-            FakeConfig {
-                rate_400: 1.0,
-                ..Default::default()
-            },
-            400,
-            "invalid_request_error",
-        ),
-        (
-            FakeConfig {
-                rate_500: 1.0,
-                ..Default::default()
-            },
-            500,
-            "server_error",
-        ),
-        (
-            FakeConfig {
-                rate_503: 1.0,
-                ..Default::default()
-            },
-            503,
-            "server_error",
-        ),
-        (
-            FakeConfig {
-                rate_429: 1.0,
-                ..Default::default()
-            },
-            429,
-            "rate_limit_error",
-        ),
+    for (status, kind) in [
+        (400, "invalid_request_error"),
+        (500, "server_error"),
+        (503, "server_error"),
+        (429, "rate_limit_error"),
     ] {
+        let mut config = FakeConfig::default();
+        let rate = match status {
+            400 => &mut config.rate_400,
+            500 => &mut config.rate_500,
+            503 => &mut config.rate_503,
+            _ => &mut config.rate_429,
+        };
+        *rate = 1.0;
         let server = Fake::start(config).await;
         for _ in 0..5 {
             let (got, out) = server.chat(user("hi")).await;
@@ -321,14 +309,7 @@ async fn stats_and_config_over_http() {
     assert_eq!(server.server.stats(), expected);
     let client = server.client.clone();
     let root = format!("http://{}", server.server.addr());
-    let over_http: FakeStats = client
-        .get(format!("{root}/fake/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let over_http: FakeStats = server.get("/fake/stats").await;
     assert_eq!(over_http, expected);
 
     // Replace the config at run time, without a Content-Type header.
@@ -350,25 +331,14 @@ async fn stats_and_config_over_http() {
     assert_eq!(response.status().as_u16(), 204);
     assert_eq!(server.server.stats().requests, 0);
 
-    let models: Value = client
-        .get(format!("{root}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = server.get("/v1/models").await;
     assert_eq!(models["data"][0]["object"], "model");
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn max_in_flight_counts_concurrent_requests() {
-    let server = Fake::start(FakeConfig {
-        latency_ms: 200,
-        ..Default::default()
-    })
-    .await;
+    let server = Fake::start(FakeConfig::latency(200, 0)).await;
     let client = server.client.clone();
     let url = format!("{}/chat/completions", server.server.base_url());
     let calls = (0..8).map(|_| client.post(&url).json(&user("hi")).send());

@@ -475,6 +475,24 @@ mod tests {
         Cli::try_parse_from(std::iter::once("jobs").chain(args.iter().copied())).map(|c| c.command)
     }
 
+    /// `create` with every required flag (job `j`, model `m`, input `i`, output `o`), then
+    /// `extra`.
+    fn parse_create(extra: &[&str]) -> Result<JobsCommand, clap::Error> {
+        let mut args = vec![
+            "create",
+            "--job-name",
+            "j",
+            "--model-id",
+            "m",
+            "--input",
+            "i",
+            "--output",
+            "o",
+        ];
+        args.extend_from_slice(extra);
+        parse(&args)
+    }
+
     #[test]
     fn create_has_bedrock_defaults() {
         let cmd = parse(&[
@@ -508,16 +526,7 @@ mod tests {
             ("invoke-model", InvocationTypeArg::InvokeModel),
             ("converse", InvocationTypeArg::Converse),
         ] {
-            let cmd = parse(&[
-                "create",
-                "--job-name",
-                "j",
-                "--model-id",
-                "m",
-                "--input",
-                "i",
-                "--output",
-                "o",
+            let cmd = parse_create(&[
                 "--invocation-type",
                 given,
                 "--timeout-hours",
@@ -544,22 +553,7 @@ mod tests {
             assert_eq!(role_arn, "arn:aws:iam::123456789012:role/r");
         }
         assert!(parse(&["create", "--job-name", "j"]).is_err());
-        assert!(
-            parse(&[
-                "create",
-                "--job-name",
-                "j",
-                "--model-id",
-                "m",
-                "--input",
-                "i",
-                "--output",
-                "o",
-                "--invocation-type",
-                "Chat",
-            ])
-            .is_err()
-        );
+        assert!(parse_create(&["--invocation-type", "Chat"]).is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::auth::Caller;
 use crate::bedrock::routes::query_pairs;
 use crate::bedrock::token::PageToken;
 use crate::bedrock::{ApiConfig, ApiError};
+use crate::path_job::FindJob;
 use crate::{JobService, ServiceError};
 
 /// botocore's service-model extras for the `bedrock` client: the five operations and their
@@ -87,6 +88,22 @@ async fn batch_job(state: &BatchState, caller: &Caller, id: &JobId) -> Result<Jo
     Ok(job)
 }
 
+/// A `/batch-inference-jobs/{jobId}/...` path names a job as [`batch_job`] finds it.
+impl FindJob for BatchState {
+    type Found = Job;
+    type Error = ApiError;
+
+    async fn find(
+        &self,
+        caller: &Caller,
+        path: Result<Path<String>, PathRejection>,
+    ) -> Result<Job, ApiError> {
+        batch_job(self, caller, &job_id(path)?).await
+    }
+}
+
+type PathJob = crate::path_job::PathJob<BatchState>;
+
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         ApiError::validation(format!("Cannot read the request body: {}", e.body_text()))
@@ -117,25 +134,13 @@ fn job_answer(job: &Job, config: &ApiConfig) -> Json<Value> {
 }
 
 /// StartBatchInferenceJob: `POST /batch-inference-jobs/{jobId}/start`.
-async fn start(
-    State(state): State<BatchState>,
-    Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    let id = job_id(path)?;
-    batch_job(&state, &caller, &id).await?;
-    let job = state.service.start_job(&caller.account_id, &id).await?;
+async fn start(PathJob { state, caller, job }: PathJob) -> ApiResult {
+    let job = state.service.start_job(&caller.account_id, &job.id).await?;
     Ok(job_answer(&job, &state.config))
 }
 
 /// GetBatchInferenceJob: `GET /batch-inference-jobs/{jobId}`.
-async fn get_job(
-    State(state): State<BatchState>,
-    Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    let id = job_id(path)?;
-    let job = batch_job(&state, &caller, &id).await?;
+async fn get_job(PathJob { state, job, .. }: PathJob) -> ApiResult {
     let timing = if job.status.is_terminal() {
         // The analysis's `{records, mean, p50, ...}` in this API's names.
         state.service.job_analysis(&job).await.and_then(|a| {
@@ -149,7 +154,7 @@ async fn get_job(
     } else {
         // The counters are live already (`JobService::get_job`); the running job's
         // processing times are here.
-        let live = state.service.live_progress(&id).await;
+        let live = state.service.live_progress(&job.id).await;
         live.and_then(|l| l.timing).map(
             |t| json!({"count": t.count, "mean": t.mean, "p50": t.p50, "p90": t.p90, "p99": t.p99}),
         )
@@ -163,15 +168,9 @@ async fn get_job(
 }
 
 /// StopBatchInferenceJob: `POST /batch-inference-jobs/{jobId}/stop`.
-async fn stop(
-    State(state): State<BatchState>,
-    Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    let id = job_id(path)?;
-    batch_job(&state, &caller, &id).await?;
-    state.service.stop_job(&caller.account_id, &id).await?;
-    let job = batch_job(&state, &caller, &id).await?;
+async fn stop(PathJob { state, caller, job }: PathJob) -> ApiResult {
+    state.service.stop_job(&caller.account_id, &job.id).await?;
+    let job = batch_job(&state, &caller, &job.id).await?;
     Ok(Json(json!({
         "jobId": job.id.as_str(),
         "status": model::status_name(job.status),

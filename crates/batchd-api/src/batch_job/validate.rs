@@ -38,6 +38,33 @@ impl Problems {
     }
 }
 
+/// A member read by `read` (`None`: of the wrong type, a problem saying it `must be
+/// {expected}`); `None` too when absent or null, a problem only when `required`.
+fn member<'a, T>(
+    p: &mut Problems,
+    parent: &'a Map<String, Value>,
+    (key, path): (&str, &str),
+    required: bool,
+    expected: &str,
+    read: impl FnOnce(&'a Value) -> Option<T>,
+) -> Option<T> {
+    match parent.get(key) {
+        None | Some(Value::Null) => {
+            if required {
+                p.add(path, "is required");
+            }
+            None
+        }
+        Some(value) => {
+            let found = read(value);
+            if found.is_none() {
+                p.add(path, format!("must be {expected}"));
+            }
+            found
+        }
+    }
+}
+
 /// An object member: `Some(map)`, `None` when absent (a wrong type is a problem).
 fn object<'a>(
     p: &mut Problems,
@@ -46,19 +73,14 @@ fn object<'a>(
     path: &str,
     required: bool,
 ) -> Option<&'a Map<String, Value>> {
-    match parent.get(key) {
-        Some(Value::Object(m)) => Some(m),
-        None | Some(Value::Null) => {
-            if required {
-                p.add(path, "is required");
-            }
-            None
-        }
-        Some(_) => {
-            p.add(path, "must be an object");
-            None
-        }
-    }
+    member(
+        p,
+        parent,
+        (key, path),
+        required,
+        "an object",
+        Value::as_object,
+    )
 }
 
 fn string<'a>(
@@ -68,23 +90,12 @@ fn string<'a>(
     path: &str,
     required: bool,
 ) -> Option<&'a str> {
-    match parent.get(key) {
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            p.add(path, "must not be empty");
-            None
-        }
-        Some(Value::String(s)) => Some(s),
-        None | Some(Value::Null) => {
-            if required {
-                p.add(path, "is required");
-            }
-            None
-        }
-        Some(_) => {
-            p.add(path, "must be a string");
-            None
-        }
+    let s = member(p, parent, (key, path), required, "a string", Value::as_str)?;
+    if s.trim().is_empty() {
+        p.add(path, "must not be empty");
+        return None;
     }
+    Some(s)
 }
 
 fn integer(

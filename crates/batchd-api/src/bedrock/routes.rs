@@ -17,6 +17,7 @@ use super::validate::{self, Violations};
 use super::{ApiConfig, MAX_BODY_BYTES, model};
 use crate::JobService;
 use crate::auth::Caller;
+use crate::path_job::FindJob;
 
 #[derive(Clone)]
 pub(super) struct AppState {
@@ -65,6 +66,22 @@ async fn bedrock_job(
     Ok(job)
 }
 
+/// A `/model-invocation-job/{jobIdentifier}/...` path names a job as [`bedrock_job`] finds it.
+impl FindJob for AppState {
+    type Found = batchd_core::Job;
+    type Error = ApiError;
+
+    async fn find(
+        &self,
+        caller: &Caller,
+        path: Result<Path<String>, PathRejection>,
+    ) -> Result<batchd_core::Job, ApiError> {
+        bedrock_job(self, caller, &job_id(path)?).await
+    }
+}
+
+type PathJob = crate::path_job::PathJob<AppState>;
+
 /// CreateModelInvocationJob: `POST /model-invocation-job`.
 pub(super) async fn create(
     State(state): State<AppState>,
@@ -91,26 +108,14 @@ pub(super) async fn create(
 }
 
 /// GetModelInvocationJob: `GET /model-invocation-job/{jobIdentifier}`.
-pub(super) async fn get_job(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    let id = job_id(path)?;
-    let job = bedrock_job(&state, &caller, &id).await?;
+pub(super) async fn get_job(PathJob { state, job, .. }: PathJob) -> ApiResult {
     Ok(Json(model::job_json(&job, &state.config)))
 }
 
 /// StopModelInvocationJob: `POST /model-invocation-job/{jobIdentifier}/stop`. The output
 /// shape has no members; `{}` with a JSON content type parses in every SDK.
-pub(super) async fn stop(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    let id = job_id(path)?;
-    bedrock_job(&state, &caller, &id).await?;
-    state.service.stop_job(&caller.account_id, &id).await?;
+pub(super) async fn stop(PathJob { state, caller, job }: PathJob) -> ApiResult {
+    state.service.stop_job(&caller.account_id, &job.id).await?;
     Ok(Json(json!({})))
 }
 

@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use super::OpenAiError;
 use crate::auth::Caller;
+use crate::path_job::FindJob;
 use crate::{FileService, JobService, ServiceError};
 
 #[derive(Clone)]
@@ -62,6 +63,25 @@ async fn batch(state: &BatchesState, caller: &Caller, raw: &str) -> Result<Job, 
         Err(e) => Err(e.into()),
     }
 }
+
+/// A `/v1/batches/{batch_id}/...` path names a batch as [`batch`] finds it; the handlers
+/// keep the id as given too.
+impl FindJob for BatchesState {
+    type Found = (String, Job);
+    type Error = OpenAiError;
+
+    async fn find(
+        &self,
+        caller: &Caller,
+        path: Result<Path<String>, PathRejection>,
+    ) -> Result<(String, Job), OpenAiError> {
+        let Path(raw) = path.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
+        let job = batch(self, caller, &raw).await?;
+        Ok((raw, job))
+    }
+}
+
+type PathBatch = crate::path_job::PathJob<BatchesState>;
 
 fn bad(param: &str, message: impl Into<String>) -> OpenAiError {
     OpenAiError::invalid(message, Some(param))
@@ -237,23 +257,23 @@ fn metadata(value: Option<&Value>) -> Result<Vec<(String, String)>, OpenAiError>
 
 /// RetrieveBatch.
 async fn retrieve(
-    State(state): State<BatchesState>,
-    Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    PathBatch {
+        state,
+        job: (_, job),
+        ..
+    }: PathBatch,
 ) -> Answer {
-    let Path(raw) = path.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
-    let job = batch(&state, &caller, &raw).await?;
     Ok(Json(batch_json(&state, &job).await))
 }
 
 /// CancelBatch: `cancelling`, then `cancelled` with the output of what finished.
 async fn cancel(
-    State(state): State<BatchesState>,
-    Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    PathBatch {
+        state,
+        caller,
+        job: (raw, job),
+    }: PathBatch,
 ) -> Answer {
-    let Path(raw) = path.map_err(|e| OpenAiError::invalid(e.body_text(), None))?;
-    let job = batch(&state, &caller, &raw).await?;
     match state.jobs.stop_job(&caller.account_id, &job.id).await {
         Ok(()) => {}
         Err(ServiceError::Conflict(_)) => {

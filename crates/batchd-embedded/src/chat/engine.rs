@@ -432,25 +432,16 @@ pub(crate) fn run(
             }
         }
         let nanos = |since: Instant| u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        counters
-            .sampling_nanos
-            .fetch_add(nanos(sampling_started), Ordering::Relaxed);
+        let add = |counter: &AtomicU64, n: u64| counter.fetch_add(n, Ordering::Relaxed);
+        add(&counters.sampling_nanos, nanos(sampling_started));
         let busy = nanos(started);
-        counters.steps.fetch_add(1, Ordering::Relaxed);
-        counters
-            .prompt_tokens
-            .fetch_add(prompt_tokens, Ordering::Relaxed);
-        counters
-            .generated_tokens
-            .fetch_add(sampled, Ordering::Relaxed);
-        counters.busy_nanos.fetch_add(busy, Ordering::Relaxed);
+        add(&counters.steps, 1);
+        add(&counters.prompt_tokens, prompt_tokens);
+        add(&counters.generated_tokens, sampled);
+        add(&counters.busy_nanos, busy);
         if prompt_tokens == 0 {
-            counters
-                .decode_only_nanos
-                .fetch_add(busy, Ordering::Relaxed);
-            counters
-                .decode_only_tokens
-                .fetch_add(sampled, Ordering::Relaxed);
+            add(&counters.decode_only_nanos, busy);
+            add(&counters.decode_only_tokens, sampled);
         }
 
         // Remove from the back so the indices stay valid.

@@ -12,8 +12,8 @@ use batchd_engine::scheduler::{ModelEntry, Scheduler, SchedulerConfig};
 use batchd_engine::{Engine, EngineConfig, RecordOptions};
 use batchd_storage::{Storage, StorageConfig};
 use batchd_store::SqliteStore;
-use batchd_testkit::FakeServer;
 use batchd_testkit::harness::{converse_record, read_jsonl, record_ids, write_jsonl};
+use batchd_testkit::{FakeConfig, FakeServer};
 
 pub const MODEL: &str = "test.model-v1";
 
@@ -28,6 +28,15 @@ pub fn write_prefixed(path: &Path, prefix: &str, n: usize) {
         path,
         (0..n).map(|i| converse_record(&format!("{prefix}{i:04}"), &format!("hi {i}"))),
     );
+}
+
+/// A data dir whose `s3://bucket/in/a.jsonl` holds `records` Converse records (see
+/// [`create`]), and a fake backend that behaves as `fake` says.
+pub async fn dir_and_fake(records: usize, fake: FakeConfig) -> (tempfile::TempDir, FakeServer) {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(&dir.path().join("buckets/bucket/in/a.jsonl"), records);
+    let fake = FakeServer::start(fake).await.unwrap();
+    (dir, fake)
 }
 
 /// A scheduler over `dir` (SQLite store, local buckets) and the fake; its loop is not started.

@@ -39,20 +39,6 @@ fn text(t: &str) -> ContentPart {
     ContentPart::Text(t.to_owned())
 }
 
-fn user(content: Vec<ContentPart>) -> ChatMessage {
-    ChatMessage {
-        role: Role::User,
-        content,
-    }
-}
-
-fn assistant(content: Vec<ContentPart>) -> ChatMessage {
-    ChatMessage {
-        role: Role::Assistant,
-        content,
-    }
-}
-
 /// The family's native response to `answer(content, stop_reason)` (latency plays no part in
 /// any native shape).
 fn rendered(family: ModelFamily, content: Vec<ContentPart>, stop_reason: StopReason) -> Value {
@@ -205,7 +191,7 @@ fn anthropic_full_request_translates() {
     assert_eq!(
         req.messages,
         vec![
-            user(vec![
+            ChatMessage::user(vec![
                 text("What is in this image?"),
                 ContentPart::Image {
                     format: "png".into(),
@@ -217,7 +203,7 @@ fn anthropic_full_request_translates() {
                     text: "Doc text".into()
                 },
             ]),
-            assistant(vec![
+            ChatMessage::assistant(vec![
                 ContentPart::Reasoning { text: "hmm".into() },
                 text("Let me check."),
                 ContentPart::ToolUse {
@@ -226,7 +212,7 @@ fn anthropic_full_request_translates() {
                     input: json!({"city": "Tokyo"})
                 },
             ]),
-            user(vec![
+            ChatMessage::user(vec![
                 ContentPart::ToolResult {
                     tool_use_id: "toolu_1".into(),
                     content: vec![ToolResultPart::Text("Sunny".into())],
@@ -402,7 +388,7 @@ fn anthropic_message_rules() {
             {"role": "assistant", "content": ""},
         ]})),
     );
-    assert_eq!(req.messages, vec![user(vec![text("Hi")])]);
+    assert_eq!(req.messages, vec![ChatMessage::user(vec![text("Hi")])]);
     assert_eq!(
         fields(
             ModelFamily::Anthropic,
@@ -572,7 +558,7 @@ fn titan_text_translates() {
         ModelFamily::TitanText,
         json!({"inputText": "User: Hello\nBot:", "textGenerationConfig": {"maxTokenCount": 64, "temperature": 0.7, "topP": 0.9, "stopSequences": ["|"]}}),
     );
-    assert_eq!(req.messages, vec![user(vec![text("Hello")])]);
+    assert_eq!(req.messages, vec![ChatMessage::user(vec![text("Hello")])]);
     assert_eq!(req.max_tokens, Some(64));
     assert_eq!(req.temperature, Some(0.7));
     assert_eq!(req.top_p, Some(0.9));
@@ -582,7 +568,10 @@ fn titan_text_translates() {
         ModelFamily::TitanText,
         json!({"inputText": "Write a poem. "}),
     );
-    assert_eq!(req.messages, vec![user(vec![text("Write a poem. ")])]);
+    assert_eq!(
+        req.messages,
+        vec![ChatMessage::user(vec![text("Write a poem. ")])]
+    );
 }
 
 #[test]
@@ -860,7 +849,7 @@ fn llama_translates_templates() {
         }),
     );
     assert_eq!(req.system, vec!["Be brief.".to_owned()]);
-    assert_eq!(req.messages, vec![user(vec![text("Hi")])]);
+    assert_eq!(req.messages, vec![ChatMessage::user(vec![text("Hi")])]);
     assert_eq!(req.max_tokens, Some(64));
     assert_eq!(req.temperature, Some(0.5));
     assert_eq!(req.top_p, Some(0.9));
@@ -873,14 +862,17 @@ fn llama_translates_templates() {
     assert_eq!(
         req.messages,
         vec![
-            user(vec![text("Q1")]),
-            assistant(vec![text("A1")]),
-            user(vec![text("Q2")])
+            ChatMessage::user(vec![text("Q1")]),
+            ChatMessage::assistant(vec![text("A1")]),
+            ChatMessage::user(vec![text("Q2")])
         ]
     );
 
     let req = chat(ModelFamily::Llama, json!({"prompt": "Tell me a joke."}));
-    assert_eq!(req.messages, vec![user(vec![text("Tell me a joke.")])]);
+    assert_eq!(
+        req.messages,
+        vec![ChatMessage::user(vec![text("Tell me a joke.")])]
+    );
 }
 
 #[test]
@@ -894,7 +886,7 @@ fn llama_images_go_to_the_image_turn() {
     );
     assert_eq!(
         req.messages,
-        vec![user(vec![
+        vec![ChatMessage::user(vec![
             ContentPart::Image {
                 format: "jpeg".into(),
                 data_base64: "/9j/4AAQ".into()
@@ -976,9 +968,9 @@ fn mistral_translates() {
     assert_eq!(
         req.messages,
         vec![
-            user(vec![text("Hi")]),
-            assistant(vec![text("Hello")]),
-            user(vec![text("Bye")])
+            ChatMessage::user(vec![text("Hi")]),
+            ChatMessage::assistant(vec![text("Hello")]),
+            ChatMessage::user(vec![text("Bye")])
         ]
     );
     assert_eq!(req.max_tokens, Some(32));

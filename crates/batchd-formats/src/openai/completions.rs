@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{extra_keys, finish_reason, response_text, sampling};
+use super::{completion_object, extra_keys, finish_reason, response_text, sampling, usage_counts};
 use crate::Defect;
 use crate::neutral::{ChatMessage, ChatRequest, ChatResponse, ContentPart, Role};
 
@@ -75,39 +75,31 @@ pub(super) fn parse(map: &Map<String, Value>, defects: &mut Vec<Defect>) -> Opti
 
 /// The `text_completion` object of a response.
 pub(super) fn render(response: &ChatResponse, model: &str, id: &str, created: i64) -> Value {
-    let u = &response.usage;
-    json!({
-        "id": format!("cmpl-{id}"),
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "text": response_text(response),
-            "index": 0,
-            "logprobs": null,
-            "finish_reason": finish_reason(response.stop_reason),
-        }],
-        "usage": {
-            "prompt_tokens": u.input_tokens,
-            "completion_tokens": u.output_tokens,
-            "total_tokens": u.input_tokens + u.output_tokens,
-        },
-    })
+    let choice = json!({
+        "text": response_text(response),
+        "index": 0,
+        "logprobs": null,
+        "finish_reason": finish_reason(response.stop_reason),
+    });
+    let usage = usage_counts(&response.usage);
+    completion_object(
+        "text_completion",
+        &format!("cmpl-{id}"),
+        model,
+        created,
+        choice,
+        usage,
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{BatchBody, Endpoint, parse_body, render_text};
+    use super::super::{Endpoint, chat_body, render_text};
     use super::*;
     use crate::neutral::{StopReason, Usage};
-    use serde_json::value::RawValue;
 
     fn body(v: Value) -> Result<ChatRequest, Vec<Defect>> {
-        let raw = RawValue::from_string(v.to_string()).unwrap();
-        match parse_body(Endpoint::Completions, &raw)? {
-            BatchBody::Chat(c) => Ok(*c),
-            BatchBody::Embed(_) => panic!("a completion is not an embedding"),
-        }
+        chat_body(Endpoint::Completions, v)
     }
 
     #[test]

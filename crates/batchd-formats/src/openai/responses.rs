@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use super::{message_text, response_text, sampling};
 use crate::Defect;
-use crate::neutral::{ChatMessage, ChatRequest, ChatResponse, ContentPart, Role, StopReason};
+use crate::neutral::{ChatMessage, ChatRequest, ChatResponse, ContentPart, StopReason};
 
 pub(super) fn parse(map: &Map<String, Value>, defects: &mut Vec<Defect>) -> Option<ChatRequest> {
     let mut req = ChatRequest::default();
@@ -16,7 +16,9 @@ pub(super) fn parse(map: &Map<String, Value>, defects: &mut Vec<Defect>) -> Opti
         Some(_) => defects.push(Defect::new("body.instructions", "must be a string")),
     }
     match map.get("input") {
-        Some(Value::String(s)) if !s.is_empty() => req.messages.push(user(s.clone())),
+        Some(Value::String(s)) if !s.is_empty() => req
+            .messages
+            .push(ChatMessage::user(vec![ContentPart::Text(s.clone())])),
         Some(Value::Array(items)) if !items.is_empty() => {
             for (i, item) in items.iter().enumerate() {
                 input_item(item, i, &mut req, defects);
@@ -66,13 +68,6 @@ pub(super) fn parse(map: &Map<String, Value>, defects: &mut Vec<Defect>) -> Opti
     Some(req)
 }
 
-fn user(text: String) -> ChatMessage {
-    ChatMessage {
-        role: Role::User,
-        content: vec![ContentPart::Text(text)],
-    }
-}
-
 /// One item of `input`: a message (`{role, content}`, `type` "message" or absent) whose
 /// content is a string or `input_text` / `output_text` parts.
 fn input_item(item: &Value, i: usize, req: &mut ChatRequest, defects: &mut Vec<Defect>) {
@@ -111,11 +106,12 @@ fn input_item(item: &Value, i: usize, req: &mut ChatRequest, defects: &mut Vec<D
     };
     match item.get("role").and_then(Value::as_str) {
         Some("system" | "developer") => req.system.push(text),
-        Some("user") => req.messages.push(user(text)),
-        Some("assistant") => req.messages.push(ChatMessage {
-            role: Role::Assistant,
-            content: vec![ContentPart::Text(text)],
-        }),
+        Some("user") => req
+            .messages
+            .push(ChatMessage::user(vec![ContentPart::Text(text)])),
+        Some("assistant") => req
+            .messages
+            .push(ChatMessage::assistant(vec![ContentPart::Text(text)])),
         Some(other) => defects.push(Defect::new(
             at(".role"),
             format!("{other:?} is not supported (system, developer, user or assistant)"),
@@ -174,17 +170,12 @@ pub(super) fn render(response: &ChatResponse, model: &str, id: &str, created: i6
 
 #[cfg(test)]
 mod tests {
-    use super::super::{BatchBody, Endpoint, parse_body, render_text};
+    use super::super::{Endpoint, chat_body, render_text};
     use super::*;
-    use crate::neutral::Usage;
-    use serde_json::value::RawValue;
+    use crate::neutral::{Role, Usage};
 
     fn body(v: Value) -> Result<ChatRequest, Vec<Defect>> {
-        let raw = RawValue::from_string(v.to_string()).unwrap();
-        match parse_body(Endpoint::Responses, &raw)? {
-            BatchBody::Chat(c) => Ok(*c),
-            BatchBody::Embed(_) => panic!("a response is not an embedding"),
-        }
+        chat_body(Endpoint::Responses, v)
     }
 
     fn text(m: &ChatMessage) -> &str {

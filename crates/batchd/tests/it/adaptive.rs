@@ -15,11 +15,9 @@ use crate::{MODEL, test_env};
 async fn the_limit_learns_a_rate_limited_backend_and_no_record_fails() {
     const N: u64 = 240;
     let fake = FakeServer::start(FakeConfig {
-        latency_ms: 10,
-        latency_jitter_ms: 10,
         capacity: Some(4),
         retry_after_secs: Some(1),
-        ..Default::default()
+        ..FakeConfig::latency(10, 10)
     })
     .await
     .unwrap();

@@ -107,6 +107,22 @@ fn results(env: &TestEnv, id: &str) -> Vec<(String, Vec<Value>)> {
         .collect()
 }
 
+/// Asserts that a POST answered `status` with an error of `error_type`; returns the answer.
+async fn post_refused(
+    server: &Served,
+    path: &str,
+    body: Option<&Value>,
+    (status, error_type): (u16, &str),
+) -> Value {
+    let (got, answer) = server.post_status(path, body).await;
+    assert_eq!(
+        (got, answer["__type"].as_str()),
+        (status, Some(error_type)),
+        "{answer}"
+    );
+    answer
+}
+
 fn ids(items: &[Value]) -> Vec<&str> {
     items.iter().map(|r| r["id"].as_str().unwrap()).collect()
 }
@@ -114,9 +130,8 @@ fn ids(items: &[Value]) -> Vec<&str> {
 #[tokio::test]
 async fn batches_are_bounded_and_every_item_gets_one_result_in_order() {
     let (fake, env) = setup(FakeConfig {
-        latency_ms: 150,
         fail_when_prompt_contains: Some(FAIL_MARKER.into()),
-        ..FakeConfig::default()
+        ..FakeConfig::latency(150, 0)
     })
     .await;
     let mut first = documents("a", 12);
@@ -140,13 +155,8 @@ async fn batches_are_bounded_and_every_item_gets_one_result_in_order() {
     assert_eq!(fake.stats().requests, 0, "nothing runs before start");
 
     start(&server, &id).await;
-    let (again, answer) = server
-        .post_status(&format!("batch-inference-jobs/{id}/start"), None)
-        .await;
-    assert_eq!(
-        (again, answer["__type"].as_str()),
-        (400, Some("ConflictException"))
-    );
+    let start_path = format!("batch-inference-jobs/{id}/start");
+    post_refused(&server, &start_path, None, (400, "ConflictException")).await;
     let job = wait_end(&server, &id).await;
     assert_eq!(job["status"], "COMPLETED", "{job}");
     assert_eq!(
@@ -231,11 +241,7 @@ async fn batches_are_bounded_and_every_item_gets_one_result_in_order() {
 
 #[tokio::test]
 async fn stop_and_timeout_end_stopped_and_failed_with_every_item_present() {
-    let (_fake, env) = setup(FakeConfig {
-        latency_ms: 300,
-        ..FakeConfig::default()
-    })
-    .await;
+    let (_fake, env) = setup(FakeConfig::latency(300, 0)).await;
     input(&env, "batch_0.json", &documents("d", 30));
     let server = env.serve().await;
 
@@ -298,11 +304,7 @@ async fn stop_and_timeout_end_stopped_and_failed_with_every_item_present() {
         (&job["status"], &job["processedItems"]),
         (&json!("STOPPED"), &json!(0))
     );
-    let (status, answer) = server.post_status(&stop_path, None).await;
-    assert_eq!(
-        (status, answer["__type"].as_str()),
-        (400, Some("ConflictException"))
-    );
+    post_refused(&server, &stop_path, None, (400, "ConflictException")).await;
 
     let timed_out = create(&server, &create_body("timed-out", 2, 1, 1)).await;
     start(&server, &timed_out).await;
@@ -359,13 +361,13 @@ async fn bad_requests_and_bad_items_are_named() {
 
     let mut body = create_body("bad", 0, 1, 600);
     body["jobConfiguration"]["maxConcurrentBatchs"] = json!(2);
-    let (status, answer) = server
-        .post_status("batch-inference-jobs", Some(&body))
-        .await;
-    assert_eq!(
-        (status, answer["__type"].as_str()),
-        (400, Some("ValidationException"))
-    );
+    let answer = post_refused(
+        &server,
+        "batch-inference-jobs",
+        Some(&body),
+        (400, "ValidationException"),
+    )
+    .await;
     let message = answer["message"].as_str().unwrap();
     assert!(
         message.contains("inputConfiguration.batchSize: must be an integer from 1 to 10000, got 0"),
@@ -375,13 +377,8 @@ async fn bad_requests_and_bad_items_are_named() {
         message.contains("jobConfiguration.maxConcurrentBatchs: unknown member"),
         "{message}"
     );
-    let (status, answer) = server
-        .post_status("batch-inference-jobs/abcdefabcdef/start", None)
-        .await;
-    assert_eq!(
-        (status, answer["__type"].as_str()),
-        (404, Some("ResourceNotFoundException"))
-    );
+    let unknown = "batch-inference-jobs/abcdefabcdef/start";
+    post_refused(&server, unknown, None, (404, "ResourceNotFoundException")).await;
 
     let id = create(&server, &create_body("bad-items", 10, 1, 600)).await;
     start(&server, &id).await;
@@ -463,12 +460,7 @@ async fn jsonl_items_of_every_kind_run_through_the_prompt_template() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_restart_keep_one_result_per_item_in_valid_json_arrays() {
-    let (_fake, env) = setup(FakeConfig {
-        latency_ms: 5,
-        latency_jitter_ms: 20,
-        ..FakeConfig::default()
-    })
-    .await;
+    let (_fake, env) = setup(FakeConfig::latency(5, 20)).await;
     let first = documents("a", 700);
     let second = documents("b", 500);
     input(&env, "batch_0.json", &first);

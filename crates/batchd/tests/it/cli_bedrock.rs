@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use batchd_testkit::fake_bedrock::{
-    ACCESS_KEY_ID, FakeBedrock, FakeBedrockConfig, SECRET_ACCESS_KEY,
+    ACCESS_KEY_ID, FakeBedrock, FakeBedrockConfig, SECRET_ACCESS_KEY, expected_reply,
 };
 use batchd_testkit::harness::{
     Config, Model, TestEnv, assert_counts, describe, manifest, read_jsonl, shared_data,
@@ -40,27 +40,36 @@ async fn run(env: &TestEnv, input: &Path, out: &str, extra: &[&str]) -> (Output,
     env.run(&[input], MODEL, out, &args).await
 }
 
-/// The text of the last user message of a Converse or Anthropic body, as the fake echoes it.
-fn user_text(model_input: &Value) -> String {
-    let messages = model_input["messages"].as_array().unwrap();
-    let last = messages.iter().rev().find(|m| m["role"] == "user").unwrap();
-    match &last["content"] {
-        Value::String(text) => text.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
-        other => panic!("content {other}"),
+/// Runs `batchd run` over the shared `input` and checks every output line against its input
+/// line with `check`, which returns the line's (input, output) tokens; the manifest must count
+/// every line a success and sum those tokens. Returns the number of lines.
+async fn run_and_check(
+    env: &TestEnv,
+    input: &str,
+    extra: &[&str],
+    check: impl Fn(&Value, &Value) -> (u64, u64),
+) -> usize {
+    let out = format!("out-{input}");
+    let input_path = shared_data(input);
+    let (out, job_dir) = run(env, &input_path, &out, extra).await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let job_dir = job_dir.unwrap();
+    let inputs = read_jsonl(&input_path);
+    let outputs = read_jsonl(&job_dir.join(format!("{input}.out")));
+    assert_eq!(inputs.len(), outputs.len());
+    let (mut tokens_in, mut tokens_out) = (0, 0);
+    for (i, o) in inputs.iter().zip(&outputs) {
+        assert_eq!(o["recordId"], i["recordId"]);
+        assert_eq!(o["modelInput"], i["modelInput"]);
+        let (t_in, t_out) = check(&i["modelInput"], o);
+        tokens_in += t_in;
+        tokens_out += t_out;
     }
-}
-
-fn echo(text: &str, max_words: usize) -> String {
-    let full = format!("echo: {text}");
-    full.split_whitespace()
-        .take(max_words)
-        .collect::<Vec<_>>()
-        .join(" ")
+    let m = manifest(&job_dir);
+    assert_counts(&m, inputs.len(), 0);
+    assert_eq!(m["inputTokenCount"], tokens_in);
+    assert_eq!(m["outputTokenCount"], tokens_out);
+    inputs.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,76 +83,49 @@ async fn converse_and_invoke_model_records_run_through_signed_bedrock_calls() {
     let env = env_for(&fake, SECRET_ACCESS_KEY);
 
     // Converse records.
-    let input = shared_data("converse-basic.jsonl");
-    let (out, job_dir) = run(&env, &input, "out-converse", &[]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let job_dir = job_dir.unwrap();
-    let inputs = read_jsonl(&input);
-    let outputs = read_jsonl(&job_dir.join("converse-basic.jsonl.out"));
-    assert_eq!(inputs.len(), outputs.len());
-    let (mut tokens_in, mut tokens_out) = (0, 0);
-    for (i, o) in inputs.iter().zip(&outputs) {
-        assert_eq!(o["recordId"], i["recordId"]);
-        assert_eq!(o["modelInput"], i["modelInput"]);
+    let records = run_and_check(&env, "converse-basic.jsonl", &[], |i, o| {
         assert!(o.get("error").is_none(), "{o}");
         let m = &o["modelOutput"];
-        let max = i["modelInput"]["inferenceConfig"]["maxTokens"]
-            .as_u64()
-            .unwrap_or(u64::MAX);
+        let max = i["inferenceConfig"]["maxTokens"].as_u64();
+        let expected = expected_reply(&i["messages"], max).unwrap();
         assert_eq!(
-            m["output"]["message"]["content"][0]["text"],
-            echo(&user_text(&i["modelInput"]), max as usize),
+            m["output"]["message"]["content"][0]["text"], expected,
             "{o}"
         );
-        tokens_in += m["usage"]["inputTokens"].as_u64().unwrap();
-        tokens_out += m["usage"]["outputTokens"].as_u64().unwrap();
-    }
-    let m = manifest(&job_dir);
-    assert_counts(&m, inputs.len(), 0);
-    assert_eq!(m["inputTokenCount"], tokens_in);
-    assert_eq!(m["outputTokenCount"], tokens_out);
+        let usage = &m["usage"];
+        (
+            tokens(&usage["inputTokens"]),
+            tokens(&usage["outputTokens"]),
+        )
+    })
+    .await;
     let stats = fake.stats();
-    assert_eq!(stats.converse, inputs.len() as u64, "{stats:?}");
+    assert_eq!(stats.converse, records as u64, "{stats:?}");
     assert_eq!(stats.rejected_signatures, 0, "{stats:?}");
 
     // InvokeModel records in Anthropic's Messages format; token counts from the headers.
     fake.reset_stats();
-    let input = shared_data("invoke-anthropic.jsonl");
-    let (out, job_dir) = run(
-        &env,
-        &input,
-        "out-invoke",
-        &["--invocation-type", "invoke-model"],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let job_dir = job_dir.unwrap();
-    let inputs = read_jsonl(&input);
-    let outputs = read_jsonl(&job_dir.join("invoke-anthropic.jsonl.out"));
-    assert_eq!(inputs.len(), outputs.len());
-    let (mut tokens_in, mut tokens_out) = (0, 0);
-    for (i, o) in inputs.iter().zip(&outputs) {
-        assert_eq!(o["recordId"], i["recordId"]);
-        assert_eq!(o["modelInput"], i["modelInput"]);
+    let extra = ["--invocation-type", "invoke-model"];
+    let records = run_and_check(&env, "invoke-anthropic.jsonl", &extra, |i, o| {
         let m = &o["modelOutput"];
         assert_eq!(m["type"], "message", "{o}");
         assert_eq!(m["role"], "assistant");
-        let max = i["modelInput"]["max_tokens"].as_u64().unwrap();
-        assert_eq!(
-            m["content"][0]["text"],
-            echo(&user_text(&i["modelInput"]), max as usize),
-            "{o}"
-        );
-        tokens_in += m["usage"]["input_tokens"].as_u64().unwrap();
-        tokens_out += m["usage"]["output_tokens"].as_u64().unwrap();
-    }
-    let m = manifest(&job_dir);
-    assert_counts(&m, inputs.len(), 0);
-    assert_eq!(m["inputTokenCount"], tokens_in);
-    assert_eq!(m["outputTokenCount"], tokens_out);
+        let expected = expected_reply(&i["messages"], i["max_tokens"].as_u64()).unwrap();
+        assert_eq!(m["content"][0]["text"], expected, "{o}");
+        let usage = &m["usage"];
+        (
+            tokens(&usage["input_tokens"]),
+            tokens(&usage["output_tokens"]),
+        )
+    })
+    .await;
     let stats = fake.stats();
-    assert_eq!(stats.invoke, inputs.len() as u64, "{stats:?}");
+    assert_eq!(stats.invoke, records as u64, "{stats:?}");
     assert_eq!(stats.rejected_signatures, 0, "{stats:?}");
+}
+
+fn tokens(count: &Value) -> u64 {
+    count.as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,6 @@
 //! `batchd run` against the fake OpenAI-compatible server, and each output line has the
 //! family's native response shape (keys and types).
 
-use std::path::Path;
-use std::process::Output;
-
 use batchd_testkit::harness::{
     Config, Model, TestEnv, assert_counts, describe, manifest, read_jsonl, shared_data,
 };
@@ -35,13 +32,14 @@ fn env_for(fake: &FakeServer) -> TestEnv {
     test_env(&config.model(Model::openai(CUSTOM, &fake.base_url()).set("format", "anthropic")))
 }
 
-/// Runs one file as InvokeModel records on `model`; returns the output lines, in order, and
-/// the manifest.
-async fn run_invoke(env: &TestEnv, input: &Path, model: &str) -> (Output, Vec<Value>, Value) {
+/// Runs the shared data file `name` as InvokeModel records on `model`, checks order, echo and
+/// success of every output line and the manifest's counts; returns each line's modelOutput.
+async fn model_outputs(env: &TestEnv, name: &str, model: &str) -> Vec<Value> {
+    let input = shared_data(name);
     let out = format!("out-{}", model.replace(['/', ':'], "_"));
     let (output, job_dir) = env
         .run(
-            &[input],
+            &[&input],
             model,
             &out,
             &["--invocation-type", "invoke-model", "--quiet"],
@@ -49,16 +47,8 @@ async fn run_invoke(env: &TestEnv, input: &Path, model: &str) -> (Output, Vec<Va
         .await;
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let job_dir = job_dir.unwrap();
-    let name = input.file_name().unwrap().to_string_lossy();
     let lines = read_jsonl(&job_dir.join(format!("{name}.out")));
-    let manifest = manifest(&job_dir);
-    (output, lines, manifest)
-}
-
-/// Checks order, echo and success of every line, and the manifest's counts; returns each
-/// line's modelOutput.
-fn outputs(input: &Path, lines: &[Value], manifest: &Value) -> Vec<Value> {
-    let records = read_jsonl(input);
+    let records = read_jsonl(&input);
     assert_eq!(lines.len(), records.len());
     for (line, record) in lines.iter().zip(&records) {
         if let Some(id) = record.get("recordId") {
@@ -67,7 +57,7 @@ fn outputs(input: &Path, lines: &[Value], manifest: &Value) -> Vec<Value> {
         assert_eq!(line["modelInput"], record["modelInput"]);
         assert!(line.get("error").is_none(), "{line}");
     }
-    assert_counts(manifest, records.len(), 0);
+    assert_counts(&manifest(&job_dir), records.len(), 0);
     lines.iter().map(|l| l["modelOutput"].clone()).collect()
 }
 
@@ -84,9 +74,7 @@ async fn anthropic_records_answer_in_the_messages_shape() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
     let env = env_for(&fake);
     for model in [ANTHROPIC, CUSTOM] {
-        let input = shared_data("invoke-anthropic.jsonl");
-        let (_, lines, manifest) = run_invoke(&env, &input, model).await;
-        for out in outputs(&input, &lines, &manifest) {
+        for out in model_outputs(&env, "invoke-anthropic.jsonl", model).await {
             assert_eq!(out["type"], "message", "{out}");
             assert_eq!(out["role"], "assistant", "{out}");
             assert!(is_text(&out["id"]), "{out}");
@@ -108,9 +96,7 @@ async fn anthropic_records_answer_in_the_messages_shape() {
 async fn titan_text_records_answer_with_results() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
     let env = env_for(&fake);
-    let input = shared_data("invoke-titan-text.jsonl");
-    let (_, lines, manifest) = run_invoke(&env, &input, TITAN_TEXT).await;
-    for out in outputs(&input, &lines, &manifest) {
+    for out in model_outputs(&env, "invoke-titan-text.jsonl", TITAN_TEXT).await {
         assert!(is_uint(&out["inputTextTokenCount"]), "{out}");
         let result = &out["results"][0];
         assert!(is_uint(&result["tokenCount"]), "{out}");
@@ -122,17 +108,11 @@ async fn titan_text_records_answer_with_results() {
 #[tokio::test]
 async fn titan_embed_records_are_batched_and_answer_with_vectors() {
     // While one call is out, the next records queue: batching does not hang on timing.
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 50,
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(50, 0)).await.unwrap();
     let env = env_for(&fake);
-    let input = shared_data("invoke-titan-embed.jsonl");
-    let records = read_jsonl(&input);
-    let (_, lines, manifest) = run_invoke(&env, &input, TITAN_EMBED).await;
-    for (out, record) in outputs(&input, &lines, &manifest).iter().zip(&records) {
+    let records = read_jsonl(&shared_data("invoke-titan-embed.jsonl"));
+    let outputs = model_outputs(&env, "invoke-titan-embed.jsonl", TITAN_EMBED).await;
+    for (out, record) in outputs.iter().zip(&records) {
         assert!(is_uint(&out["inputTextTokenCount"]), "{out}");
         let vector = out["embedding"].as_array().unwrap();
         assert!(!vector.is_empty(), "{out}");
@@ -159,9 +139,7 @@ async fn titan_embed_records_are_batched_and_answer_with_vectors() {
 async fn nova_records_answer_in_the_nova_shape() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
     let env = env_for(&fake);
-    let input = shared_data("invoke-nova.jsonl");
-    let (_, lines, manifest) = run_invoke(&env, &input, NOVA).await;
-    for out in outputs(&input, &lines, &manifest) {
+    for out in model_outputs(&env, "invoke-nova.jsonl", NOVA).await {
         let message = &out["output"]["message"];
         assert_eq!(message["role"], "assistant", "{out}");
         assert!(is_text(&message["content"][0]["text"]), "{out}");
@@ -176,17 +154,13 @@ async fn nova_records_answer_in_the_nova_shape() {
 async fn llama_and_mistral_records_answer_in_their_shapes() {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
     let env = env_for(&fake);
-    let input = shared_data("invoke-llama.jsonl");
-    let (_, lines, manifest) = run_invoke(&env, &input, LLAMA).await;
-    for out in outputs(&input, &lines, &manifest) {
+    for out in model_outputs(&env, "invoke-llama.jsonl", LLAMA).await {
         assert!(is_text(&out["generation"]), "{out}");
         assert!(is_uint(&out["prompt_token_count"]), "{out}");
         assert!(is_uint(&out["generation_token_count"]), "{out}");
         assert!(is_text(&out["stop_reason"]), "{out}");
     }
-    let input = shared_data("invoke-mistral.jsonl");
-    let (_, lines, manifest) = run_invoke(&env, &input, MISTRAL).await;
-    for out in outputs(&input, &lines, &manifest) {
+    for out in model_outputs(&env, "invoke-mistral.jsonl", MISTRAL).await {
         let first = &out["outputs"][0];
         assert!(is_text(&first["text"]), "{out}");
         assert!(is_text(&first["stop_reason"]), "{out}");

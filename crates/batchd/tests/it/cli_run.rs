@@ -127,12 +127,7 @@ async fn run_with_defects_fails_before_any_record_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_basic_and_rich_writes_ordered_output_and_manifest() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_jitter_ms: 20,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(0, 20)).await.unwrap();
     let env = env_for(&fake);
     let basic = shared_data("converse-basic.jsonl");
     let rich = shared_data("converse-rich.jsonl");

@@ -26,18 +26,25 @@ fn env_for(base_url: &str, concurrency: i64, engine: Config) -> TestEnv {
     test_env(&config).env("BATCHD_LOG", "batchd_engine=info")
 }
 
-/// Writes `files` (name, record count) under the bucket's `in/`; returns every recordId per
-/// file.
+/// Writes `files` (name, record count) of Converse records under the bucket's `in/`; returns
+/// every recordId per file.
 fn write_inputs(env: &TestEnv, files: &[(&str, usize)]) -> Vec<(String, Vec<String>)> {
+    write_inputs_with(env, files, |id| {
+        converse_record(id, &format!("record {id}"))
+    })
+}
+
+/// [`write_inputs`] with the record of each id from `record`.
+fn write_inputs_with(
+    env: &TestEnv,
+    files: &[(&str, usize)],
+    record: impl Fn(&str) -> Value,
+) -> Vec<(String, Vec<String>)> {
     let dir = env.bucket(BUCKET).join("in");
     let mut all = Vec::new();
     for (name, n) in files {
         let ids: Vec<String> = (0..*n).map(|i| format!("{name}-{i:05}")).collect();
-        write_jsonl(
-            &dir.join(name),
-            ids.iter()
-                .map(|id| converse_record(id, &format!("record {id}"))),
-        );
+        write_jsonl(&dir.join(name), ids.iter().map(|id| record(id)));
         all.push((name.to_string(), ids));
     }
     all
@@ -72,15 +79,33 @@ fn check_output(env: &TestEnv, job_id: &str, inputs: &[(String, Vec<String>)]) {
     assert_eq!(names, expected);
 }
 
-/// CreateModelInvocationJob over the bucket's `in/` and `out/`; returns the job id.
+/// Writes `files` (see [`write_inputs`]), starts `batchd serve` and creates the job `name` over
+/// them; returns the server, the job id and the inputs' recordIds.
+async fn serve_job(
+    env: &TestEnv,
+    files: &[(&str, usize)],
+    name: &str,
+) -> (Served, String, Vec<(String, Vec<String>)>) {
+    let inputs = write_inputs(env, files);
+    let server = env.serve().await;
+    let job_id = create_job(&server, name).await;
+    (server, job_id, inputs)
+}
+
+/// A Converse CreateModelInvocationJob over the bucket's `in/` and `out/`; returns the job id.
 async fn create_job(server: &Served, name: &str) -> String {
+    create_job_of(server, name, "Converse").await
+}
+
+/// [`create_job`] of the given `modelInvocationType`.
+async fn create_job_of(server: &Served, name: &str, invocation_type: &str) -> String {
     let body = json!({
         "jobName": name,
         "modelId": MODEL,
         "roleArn": "arn:aws:iam::123456789012:role/batchd",
         "inputDataConfig": {"s3InputDataConfig": {"s3Uri": format!("s3://{BUCKET}/in/")}},
         "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": format!("s3://{BUCKET}/out/")}},
-        "modelInvocationType": "Converse",
+        "modelInvocationType": invocation_type,
     });
     let answer = server.post_json("model-invocation-job", &body).await;
     let arn = answer["jobArn"]
@@ -113,6 +138,16 @@ async fn wait_for(server: &Served, id: &str, status: &str, limit: Duration) -> V
     }
 }
 
+/// SIGTERMs `server` and asserts that it exits 0 within `within` (waiting `limit` at most).
+async fn sigterm(env: &TestEnv, server: &mut Served, limit: Duration, within: Duration) {
+    let stopping = Instant::now();
+    server.signal("-TERM");
+    let status = server.wait(limit).await;
+    assert_eq!(status.code(), Some(0), "{}", env.serve_log());
+    let took = stopping.elapsed();
+    assert!(took < within, "{took:?}");
+}
+
 /// SIGKILLs `server` and starts it again, `pause` milliseconds apart (random), until the job
 /// `id` is `Completed` or `most` kills are done; returns the server running now and the job as
 /// seen before each kill (it never shows `Failed`).
@@ -141,22 +176,15 @@ async fn kill_at_random(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_then_restart_loses_and_repeats_nothing() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 5,
-        latency_jitter_ms: 30,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(5, 30)).await.unwrap();
     let env = env_for(&fake.base_url(), 4, Config::new());
-    // Two files: kills also land between files and while one file is being finished.
-    let inputs = write_inputs(&env, &[("a.jsonl", 1300), ("b.jsonl", 1700)]);
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
     eprintln!("seed {seed}");
 
-    let server = env.serve().await;
-    let job_id = create_job(&server, "crash-test").await;
+    // Two files: kills also land between files and while one file is being finished.
+    let files = [("a.jsonl", 1300), ("b.jsonl", 1700)];
+    let (server, job_id, inputs) = serve_job(&env, &files, "crash-test").await;
     // Anywhere from validation to well past a checkpoint (local commits are 100 ms apart).
     let (server, seen) = kill_at_random(&env, server, &job_id, &mut rng, 12, 50..1000).await;
     let kills = seen.len();
@@ -179,21 +207,16 @@ async fn sigkill_at_random_points_then_restart_loses_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_job_exits_0_and_the_restart_completes_it_exactly_once() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 20,
-        latency_jitter_ms: 20,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(20, 20))
+        .await
+        .unwrap();
     let env = env_for(
         &fake.base_url(),
         4,
         Config::new().engine("shutdown_grace_seconds", 10),
     );
-    let inputs = write_inputs(&env, &[("only.jsonl", 400)]);
-    let mut server = env.serve().await;
-    let job_id = create_job(&server, "sigterm-test").await;
+    let (mut server, job_id, inputs) =
+        serve_job(&env, &[("only.jsonl", 400)], "sigterm-test").await;
     let started = Instant::now();
     loop {
         let job = job(&server, &job_id).await;
@@ -203,11 +226,14 @@ async fn sigterm_mid_job_exits_0_and_the_restart_completes_it_exactly_once() {
         assert!(started.elapsed() < Duration::from_secs(30), "{job}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stopping = Instant::now();
-    server.signal("-TERM");
-    let status = server.wait(Duration::from_secs(20)).await; // exits within the grace period
-    assert_eq!(status.code(), Some(0), "{}", env.serve_log());
-    assert!(stopping.elapsed() < Duration::from_secs(10));
+    // Exits within the grace period.
+    sigterm(
+        &env,
+        &mut server,
+        Duration::from_secs(20),
+        Duration::from_secs(10),
+    )
+    .await;
 
     let server = env.serve().await;
     let job = job(&server, &job_id).await;
@@ -222,33 +248,27 @@ async fn sigterm_mid_job_exits_0_and_the_restart_completes_it_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_period_bounds_a_shutdown_and_abandoned_records_run_again() {
     // Answers take 20 s; the grace period is 0.5 s.
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 20_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(20_000, 0))
+        .await
+        .unwrap();
     let env = env_for(
         &fake.base_url(),
         4,
         Config::new().engine("shutdown_grace_seconds", 0.5),
     );
-    let inputs = write_inputs(&env, &[("slow.jsonl", 20)]);
-    let mut server = env.serve().await;
-    let job_id = create_job(&server, "grace-test").await;
+    let (mut server, job_id, inputs) = serve_job(&env, &[("slow.jsonl", 20)], "grace-test").await;
     wait_for(&server, &job_id, "InProgress", Duration::from_secs(30)).await;
     while fake.stats().requests < 4 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stopping = Instant::now();
-    server.signal("-TERM");
-    let status = server.wait(Duration::from_secs(15)).await; // the grace period bounds it
-    assert_eq!(status.code(), Some(0), "{}", env.serve_log());
-    assert!(
-        stopping.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        stopping.elapsed()
-    );
+    // The grace period bounds it.
+    sigterm(
+        &env,
+        &mut server,
+        Duration::from_secs(15),
+        Duration::from_secs(8),
+    )
+    .await;
 
     fake.set_config(FakeConfig::default());
     let server = env.serve().await;
@@ -271,9 +291,7 @@ async fn records_wait_while_the_backend_is_down_and_run_when_it_is_back() {
         4,
         Config::new().engine("backend_down_seconds", 20),
     );
-    let inputs = write_inputs(&env, &[("down.jsonl", 30)]);
-    let server = env.serve().await;
-    let job_id = create_job(&server, "down-then-up").await;
+    let (server, job_id, inputs) = serve_job(&env, &[("down.jsonl", 30)], "down-then-up").await;
     wait_for(&server, &job_id, "InProgress", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let job = job(&server, &job_id).await;
@@ -303,9 +321,7 @@ async fn a_backend_down_past_the_limit_fails_records_as_unreachable() {
             .engine("backend_down_seconds", 1)
             .engine("max_attempts", 2),
     );
-    write_inputs(&env, &[("never.jsonl", 10)]);
-    let server = env.serve().await;
-    let job_id = create_job(&server, "never-up").await;
+    let (server, job_id, _) = serve_job(&env, &[("never.jsonl", 10)], "never-up").await;
     let started = Instant::now();
     let job = wait_for(&server, &job_id, "Completed", Duration::from_secs(30)).await;
     assert!(
@@ -331,45 +347,16 @@ async fn a_backend_down_past_the_limit_fails_records_as_unreachable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_an_invoke_model_job_keeps_its_side_file_of_times_aligned() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 5,
-        latency_jitter_ms: 30,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(5, 30)).await.unwrap();
     let env = env_for(&fake.base_url(), 4, Config::new());
-    let dir = env.bucket(BUCKET).join("in");
-    let mut inputs = Vec::new();
-    for (name, n) in [("a.jsonl", 900), ("b.jsonl", 700)] {
-        let ids: Vec<String> = (0..n).map(|i| format!("{name}-{i:05}")).collect();
-        write_jsonl(
-            &dir.join(name),
-            ids.iter().map(|id| {
-                json!({"recordId": id, "modelInput": {"anthropic_version": "bedrock-2023-05-31",
-                    "max_tokens": 8, "messages": [{"role": "user", "content": format!("record {id}")}]}})
-            }),
-        );
-        inputs.push((name, ids));
-    }
+    let inputs = write_inputs_with(&env, &[("a.jsonl", 900), ("b.jsonl", 700)], |id| {
+        json!({"recordId": id, "modelInput": {"anthropic_version": "bedrock-2023-05-31",
+            "max_tokens": 8, "messages": [{"role": "user", "content": format!("record {id}")}]}})
+    });
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
     let server = env.serve().await;
-    let body = json!({
-        "jobName": "invoke-crash", "modelId": MODEL,
-        "roleArn": "arn:aws:iam::123456789012:role/batchd",
-        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": format!("s3://{BUCKET}/in/")}},
-        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": format!("s3://{BUCKET}/out/")}},
-        "modelInvocationType": "InvokeModel",
-    });
-    let answer = server.post_json("model-invocation-job", &body).await;
-    let job_id = answer["jobArn"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let job_id = create_job_of(&server, "invoke-crash", "InvokeModel").await;
     let (server, seen) = kill_at_random(&env, server, &job_id, &mut rng, 8, 50..800).await;
     let kills = seen.len();
     assert!(

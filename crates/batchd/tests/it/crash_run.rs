@@ -83,13 +83,7 @@ async fn run_and_kill(env: &TestEnv, args: &[&str], after: Duration) -> (String,
 
 #[tokio::test]
 async fn sigkill_batchd_run_at_random_points_then_resume_loses_and_repeats_nothing() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 3,
-        latency_jitter_ms: 25,
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(3, 25)).await.unwrap();
     let env = env_for(&fake);
     let ids = write_input(&env, "records.jsonl", 3000);
     let input = env.path("in/records.jsonl").display().to_string();
@@ -146,12 +140,9 @@ async fn sigkill_batchd_run_at_random_points_then_resume_loses_and_repeats_nothi
 
 #[tokio::test]
 async fn a_new_run_points_at_the_interrupted_one_and_a_running_job_cannot_be_resumed_twice() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_ms: 200,
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeServer::start(FakeConfig::latency(200, 0))
+        .await
+        .unwrap();
     let env = env_for(&fake);
     write_input(&env, "slow.jsonl", 200);
     let input = env.path("in/slow.jsonl").display().to_string();

@@ -81,10 +81,8 @@ async fn finished_job(fake: &FakeServer) -> (TestEnv, std::path::PathBuf, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_of_a_run_match_its_output_exactly() {
     let fake = FakeServer::start(FakeConfig {
-        latency_ms: 5,
-        latency_jitter_ms: 20,
         fail_when_prompt_contains: Some(MARKER.into()),
-        ..FakeConfig::default()
+        ..FakeConfig::latency(5, 20)
     })
     .await
     .unwrap();
@@ -322,9 +320,8 @@ async fn seed_results_at_an_output_location_are_analysed_and_defects_located() {
 #[tokio::test]
 async fn invoke_model_jobs_keep_processing_times_beside_their_unchanged_output() {
     let fake = FakeServer::start(FakeConfig {
-        latency_ms: 40,
         fail_when_prompt_contains: Some(MARKER.into()),
-        ..FakeConfig::default()
+        ..FakeConfig::latency(40, 0)
     })
     .await
     .unwrap();
