@@ -1,17 +1,19 @@
 //! Domain vocabulary of batchd: job ids and ARNs, the ten job statuses and their legal
 //! transitions, record counters, generated record ids, the invocation type, model ids, the
-//! job model every API, the engine and the job stores share (`job`), and the OpenAI API's
-//! file records (`file`).
+//! job model every API, the engine and the job stores share (`job`), the chunks instances
+//! sharing a store split a job into (`chunk`), and the OpenAI API's file records (`file`).
 //!
 //! This crate does no IO and depends on no runtime, HTTP or JSON crate (ARCHITECTURE.md,
 //! invariant 1), so every other crate can share these types without pulling anything in.
 
+pub mod chunk;
 pub mod file;
 mod ids;
 pub mod job;
 pub mod model_id;
 mod status;
 
+pub use chunk::{Chunk, ChunkLease, ChunkPlan, ChunkState};
 pub use file::{FileFilter, FileRecord, PURPOSE_BATCH, PURPOSE_BATCH_OUTPUT};
 pub use ids::{IdError, JobArn, JobId, generated_record_id, stable_hash64};
 pub use job::{

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use batchd_core::{
-    Checkpoint, Counters, FileFilter, FileRecord, Job, JobFile, JobFilter, JobId, JobOrigin,
-    JobStatus, NewJob, StatusError,
+    Checkpoint, Chunk, ChunkLease, ChunkPlan, Counters, FileFilter, FileRecord, Job, JobFile,
+    JobFilter, JobId, JobOrigin, JobStatus, NewJob, StatusError,
 };
 
 pub use postgres::PgStore;
@@ -133,8 +133,77 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Forgets a file (not its content); false when there was none.
     async fn delete_file(&self, id: &str) -> Result<bool, StoreError>;
 
+    /// The leases of jobs and chunks, for instances that share this store.
+    fn leases(&self) -> &dyn Leases;
+
     /// Flushes and closes; the store is not used afterwards.
     async fn close(&self);
+}
+
+/// Leases on jobs and on their chunks, with fencing tokens: how `batchd serve` instances that
+/// share one store divide the work and take over from one that stopped renewing. Times are
+/// the callers' clocks in milliseconds since the Unix epoch (instances keep them in sync).
+#[async_trait::async_trait]
+pub trait Leases: Send + Sync {
+    /// Takes the job's lease for `owner` until `until_ms` if no one else holds it unexpired;
+    /// returns the new fencing token (raised by every claim), or `None` when it is held.
+    async fn claim_job(
+        &self,
+        id: &JobId,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Extends the job's lease if `owner` still holds it under `fence`; false when it is lost.
+    async fn renew_job(
+        &self,
+        id: &JobId,
+        owner: &str,
+        fence: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the job's lease up (if still held under `fence`) so another instance may act at once.
+    async fn release_job(&self, id: &JobId, owner: &str, fence: i64) -> Result<(), StoreError>;
+
+    /// Records how the job's input splits into chunks, once: a second plan for the same job
+    /// changes nothing (every planner computes the same one from the same files).
+    async fn plan_chunks(&self, id: &JobId, plans: &[ChunkPlan]) -> Result<(), StoreError>;
+
+    /// The job's chunks in input order; empty for a job that was not split.
+    async fn chunks(&self, id: &JobId) -> Result<Vec<Chunk>, StoreError>;
+
+    /// Claims the first chunk that is pending or whose lease ran out before `now_ms`, for
+    /// `owner` until `until_ms`: its fencing token is raised and its counters start again
+    /// from zero. Instances claiming at once get different chunks; `None` when none is free.
+    async fn claim_chunk(
+        &self,
+        id: &JobId,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<ChunkLease>, StoreError>;
+
+    /// Extends a chunk's lease and records its live counters (the job's counters become the
+    /// sum of its chunks'); false when the lease is lost (another claim raised the token).
+    async fn renew_chunk(
+        &self,
+        lease: &ChunkLease,
+        counters: &Counters,
+        until_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Marks a chunk done with its final counters, only under the latest fencing token:
+    /// false (nothing changed) for a holder whose lease another instance took over.
+    async fn commit_chunk(
+        &self,
+        lease: &ChunkLease,
+        counters: &Counters,
+    ) -> Result<bool, StoreError>;
+
+    /// Returns a chunk to pending (its counters to zero) if still held under the token.
+    async fn release_chunk(&self, lease: &ChunkLease) -> Result<bool, StoreError>;
 }
 
 /// Milliseconds since the Unix epoch: the store's timestamps.

@@ -17,6 +17,8 @@ pub type PgStore = SqlStore<Postgres>;
 
 impl Flavor for Postgres {
     const POSITION: &'static str = "strpos";
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
     fn rows_affected(done: &PgQueryResult) -> u64 {
         done.rows_affected()
@@ -27,11 +29,18 @@ impl Flavor for Postgres {
     }
 }
 
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "schema",
-    include_str!("../migrations-postgres/0001_schema.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "schema",
+        include_str!("../migrations-postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "leases",
+        include_str!("../migrations-postgres/0002_leases.sql"),
+    ),
+];
 
 impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`, libpq's options such

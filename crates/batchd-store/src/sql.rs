@@ -5,9 +5,9 @@
 use std::borrow::Cow;
 
 use batchd_core::{
-    BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, FileFilter, FileRecord,
-    ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobRetry, JobStatus, NewJob,
-    OpenAiBatchOptions, PhaseTimes, RetryClass,
+    BatchJobOptions, Checkpoint, Chunk, ChunkLease, ChunkPlan, ChunkState, Counters, Dialect,
+    DialectKind, FileFilter, FileRecord, ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin,
+    JobRequest, JobRetry, JobStatus, NewJob, OpenAiBatchOptions, PhaseTimes, RetryClass,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::query::Query;
@@ -16,12 +16,17 @@ use sqlx::{
     SqlSafeStr, Type,
 };
 
-use crate::{ACTIVE_STATUSES, JobStore, StoreError, now_ms};
+use crate::{ACTIVE_STATUSES, JobStore, Leases, StoreError, now_ms};
 
 /// What differs between the databases the store runs on.
 pub trait Flavor: Database {
     /// The SQL function giving the 1-based place of a substring in a string (0: absent).
     const POSITION: &'static str;
+    /// Appended to a `SELECT` of one row to hold it until the transaction ends; empty where
+    /// a write transaction holds the whole database.
+    const LOCK_ROW: &'static str;
+    /// Appended to a `SELECT` that claims rows: locked ones are passed over, not waited for.
+    const SKIP_LOCKED: &'static str;
 
     fn rows_affected(done: &Self::QueryResult) -> u64;
 
@@ -589,13 +594,315 @@ where
         Ok(DB::rows_affected(&done) == 1)
     }
 
+    fn leases(&self) -> &dyn Leases {
+        self
+    }
+
     async fn close(&self) {
         // For SQLite, closing the pool also checkpoints the WAL into the database file.
         self.pool.close().await;
     }
 }
 
+#[async_trait::async_trait]
+impl<DB: Flavor> Leases for SqlStore<DB>
+where
+    DB::Arguments: IntoArguments<DB>,
+    DB::Row: Columns,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    async fn claim_job(
+        &self,
+        id: &JobId,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = query::<DB>(
+            "UPDATE jobs SET lease_owner = ?, lease_until_ms = ?, lease_fence = lease_fence + 1
+             WHERE job_id = ? AND (lease_owner IS NULL OR lease_owner = ? OR lease_until_ms < ?)
+             RETURNING lease_fence",
+        )
+        .bind(owner)
+        .bind(until_ms)
+        .bind(id.as_str())
+        .bind(owner)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.int("lease_fence")).transpose()?)
+    }
+
+    async fn renew_job(
+        &self,
+        id: &JobId,
+        owner: &str,
+        fence: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = query::<DB>(
+            "UPDATE jobs SET lease_until_ms = ?
+             WHERE job_id = ? AND lease_owner = ? AND lease_fence = ?",
+        )
+        .bind(until_ms)
+        .bind(id.as_str())
+        .bind(owner)
+        .bind(fence)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    async fn release_job(&self, id: &JobId, owner: &str, fence: i64) -> Result<(), StoreError> {
+        query::<DB>(
+            "UPDATE jobs SET lease_owner = NULL, lease_until_ms = NULL
+             WHERE job_id = ? AND lease_owner = ? AND lease_fence = ?",
+        )
+        .bind(id.as_str())
+        .bind(owner)
+        .bind(fence)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn plan_chunks(&self, id: &JobId, plans: &[ChunkPlan]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Well under either database's limit on bound values per statement.
+        for (batch, rows) in plans.chunks(1000).enumerate() {
+            let mut q = QueryBuilder::<DB>::new(
+                "INSERT INTO chunks (job_id, idx, file_index, start_offset, first_line, records) ",
+            );
+            q.push_values(rows.iter().enumerate(), |mut row, (i, p)| {
+                row.push_bind(id.as_str())
+                    .push_bind(to_i64((batch * 1000 + i) as u64))
+                    .push_bind(to_i64(p.file_index))
+                    .push_bind(to_i64(p.start_offset))
+                    .push_bind(to_i64(p.first_line))
+                    .push_bind(to_i64(p.records));
+            });
+            q.push(" ON CONFLICT (job_id, idx) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn chunks(&self, id: &JobId) -> Result<Vec<Chunk>, StoreError> {
+        let rows = query::<DB>(&format!(
+            "SELECT {CHUNK_COLUMNS} FROM chunks WHERE job_id = ? ORDER BY idx"
+        ))
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_chunk).collect()
+    }
+
+    async fn claim_chunk(
+        &self,
+        id: &JobId,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<ChunkLease>, StoreError> {
+        let sql = format!(
+            "UPDATE chunks SET state = 'leased', owner = ?, lease_until_ms = ?,
+                fence = fence + 1, {ZERO_CHUNK_COUNTERS}
+             WHERE job_id = ? AND idx = (
+                SELECT idx FROM chunks
+                WHERE job_id = ? AND (state = 'pending' OR (state = 'leased' AND lease_until_ms < ?))
+                ORDER BY idx LIMIT 1{})
+             RETURNING {CHUNK_COLUMNS}",
+            DB::SKIP_LOCKED
+        );
+        let mut tx = self.pool.begin().await?;
+        let row = query::<DB>(&sql)
+            .bind(owner)
+            .bind(until_ms)
+            .bind(id.as_str())
+            .bind(id.as_str())
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let chunk = row_to_chunk(&row)?;
+        // A taken-over chunk's counters went back to zero: so does its share of the job's.
+        if chunk.fence > 1 {
+            sum_chunk_counters::<DB>(&mut tx, id).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(ChunkLease {
+            job: id.clone(),
+            index: chunk.index,
+            fence: chunk.fence,
+            plan: chunk.plan,
+        }))
+    }
+
+    async fn renew_chunk(
+        &self,
+        lease: &ChunkLease,
+        c: &Counters,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE chunks SET lease_until_ms = ?, {SET_CHUNK_COUNTERS}
+             WHERE job_id = ? AND idx = ? AND fence = ? AND state = 'leased'"
+        );
+        let q = bind_chunk_counters(query::<DB>(&sql).bind(until_ms), c);
+        update_chunk(&self.pool, lease, q).await
+    }
+
+    async fn commit_chunk(&self, lease: &ChunkLease, c: &Counters) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE chunks SET state = 'done', lease_until_ms = NULL, {SET_CHUNK_COUNTERS}
+             WHERE job_id = ? AND idx = ? AND fence = ? AND state = 'leased'"
+        );
+        let q = bind_chunk_counters(query::<DB>(&sql), c);
+        update_chunk(&self.pool, lease, q).await
+    }
+
+    async fn release_chunk(&self, lease: &ChunkLease) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE chunks SET state = 'pending', owner = NULL, lease_until_ms = NULL,
+                {ZERO_CHUNK_COUNTERS}
+             WHERE job_id = ? AND idx = ? AND fence = ? AND state = 'leased'"
+        );
+        update_chunk(&self.pool, lease, query::<DB>(&sql)).await
+    }
+}
+
 /// The counters' columns and the modification time, as `bind_counters` binds them.
+const CHUNK_COLUMNS: &str = "idx, file_index, start_offset, first_line, records, state, owner,
+    lease_until_ms, fence, processed, success, error, input_tokens, output_tokens";
+
+const SET_CHUNK_COUNTERS: &str =
+    "processed = ?, success = ?, error = ?, input_tokens = ?, output_tokens = ?";
+
+const ZERO_CHUNK_COUNTERS: &str =
+    "processed = 0, success = 0, error = 0, input_tokens = 0, output_tokens = 0";
+
+fn bind_chunk_counters<'q, DB: Database>(q: DbQuery<'q, DB>, c: &Counters) -> DbQuery<'q, DB>
+where
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+{
+    q.bind(to_i64(c.processed))
+        .bind(to_i64(c.success))
+        .bind(to_i64(c.error))
+        .bind(to_i64(c.input_tokens))
+        .bind(to_i64(c.output_tokens))
+}
+
+/// Runs `update`, a change to one chunk under `lease`'s token whose last binds are the
+/// chunk's key and token, and if it changed the chunk, sets the job's counters to the sum of
+/// its chunks', in one transaction. False when the token is no longer the chunk's.
+async fn update_chunk<'q, DB: Flavor>(
+    pool: &Pool<DB>,
+    lease: &'q ChunkLease,
+    update: DbQuery<'q, DB>,
+) -> Result<bool, StoreError>
+where
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+{
+    let mut tx = pool.begin().await?;
+    let done = update
+        .bind(lease.job.as_str())
+        .bind(to_i64(lease.index))
+        .bind(lease.fence)
+        .execute(&mut *tx)
+        .await?;
+    if DB::rows_affected(&done) != 1 {
+        return Ok(false);
+    }
+    sum_chunk_counters::<DB>(&mut tx, &lease.job).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Sets a job's counters (all but `total`) to the sum of its chunks'. The job's row is
+/// locked first, so that the sum reads every chunk update committed before this one.
+async fn sum_chunk_counters<DB: Flavor>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    id: &JobId,
+) -> Result<(), StoreError>
+where
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+{
+    if !DB::LOCK_ROW.is_empty() {
+        query::<DB>(&format!(
+            "SELECT job_id FROM jobs WHERE job_id = ?{}",
+            DB::LOCK_ROW
+        ))
+        .bind(id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    }
+    let sum =
+        |column: &str| format!("(SELECT COALESCE(SUM({column}), 0) FROM chunks WHERE job_id = ?)");
+    let sql = format!(
+        "UPDATE jobs SET processed_records = {}, success_records = {}, error_records = {},
+            input_tokens = {}, output_tokens = {}, last_modified_ms = ?
+         WHERE job_id = ?",
+        sum("processed"),
+        sum("success"),
+        sum("error"),
+        sum("input_tokens"),
+        sum("output_tokens"),
+    );
+    query::<DB>(&sql)
+        .bind(id.as_str())
+        .bind(id.as_str())
+        .bind(id.as_str())
+        .bind(id.as_str())
+        .bind(id.as_str())
+        .bind(now_ms())
+        .bind(id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn row_to_chunk(row: &impl Columns) -> Result<Chunk, StoreError> {
+    let state = row.text("state")?;
+    Ok(Chunk {
+        index: to_u64(row.int("idx")?),
+        plan: ChunkPlan {
+            file_index: to_u64(row.int("file_index")?),
+            start_offset: to_u64(row.int("start_offset")?),
+            first_line: to_u64(row.int("first_line")?),
+            records: to_u64(row.int("records")?),
+        },
+        state: ChunkState::parse(&state).ok_or(StoreError::Corrupt {
+            column: "state",
+            value: state,
+        })?,
+        owner: row.opt_text("owner")?,
+        lease_until_ms: row.opt_int("lease_until_ms")?,
+        fence: row.int("fence")?,
+        counters: Counters {
+            total: 0,
+            processed: to_u64(row.int("processed")?),
+            success: to_u64(row.int("success")?),
+            error: to_u64(row.int("error")?),
+            input_tokens: to_u64(row.int("input_tokens")?),
+            output_tokens: to_u64(row.int("output_tokens")?),
+        },
+    })
+}
+
 const SET_COUNTERS: &str = "total_records = ?, processed_records = ?, success_records = ?,
     error_records = ?, input_tokens = ?, output_tokens = ?, last_modified_ms = ?";
 

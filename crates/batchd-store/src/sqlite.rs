@@ -20,6 +20,9 @@ pub type SqliteStore = SqlStore<Sqlite>;
 
 impl Flavor for Sqlite {
     const POSITION: &'static str = "instr";
+    // One writer at a time: a write transaction already excludes every other.
+    const LOCK_ROW: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
 
     fn rows_affected(done: &SqliteQueryResult) -> u64 {
         done.rows_affected()
@@ -66,6 +69,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0010_file_account.sql"),
     ),
     (11, "tags", include_str!("../migrations/0011_tags.sql")),
+    (12, "leases", include_str!("../migrations/0012_leases.sql")),
 ];
 
 impl SqliteStore {

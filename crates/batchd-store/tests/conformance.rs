@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchd_core::{
-    BatchJobOptions, Checkpoint, Counters, Dialect, DialectKind, FileFilter, FileRecord,
-    InvocationType, ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest, JobRetry,
-    JobStatus, NewJob, PhaseTimes, RetryClass,
+    BatchJobOptions, Checkpoint, ChunkPlan, ChunkState, Counters, Dialect, DialectKind, FileFilter,
+    FileRecord, InvocationType, ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest,
+    JobRetry, JobStatus, NewJob, PhaseTimes, RetryClass,
 };
 use batchd_store::{JobStore, PgStore, SharedStore, SqliteStore, StoreError};
 
@@ -71,6 +71,9 @@ macro_rules! stores {
                 files_list_by_account,
                 each_account_lists_finds_and_names_only_its_own_jobs,
                 tags_start_from_the_request_and_change_by_key,
+                a_job_lease_has_one_holder_until_it_runs_out,
+                chunks_are_planned_once_and_a_late_commit_is_refused,
+                instances_claiming_at_once_get_different_chunks,
             );
         })*
     };
@@ -515,6 +518,212 @@ async fn counters_and_messages_change_nothing_else(store: &dyn JobStore) {
     assert_eq!(now.checkpoint.file_index, 0);
     let err = store.update_counters(&id(99), &c).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn a_job_lease_has_one_holder_until_it_runs_out(store: &dyn JobStore) {
+    let job = store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    let leases = store.leases();
+    let first = leases
+        .claim_job(&job.id, "a", 100, 200)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        leases.claim_job(&job.id, "b", 150, 250).await.unwrap(),
+        None
+    );
+    assert!(leases.renew_job(&job.id, "a", first, 300).await.unwrap());
+    assert_eq!(
+        leases.claim_job(&job.id, "b", 250, 350).await.unwrap(),
+        None
+    );
+    // Past its end another instance takes it, and the first holder's token is dead.
+    let second = leases
+        .claim_job(&job.id, "b", 301, 400)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second > first);
+    assert!(!leases.renew_job(&job.id, "a", first, 500).await.unwrap());
+    leases.release_job(&job.id, "a", first).await.unwrap();
+    assert_eq!(
+        leases.claim_job(&job.id, "a", 350, 450).await.unwrap(),
+        None
+    );
+    // Released, it is free at once.
+    leases.release_job(&job.id, "b", second).await.unwrap();
+    assert!(
+        leases
+            .claim_job(&job.id, "a", 350, 450)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(leases.claim_job(&id(9), "a", 0, 1).await.unwrap(), None);
+}
+
+fn plans(n: u64) -> Vec<ChunkPlan> {
+    (0..n)
+        .map(|i| ChunkPlan {
+            file_index: i / 2,
+            start_offset: 1000 * (i % 2),
+            first_line: 1 + 10 * (i % 2),
+            records: 10,
+        })
+        .collect()
+}
+
+/// A chunk's counters for `processed` records, `processed / 3` of them errors.
+fn done(processed: u64) -> Counters {
+    Counters {
+        total: 0,
+        processed,
+        success: processed - processed / 3,
+        error: processed / 3,
+        input_tokens: 10 * processed,
+        output_tokens: 20 * processed,
+    }
+}
+
+/// The job's counters from its `total` and its chunks'.
+fn summed(total: u64, chunks: &[Counters]) -> Counters {
+    chunks.iter().fold(
+        Counters {
+            total,
+            ..Counters::default()
+        },
+        |mut s, c| {
+            s.processed += c.processed;
+            s.success += c.success;
+            s.error += c.error;
+            s.input_tokens += c.input_tokens;
+            s.output_tokens += c.output_tokens;
+            s
+        },
+    )
+}
+
+async fn chunks_are_planned_once_and_a_late_commit_is_refused(store: &dyn JobStore) {
+    let job = store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    let total = Counters {
+        total: 30,
+        ..Counters::default()
+    };
+    store.update_counters(&job.id, &total).await.unwrap();
+    let leases = store.leases();
+    assert!(leases.chunks(&job.id).await.unwrap().is_empty());
+    leases.plan_chunks(&job.id, &plans(3)).await.unwrap();
+    // A second planner changes nothing.
+    leases.plan_chunks(&job.id, &plans(1)).await.unwrap();
+    let chunks = leases.chunks(&job.id).await.unwrap();
+    let planned: Vec<_> = chunks.iter().map(|c| c.plan).collect();
+    assert_eq!(planned, plans(3));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.state == ChunkState::Pending && c.fence == 0)
+    );
+
+    let a = leases
+        .claim_chunk(&job.id, "a", 100, 200)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = leases
+        .claim_chunk(&job.id, "b", 100, 200)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.index, b.index), (0, 1));
+    assert_eq!(a.plan, plans(3)[0]);
+    assert!(leases.renew_chunk(&a, &done(4), 300).await.unwrap());
+    assert!(leases.renew_chunk(&b, &done(2), 200).await.unwrap());
+    // The job's counters are its chunks' sum, live; its total stays.
+    let live = store.get(&job.id).await.unwrap().unwrap().counters;
+    assert_eq!(live, summed(30, &[done(4), done(2)]));
+
+    // b's lease runs out: c takes chunk 1 over (before the pending chunk 2), from zero.
+    let c = leases
+        .claim_chunk(&job.id, "c", 250, 400)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.index, 1);
+    assert!(c.fence > b.fence);
+    let live = store.get(&job.id).await.unwrap().unwrap().counters;
+    assert_eq!(live, summed(30, &[done(4)]));
+    // b wakes up: neither its renewal nor its commit lands.
+    assert!(!leases.renew_chunk(&b, &done(9), 900).await.unwrap());
+    assert!(!leases.commit_chunk(&b, &done(10)).await.unwrap());
+    assert!(!leases.release_chunk(&b).await.unwrap());
+    assert!(leases.commit_chunk(&c, &done(10)).await.unwrap());
+    assert!(leases.commit_chunk(&a, &done(10)).await.unwrap());
+    // Done is final: a second commit under the same token changes nothing.
+    assert!(!leases.commit_chunk(&a, &done(3)).await.unwrap());
+
+    let d = leases
+        .claim_chunk(&job.id, "d", 250, 400)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.index, 2);
+    assert!(leases.release_chunk(&d).await.unwrap());
+    let again = leases
+        .claim_chunk(&job.id, "e", 260, 400)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.index, again.fence), (2, d.fence + 1));
+    assert!(leases.commit_chunk(&again, &done(7)).await.unwrap());
+    assert_eq!(
+        leases
+            .claim_chunk(&job.id, "f", 10_000, 20_000)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let chunks = leases.chunks(&job.id).await.unwrap();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.state == ChunkState::Done && !c.is_held(0))
+    );
+    let owners: Vec<_> = chunks.iter().map(|c| c.owner.as_deref()).collect();
+    assert_eq!(owners, [Some("a"), Some("c"), Some("e")]);
+    let job = store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(job.counters, summed(30, &[done(10), done(10), done(7)]));
+    assert_eq!(job.status, JobStatus::Submitted);
+}
+
+async fn instances_claiming_at_once_get_different_chunks(store: &dyn JobStore) {
+    let job = store
+        .create(new_job(1, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    let leases = store.leases();
+    leases.plan_chunks(&job.id, &plans(24)).await.unwrap();
+    let id = &job.id;
+    let claimer = |owner: String| async move {
+        let mut got = Vec::new();
+        while let Some(lease) = leases.claim_chunk(id, &owner, 100, 10_000).await.unwrap() {
+            assert!(leases.commit_chunk(&lease, &done(10)).await.unwrap());
+            got.push(lease.index);
+        }
+        got
+    };
+    let all = futures::future::join_all((0..6).map(|i| claimer(format!("i{i}")))).await;
+    let mut indices: Vec<u64> = all.into_iter().flatten().collect();
+    indices.sort_unstable();
+    assert_eq!(indices, (0..24).collect::<Vec<_>>());
+    let job = store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(job.counters.processed, 240);
 }
 
 async fn batch_jobs_keep_their_options_wait_for_start_and_list_apart(store: &dyn JobStore) {

@@ -358,6 +358,10 @@ impl JobStore for EventStore {
         self.inner.delete_file(id).await
     }
 
+    fn leases(&self) -> &dyn batchd_store::Leases {
+        self.inner.leases()
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }
