@@ -6,21 +6,26 @@
 #                               memory 10k vs 100k, control-plane p50/p99
 #   scripts/bench.sh --full     the same with longer runs and the 1M-record memory run
 #   scripts/bench.sh --shared-prefix   the embedded model's prefix sharing, off against on
+#   scripts/bench.sh --cluster  one batchd serve against two sharing one PostgreSQL (started
+#                               and removed by scripts/pg.sh), about 1 minute
 #
 # Other arguments go to batchd-bench (target/release/batchd-bench --help), e.g.
 #   scripts/bench.sh --only overhead,control --concurrency 128
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
 args=()
 shared_prefix=""
+cluster=""
 for arg in "$@"; do
   case "$arg" in
     --quick) ;;                 # the default
     --shared-prefix) shared_prefix=1 ;;
+    --cluster) cluster=1 ;;
     *) args+=("$arg") ;;
   esac
 done
+if [ -n "$cluster" ]; then export BATCHD_SETUP_POSTGRES=1; fi
+source scripts/setup.sh
 if [ -n "$shared_prefix" ]; then
   # The embedded chat model's prefix sharing: 64 records with one ~450-token system prompt,
   # sharing off and on in one run (records/s ratio, answers compared), about 5-15 minutes.
@@ -29,4 +34,12 @@ if [ -n "$shared_prefix" ]; then
   exec target/release/embedded-bench --shared-prefix --records 64 --max-tokens 24 "${args[@]+"${args[@]}"}"
 fi
 cargo build --release --quiet -p batchd -p batchd-testkit -p batchd-bench
-target/release/batchd-bench "${args[@]+"${args[@]}"}"
+bin_dir="${CARGO_TARGET_DIR:-target}/release"
+if [ -n "$cluster" ]; then
+  export BATCHD_PG_RUN="$(mktemp -d)"
+  trap 'bash scripts/pg.sh stop || true' EXIT
+  pg_url="$(bash scripts/pg.sh start)"
+  "$bin_dir/batchd-bench" --only cluster --pg-url "$pg_url" "${args[@]+"${args[@]}"}"
+  exit
+fi
+"$bin_dir/batchd-bench" "${args[@]+"${args[@]}"}"

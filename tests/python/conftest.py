@@ -588,6 +588,40 @@ def http_json(method: str, url: str, body: dict | None = None, token: str | None
     return status, headers, raw.decode(errors="replace")
 
 
+def fresh_pg_database() -> str:
+    """The URL of a new, empty database on scripts/pg.sh's server (BATCHD_TEST_PG_URL, set by
+    scripts/test.sh); skips outside CI when there is none, fails under CI."""
+    import urllib.parse
+
+    admin = os.environ.get("BATCHD_TEST_PG_URL")
+    if not admin:
+        if os.environ.get("CI"):
+            pytest.fail("BATCHD_TEST_PG_URL is not set: scripts/test.sh starts PostgreSQL with scripts/pg.sh")
+        pytest.skip("no PostgreSQL server (BATCHD_TEST_PG_URL)")
+    name = f"batchd_py_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    return urllib.parse.urlparse(admin)._replace(path=f"/{name}").geturl()
+
+
+def metric_sum(server_url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus series' samples on a server's GET /metrics whose labels
+    include `labels` (0 when there is none)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        if series.split("{", 1)[0] != name:
+            continue
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 def client_error(excinfo) -> tuple[str, int, str]:
     """The error code, HTTP status and message of a `pytest.raises(ClientError)` result."""
     r = excinfo.value.response

@@ -4,28 +4,12 @@ database server is scripts/pg.sh's (BATCHD_TEST_PG_URL, set by scripts/test.sh).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import urllib.parse
-import uuid
-
 import pytest
-from conftest import create_job, job_id_of, parse_jsonl, records, unique, wait_for_status
-
-
-def fresh_database() -> str:
-    admin = os.environ.get("BATCHD_TEST_PG_URL")
-    if not admin:
-        if os.environ.get("CI"):
-            pytest.fail("BATCHD_TEST_PG_URL is not set: scripts/test.sh starts PostgreSQL with scripts/pg.sh")
-        pytest.skip("no PostgreSQL server (BATCHD_TEST_PG_URL)")
-    name = f"batchd_py_{uuid.uuid4().hex[:12]}"
-    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
-    return urllib.parse.urlparse(admin)._replace(path=f"/{name}").geturl()
+from conftest import create_job, fresh_pg_database, job_id_of, parse_jsonl, records, unique, wait_for_status
 
 
 def test_jobs_live_in_postgres_across_servers_and_data_dirs(start_server, tmp_path):
-    url = fresh_database()
+    url = fresh_pg_database()
     first = start_server(mode="local", env={"BATCHD_DATABASE_URL": url})
     b = first.buckets
     b.create("pg-jobs")

@@ -132,7 +132,7 @@ async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<Measured> {
     Ok((results, running))
 }
 
-async fn status(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub(crate) async fn status(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let answer = once(addr, &get_request(addr, path)).await?;
     let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
     Ok(v["status"].as_str().unwrap_or("?").to_owned())
@@ -193,18 +193,29 @@ async fn fire(
 }
 
 /// `batchd serve` on a free port; SIGTERM then SIGKILL on stop.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
 }
 
 impl Server {
     fn start(env: &Env, data: &std::path::Path, config: &std::path::Path) -> anyhow::Result<Self> {
+        Self::start_with(env, data, config, &[])
+    }
+
+    /// `start` with more `serve` arguments.
+    pub(crate) fn start_with(
+        env: &Env,
+        data: &std::path::Path,
+        config: &std::path::Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(&env.batchd)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .arg("--config")
             .arg(config)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -11,6 +11,7 @@
 //!
 //! Each figure is printed next to its goal.
 
+mod cluster;
 mod control;
 mod http;
 mod loadgen;
@@ -63,6 +64,10 @@ struct Args {
     /// Directory holding `batchd` and `batchd-fake` (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// A PostgreSQL server's admin URL for the scale-out section (which runs only with it;
+    /// `scripts/bench.sh --cluster` starts one).
+    #[arg(long, env = "BATCHD_BENCH_PG_URL")]
+    pg_url: Option<String>,
     /// Keep the work directory (inputs, outputs, data) and print where it is.
     #[arg(long)]
     keep: bool,
@@ -74,6 +79,7 @@ enum Section {
     Latency,
     Memory,
     Control,
+    Cluster,
 }
 
 /// The binaries and the work directory.
@@ -195,6 +201,16 @@ fn main() -> anyhow::Result<()> {
             args.calls
         );
         figures.extend(control::run(&env, args.calls)?);
+    }
+    match (&args.pg_url, run(Section::Cluster)) {
+        (Some(url), true) => {
+            println!("\n== scale-out: one instance, then two sharing one Postgres ==");
+            figures.extend(cluster::run(&env, url)?);
+        }
+        (None, true) if args.only.contains(&Section::Cluster) => {
+            bail!("--only cluster needs --pg-url (scripts/bench.sh --cluster starts PostgreSQL)")
+        }
+        _ => {}
     }
 
     println!("\n== results (load average now {:.2}) ==", usage::loadavg());

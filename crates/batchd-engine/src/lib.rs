@@ -13,6 +13,7 @@
 //!   both (the CLI's in-process job).
 
 pub mod analysis;
+pub mod chunks;
 mod embed_batch;
 pub mod files;
 pub mod ids;
@@ -295,6 +296,9 @@ pub enum StopReason {
     Timeout,
     /// The process is shutting down: the job stays `InProgress`, to be resumed.
     Shutdown,
+    /// Another instance took over this run's chunk: nothing more starts, and its commit
+    /// will be refused.
+    LeaseLost,
 }
 
 /// Asks a running job to stop, once, for one reason.
@@ -369,6 +373,8 @@ pub(crate) struct JobRun<'a> {
     pub store: &'a dyn JobStore,
     pub progress: &'a watch::Sender<Progress>,
     pub stop: &'a StopSignal,
+    /// Set when this run is one chunk of a job shared by instances.
+    pub chunk: Option<&'a chunks::ChunkRun>,
 }
 
 impl JobRun<'_> {
@@ -570,6 +576,7 @@ impl Engine {
             store,
             progress,
             stop,
+            chunk: None,
         };
         let resume_from = self.start_execution(&job).await?;
         let files = match self.validated_files(spec, store).await {

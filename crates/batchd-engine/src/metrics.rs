@@ -29,13 +29,16 @@ pub const RETRIES: &str = "batchd_retries_total";
 /// Seconds of each backend call (one attempt), by model and outcome (`ok` or the error class).
 pub const BACKEND_LATENCY: &str = "batchd_backend_request_duration_seconds";
 
+/// Chunk commits refused because another instance had taken the chunk over (shared mode).
+pub const CHUNKS_REFUSED: &str = "batchd_chunk_commits_refused_total";
+
 /// Buckets of [`BACKEND_LATENCY`]: 5 ms to 5 minutes (an attempt's timeout).
 pub const LATENCY_BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
 /// Every metric above with its help text, for the exporter.
-pub const DESCRIPTIONS: [(&str, &str); 8] = [
+pub const DESCRIPTIONS: [(&str, &str); 9] = [
     (RECORDS_PROCESSED, "Records written to a job's output"),
     (RECORDS_SUCCEEDED, "Records written as successes"),
     (RECORDS_FAILED, "Records written as errors"),
@@ -44,7 +47,16 @@ pub const DESCRIPTIONS: [(&str, &str); 8] = [
     (OUTPUT_TOKENS, "Output tokens of written records"),
     (RETRIES, "Backend calls retried, by reason"),
     (BACKEND_LATENCY, "Duration of one backend call (attempt)"),
+    (
+        CHUNKS_REFUSED,
+        "Chunk commits refused: another instance had taken the chunk over",
+    ),
 ];
+
+/// Counts a chunk commit refused under a stale fencing token.
+pub fn chunk_refused() {
+    metrics::counter!(CHUNKS_REFUSED).increment(1);
+}
 
 /// The name of an error class in labels and logs.
 pub fn error_class(kind: ErrorKind) -> &'static str {

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
+use crate::chunks::ChunkRun;
 use crate::metrics::JobMetrics;
 use crate::record::{self, NotRun, RecordContext, RecordOutcome, process_record};
 use crate::retry::WaitWhileDown;
@@ -42,6 +43,8 @@ struct InputCursor<'a> {
     reader: Option<(usize, UnitReader)>,
     /// Records (non-blank lines) still to skip in the first file read.
     skip_records: u64,
+    /// A chunk's run: where its first record starts, and how many records are left to read.
+    chunk: Option<(&'a ChunkRun, u64)>,
 }
 
 impl InputCursor<'_> {
@@ -49,10 +52,18 @@ impl InputCursor<'_> {
         loop {
             if let Some((index, reader)) = &mut self.reader {
                 let lines = !reader.is_items();
+                if let Some((_, 0)) = self.chunk {
+                    return Ok(None);
+                }
                 match reader.next_unit().await? {
                     Some((_, line)) if lines && is_blank(&line) => continue,
                     Some(_) if self.skip_records > 0 => self.skip_records -= 1,
-                    Some((line_no, line)) => return Ok(Some((*index, line_no, line))),
+                    Some((line_no, line)) => {
+                        if let Some((_, left)) = &mut self.chunk {
+                            *left -= 1;
+                        }
+                        return Ok(Some((*index, line_no, line)));
+                    }
                     None => {
                         self.reader = None;
                         self.skip_records = 0;
@@ -63,16 +74,30 @@ impl InputCursor<'_> {
             let Some(file) = self.files.get(self.next_file) else {
                 return Ok(None);
             };
-            let reader = self
-                .engine
-                .read_units(self.spec.batch.as_ref(), file)
-                .await?
-                .map_err(|defect| {
-                    EngineError::Input(format!(
-                        "{}: {defect} (the file changed after validation)",
-                        file.uri
-                    ))
-                })?;
+            let reader = match self.chunk {
+                Some((chunk, _)) => Ok(UnitReader::Lines(
+                    self.engine
+                        .storage
+                        .read_input_at(
+                            file,
+                            chunk.plan.start_offset,
+                            chunk.plan.first_line,
+                            self.engine.config.max_line_bytes,
+                        )
+                        .await?,
+                )),
+                None => {
+                    self.engine
+                        .read_units(self.spec.batch.as_ref(), file)
+                        .await?
+                }
+            }
+            .map_err(|defect| {
+                EngineError::Input(format!(
+                    "{}: {defect} (the file changed after validation)",
+                    file.uri
+                ))
+            })?;
             self.reader = Some((self.next_file, reader));
             self.next_file += 1;
         }
@@ -96,6 +121,8 @@ struct OutputFiles<'a> {
     records_in_current: u64,
     /// Files before this index are finished.
     done_below: usize,
+    /// A chunk's run writes its one part (and timings part), and records no checkpoint.
+    chunk: Option<&'a ChunkRun>,
 }
 
 impl OutputFiles<'_> {
@@ -156,18 +183,13 @@ impl OutputFiles<'_> {
     ) -> Result<(), EngineError> {
         let storage = &self.engine.storage;
         let file = &self.files[index];
-        self.current = Some((
-            index,
-            storage
-                .open_sink(&output_uri(self.spec, file), position)
-                .await?,
-        ));
+        let (output, timings) = match self.chunk {
+            Some(chunk) => (chunk.part.clone(), chunk.timings_part.clone()),
+            None => (output_uri(self.spec, file), timings_uri(self.spec, file)),
+        };
+        self.current = Some((index, storage.open_sink(&output, position).await?));
         self.timings = match keeps_timings(self.spec) {
-            true => Some(
-                storage
-                    .open_sink(&timings_uri(self.spec, file), timings_position)
-                    .await?,
-            ),
+            true => Some(storage.open_sink(&timings, timings_position).await?),
             false => None,
         };
         Ok(())
@@ -192,7 +214,10 @@ impl OutputFiles<'_> {
                 ..Checkpoint::default()
             },
         };
-        self.store.checkpoint(&self.spec.job_id, &ckpt).await?;
+        // A chunk's progress goes to the store with its lease renewals instead.
+        if self.chunk.is_none() {
+            self.store.checkpoint(&self.spec.job_id, &ckpt).await?;
+        }
         Ok(())
     }
 
@@ -213,7 +238,10 @@ impl OutputFiles<'_> {
             self.done_below = index + 1;
         }
         while self.done_below < end {
-            let uri = output_uri(self.spec, &self.files[self.done_below]);
+            let uri = match self.chunk {
+                Some(chunk) => chunk.part.clone(),
+                None => output_uri(self.spec, &self.files[self.done_below]),
+            };
             let mut sink = self.engine.storage.open_sink(&uri, 0).await?;
             sink.write(framing.open).await?;
             sink.write(framing.close).await?;
@@ -252,7 +280,7 @@ pub(crate) fn output_uri(spec: &JobSpec, file: &InputFile) -> batchd_storage::St
 /// and OpenAI responses carry none in their output lines (Converse's carry
 /// `metrics.latencyMs`, batch jobs' results `processing_time`), and those lines must stay as
 /// Bedrock and OpenAI write them.
-fn keeps_timings(spec: &JobSpec) -> bool {
+pub(crate) fn keeps_timings(spec: &JobSpec) -> bool {
     spec.openai.is_some()
         || (spec.batch.is_none()
             && spec.invocation_type == batchd_core::InvocationType::InvokeModel)
@@ -495,6 +523,7 @@ impl<'a> Pipeline<'a> {
             timings: None,
             records_in_current: 0,
             done_below: first_file,
+            chunk: job.chunk,
         };
         if first_file < files.len() && (resume_from.records_in_file > 0 || resume_from.position > 0)
         {
@@ -511,6 +540,7 @@ impl<'a> Pipeline<'a> {
                 next_file: first_file,
                 reader: None,
                 skip_records: resume_from.records_in_file,
+                chunk: job.chunk.map(|c| (c, c.plan.records)),
             },
             output,
             relative: files

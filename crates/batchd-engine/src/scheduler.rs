@@ -5,6 +5,11 @@
 //! validated (a few at a time); `Scheduled` jobs start, oldest first, while fewer than
 //! `max_running_jobs` run. A running job past its expiration is stopped as `PartiallyCompleted`.
 //! On start, jobs left `InProgress`, `Stopping` or `Validating` are resumed.
+//!
+//! With `cluster` set (instances sharing one store), `shared` takes over the passes: leases
+//! instead of resumes, and Bedrock jobs as chunks.
+
+mod shared;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+pub use shared::ClusterConfig;
 
 use crate::{Engine, EngineError, JobSpec, Progress, RecordOptions, StopReason, StopSignal};
 
@@ -51,6 +58,8 @@ pub struct SchedulerConfig {
     /// A configured model that runs any Bedrock model id no configured model answers to
     /// (local development; off by default). The job's message says so.
     pub catch_all_model: Option<String>,
+    /// Set when instances share the store: this one's lease identity and chunk size.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -64,6 +73,7 @@ impl Default for SchedulerConfig {
             region: "us-east-1".into(),
             poll_interval: Duration::from_millis(500),
             catch_all_model: None,
+            cluster: None,
         }
     }
 }
@@ -385,6 +395,8 @@ impl Scheduler {
             // pass runs it as a run that stops at once.
             None if job.status == JobStatus::Scheduled
                 && job.request.dialect.batch_job().is_some() => {}
+            // Shared: the instances working on it see the stop, and one of them ends it.
+            None if self.inner.config.cluster.is_some() && job.status == JobStatus::InProgress => {}
             None => self.finish_stopped_unstarted(&job).await?,
         }
         self.inner.wake.notify_one();
@@ -468,11 +480,17 @@ impl Scheduler {
     }
 
     async fn run_loop(&self) {
-        if let Err(e) = self.resume().await {
+        let shared = self.inner.config.cluster.is_some();
+        // Shared, nothing is this instance's to resume: what others hold, they renew.
+        if !shared && let Err(e) = self.resume().await {
             tracing::error!(error = %e, "cannot resume unfinished jobs");
         }
         loop {
-            if let Err(e) = self.tick().await {
+            let pass = match shared {
+                true => self.tick_shared().await,
+                false => self.tick().await,
+            };
+            if let Err(e) = pass {
                 tracing::error!(error = %e, "scheduler pass failed");
             }
             tokio::select! {
@@ -559,7 +577,7 @@ impl Scheduler {
                     let busy =
                         lock(&self.inner.validating).len() >= self.inner.config.max_validating_jobs;
                     if !busy && !lock(&self.inner.validating).contains(&job.id) {
-                        self.start_validation(job);
+                        self.start_validation(job, None);
                     }
                 }
                 _ => {}
@@ -568,7 +586,8 @@ impl Scheduler {
         Ok(())
     }
 
-    fn start_validation(&self, job: Job) {
+    /// Validates `job` in a task; a job lease held for it is released when it ends.
+    fn start_validation(&self, job: Job, lease: Option<shared::JobLease>) {
         lock(&self.inner.validating).insert(job.id.clone());
         let this = self.clone();
         let span = job_span(&job);
@@ -591,6 +610,9 @@ impl Scheduler {
             }
             lock(&this.inner.validating).remove(&id);
             drop(decisions);
+            if let (Some(lease), Some(cluster)) = (lease, &this.inner.config.cluster) {
+                lease.release(this.inner.store.as_ref(), &cluster.instance_id).await;
+            }
             this.inner.wake.notify_one();
         }.instrument(span));
     }
@@ -637,7 +659,12 @@ impl Scheduler {
     }
 
     fn start_execution(&self, job: Job) {
-        let signal = StopSignal::new();
+        self.start_execution_with(job, StopSignal::new(), None);
+    }
+
+    /// Executes `job` in a task, stopped through `signal`; a job lease held for it is
+    /// released when it ends.
+    fn start_execution_with(&self, job: Job, signal: StopSignal, lease: Option<shared::JobLease>) {
         {
             // Checked and registered under the lock `shutdown` signals under: a job either
             // sees the shutdown here or is in `running` when shutdown stops them all.
@@ -663,6 +690,11 @@ impl Scheduler {
                 let decisions = this.inner.decisions.lock().await;
                 lock(&this.inner.running).remove(&id);
                 drop(decisions);
+                if let (Some(lease), Some(cluster)) = (lease, &this.inner.config.cluster) {
+                    lease
+                        .release(this.inner.store.as_ref(), &cluster.instance_id)
+                        .await;
+                }
                 this.inner.wake.notify_one();
             }
             .instrument(span),
@@ -762,12 +794,12 @@ mod tests {
         let s = idle_scheduler(dir.path(), &fake, 12).await;
         let stale = s.create(create("stale", None)).await.unwrap();
         assert_eq!(stale.status, JobStatus::Submitted);
-        s.start_validation(stale.clone());
+        s.start_validation(stale.clone(), None);
         let scheduled = wait_for(&s, &stale.id, |j| j.status == JobStatus::Scheduled).await;
         wait_idle(&s).await;
         s.start_execution(scheduled.clone());
         wait_for(&s, &stale.id, |j| j.status == JobStatus::InProgress).await;
-        s.start_validation(stale.clone());
+        s.start_validation(stale.clone(), None);
         wait_for(&s, &stale.id, |j| j.status.is_terminal()).await;
         wait_idle(&s).await;
         let done = s.store().get(&stale.id).await.unwrap().unwrap();

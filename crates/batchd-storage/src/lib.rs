@@ -392,6 +392,18 @@ impl Storage {
         file: &InputFile,
         max_line_bytes: usize,
     ) -> Result<LineReader, StorageError> {
+        self.read_input_at(file, 0, 1, max_line_bytes).await
+    }
+
+    /// [`Storage::read_input`] from byte `offset`, which must start line `first_line`
+    /// (1-based): the lines are numbered from there.
+    pub async fn read_input_at(
+        &self,
+        file: &InputFile,
+        offset: u64,
+        first_line: u64,
+        max_line_bytes: usize,
+    ) -> Result<LineReader, StorageError> {
         let (store, path) = self.resolve(&file.uri)?;
         let uri = file.uri.to_string();
         let read = match ResumingRead::open(
@@ -400,6 +412,7 @@ impl Storage {
             uri.clone(),
             self.read_retry,
             file.version.clone(),
+            offset,
         )
         .await
         {
@@ -418,7 +431,7 @@ impl Storage {
                 reason: format!("{} bytes, validated with {}", read.size(), file.size),
             });
         }
-        Ok(LineReader::new(uri, read.into_stream(), max_line_bytes))
+        Ok(LineReader::new(uri, read.into_stream(), max_line_bytes).numbered_from(first_line))
     }
 
     /// Opens a streaming line reader: memory stays bounded by the longest line. A read that
@@ -429,7 +442,8 @@ impl Storage {
         max_line_bytes: usize,
     ) -> Result<LineReader, StorageError> {
         let (store, path) = self.resolve(uri)?;
-        let read = ResumingRead::open(store, path, uri.to_string(), self.read_retry, None).await?;
+        let read =
+            ResumingRead::open(store, path, uri.to_string(), self.read_retry, None, 0).await?;
         Ok(LineReader::new(
             uri.to_string(),
             read.into_stream(),
@@ -445,7 +459,8 @@ impl Storage {
         uri: &StorageUri,
     ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
         let (store, path) = self.resolve(uri)?;
-        let read = ResumingRead::open(store, path, uri.to_string(), self.read_retry, None).await?;
+        let read =
+            ResumingRead::open(store, path, uri.to_string(), self.read_retry, None, 0).await?;
         Ok(read.into_stream())
     }
 

@@ -39,6 +39,12 @@ impl LineReader {
         }
     }
 
+    /// Numbers the first line `first_line` (a reader that starts inside a file).
+    pub(crate) fn numbered_from(mut self, first_line: u64) -> Self {
+        self.line_no = first_line.saturating_sub(1);
+        self
+    }
+
     /// Builds a reader over bytes already in memory (tests, small inputs).
     pub fn from_bytes(uri: &str, bytes: Bytes, max_line_bytes: usize) -> Self {
         let stream = futures::stream::once(async move { Ok(bytes) }).boxed();

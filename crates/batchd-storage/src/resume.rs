@@ -66,17 +66,19 @@ pub(crate) struct ResumingRead {
 }
 
 impl ResumingRead {
-    /// Starts reading the whole object. Errors of this first request are not resumed:
-    /// `object_store` has already retried it.
+    /// Starts reading the object from byte `start` to its end. Errors of this first request
+    /// are not resumed: `object_store` has already retried it.
     pub(crate) async fn open(
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
         uri: String,
         retry: ReadRetry,
         if_match: Option<String>,
+        start: u64,
     ) -> Result<Self, StorageError> {
         let options = GetOptions {
             if_match,
+            range: (start > 0).then_some(GetRange::Offset(start)),
             ..GetOptions::default()
         };
         let result = match store.get_opts(&path, options).await {

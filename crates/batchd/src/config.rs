@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use batchd_api::OpenAiConfig;
-use batchd_engine::scheduler::SchedulerConfig;
+use batchd_engine::scheduler::{ClusterConfig, SchedulerConfig};
 use batchd_engine::{BlankLines, EngineConfig, JobSpec, Quotas, RecordOptions, RetryPolicy};
 use batchd_formats::analysis::Prices;
 use batchd_formats::converse::ConverseOptions;
@@ -33,6 +33,8 @@ pub struct Config {
     pub auth: AuthSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
     #[serde(default)]
     pub quotas: QuotasSection,
     #[serde(default)]
@@ -69,6 +71,56 @@ impl Default for LimitsSection {
             timeout_unit_seconds: s.timeout_unit.as_secs_f64(),
             default_timeout_hours: s.default_timeout_hours,
         }
+    }
+}
+
+/// `[cluster]`: instances of `batchd serve` sharing one Postgres job store (and one S3-compatible
+/// store); the defaults are [`ClusterConfig`]'s. Used only with a Postgres store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// This instance's name in leases; unique among the instances (default: random per start).
+    pub instance_id: Option<String>,
+    /// Seconds a lease lasts unrenewed: how soon another instance takes over a stalled one's
+    /// chunks.
+    pub lease_seconds: f64,
+    /// Records per chunk of a Bedrock job (chunks are what instances claim).
+    pub chunk_records: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            instance_id: None,
+            lease_seconds: ClusterConfig::DEFAULT_LEASE.as_secs_f64(),
+            chunk_records: ClusterConfig::DEFAULT_CHUNK_RECORDS,
+        }
+    }
+}
+
+impl ClusterSection {
+    /// The scheduler's cluster settings; a random instance id when none is configured.
+    pub fn cluster_config(&self) -> anyhow::Result<ClusterConfig> {
+        if !(self.lease_seconds.is_finite() && self.lease_seconds >= 0.1) {
+            bail!("cluster.lease_seconds must be at least 0.1");
+        }
+        if self.chunk_records == 0 {
+            bail!("cluster.chunk_records must be at least 1");
+        }
+        let instance_id = match &self.instance_id {
+            Some(id) if id.trim().is_empty() => bail!("cluster.instance_id must not be empty"),
+            Some(id) => id.clone(),
+            None => format!(
+                "batchd-{}-{}",
+                std::process::id(),
+                batchd_engine::ids::unguessable_alnum(8)?
+            ),
+        };
+        Ok(ClusterConfig {
+            instance_id,
+            lease: Duration::from_secs_f64(self.lease_seconds),
+            chunk_records: self.chunk_records,
+        })
     }
 }
 

@@ -255,7 +255,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         );
     }
-    let scheduler = Scheduler::new(engine, store.clone(), models, config.scheduler_config());
+    let mut scheduler_config = config.scheduler_config();
+    // On Postgres, other instances may share the store: work is taken under leases.
+    if args.database_url.is_some() || config.database_url.is_some() {
+        let cluster = config.cluster.cluster_config()?;
+        tracing::info!(instance = %cluster.instance_id, "job store shared through leases");
+        scheduler_config.cluster = Some(cluster);
+    }
+    let scheduler = Scheduler::new(engine, store.clone(), models, scheduler_config);
     scheduler.start();
 
     let api_config = ApiConfig {

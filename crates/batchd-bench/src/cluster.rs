@@ -1,0 +1,125 @@
+//! Scale-out: records/s of one `batchd serve` against two sharing one Postgres job store (and
+//! one data dir for the buckets), with a fake backend whose capacity per instance (its
+//! latency × the model's concurrency) is the bottleneck. The goal is two instances at ≥ 1.8×.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::control::{Server, status};
+use crate::http::{once, post_request};
+use crate::{Env, Fake, Figure, write_input};
+
+const RECORDS: u64 = 4_000;
+const LATENCY_MS: u64 = 100;
+const CONCURRENCY: usize = 16;
+const CHUNK_RECORDS: u64 = 200;
+
+pub fn run(env: &Env, pg_admin_url: &str) -> anyhow::Result<Vec<Figure>> {
+    let fake = Fake::start(env, LATENCY_MS)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut rates = Vec::new();
+    for instances in [1usize, 2] {
+        let url = fresh_database(pg_admin_url, instances)?;
+        let data = env.work.join(format!("cluster-{instances}"));
+        write_input(&data.join("buckets/bench/input/in.jsonl"), RECORDS)?;
+        let config = env.work.join(format!("cluster-{instances}.toml"));
+        std::fs::write(
+            &config,
+            fake.config(&format!(
+                "max_concurrency = {CONCURRENCY}\n\n[cluster]\nchunk_records = {CHUNK_RECORDS}\n\n\
+                 [quotas]\nrecords_per_input_file = 10000000\nrecords_per_job = 10000000\n"
+            )),
+        )?;
+        let servers = (0..instances)
+            .map(|_| Server::start_with(env, &data, &config, &["--database-url", &url]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
+        let elapsed = runtime.block_on(run_job(&addrs))?;
+        drop(servers);
+        let rate = RECORDS as f64 / elapsed.as_secs_f64();
+        println!(
+            "{instances} instance(s): {RECORDS} records in {:.2} s, {rate:.0} records/s",
+            elapsed.as_secs_f64()
+        );
+        rates.push(rate);
+    }
+    let ratio = rates[1] / rates[0];
+    println!(
+        "fake latency {LATENCY_MS} ms, concurrency {CONCURRENCY} per instance (about {} records/s each at most), chunks of {CHUNK_RECORDS}",
+        CONCURRENCY as u64 * 1000 / LATENCY_MS
+    );
+    Ok(vec![
+        Figure {
+            name: "scale-out: 1 instance".into(),
+            value: format!("{:.0} records/s", rates[0]),
+            goal: "(reference)".into(),
+            met: None,
+        },
+        Figure {
+            name: "scale-out: 2 instances, one Postgres".into(),
+            value: format!("{:.0} records/s ({ratio:.2}×)", rates[1]),
+            goal: "≥ 1.8×".into(),
+            met: Some(ratio >= 1.8),
+        },
+    ])
+}
+
+/// A new database on the server `pg_admin_url` names (through `psql`), and its URL.
+fn fresh_database(pg_admin_url: &str, n: usize) -> anyhow::Result<String> {
+    let name = format!("batchd_bench_{}_{n}", std::process::id());
+    let status = Command::new("psql")
+        .args([pg_admin_url, "-qc", &format!("CREATE DATABASE {name}")])
+        .status()
+        .context("cannot run psql")?;
+    if !status.success() {
+        bail!("psql could not create database {name}");
+    }
+    let (base, _) = pg_admin_url
+        .rsplit_once('/')
+        .context("the Postgres URL has no database")?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// Creates the job on the first instance and waits on the last one until it completes;
+/// the time from create to `Completed`.
+async fn run_job(addrs: &[std::net::SocketAddr]) -> anyhow::Result<Duration> {
+    let (first, last) = (addrs[0], addrs[addrs.len() - 1]);
+    let body = serde_json::json!({
+        "jobName": "bench-cluster",
+        "modelId": "bench-model",
+        "roleArn": "arn:aws:iam::123456789012:role/bench",
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://bench/input/"}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://bench/output/"}},
+        "modelInvocationType": "Converse",
+    });
+    let started = Instant::now();
+    let answer = once(
+        first,
+        &post_request(first, "/model-invocation-job", body.to_string().as_bytes()),
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
+    let arn = v["jobArn"]
+        .as_str()
+        .with_context(|| format!("create answered {}: {v}", answer.status))?;
+    let path = format!(
+        "/model-invocation-job/{}",
+        arn.rsplit('/').next().unwrap_or(arn)
+    );
+    loop {
+        match status(last, &path).await?.as_str() {
+            "Completed" => return Ok(started.elapsed()),
+            s @ ("Failed" | "Stopped" | "PartiallyCompleted" | "Expired") => {
+                bail!("the job ended {s}")
+            }
+            _ if started.elapsed() > Duration::from_secs(600) => {
+                bail!("the job took over 10 minutes")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The scheduler when instances share one store (`[cluster]`, `batchd serve` on Postgres):
+//! every decision about a job is taken under its lease, a Bedrock job runs as chunks that
+//! every instance claims, and nothing is resumed by instance: an instance that stops renewing
+//! loses its leases and another takes its work over.
+
+use std::time::Duration;
+
+use batchd_core::{ChunkState, DialectKind, Job, JobId, JobOrigin, JobStatus};
+use batchd_store::{JobStore, StoreError, now_ms};
+use tracing::Instrument;
+
+use super::{Scheduler, job_span, lock};
+use crate::chunks::{ChunkEnd, LeaseTimes};
+use crate::{JobSpec, StopReason, StopSignal};
+
+/// Instances sharing one store: who this one is, how long its leases last, how jobs split.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This instance's name in leases (unique among the instances; random by default).
+    pub instance_id: String,
+    /// How long a lease lasts without renewal: how soon another instance takes over the work
+    /// of one that died or stalled.
+    pub lease: Duration,
+    /// Records per chunk of a Bedrock job.
+    pub chunk_records: u64,
+}
+
+impl ClusterConfig {
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+    pub const DEFAULT_CHUNK_RECORDS: u64 = 1_000;
+
+    pub(crate) fn times(&self) -> LeaseTimes {
+        LeaseTimes { lease: self.lease }
+    }
+}
+
+/// A job's lease held by this instance, renewed by a task until released. A renewal that
+/// finds the lease taken stops `on_loss` (the job's run here gives up).
+pub(super) struct JobLease {
+    id: JobId,
+    fence: i64,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl JobLease {
+    pub(super) async fn release(self, store: &dyn JobStore, owner: &str) {
+        self.keeper.abort();
+        if let Err(e) = store
+            .leases()
+            .release_job(&self.id, owner, self.fence)
+            .await
+        {
+            tracing::warn!(job = %self.id, error = %e, "cannot release a job lease");
+        }
+    }
+}
+
+/// Whether a job runs as chunks shared by instances: Bedrock jobs do; the other dialects run
+/// whole on the instance holding the job's lease.
+fn chunked(job: &Job) -> bool {
+    job.request.dialect.kind() == DialectKind::Bedrock
+}
+
+impl Scheduler {
+    fn cluster(&self) -> &ClusterConfig {
+        // Only called in shared mode.
+        self.inner
+            .config
+            .cluster
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("shared scheduling without [cluster]"))
+    }
+
+    /// Takes the job's lease and keeps it renewed; `None` when another instance holds it.
+    pub(super) async fn claim_job(
+        &self,
+        id: &JobId,
+        on_loss: Option<StopSignal>,
+    ) -> Result<Option<JobLease>, StoreError> {
+        let cluster = self.cluster();
+        let times = cluster.times();
+        let owner = cluster.instance_id.clone();
+        let store = self.inner.store.clone();
+        let Some(fence) = store
+            .leases()
+            .claim_job(id, &owner, now_ms(), times.until())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let job = id.clone();
+        let keeper = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(times.renew_every()).await;
+                match store
+                    .leases()
+                    .renew_job(&job, &owner, fence, times.until())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(job = %job, "job lease lost to another instance");
+                        if let Some(signal) = &on_loss {
+                            signal.stop(StopReason::LeaseLost);
+                        }
+                        return;
+                    }
+                    Err(e) => tracing::warn!(job = %job, error = %e, "cannot renew a job lease"),
+                }
+            }
+        });
+        Ok(Some(JobLease {
+            id: id.clone(),
+            fence,
+            keeper,
+        }))
+    }
+
+    /// One pass in shared mode: expiries; validations, each under its job's lease; a worker
+    /// for every running Bedrock job this instance is not working on yet; the other dialects'
+    /// jobs started or taken over under their lease.
+    pub(super) async fn tick_shared(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let store = &self.inner.store;
+        let _decisions = self.inner.decisions.lock().await;
+        let jobs = store
+            .list_in_status(
+                JobOrigin::Api,
+                &[
+                    JobStatus::Submitted,
+                    JobStatus::Validating,
+                    JobStatus::Scheduled,
+                    JobStatus::InProgress,
+                    JobStatus::Stopping,
+                ],
+            )
+            .await?;
+        for job in jobs {
+            if self.inner.shutdown.is_cancelled() {
+                break;
+            }
+            let expired = job.job_expiration_ms.is_some_and(|t| t <= now);
+            let batch_job = job.request.dialect.batch_job().is_some();
+            match job.status {
+                JobStatus::Scheduled if expired && !batch_job => {
+                    let message = "the job did not start within its timeout";
+                    // Another instance may have moved it on first.
+                    if let Err(e) = store
+                        .transition(&job.id, JobStatus::Expired, Some(message))
+                        .await
+                    {
+                        tracing::debug!(job = %job.id, error = %e, "expiry raced");
+                    }
+                }
+                JobStatus::Submitted | JobStatus::Validating => {
+                    let (busy, here) = {
+                        let validating = lock(&self.inner.validating);
+                        let busy = validating.len() >= self.inner.config.max_validating_jobs;
+                        (busy, validating.contains(&job.id))
+                    };
+                    if !busy
+                        && !here
+                        && let Some(lease) = self.claim_job(&job.id, None).await?
+                    {
+                        self.start_validation(job, Some(lease));
+                    }
+                }
+                _ => {
+                    let (here, room) = {
+                        let running = lock(&self.inner.running);
+                        let room = running.len() < self.inner.config.max_running_jobs;
+                        (running.contains_key(&job.id), room)
+                    };
+                    if here || !room {
+                        continue;
+                    }
+                    if chunked(&job) {
+                        self.start_chunk_worker(job);
+                    } else {
+                        let signal = StopSignal::new();
+                        if let Some(lease) = self.claim_job(&job.id, Some(signal.clone())).await? {
+                            self.start_execution_with(job, signal, Some(lease));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Works on a chunked job until this instance can do nothing more for it: plans it if it
+    /// is `Scheduled`, claims and runs chunks while there are any, and ends the job when no
+    /// chunk is left to run and none is held.
+    fn start_chunk_worker(&self, job: Job) {
+        let signal = StopSignal::new();
+        {
+            let mut running = lock(&self.inner.running);
+            if self.inner.shutdown.is_cancelled() {
+                return;
+            }
+            running.insert(job.id.clone(), signal.clone());
+        }
+        let this = self.clone();
+        let span = job_span(&job);
+        self.inner.tasks.spawn(
+            async move {
+                let id = job.id.clone();
+                match this.spec(&job) {
+                    Ok(spec) => {
+                        if let Err(e) = this.work_on_chunks(&job, &spec, &signal).await {
+                            tracing::error!(job = %id, error = %e, "chunk worker failed");
+                        }
+                    }
+                    Err(message) => {
+                        if let Some(lease) = this.claim_job(&id, None).await.ok().flatten() {
+                            if let Err(e) = this.fail(&job, &message).await {
+                                tracing::error!(job = %id, error = %e, "cannot fail a job");
+                            }
+                            lease
+                                .release(this.inner.store.as_ref(), &this.cluster().instance_id)
+                                .await;
+                        }
+                    }
+                }
+                let decisions = this.inner.decisions.lock().await;
+                lock(&this.inner.running).remove(&id);
+                drop(decisions);
+                this.inner.wake.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn work_on_chunks(
+        &self,
+        job: &Job,
+        spec: &JobSpec,
+        signal: &StopSignal,
+    ) -> Result<(), crate::EngineError> {
+        let Some(model) = self.model(&job.request.model_id) else {
+            return Ok(());
+        };
+        let backend = model.backend.clone();
+        let store = self.inner.store.as_ref();
+        let leases = store.leases();
+        let cluster = self.cluster();
+        let me = cluster.instance_id.as_str();
+        let engine = &self.inner.engine;
+        let timer = job.job_expiration_ms.map(|at| {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                signal.stop(StopReason::Timeout);
+            })
+        });
+        let _timer = scopeguard(timer);
+        loop {
+            let Some(stored) = store.get(&job.id).await? else {
+                return Ok(());
+            };
+            if stored.status.is_terminal() || signal.reason() == Some(StopReason::Shutdown) {
+                return Ok(());
+            }
+            let expired = stored.job_expiration_ms.is_some_and(|t| t <= now_ms());
+            let stopping = stored.status == JobStatus::Stopping;
+            if stored.status == JobStatus::Scheduled {
+                let Some(lease) = self.claim_job(&job.id, None).await? else {
+                    // Another instance is planning it.
+                    tokio::time::sleep(self.inner.config.poll_interval).await;
+                    continue;
+                };
+                let planned = self.plan(&job.id, spec).await;
+                lease.release(store, me).await;
+                planned?;
+                continue;
+            }
+            if !stopping && !expired && !signal.is_stopped() {
+                let claim = leases
+                    .claim_chunk(&job.id, me, now_ms(), cluster.times().until())
+                    .await?;
+                if let Some(lease) = claim {
+                    let end = engine
+                        .run_chunk(
+                            spec,
+                            backend.clone(),
+                            store,
+                            &lease,
+                            cluster.times(),
+                            signal,
+                        )
+                        .await;
+                    match end {
+                        Ok(ChunkEnd::Committed(c)) => {
+                            tracing::debug!(job = %job.id, chunk = lease.index, records = c.processed, "chunk committed")
+                        }
+                        Ok(ChunkEnd::Refused) => crate::metrics::chunk_refused(),
+                        Ok(ChunkEnd::Released) => return Ok(()),
+                        Err(
+                            e @ crate::EngineError::Storage(
+                                batchd_storage::StorageError::InputChanged { .. },
+                            ),
+                        )
+                        | Err(e @ crate::EngineError::Input(_)) => {
+                            let message = format!("job failed while running: {e}");
+                            let _ = store
+                                .transition(&job.id, JobStatus::Failed, Some(&message))
+                                .await;
+                            return Err(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+            }
+            // Nothing to claim here: the job ends once no chunk is left to run or held.
+            let now = now_ms();
+            let chunks = leases.chunks(&job.id).await?;
+            if chunks.iter().any(|c| c.is_held(now)) {
+                return Ok(());
+            }
+            let reason = if stopping || signal.reason() == Some(StopReason::User) {
+                Some(StopReason::User)
+            } else if expired || signal.reason() == Some(StopReason::Timeout) {
+                Some(StopReason::Timeout)
+            } else if chunks.iter().any(|c| c.state != ChunkState::Done) {
+                // A chunk came free (its holder gave it back or its lease ran out).
+                continue;
+            } else {
+                None
+            };
+            let Some(lease) = self.claim_job(&job.id, None).await? else {
+                return Ok(());
+            };
+            // Another instance may have ended it between our look and our claim.
+            if store
+                .get(&job.id)
+                .await?
+                .is_none_or(|j| j.status.is_terminal())
+            {
+                lease.release(store, me).await;
+                return Ok(());
+            }
+            let ended = engine.finish_chunked(spec, store, reason).await;
+            lease.release(store, me).await;
+            let outcome = ended?;
+            tracing::info!(job = %job.id, status = %outcome.status, "job run ended");
+            return Ok(());
+        }
+    }
+
+    /// Splits a `Scheduled` job into chunks and starts it (`InProgress`); its validated files
+    /// are read once more to find where each chunk starts.
+    async fn plan(&self, id: &JobId, spec: &JobSpec) -> Result<(), crate::EngineError> {
+        let store = self.inner.store.as_ref();
+        let per_chunk = self.cluster().chunk_records;
+        let plans = match self.inner.engine.plan_chunks(spec, store, per_chunk).await {
+            Ok(plans) => plans,
+            Err(
+                e @ (crate::EngineError::Storage(batchd_storage::StorageError::InputChanged {
+                    ..
+                })
+                | crate::EngineError::Input(_)),
+            ) => {
+                store.transition(id, JobStatus::InProgress, None).await?;
+                let message = format!("job failed while running: {e}");
+                store
+                    .transition(id, JobStatus::Failed, Some(&message))
+                    .await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        store.leases().plan_chunks(id, &plans).await?;
+        match store.transition(id, JobStatus::InProgress, None).await {
+            Ok(_) => Ok(()),
+            // A stop won the race: the job's worker ends it.
+            Err(StoreError::Transition { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Aborts the timer task when the worker ends.
+fn scopeguard(timer: Option<tokio::task::JoinHandle<()>>) -> impl Drop {
+    struct Guard(Option<tokio::task::JoinHandle<()>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(t) = &self.0 {
+                t.abort();
+            }
+        }
+    }
+    Guard(timer)
+}
