@@ -66,8 +66,8 @@ def check_output(server, bucket_name: str, arn: str, ids: list[str]) -> dict:
     assert all("modelOutput" in line for line in lines), [line for line in lines if "modelOutput" not in line][:2]
     manifest = read_manifest(server.buckets, bucket_name, "out/", job_id)
     assert manifest == expected_manifest(lines, len(ids)), manifest
-    # The chunks' parts are gone once the job has ended.
-    assert server.buckets.keys(bucket_name, f"out/{job_id}.parts/") == []
+    # The chunks' parts go right after the job ends.
+    wait_until("the parts are removed", lambda: server.buckets.keys(bucket_name, f"out/{job_id}.parts/") == [], timeout=10)
     return manifest
 
 

@@ -4,6 +4,7 @@
 //! into the job's output files once every chunk is done.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use batchd_backends::ModelBackend;
@@ -23,15 +24,24 @@ pub struct ChunkRun {
     pub(crate) plan: ChunkPlan,
     pub(crate) part: StorageUri,
     pub(crate) timings_part: StorageUri,
+    /// Live instances: the model's concurrency is divided among them.
+    instances: Arc<AtomicUsize>,
 }
 
 impl ChunkRun {
-    fn new(spec: &JobSpec, lease: &ChunkLease) -> Self {
+    fn new(spec: &JobSpec, lease: &ChunkLease, instances: Arc<AtomicUsize>) -> Self {
         Self {
             plan: lease.plan,
             part: part_uri(spec, lease.index, lease.fence, "out"),
             timings_part: part_uri(spec, lease.index, lease.fence, "timings"),
+            instances,
         }
+    }
+
+    /// This instance's share of `concurrency` (at least 1), as the instance count is now:
+    /// together the instances keep a model's limit.
+    pub(crate) fn share(&self, concurrency: usize) -> usize {
+        (concurrency / self.instances.load(Ordering::Relaxed).max(1)).max(1)
     }
 }
 
@@ -62,6 +72,14 @@ pub enum ChunkEnd {
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseTimes {
     pub lease: Duration,
+}
+
+/// What a chunk's run shares with the rest of its instance: the lease times, and the count
+/// of live instances (kept current by the scheduler's heartbeat) that share each model.
+#[derive(Debug, Clone)]
+pub struct ChunkTerms {
+    pub times: LeaseTimes,
+    pub instances: Arc<AtomicUsize>,
 }
 
 impl LeaseTimes {
@@ -184,14 +202,13 @@ impl Engine {
     /// `stop` is the job's: a user stop or timeout ends the chunk early (committed with the
     /// records done), a shutdown gives it back. A renewal refused because another instance
     /// took the chunk over stops it too, and its commit is then refused.
-    #[allow(clippy::too_many_arguments)]
     pub async fn run_chunk(
         &self,
         spec: &JobSpec,
         backend: Arc<dyn ModelBackend>,
         store: &dyn JobStore,
         lease: &ChunkLease,
-        times: LeaseTimes,
+        terms: &ChunkTerms,
         stop: &StopSignal,
     ) -> Result<ChunkEnd, EngineError> {
         let leases = store.leases();
@@ -211,7 +228,7 @@ impl Engine {
                 files.len()
             )));
         };
-        let chunk = ChunkRun::new(spec, lease);
+        let chunk = ChunkRun::new(spec, lease, terms.instances.clone());
         let chunk_stop = StopSignal::new();
         let (progress, watcher) =
             watch::channel(Progress::new(JobStatus::InProgress, Counters::default()));
@@ -235,7 +252,15 @@ impl Engine {
             done.cancel();
             end
         };
-        let renewals = keep_chunk(store, lease, times, stop, &chunk_stop, &watcher, &done);
+        let renewals = keep_chunk(
+            store,
+            lease,
+            terms.times,
+            stop,
+            &chunk_stop,
+            &watcher,
+            &done,
+        );
         let (end, ()) = tokio::join!(records, renewals);
         let end: RunEnd = match end {
             Ok(end) => end,

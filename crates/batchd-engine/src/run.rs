@@ -572,7 +572,11 @@ impl<'a> Pipeline<'a> {
     }
 
     fn has_room(&self) -> bool {
-        self.inflight.len() < self.concurrency
+        let concurrency = match self.job.chunk {
+            Some(chunk) => chunk.share(self.concurrency),
+            None => self.concurrency,
+        };
+        self.inflight.len() < concurrency
             && self.next_seq - self.write_seq < self.window
             && self
                 .batches

@@ -118,6 +118,8 @@ struct Inner {
     wake: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Shared mode: the instances alive at the last heartbeat (they share each model).
+    instances: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What a job run by the catch-all model says about it.
@@ -159,6 +161,7 @@ impl Scheduler {
                 wake: Notify::new(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                instances: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             }),
         }
     }
@@ -195,6 +198,11 @@ impl Scheduler {
         }
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        if let Some(cluster) = &self.inner.config.cluster
+            && let Err(e) = self.inner.store.leases().leave(&cluster.instance_id).await
+        {
+            tracing::warn!(error = %e, "cannot sign this instance off");
+        }
     }
 
     /// Creates a job of the server (the request's origin is `Api`; a `Run` request is refused,

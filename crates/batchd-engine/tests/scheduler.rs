@@ -1,5 +1,5 @@
 //! The scheduler in-process against the fake backend: lifecycle, stop, timeouts, expiry,
-//! limits and resuming after a shutdown.
+//! limits and resuming after a shutdown; and instances sharing one store (`cluster`).
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 mod support;
@@ -7,8 +7,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use batchd_core::{JobOrigin, JobRequest, JobStatus, NewJob};
-use batchd_engine::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
+use batchd_core::{ChunkState, JobOrigin, JobRequest, JobStatus, NewJob};
+use batchd_engine::scheduler::{ClusterConfig, Scheduler, SchedulerConfig, SchedulerError};
 use batchd_testkit::{FakeConfig, FakeServer};
 use support::{create, dir_and_fake, output_ids, wait_for};
 
@@ -278,4 +278,122 @@ async fn the_server_leaves_jobs_of_batchd_run_alone() {
         );
     }
     s.shutdown().await;
+}
+
+/// A scheduler of instances sharing one store: its own lease identity, 2 s leases, chunks of 7.
+fn instance(id: &str) -> SchedulerConfig {
+    SchedulerConfig {
+        cluster: Some(ClusterConfig {
+            instance_id: id.into(),
+            lease: Duration::from_secs(2),
+            chunk_records: 7,
+        }),
+        ..SchedulerConfig::default()
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| match e.path().is_dir() {
+            true => files_under(&e.path()),
+            false => vec![e.path()],
+        })
+        .collect()
+}
+
+fn in_order(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("r{i:04}")).collect()
+}
+
+/// Two schedulers on one store and one data dir (two instances) split a job into chunks:
+/// both run some, the output has every record once, in input order, the parts removed, and
+/// the model's concurrency (4) holds across the two (2 each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_store_split_a_job_and_write_it_once_in_order() {
+    let (dir, fake) = dir_and_fake(100, FakeConfig::latency(5, 5)).await;
+    let a = scheduler(dir.path(), &fake, instance("a")).await;
+    let b = scheduler(dir.path(), &fake, instance("b")).await;
+    // Both have signed in (a heartbeat every pass, 20 ms apart) before the job exists.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let job = a.create(create("shared", None)).await.unwrap();
+    let done = wait_for(&b, &job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.message);
+    assert_eq!((done.counters.processed, done.counters.success), (100, 100));
+    assert_eq!(output_ids(dir.path(), &job.id), in_order(100));
+    let chunks = b.store().leases().chunks(&job.id).await.unwrap();
+    assert_eq!(chunks.len(), 15);
+    assert!(chunks.iter().all(|c| c.state == ChunkState::Done));
+    assert_eq!(
+        chunks.iter().map(|c| c.counters.processed).sum::<u64>(),
+        100
+    );
+    let owners: std::collections::BTreeSet<_> =
+        chunks.iter().filter_map(|c| c.owner.as_deref()).collect();
+    assert_eq!(owners, ["a", "b"].into());
+    let in_flight = fake.stats().max_in_flight;
+    assert!(in_flight <= 4, "{in_flight} requests in flight at once");
+    // The parts go right after the final status.
+    let parts = dir
+        .path()
+        .join(format!("buckets/bucket/out/{}.parts", job.id));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !files_under(&parts).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(files_under(&parts), Vec::<std::path::PathBuf>::new());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// An instance shut down mid-job gives its chunk back at once; the other finishes the job,
+/// each record once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_shut_down_mid_job_gives_its_chunk_back() {
+    let (dir, fake) = dir_and_fake(120, FakeConfig::latency(20, 5)).await;
+    let a = scheduler(dir.path(), &fake, instance("a")).await;
+    let job = a.create(create("handover", None)).await.unwrap();
+    wait_for(&a, &job.id, |j| j.counters.processed >= 10).await;
+    let b = scheduler(dir.path(), &fake, instance("b")).await;
+    a.shutdown().await;
+    let done = wait_for(&b, &job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.message);
+    assert_eq!(done.counters.processed, 120);
+    assert_eq!(output_ids(dir.path(), &job.id), in_order(120));
+    b.shutdown().await;
+}
+
+/// A stop sent to one instance ends a job that both run: `Stopped`, with a prefix of each
+/// chunk that ran, in input order, and a manifest that counts exactly what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_on_one_instance_stops_the_shared_job() {
+    let (dir, fake) = dir_and_fake(200, FakeConfig::latency(20, 5)).await;
+    let a = scheduler(dir.path(), &fake, instance("a")).await;
+    let b = scheduler(dir.path(), &fake, instance("b")).await;
+    let job = a.create(create("stopped", None)).await.unwrap();
+    wait_for(&a, &job.id, |j| j.counters.processed >= 20).await;
+    b.stop(&job.id).await.unwrap();
+    let done = wait_for(&a, &job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Stopped, "{:?}", done.message);
+    let ids = output_ids(dir.path(), &job.id);
+    assert!(ids.len() < 200 && ids.len() as u64 == done.counters.processed);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, ids, "in input order, each once");
+    let manifest = std::fs::read_to_string(
+        dir.path()
+            .join(format!("buckets/bucket/out/{}/manifest.json.out", job.id)),
+    )
+    .unwrap();
+    assert!(
+        manifest.contains(&format!("\"processedRecordCount\":{}", ids.len())),
+        "{manifest}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -23,3 +23,9 @@ CREATE TABLE chunks (
     output_tokens  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, idx)
 );
+
+-- Each instance's last sign of life: the live ones share every model's concurrency.
+CREATE TABLE instances (
+    instance_id TEXT PRIMARY KEY,
+    seen_ms     INTEGER NOT NULL
+);

@@ -174,8 +174,8 @@ pub trait Leases: Send + Sync {
     /// The job's chunks in input order; empty for a job that was not split.
     async fn chunks(&self, id: &JobId) -> Result<Vec<Chunk>, StoreError>;
 
-    /// Claims the first chunk that is pending or whose lease ran out before `now_ms`, for
-    /// `owner` until `until_ms`: its fencing token is raised and its counters start again
+    /// Claims the first chunk that is pending, whose lease ran out before `now_ms`, or that
+    /// `owner` itself holds (an instance restarted under the same name), until `until_ms`: its fencing token is raised and its counters start again
     /// from zero. Instances claiming at once get different chunks; `None` when none is free.
     async fn claim_chunk(
         &self,
@@ -204,6 +204,18 @@ pub trait Leases: Send + Sync {
 
     /// Returns a chunk to pending (its counters to zero) if still held under the token.
     async fn release_chunk(&self, lease: &ChunkLease) -> Result<bool, StoreError>;
+
+    /// Records that `instance` is alive at `now_ms` and returns how many instances were
+    /// seen at or after `since_ms` (itself included).
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        now_ms: i64,
+        since_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Forgets `instance` (it is shutting down): the others' shares grow at once.
+    async fn leave(&self, instance: &str) -> Result<(), StoreError>;
 }
 
 /// Milliseconds since the Unix epoch: the store's timestamps.

@@ -715,7 +715,8 @@ where
                 fence = fence + 1, {ZERO_CHUNK_COUNTERS}
              WHERE job_id = ? AND idx = (
                 SELECT idx FROM chunks
-                WHERE job_id = ? AND (state = 'pending' OR (state = 'leased' AND lease_until_ms < ?))
+                WHERE job_id = ? AND (state = 'pending'
+                    OR (state = 'leased' AND (lease_until_ms < ? OR owner = ?)))
                 ORDER BY idx LIMIT 1{})
              RETURNING {CHUNK_COLUMNS}",
             DB::SKIP_LOCKED
@@ -727,6 +728,7 @@ where
             .bind(id.as_str())
             .bind(id.as_str())
             .bind(now_ms)
+            .bind(owner)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -776,6 +778,35 @@ where
              WHERE job_id = ? AND idx = ? AND fence = ? AND state = 'leased'"
         );
         update_chunk(&self.pool, lease, query::<DB>(&sql)).await
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        now_ms: i64,
+        since_ms: i64,
+    ) -> Result<u64, StoreError> {
+        query::<DB>(
+            "INSERT INTO instances (instance_id, seen_ms) VALUES (?, ?)
+             ON CONFLICT (instance_id) DO UPDATE SET seen_ms = excluded.seen_ms",
+        )
+        .bind(instance)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        let row = query::<DB>("SELECT COUNT(*) AS live FROM instances WHERE seen_ms >= ?")
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(row.int("live")?))
+    }
+
+    async fn leave(&self, instance: &str) -> Result<(), StoreError> {
+        query::<DB>("DELETE FROM instances WHERE instance_id = ?")
+            .bind(instance)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
 

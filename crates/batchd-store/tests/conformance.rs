@@ -74,6 +74,7 @@ macro_rules! stores {
                 a_job_lease_has_one_holder_until_it_runs_out,
                 chunks_are_planned_once_and_a_late_commit_is_refused,
                 instances_claiming_at_once_get_different_chunks,
+                live_instances_are_counted_from_their_heartbeats,
             );
         })*
     };
@@ -700,6 +701,32 @@ async fn chunks_are_planned_once_and_a_late_commit_is_refused(store: &dyn JobSto
     let job = store.get(&job.id).await.unwrap().unwrap();
     assert_eq!(job.counters, summed(30, &[done(10), done(10), done(7)]));
     assert_eq!(job.status, JobStatus::Submitted);
+
+    // An instance restarted under its own name takes back, at once, what it held.
+    let other = store
+        .create(new_job(2, request(JobOrigin::Api)))
+        .await
+        .unwrap();
+    leases.plan_chunks(&other.id, &plans(2)).await.unwrap();
+    let held = leases
+        .claim_chunk(&other.id, "g", 500, 900)
+        .await
+        .unwrap()
+        .unwrap();
+    let by_h = leases
+        .claim_chunk(&other.id, "h", 600, 900)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((held.index, by_h.index), (0, 1));
+    let back = leases
+        .claim_chunk(&other.id, "g", 600, 900)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((back.index, back.fence), (0, held.fence + 1));
+    assert!(!leases.commit_chunk(&held, &done(7)).await.unwrap());
+    assert!(leases.commit_chunk(&back, &done(7)).await.unwrap());
 }
 
 async fn instances_claiming_at_once_get_different_chunks(store: &dyn JobStore) {
@@ -724,6 +751,17 @@ async fn instances_claiming_at_once_get_different_chunks(store: &dyn JobStore) {
     assert_eq!(indices, (0..24).collect::<Vec<_>>());
     let job = store.get(&job.id).await.unwrap().unwrap();
     assert_eq!(job.counters.processed, 240);
+}
+
+async fn live_instances_are_counted_from_their_heartbeats(store: &dyn JobStore) {
+    let leases = store.leases();
+    assert_eq!(leases.heartbeat("a", 1_000, 0).await.unwrap(), 1);
+    assert_eq!(leases.heartbeat("b", 1_500, 0).await.unwrap(), 2);
+    // a was last seen at 1000: not alive since 1200.
+    assert_eq!(leases.heartbeat("b", 2_000, 1_200).await.unwrap(), 1);
+    assert_eq!(leases.heartbeat("a", 2_100, 1_200).await.unwrap(), 2);
+    leases.leave("b").await.unwrap();
+    assert_eq!(leases.heartbeat("a", 2_200, 0).await.unwrap(), 1);
 }
 
 async fn batch_jobs_keep_their_options_wait_for_start_and_list_apart(store: &dyn JobStore) {

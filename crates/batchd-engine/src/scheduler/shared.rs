@@ -3,6 +3,8 @@
 //! every instance claims, and nothing is resumed by instance: an instance that stops renewing
 //! loses its leases and another takes its work over.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use batchd_core::{ChunkState, DialectKind, Job, JobId, JobOrigin, JobStatus};
@@ -10,7 +12,7 @@ use batchd_store::{JobStore, StoreError, now_ms};
 use tracing::Instrument;
 
 use super::{Scheduler, job_span, lock};
-use crate::chunks::{ChunkEnd, LeaseTimes};
+use crate::chunks::{ChunkEnd, ChunkTerms, LeaseTimes};
 use crate::{JobSpec, StopReason, StopSignal};
 
 /// Instances sharing one store: who this one is, how long its leases last, how jobs split.
@@ -122,6 +124,14 @@ impl Scheduler {
     pub(super) async fn tick_shared(&self) -> Result<(), StoreError> {
         let now = now_ms();
         let store = &self.inner.store;
+        let cluster = self.cluster();
+        let lease_ms = i64::try_from(cluster.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let live = store
+            .leases()
+            .heartbeat(&cluster.instance_id, now, now - lease_ms)
+            .await?;
+        let live = usize::try_from(live).unwrap_or(usize::MAX);
+        self.inner.instances.store(live.max(1), Ordering::Relaxed);
         let _decisions = self.inner.decisions.lock().await;
         let jobs = store
             .list_in_status(
@@ -246,6 +256,10 @@ impl Scheduler {
         let cluster = self.cluster();
         let me = cluster.instance_id.as_str();
         let engine = &self.inner.engine;
+        let terms = ChunkTerms {
+            times: cluster.times(),
+            instances: Arc::clone(&self.inner.instances),
+        };
         let timer = job.job_expiration_ms.map(|at| {
             let signal = signal.clone();
             tokio::spawn(async move {
@@ -281,14 +295,7 @@ impl Scheduler {
                     .await?;
                 if let Some(lease) = claim {
                     let end = engine
-                        .run_chunk(
-                            spec,
-                            backend.clone(),
-                            store,
-                            &lease,
-                            cluster.times(),
-                            signal,
-                        )
+                        .run_chunk(spec, backend.clone(), store, &lease, &terms, signal)
                         .await;
                     match end {
                         Ok(ChunkEnd::Committed(c)) => {
