@@ -67,6 +67,7 @@ async fn start_with_auth(config: SchedulerConfig, auth: AuthConfig) -> Server {
         .into_iter()
         .map(|id| {
             let entry = ModelEntry {
+                shared_backend: None,
                 backend: backend.clone(),
                 concurrency: 4,
                 records: RecordOptions::default(),

@@ -12,6 +12,7 @@
 mod shared;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,10 @@ use crate::{Engine, EngineError, JobSpec, Progress, RecordOptions, StopReason, S
 #[derive(Clone)]
 pub struct ModelEntry {
     pub backend: Arc<dyn ModelBackend>,
+    /// The server the model's concurrency limits, as instances sharing a store name it (its
+    /// URL): instances naming the same one share the limit. `None`: a backend of this
+    /// instance alone (an embedded model), whose limit is this instance's.
+    pub shared_backend: Option<String>,
     /// Records in flight per job.
     pub concurrency: usize,
     pub records: RecordOptions,
@@ -118,8 +123,9 @@ struct Inner {
     wake: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    /// Shared mode: the instances alive at the last heartbeat (they share each model).
-    instances: Arc<std::sync::atomic::AtomicUsize>,
+    /// Shared mode: per model key, the live instances using the same backend at the last
+    /// heartbeat (they share the model's concurrency).
+    instances: HashMap<String, Arc<AtomicUsize>>,
 }
 
 /// What a job run by the catch-all model says about it.
@@ -147,6 +153,10 @@ impl Scheduler {
         models: HashMap<String, ModelEntry>,
         config: SchedulerConfig,
     ) -> Self {
+        let instances = models
+            .keys()
+            .map(|key| (key.clone(), Arc::new(AtomicUsize::new(1))))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 engine,
@@ -161,7 +171,7 @@ impl Scheduler {
                 wake: Notify::new(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                instances: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+                instances,
             }),
         }
     }

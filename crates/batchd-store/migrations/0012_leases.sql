@@ -24,8 +24,11 @@ CREATE TABLE chunks (
     PRIMARY KEY (job_id, idx)
 );
 
--- Each instance's last sign of life: the live ones share every model's concurrency.
+-- Each instance's last sign of life, once per backend it uses (`scope`: a model and the
+-- server it calls): the live instances of one scope share that model's concurrency.
 CREATE TABLE instances (
-    instance_id TEXT PRIMARY KEY,
-    seen_ms     INTEGER NOT NULL
+    instance_id TEXT NOT NULL,
+    scope       TEXT NOT NULL,
+    seen_ms     INTEGER NOT NULL,
+    PRIMARY KEY (instance_id, scope)
 );

@@ -204,15 +204,16 @@ pub trait Leases: Send + Sync {
 
     /// Returns a chunk to pending (its counters to zero) if still held under the token.
     async fn release_chunk(&self, lease: &ChunkLease) -> Result<bool, StoreError>;
-
-    /// Records that `instance` is alive at `now_ms` and returns how many instances were
-    /// seen at or after `since_ms` (itself included).
+    /// Records that `instance` is alive at `now_ms` and uses the backends `scopes`; returns,
+    /// for each of them, how many instances using it were seen at or after `since_ms`
+    /// (itself included).
     async fn heartbeat(
         &self,
         instance: &str,
+        scopes: &[String],
         now_ms: i64,
         since_ms: i64,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Vec<u64>, StoreError>;
 
     /// Forgets `instance` (it is shutting down): the others' shares grow at once.
     async fn leave(&self, instance: &str) -> Result<(), StoreError>;

@@ -779,26 +779,38 @@ where
         );
         update_chunk(&self.pool, lease, query::<DB>(&sql)).await
     }
-
     async fn heartbeat(
         &self,
         instance: &str,
+        scopes: &[String],
         now_ms: i64,
         since_ms: i64,
-    ) -> Result<u64, StoreError> {
-        query::<DB>(
-            "INSERT INTO instances (instance_id, seen_ms) VALUES (?, ?)
-             ON CONFLICT (instance_id) DO UPDATE SET seen_ms = excluded.seen_ms",
+    ) -> Result<Vec<u64>, StoreError> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<DB>::new("INSERT INTO instances (instance_id, scope, seen_ms) ");
+        q.push_values(scopes, |mut row, scope| {
+            row.push_bind(instance)
+                .push_bind(scope.as_str())
+                .push_bind(now_ms);
+        });
+        q.push(" ON CONFLICT (instance_id, scope) DO UPDATE SET seen_ms = excluded.seen_ms");
+        q.build().execute(&self.pool).await?;
+        let rows = query::<DB>(
+            "SELECT scope, COUNT(*) AS live FROM instances WHERE seen_ms >= ? GROUP BY scope",
         )
-        .bind(instance)
-        .bind(now_ms)
-        .execute(&self.pool)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
         .await?;
-        let row = query::<DB>("SELECT COUNT(*) AS live FROM instances WHERE seen_ms >= ?")
-            .bind(since_ms)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(to_u64(row.int("live")?))
+        let mut live = std::collections::HashMap::new();
+        for row in &rows {
+            live.insert(row.text("scope")?, to_u64(row.int("live")?));
+        }
+        Ok(scopes
+            .iter()
+            .map(|s| live.get(s).copied().unwrap_or(1))
+            .collect())
     }
 
     async fn leave(&self, instance: &str) -> Result<(), StoreError> {

@@ -755,13 +755,29 @@ async fn instances_claiming_at_once_get_different_chunks(store: &dyn JobStore) {
 
 async fn live_instances_are_counted_from_their_heartbeats(store: &dyn JobStore) {
     let leases = store.leases();
-    assert_eq!(leases.heartbeat("a", 1_000, 0).await.unwrap(), 1);
-    assert_eq!(leases.heartbeat("b", 1_500, 0).await.unwrap(), 2);
+    let scopes = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (m1, both) = (scopes(&["m@x"]), scopes(&["m@x", "m@y"]));
+    assert!(
+        leases
+            .heartbeat("a", &[], 1_000, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(leases.heartbeat("a", &m1, 1_000, 0).await.unwrap(), [1]);
+    // b uses the same server for m, and another that a does not.
+    assert_eq!(
+        leases.heartbeat("b", &both, 1_500, 0).await.unwrap(),
+        [2, 1]
+    );
     // a was last seen at 1000: not alive since 1200.
-    assert_eq!(leases.heartbeat("b", 2_000, 1_200).await.unwrap(), 1);
-    assert_eq!(leases.heartbeat("a", 2_100, 1_200).await.unwrap(), 2);
+    assert_eq!(
+        leases.heartbeat("b", &both, 2_000, 1_200).await.unwrap(),
+        [1, 1]
+    );
+    assert_eq!(leases.heartbeat("a", &m1, 2_100, 1_200).await.unwrap(), [2]);
     leases.leave("b").await.unwrap();
-    assert_eq!(leases.heartbeat("a", 2_200, 0).await.unwrap(), 1);
+    assert_eq!(leases.heartbeat("a", &m1, 2_200, 0).await.unwrap(), [1]);
 }
 
 async fn batch_jobs_keep_their_options_wait_for_start_and_list_apart(store: &dyn JobStore) {

@@ -539,6 +539,23 @@ fn family<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ModelFami
 }
 
 impl ModelConfig {
+    /// The server this model's concurrency limits, as instances sharing a store compare it:
+    /// instances whose model calls the same server share its `max_concurrency`; an embedded
+    /// model is each instance's own.
+    pub fn shared_backend(&self) -> Option<String> {
+        match &self.backend {
+            Backend::OpenAi(m) => Some(m.base_url.trim_end_matches('/').to_owned()),
+            Backend::Bedrock(m) => Some(format!(
+                "bedrock:{}",
+                m.endpoint_url
+                    .as_deref()
+                    .or(m.region.as_deref())
+                    .unwrap_or("default")
+            )),
+            Backend::Embedded(_) => None,
+        }
+    }
+
     /// A model entry with every optional key unset.
     pub fn new(id: impl Into<String>, backend: Backend) -> Self {
         Self {

@@ -250,6 +250,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             model.id.clone(),
             ModelEntry {
                 backend,
+                shared_backend: model.shared_backend(),
                 concurrency,
                 records: model.record_options(),
             },

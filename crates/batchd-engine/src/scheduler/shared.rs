@@ -4,7 +4,7 @@
 //! loses its leases and another takes its work over.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use batchd_core::{ChunkState, DialectKind, Job, JobId, JobOrigin, JobStatus};
@@ -124,14 +124,7 @@ impl Scheduler {
     pub(super) async fn tick_shared(&self) -> Result<(), StoreError> {
         let now = now_ms();
         let store = &self.inner.store;
-        let cluster = self.cluster();
-        let lease_ms = i64::try_from(cluster.lease.as_millis()).unwrap_or(i64::MAX / 2);
-        let live = store
-            .leases()
-            .heartbeat(&cluster.instance_id, now, now - lease_ms)
-            .await?;
-        let live = usize::try_from(live).unwrap_or(usize::MAX);
-        self.inner.instances.store(live.max(1), Ordering::Relaxed);
+        self.heartbeat(now).await?;
         let _decisions = self.inner.decisions.lock().await;
         let jobs = store
             .list_in_status(
@@ -258,7 +251,10 @@ impl Scheduler {
         let engine = &self.inner.engine;
         let terms = ChunkTerms {
             times: cluster.times(),
-            instances: Arc::clone(&self.inner.instances),
+            instances: self
+                .model_key(&job.request.model_id)
+                .and_then(|key| self.inner.instances.get(key))
+                .map_or_else(|| Arc::new(AtomicUsize::new(1)), Arc::clone),
         };
         let timer = job.job_expiration_ms.map(|at| {
             let signal = signal.clone();
@@ -354,6 +350,31 @@ impl Scheduler {
             tracing::info!(job = %job.id, status = %outcome.status, "job run ended");
             return Ok(());
         }
+    }
+    /// Signs this instance in for every model whose backend other instances may share, and
+    /// keeps the count of instances sharing each.
+    async fn heartbeat(&self, now: i64) -> Result<(), StoreError> {
+        let cluster = self.cluster();
+        let lease_ms = i64::try_from(cluster.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let (keys, scopes): (Vec<&String>, Vec<String>) = self
+            .inner
+            .models
+            .iter()
+            .filter_map(|(key, m)| Some((key, format!("{key}@{}", m.shared_backend.as_ref()?))))
+            .unzip();
+        let live = self
+            .inner
+            .store
+            .leases()
+            .heartbeat(&cluster.instance_id, &scopes, now, now - lease_ms)
+            .await?;
+        for (key, live) in keys.into_iter().zip(live) {
+            if let Some(count) = self.inner.instances.get(key) {
+                let live = usize::try_from(live).unwrap_or(usize::MAX).max(1);
+                count.store(live, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// Splits a `Scheduled` job into chunks and starts it (`InProgress`); its validated files

@@ -52,6 +52,7 @@ pub async fn scheduler(dir: &Path, fake: &FakeServer, config: SchedulerConfig) -
         MODEL.to_owned(),
         ModelEntry {
             backend,
+            shared_backend: Some(fake.base_url().to_string()),
             concurrency: 4,
             records: RecordOptions::default(),
         },
