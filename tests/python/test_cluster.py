@@ -6,10 +6,14 @@ is in the output exactly once, in input order, with an exact manifest."""
 
 from __future__ import annotations
 
+import io
+import json
 import signal
 import time
 
+import openai
 from conftest import (
+    FAST_MODEL,
     SLOW_MODEL,
     create_job,
     expected_manifest,
@@ -28,10 +32,11 @@ from conftest import (
 CLUSTER = {"cluster": {"lease_seconds": 2, "chunk_records": 6}}
 
 
-def two_instances(start_server):
+def two_instances(start_server, **sections):
     url = fresh_pg_database()
     env = {"BATCHD_DATABASE_URL": url}
-    return start_server(mode="s3", overrides=CLUSTER, env=env), start_server(mode="s3", overrides=CLUSTER, env=env)
+    overrides = {**CLUSTER, **sections}
+    return start_server(mode="s3", overrides=overrides, env=env), start_server(mode="s3", overrides=overrides, env=env)
 
 
 def processed_on(server, job_id: str) -> float:
@@ -132,3 +137,31 @@ def test_an_instance_paused_past_its_lease_has_its_late_commit_refused(start_ser
     check_output(b, bucket_name, arn, ids)
     again = a.bedrock.get_model_invocation_job(jobIdentifier=arn)
     assert (again["status"], again["processedRecordCount"]) == ("Completed", 48)
+
+
+def test_an_openai_batch_is_answered_by_either_instance(start_server, bucket_name):
+    # The uploads live where both instances read them: the shared S3 store.
+    a, b = two_instances(start_server, openai={"files_location": f"s3://{bucket_name}/files/"})
+    a.buckets.create(bucket_name)
+    on_a, on_b = (openai.OpenAI(base_url=f"{s.url}/v1", api_key="test", max_retries=0, timeout=30) for s in (a, b))
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": FAST_MODEL, "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 8},
+        }
+        for i in range(12)
+    ]
+    data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
+    file_id = on_a.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch").id
+    batch = on_b.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 60
+    while (batch := on_a.batches.retrieve(batch.id)).status not in {"completed", "failed", "expired", "cancelled"}:
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.1)
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (12, 0)
+    out = [json.loads(line) for line in on_b.files.content(batch.output_file_id).text.splitlines()]
+    assert [line["custom_id"] for line in out] == [f"req-{i}" for i in range(12)]
+    assert [x.id for x in on_b.batches.list().data] == [batch.id]
