@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::control::{Server, status};
-use crate::http::{once, post_request};
+use crate::control::{Server, create_job, status};
 use crate::{Env, Fake, Figure, write_input};
 
 const RECORDS: u64 = 4_000;
@@ -105,28 +104,9 @@ fn fresh_database(pg_admin_url: &str, run: &str) -> anyhow::Result<String> {
 /// the time from create to `Completed`.
 async fn run_job(addrs: &[std::net::SocketAddr]) -> anyhow::Result<Duration> {
     let (first, last) = (addrs[0], addrs[addrs.len() - 1]);
-    let body = serde_json::json!({
-        "jobName": "bench-cluster",
-        "modelId": "bench-model",
-        "roleArn": "arn:aws:iam::123456789012:role/bench",
-        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://bench/input/"}},
-        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://bench/output/"}},
-        "modelInvocationType": "Converse",
-    });
     let started = Instant::now();
-    let answer = once(
-        first,
-        &post_request(first, "/model-invocation-job", body.to_string().as_bytes()),
-    )
-    .await?;
-    let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
-    let arn = v["jobArn"]
-        .as_str()
-        .with_context(|| format!("create answered {}: {v}", answer.status))?;
-    let path = format!(
-        "/model-invocation-job/{}",
-        arn.rsplit('/').next().unwrap_or(arn)
-    );
+    let id = create_job(first, "bench-cluster", "output").await?;
+    let path = format!("/model-invocation-job/{id}");
     loop {
         match status(last, &path).await?.as_str() {
             "Completed" => return Ok(started.elapsed()),

@@ -67,24 +67,7 @@ type Measured = (Vec<(String, Latencies)>, usize);
 async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<Measured> {
     let mut ids = Vec::new();
     for i in 0..JOBS {
-        let body = serde_json::json!({
-            "jobName": format!("bench-job-{i}"),
-            "modelId": "bench-model",
-            "roleArn": "arn:aws:iam::123456789012:role/bench",
-            "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://bench/input/"}},
-            "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": format!("s3://bench/output-{i}/")}},
-            "modelInvocationType": "Converse",
-        });
-        let answer = once(
-            addr,
-            &post_request(addr, "/model-invocation-job", body.to_string().as_bytes()),
-        )
-        .await?;
-        let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
-        let arn = v["jobArn"]
-            .as_str()
-            .with_context(|| format!("create answered {}: {v}", answer.status))?;
-        ids.push(arn.rsplit('/').next().unwrap_or(arn).to_owned());
+        ids.push(create_job(addr, &format!("bench-job-{i}"), &format!("output-{i}")).await?);
     }
     let first = ids.first().context("no job")?.clone();
     let get_path = format!("/model-invocation-job/{first}");
@@ -130,6 +113,33 @@ async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<Measured> {
         bail!("no job was still running after the calls: raise RECORDS");
     }
     Ok((results, running))
+}
+
+/// Creates a Converse job of `bench-model` over `s3://bench/input/` writing to
+/// `s3://bench/<output>/`; its id.
+pub(crate) async fn create_job(
+    addr: SocketAddr,
+    name: &str,
+    output: &str,
+) -> anyhow::Result<String> {
+    let body = serde_json::json!({
+        "jobName": name,
+        "modelId": "bench-model",
+        "roleArn": "arn:aws:iam::123456789012:role/bench",
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://bench/input/"}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": format!("s3://bench/{output}/")}},
+        "modelInvocationType": "Converse",
+    });
+    let answer = once(
+        addr,
+        &post_request(addr, "/model-invocation-job", body.to_string().as_bytes()),
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
+    let arn = v["jobArn"]
+        .as_str()
+        .with_context(|| format!("create answered {}: {v}", answer.status))?;
+    Ok(arn.rsplit('/').next().unwrap_or(arn).to_owned())
 }
 
 pub(crate) async fn status(addr: SocketAddr, path: &str) -> anyhow::Result<String> {

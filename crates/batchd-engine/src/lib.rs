@@ -301,6 +301,14 @@ pub enum StopReason {
     LeaseLost,
 }
 
+impl StopReason {
+    /// The job is not over: it goes on after a restart (a shutdown) or on the instance that
+    /// took it over (a lost lease), so nothing of it is finished here.
+    pub fn goes_on(self) -> bool {
+        matches!(self, Self::Shutdown | Self::LeaseLost)
+    }
+}
+
 /// Asks a running job to stop, once, for one reason.
 #[derive(Debug, Clone, Default)]
 pub struct StopSignal {
@@ -593,20 +601,20 @@ impl Engine {
         };
         let end = match run::run_records(&job, &files, resume_from, backend).await {
             Ok(end) => end,
-            Err(e) if stop.reason() == Some(StopReason::Shutdown) => return Err(e),
+            Err(e) if stop.reason().is_some_and(StopReason::goes_on) => return Err(e),
             Err(e) => return job.fail(e).await,
         };
         if stop.reason().is_none() {
             store.mark_finalizing(&spec.job_id).await?;
         }
         if spec.batch.is_some()
-            && stop.reason() != Some(StopReason::Shutdown)
+            && !stop.reason().is_some_and(StopReason::goes_on)
             && let Err(e) = self.write_error_log(spec, &files).await
         {
             tracing::warn!(job = %spec.job_id, error = %e, "cannot write the error log");
         }
         if spec.openai.is_some()
-            && stop.reason() != Some(StopReason::Shutdown)
+            && !stop.reason().is_some_and(StopReason::goes_on)
             && let Err(e) = self.publish_openai_files(spec, store, &files).await
         {
             // Without its files the batch cannot be read: fail it rather than complete it.
@@ -779,7 +787,7 @@ impl Engine {
         end: &run::RunEnd,
     ) -> Result<(JobStatus, String), EngineError> {
         let (spec, store, counters) = (job.spec, job.store, end.counters);
-        if job.stop.reason() == Some(StopReason::Shutdown) {
+        if job.stop.reason().is_some_and(StopReason::goes_on) {
             let abandoned = match end.abandoned {
                 0 => String::new(),
                 n => format!(" ({n} records in flight past the grace period run again)"),

@@ -697,6 +697,9 @@ impl<'a> Pipeline<'a> {
         match self.job.stop.reason() {
             // The job stays running: keep the open file open for the resume.
             Some(StopReason::Shutdown) => output.checkpoint(&counters).await?,
+            // Taken over: whatever this run would still write is another instance's now. A
+            // chunk's part is finished, to be refused and removed with its commit.
+            Some(StopReason::LeaseLost) if output.chunk.is_none() => {}
             // Stopped before the end of the input: the files not reached get no output.
             Some(_) if !self.exhausted => {
                 let end = output

@@ -561,17 +561,7 @@ impl Scheduler {
             match job.status {
                 // A batch job past its timeout still runs, at once stopped: every item gets
                 // its "timed out" result.
-                JobStatus::Scheduled if expired && !batch_job => {
-                    let hours = job
-                        .request
-                        .timeout_hours
-                        .unwrap_or(self.inner.config.default_timeout_hours);
-                    let message =
-                        format!("the job did not start within its timeout ({hours} hours)");
-                    store
-                        .transition(&job.id, JobStatus::Expired, Some(&message))
-                        .await?;
-                }
+                JobStatus::Scheduled if expired && !batch_job => self.expire(&job).await?,
                 JobStatus::Scheduled => {
                     let running = lock(&self.inner.running);
                     // Its task may not have moved it to InProgress yet.
@@ -604,7 +594,20 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Validates `job` in a task; a job lease held for it is released when it ends.
+    /// Validates `job` in a task; a job lease held for it is released when it ends.    /// A `Scheduled` job past its timeout, never started: `Expired`.
+    async fn expire(&self, job: &Job) -> Result<(), StoreError> {
+        let hours = job
+            .request
+            .timeout_hours
+            .unwrap_or(self.inner.config.default_timeout_hours);
+        let message = format!("the job did not start within its timeout ({hours} hours)");
+        self.inner
+            .store
+            .transition(&job.id, JobStatus::Expired, Some(&message))
+            .await?;
+        Ok(())
+    }
+
     fn start_validation(&self, job: Job, lease: Option<shared::JobLease>) {
         lock(&self.inner.validating).insert(job.id.clone());
         let this = self.clone();

@@ -146,12 +146,8 @@ impl Scheduler {
             let batch_job = job.request.dialect.batch_job().is_some();
             match job.status {
                 JobStatus::Scheduled if expired && !batch_job => {
-                    let message = "the job did not start within its timeout";
                     // Another instance may have moved it on first.
-                    if let Err(e) = store
-                        .transition(&job.id, JobStatus::Expired, Some(message))
-                        .await
-                    {
+                    if let Err(e) = self.expire(&job).await {
                         tracing::debug!(job = %job.id, error = %e, "expiry raced");
                     }
                 }
