@@ -322,6 +322,13 @@ impl Engine {
                         Ok(bytes) => bytes,
                         // A chunk stopped before its first record wrote no part.
                         Err(StorageError::NotFound { .. }) if c.counters.processed == 0 => continue,
+                        // Committed output that is gone cannot be made up: the job fails.
+                        Err(StorageError::NotFound { uri }) => {
+                            return Err(EngineError::Input(format!(
+                                "chunk {} ({} records) was committed but its part {uri} is gone",
+                                c.index, c.counters.processed
+                            )));
+                        }
                         Err(e) => return Err(e.into()),
                     };
                     while let Some(chunk) = bytes.next().await {

@@ -65,6 +65,18 @@ pub enum EngineError {
     NotRunnable { job: JobId, status: JobStatus },
 }
 
+impl EngineError {
+    /// The job's input is not what was validated (changed, gone, or unreadable as planned):
+    /// running it again cannot help, so the job fails. Other errors (a storage or database
+    /// fault) leave it to be resumed.
+    pub fn fails_the_job(&self) -> bool {
+        matches!(
+            self,
+            Self::Input(_) | Self::Storage(StorageError::InputChanged { .. })
+        )
+    }
+}
+
 /// What to do with blank (whitespace-only) lines (`engine.blank_lines = "skip" | "reject"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -590,10 +602,7 @@ impl Engine {
         let files = match self.validated_files(spec, store).await {
             Ok(files) => files,
             // A changed input fails the job; a storage fault leaves it to resume.
-            Err(
-                e @ (EngineError::Storage(StorageError::InputChanged { .. })
-                | EngineError::Input(_)),
-            ) => {
+            Err(e) if e.fails_the_job() => {
                 // Nothing is run or removed: what earlier runs wrote stays where it is.
                 return job.fail(e).await;
             }

@@ -397,3 +397,21 @@ async fn a_stop_on_one_instance_stops_the_shared_job() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// An input rewritten while instances share its job fails the job, naming the file, at the
+/// next chunk any instance starts (invariant 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_rewritten_under_a_shared_job_fails_it() {
+    let (dir, fake) = dir_and_fake(200, FakeConfig::latency(20, 5)).await;
+    let a = scheduler(dir.path(), &fake, instance("a")).await;
+    let b = scheduler(dir.path(), &fake, instance("b")).await;
+    let job = a.create(create("rewritten", None)).await.unwrap();
+    wait_for(&a, &job.id, |j| j.counters.processed >= 10).await;
+    support::write_prefixed(&dir.path().join("buckets/bucket/in/a.jsonl"), "x", 300);
+    let done = wait_for(&b, &job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Failed);
+    let message = done.message.unwrap_or_default();
+    assert!(message.contains("a.jsonl"), "{message}");
+    a.shutdown().await;
+    b.shutdown().await;
+}

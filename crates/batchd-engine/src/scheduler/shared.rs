@@ -295,12 +295,7 @@ impl Scheduler {
                         }
                         Ok(ChunkEnd::Refused) => crate::metrics::chunk_refused(),
                         Ok(ChunkEnd::Released) => return Ok(()),
-                        Err(
-                            e @ crate::EngineError::Storage(
-                                batchd_storage::StorageError::InputChanged { .. },
-                            ),
-                        )
-                        | Err(e @ crate::EngineError::Input(_)) => {
+                        Err(e) if e.fails_the_job() => {
                             let message = format!("job failed while running: {e}");
                             let _ = store
                                 .transition(&job.id, JobStatus::Failed, Some(&message))
@@ -341,6 +336,14 @@ impl Scheduler {
                 return Ok(());
             }
             let ended = engine.finish_chunked(spec, store, reason).await;
+            if let Err(e) = &ended
+                && e.fails_the_job()
+            {
+                let message = format!("job failed while finishing: {e}");
+                store
+                    .transition(&job.id, JobStatus::Failed, Some(&message))
+                    .await?;
+            }
             lease.release(store, me).await;
             let outcome = ended?;
             tracing::info!(job = %job.id, status = %outcome.status, "job run ended");
@@ -380,12 +383,7 @@ impl Scheduler {
         let per_chunk = self.cluster().chunk_records;
         let plans = match self.inner.engine.plan_chunks(spec, store, per_chunk).await {
             Ok(plans) => plans,
-            Err(
-                e @ (crate::EngineError::Storage(batchd_storage::StorageError::InputChanged {
-                    ..
-                })
-                | crate::EngineError::Input(_)),
-            ) => {
+            Err(e) if e.fails_the_job() => {
                 store.transition(id, JobStatus::InProgress, None).await?;
                 let message = format!("job failed while running: {e}");
                 store
