@@ -313,6 +313,18 @@ impl Scheduler {
             if chunks.iter().any(|c| c.is_held(now)) {
                 return Ok(());
             }
+            // A job started without a plan (by a batchd from before chunks) is planned now.
+            if chunks.is_empty() && stored.counters.total > 0 && !stopping && !expired {
+                match self.claim_job(&job.id, None).await? {
+                    Some(lease) => {
+                        let planned = self.plan(&job.id, spec).await;
+                        lease.release(store, me).await;
+                        planned?;
+                    }
+                    None => tokio::time::sleep(self.inner.config.poll_interval).await,
+                }
+                continue;
+            }
             let reason = if stopping || signal.reason() == Some(StopReason::User) {
                 Some(StopReason::User)
             } else if expired || signal.reason() == Some(StopReason::Timeout) {
@@ -384,7 +396,11 @@ impl Scheduler {
         let plans = match self.inner.engine.plan_chunks(spec, store, per_chunk).await {
             Ok(plans) => plans,
             Err(e) if e.fails_the_job() => {
-                store.transition(id, JobStatus::InProgress, None).await?;
+                // Failed is reached from InProgress, where a job planned late already is.
+                match store.transition(id, JobStatus::InProgress, None).await {
+                    Ok(_) | Err(StoreError::Transition { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 let message = format!("job failed while running: {e}");
                 store
                     .transition(id, JobStatus::Failed, Some(&message))
