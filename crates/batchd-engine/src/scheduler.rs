@@ -504,11 +504,7 @@ impl Scheduler {
             tracing::error!(error = %e, "cannot resume unfinished jobs");
         }
         loop {
-            let pass = match shared {
-                true => self.tick_shared().await,
-                false => self.tick().await,
-            };
-            if let Err(e) = pass {
+            if let Err(e) = self.tick().await {
                 tracing::error!(error = %e, "scheduler pass failed");
             }
             tokio::select! {
@@ -535,23 +531,27 @@ impl Scheduler {
         Ok(())
     }
 
+    /// One pass. Shared, running jobs are listed too: any instance may take them up.
     async fn tick(&self) -> Result<(), StoreError> {
         let now = now_ms();
         let store = &self.inner.store;
+        let shared = self.inner.config.cluster.is_some();
+        if shared {
+            self.heartbeat(now).await?;
+        }
         let _decisions = self.inner.decisions.lock().await;
         // Tasks leave `running` / `validating` only under `decisions`, so what this pass reads
         // from the store and what it sees in those sets agree.
-        let waiting = store
-            .list_in_status(
-                JobOrigin::Api,
-                &[
-                    JobStatus::Submitted,
-                    JobStatus::Validating,
-                    JobStatus::Scheduled,
-                    JobStatus::Stopping,
-                ],
-            )
-            .await?;
+        let mut statuses = vec![
+            JobStatus::Submitted,
+            JobStatus::Validating,
+            JobStatus::Scheduled,
+            JobStatus::Stopping,
+        ];
+        if shared {
+            statuses.push(JobStatus::InProgress);
+        }
+        let waiting = store.list_in_status(JobOrigin::Api, &statuses).await?;
         for job in waiting {
             if self.inner.shutdown.is_cancelled() {
                 break;
@@ -561,7 +561,14 @@ impl Scheduler {
             match job.status {
                 // A batch job past its timeout still runs, at once stopped: every item gets
                 // its "timed out" result.
-                JobStatus::Scheduled if expired && !batch_job => self.expire(&job).await?,
+                JobStatus::Scheduled if expired && !batch_job => match self.expire(&job).await {
+                    // Another instance may have moved it on first.
+                    Err(e) if shared => {
+                        tracing::debug!(job = %job.id, error = %e, "expiry raced")
+                    }
+                    ended => ended?,
+                },
+                _ if shared => self.take_up(job).await?,
                 JobStatus::Scheduled => {
                     let running = lock(&self.inner.running);
                     // Its task may not have moved it to InProgress yet.

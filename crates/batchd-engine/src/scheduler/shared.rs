@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use batchd_core::{ChunkState, DialectKind, Job, JobId, JobOrigin, JobStatus};
+use batchd_core::{ChunkState, DialectKind, Job, JobId, JobStatus};
 use batchd_store::{JobStore, StoreError, now_ms};
 use tracing::Instrument;
 
@@ -118,70 +118,38 @@ impl Scheduler {
         }))
     }
 
-    /// One pass in shared mode: expiries; validations, each under its job's lease; a worker
-    /// for every running Bedrock job this instance is not working on yet; the other dialects'
-    /// jobs started or taken over under their lease.
-    pub(super) async fn tick_shared(&self) -> Result<(), StoreError> {
-        let now = now_ms();
-        let store = &self.inner.store;
-        self.heartbeat(now).await?;
-        let _decisions = self.inner.decisions.lock().await;
-        let jobs = store
-            .list_in_status(
-                JobOrigin::Api,
-                &[
-                    JobStatus::Submitted,
-                    JobStatus::Validating,
-                    JobStatus::Scheduled,
-                    JobStatus::InProgress,
-                    JobStatus::Stopping,
-                ],
-            )
-            .await?;
-        for job in jobs {
-            if self.inner.shutdown.is_cancelled() {
-                break;
+    /// Takes up one unfinished job in a shared pass (expiries are the common pass's): a
+    /// validation under the job's lease; a worker for a running Bedrock job this instance is
+    /// not working on yet; another dialect's job started or taken over under its lease.
+    pub(super) async fn take_up(&self, job: Job) -> Result<(), StoreError> {
+        if matches!(job.status, JobStatus::Submitted | JobStatus::Validating) {
+            let (busy, here) = {
+                let validating = lock(&self.inner.validating);
+                let busy = validating.len() >= self.inner.config.max_validating_jobs;
+                (busy, validating.contains(&job.id))
+            };
+            if !busy
+                && !here
+                && let Some(lease) = self.claim_job(&job.id, None).await?
+            {
+                self.start_validation(job, Some(lease));
             }
-            let expired = job.job_expiration_ms.is_some_and(|t| t <= now);
-            let batch_job = job.request.dialect.batch_job().is_some();
-            match job.status {
-                JobStatus::Scheduled if expired && !batch_job => {
-                    // Another instance may have moved it on first.
-                    if let Err(e) = self.expire(&job).await {
-                        tracing::debug!(job = %job.id, error = %e, "expiry raced");
-                    }
-                }
-                JobStatus::Submitted | JobStatus::Validating => {
-                    let (busy, here) = {
-                        let validating = lock(&self.inner.validating);
-                        let busy = validating.len() >= self.inner.config.max_validating_jobs;
-                        (busy, validating.contains(&job.id))
-                    };
-                    if !busy
-                        && !here
-                        && let Some(lease) = self.claim_job(&job.id, None).await?
-                    {
-                        self.start_validation(job, Some(lease));
-                    }
-                }
-                _ => {
-                    let (here, room) = {
-                        let running = lock(&self.inner.running);
-                        let room = running.len() < self.inner.config.max_running_jobs;
-                        (running.contains_key(&job.id), room)
-                    };
-                    if here || !room {
-                        continue;
-                    }
-                    if chunked(&job) {
-                        self.start_chunk_worker(job);
-                    } else {
-                        let signal = StopSignal::new();
-                        if let Some(lease) = self.claim_job(&job.id, Some(signal.clone())).await? {
-                            self.start_execution_with(job, signal, Some(lease));
-                        }
-                    }
-                }
+            return Ok(());
+        }
+        let (here, room) = {
+            let running = lock(&self.inner.running);
+            let room = running.len() < self.inner.config.max_running_jobs;
+            (running.contains_key(&job.id), room)
+        };
+        if here || !room {
+            return Ok(());
+        }
+        if chunked(&job) {
+            self.start_chunk_worker(job);
+        } else {
+            let signal = StopSignal::new();
+            if let Some(lease) = self.claim_job(&job.id, Some(signal.clone())).await? {
+                self.start_execution_with(job, signal, Some(lease));
             }
         }
         Ok(())
@@ -364,7 +332,7 @@ impl Scheduler {
     }
     /// Signs this instance in for every model whose backend other instances may share, and
     /// keeps the count of instances sharing each.
-    async fn heartbeat(&self, now: i64) -> Result<(), StoreError> {
+    pub(super) async fn heartbeat(&self, now: i64) -> Result<(), StoreError> {
         let cluster = self.cluster();
         let lease_ms = i64::try_from(cluster.lease.as_millis()).unwrap_or(i64::MAX / 2);
         let (keys, scopes): (Vec<&String>, Vec<String>) = self
