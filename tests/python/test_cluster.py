@@ -115,7 +115,8 @@ def test_a_killed_instance_loses_its_chunks_and_the_job_completes_exactly_once(s
 
 def test_an_instance_paused_past_its_lease_has_its_late_commit_refused(start_server, bucket_name):
     a, b = two_instances(start_server)
-    arn, ids = start_job(b, bucket_name, 48)
+    # Enough chunks that the pause lands inside one of a's, not after the last.
+    arn, ids = start_job(b, bucket_name, 96)
     job_id = job_id_of(arn)
     # Paused while it holds a chunk with records in flight.
     wait_until(
@@ -127,7 +128,7 @@ def test_an_instance_paused_past_its_lease_has_its_late_commit_refused(start_ser
         job = wait_for_status(b.bedrock, arn, {"Completed"}, timeout=90)
     finally:
         a.proc.popen.send_signal(signal.SIGCONT)
-    assert (job["processedRecordCount"], job["successRecordCount"]) == (48, 48), job
+    assert (job["processedRecordCount"], job["successRecordCount"]) == (96, 96), job
     wait_until(
         "instance a's late commit is refused",
         lambda: metric_sum(a.url, "batchd_chunk_commits_refused_total") >= 1,
@@ -136,7 +137,7 @@ def test_an_instance_paused_past_its_lease_has_its_late_commit_refused(start_ser
     # Nothing it wrote late reached the output, the counters or the parts.
     check_output(b, bucket_name, arn, ids)
     again = a.bedrock.get_model_invocation_job(jobIdentifier=arn)
-    assert (again["status"], again["processedRecordCount"]) == ("Completed", 48)
+    assert (again["status"], again["processedRecordCount"]) == ("Completed", 96)
 
 
 def test_an_openai_batch_is_answered_by_either_instance(start_server, bucket_name):
