@@ -26,16 +26,51 @@ pub struct ChunkRun {
     pub(crate) timings_part: StorageUri,
     /// Live instances: the model's concurrency is divided among them.
     instances: Arc<AtomicUsize>,
+    /// Records in flight in every chunk of the job this instance runs, and the signal that
+    /// one of them ended.
+    in_flight: Arc<AtomicUsize>,
+    room: Arc<tokio::sync::Notify>,
+    /// Cancelled once every record of the chunk has been started.
+    pub(crate) input_read: CancellationToken,
+}
+
+/// A record's place in a chunk's in-flight budget, given back when dropped.
+pub(crate) struct Slot(Arc<AtomicUsize>, Arc<tokio::sync::Notify>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        // A permit is kept if no run waits yet: a wake-up is never lost, at worst spare.
+        self.1.notify_one();
+    }
 }
 
 impl ChunkRun {
-    fn new(spec: &JobSpec, lease: &ChunkLease, instances: Arc<AtomicUsize>) -> Self {
+    fn new(spec: &JobSpec, claim: &ChunkClaim, terms: &ChunkTerms) -> Self {
+        let lease = &claim.lease;
         Self {
             plan: lease.plan,
             part: part_uri(spec, lease.index, lease.fence, "out"),
             timings_part: part_uri(spec, lease.index, lease.fence, "timings"),
-            instances,
+            instances: terms.instances.clone(),
+            in_flight: terms.in_flight.clone(),
+            room: terms.room.clone(),
+            input_read: claim.input_read.clone(),
         }
+    }
+
+    pub(crate) fn take_slot(&self) -> Slot {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Slot(self.in_flight.clone(), self.room.clone())
+    }
+
+    /// Returns once a record of any of the job's chunks here has ended.
+    pub(crate) async fn room_freed(&self) {
+        self.room.notified().await;
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// This instance's share of `concurrency` (at least 1), as the instance count is now:
@@ -74,12 +109,24 @@ pub struct LeaseTimes {
     pub lease: Duration,
 }
 
-/// What a chunk's run shares with the rest of its instance: the lease times, and the count
-/// of live instances (kept current by the scheduler's heartbeat) that share each model.
+/// What a chunk's run shares with the rest of its instance: the lease times, the count of
+/// live instances (kept current by the scheduler's heartbeat) that share the model, and the
+/// records in flight in the job's chunks here (one chunk's last records and the next's first
+/// share the instance's part of the model's concurrency).
 #[derive(Debug, Clone)]
 pub struct ChunkTerms {
     pub times: LeaseTimes,
     pub instances: Arc<AtomicUsize>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub room: Arc<tokio::sync::Notify>,
+}
+
+/// A claimed chunk to run, and the signal its run gives once all its records have started
+/// (the time to claim the next one).
+#[derive(Debug, Clone)]
+pub struct ChunkClaim {
+    pub lease: ChunkLease,
+    pub input_read: CancellationToken,
 }
 
 impl LeaseTimes {
@@ -207,10 +254,11 @@ impl Engine {
         spec: &JobSpec,
         backend: Arc<dyn ModelBackend>,
         store: &dyn JobStore,
-        lease: &ChunkLease,
+        claim: &ChunkClaim,
         terms: &ChunkTerms,
         stop: &StopSignal,
     ) -> Result<ChunkEnd, EngineError> {
+        let lease = &claim.lease;
         let leases = store.leases();
         let files = match self.validated_files(spec, store).await {
             Ok(files) => files,
@@ -228,7 +276,7 @@ impl Engine {
                 files.len()
             )));
         };
-        let chunk = ChunkRun::new(spec, lease, terms.instances.clone());
+        let chunk = ChunkRun::new(spec, claim, terms);
         let chunk_stop = StopSignal::new();
         let (progress, watcher) =
             watch::channel(Progress::new(JobStatus::InProgress, Counters::default()));

@@ -376,6 +376,9 @@ pub(crate) async fn run_records(
         while !pipeline.exhausted && !stop.is_stopped() && pipeline.has_room() {
             let Some((file_index, line_no, line)) = pipeline.input.next().await? else {
                 pipeline.exhausted = true;
+                if let Some(chunk) = job.chunk {
+                    chunk.input_read.cancel();
+                }
                 break;
             };
             let relative = pipeline.relative[file_index].clone();
@@ -397,8 +400,15 @@ pub(crate) async fn run_records(
         if stop.is_stopped() && grace_ends.is_none() {
             grace_ends = Some(tokio::time::Instant::now() + engine.config.shutdown_grace);
         }
+        // A chunk with nothing of its own in flight and input left waits for the instance's
+        // other chunk to free a slot of the budget they share.
+        let waits_for_room = job.chunk.is_some()
+            && pipeline.inflight.is_empty()
+            && !pipeline.exhausted
+            && !stop.is_stopped();
         let next = tokio::select! {
-            next = pipeline.inflight.next() => next,
+            next = pipeline.inflight.next(), if !waits_for_room => next,
+            _ = async { if let Some(chunk) = job.chunk { chunk.room_freed().await } }, if waits_for_room => continue,
             // A stop wakes the loop so that it stops dispatching even while records run.
             _ = stop.cancelled(), if !stop.is_stopped() => continue,
             _ = sleep_until_opt(grace_ends), if !pipeline.cut_off => {
@@ -571,12 +581,21 @@ impl<'a> Pipeline<'a> {
         })
     }
 
+    /// Records in flight: this run's, or for a chunk, those of every chunk of the job that
+    /// this instance runs (the next chunk starts while the last records of one finish).
+    fn in_flight(&self) -> usize {
+        match self.job.chunk {
+            Some(chunk) => chunk.in_flight(),
+            None => self.inflight.len(),
+        }
+    }
+
     fn has_room(&self) -> bool {
         let concurrency = match self.job.chunk {
             Some(chunk) => chunk.share(self.concurrency),
             None => self.concurrency,
         };
-        self.inflight.len() < concurrency
+        self.in_flight() < concurrency
             && self.next_seq - self.write_seq < self.window
             && self
                 .batches
@@ -595,10 +614,14 @@ impl<'a> Pipeline<'a> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.tasks.insert(seq, task.abort_handle());
-        self.metrics.in_flight(self.inflight.len() + 1);
+        // Held until the record's result is taken (or abandoned): the slot it occupies in the
+        // budget a chunk shares with the next chunk of its instance.
+        let slot = self.job.chunk.map(|c| c.take_slot());
+        self.metrics.in_flight(self.in_flight() + 1);
         let mut task = AbortOnDrop(task);
         self.inflight.push(Box::pin(async move {
             let result = (&mut task.0).await;
+            drop(slot);
             (seq, file_index, unit, line, result)
         }));
     }
@@ -668,7 +691,7 @@ impl<'a> Pipeline<'a> {
             self.write_seq += 1;
         }
         self.output.checkpoint_if_due(&self.counters).await?;
-        self.metrics.in_flight(self.inflight.len());
+        self.metrics.in_flight(self.in_flight());
         if self.last_progress.elapsed() >= Duration::from_millis(50) {
             self.send_progress();
         }
@@ -691,7 +714,7 @@ impl<'a> Pipeline<'a> {
     async fn finish(&mut self) -> Result<Counters, EngineError> {
         self.inflight.clear();
         self.pending.clear();
-        self.metrics.in_flight(0);
+        self.metrics.in_flight(self.in_flight());
         let counters = self.counters;
         let output = &mut self.output;
         match self.job.stop.reason() {

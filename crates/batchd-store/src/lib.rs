@@ -174,8 +174,9 @@ pub trait Leases: Send + Sync {
     /// The job's chunks in input order; empty for a job that was not split.
     async fn chunks(&self, id: &JobId) -> Result<Vec<Chunk>, StoreError>;
 
-    /// Claims the first chunk that is pending, whose lease ran out before `now_ms`, or that
-    /// `owner` itself holds (an instance restarted under the same name), until `until_ms`: its fencing token is raised and its counters start again
+    /// Claims the first chunk that is pending or whose lease ran out before `now_ms`, for
+    /// `owner` until `until_ms` (never one held unexpired, even by `owner`: an instance may run
+    /// two chunks of a job at once): its fencing token is raised and its counters start again
     /// from zero. Instances claiming at once get different chunks; `None` when none is free.
     async fn claim_chunk(
         &self,

@@ -715,8 +715,7 @@ where
                 fence = fence + 1, {ZERO_CHUNK_COUNTERS}
              WHERE job_id = ? AND idx = (
                 SELECT idx FROM chunks
-                WHERE job_id = ? AND (state = 'pending'
-                    OR (state = 'leased' AND (lease_until_ms < ? OR owner = ?)))
+                WHERE job_id = ? AND (state = 'pending' OR (state = 'leased' AND lease_until_ms < ?))
                 ORDER BY idx LIMIT 1{})
              RETURNING {CHUNK_COLUMNS}",
             DB::SKIP_LOCKED
@@ -728,7 +727,6 @@ where
             .bind(id.as_str())
             .bind(id.as_str())
             .bind(now_ms)
-            .bind(owner)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {

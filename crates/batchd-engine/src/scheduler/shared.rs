@@ -12,7 +12,11 @@ use batchd_store::{JobStore, StoreError, now_ms};
 use tracing::Instrument;
 
 use super::{Scheduler, job_span, lock};
-use crate::chunks::{ChunkEnd, ChunkTerms, LeaseTimes};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio_util::sync::CancellationToken;
+
+use crate::chunks::{ChunkClaim, ChunkEnd, ChunkTerms, LeaseTimes};
 use crate::{JobSpec, StopReason, StopSignal};
 
 /// Instances sharing one store: who this one is, how long its leases last, how jobs split.
@@ -215,6 +219,8 @@ impl Scheduler {
         let engine = &self.inner.engine;
         let terms = ChunkTerms {
             times: cluster.times(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            room: Arc::new(tokio::sync::Notify::new()),
             instances: self
                 .model_key(&job.request.model_id)
                 .and_then(|key| self.inner.instances.get(key))
@@ -229,16 +235,22 @@ impl Scheduler {
             })
         });
         let _timer = scopeguard(timer);
+        // At most two chunks run here at once: the next starts when the last record of the
+        // one before has started, so the instance's share stays full across chunk ends.
+        let mut runs = FuturesUnordered::new();
+        let mut newest: Option<CancellationToken> = None;
+        let mut released = false;
         loop {
             let Some(stored) = store.get(&job.id).await? else {
                 return Ok(());
             };
-            if stored.status.is_terminal() || signal.reason() == Some(StopReason::Shutdown) {
+            let shutdown = signal.reason() == Some(StopReason::Shutdown);
+            if (stored.status.is_terminal() || shutdown || released) && runs.is_empty() {
                 return Ok(());
             }
             let expired = stored.job_expiration_ms.is_some_and(|t| t <= now_ms());
             let stopping = stored.status == JobStatus::Stopping;
-            if stored.status == JobStatus::Scheduled {
+            if stored.status == JobStatus::Scheduled && runs.is_empty() {
                 let Some(lease) = self.claim_job(&job.id, None).await? else {
                     // Another instance is planning it.
                     tokio::time::sleep(self.inner.config.poll_interval).await;
@@ -249,20 +261,43 @@ impl Scheduler {
                 planned?;
                 continue;
             }
-            if !stopping && !expired && !signal.is_stopped() {
+            let next_due = newest.as_ref().is_none_or(CancellationToken::is_cancelled);
+            if !stopping
+                && !expired
+                && !signal.is_stopped()
+                && !stored.status.is_terminal()
+                && !released
+                && runs.len() < 2
+                && next_due
+            {
                 let claim = leases
                     .claim_chunk(&job.id, me, now_ms(), cluster.times().until())
                     .await?;
                 if let Some(lease) = claim {
-                    let end = engine
-                        .run_chunk(spec, backend.clone(), store, &lease, &terms, signal)
-                        .await;
-                    match end {
+                    let claim = ChunkClaim {
+                        lease,
+                        input_read: CancellationToken::new(),
+                    };
+                    newest = Some(claim.input_read.clone());
+                    let (backend, terms) = (backend.clone(), &terms);
+                    runs.push(async move {
+                        let end = engine
+                            .run_chunk(spec, backend, store, &claim, terms, signal)
+                            .await;
+                        (claim.lease.index, end)
+                    });
+                    continue;
+                }
+            }
+            if !runs.is_empty() {
+                let read = newest.clone().unwrap_or_default();
+                tokio::select! {
+                    Some((index, end)) = runs.next() => match end {
                         Ok(ChunkEnd::Committed(c)) => {
-                            tracing::debug!(job = %job.id, chunk = lease.index, records = c.processed, "chunk committed")
+                            tracing::debug!(job = %job.id, chunk = index, records = c.processed, "chunk committed")
                         }
                         Ok(ChunkEnd::Refused) => crate::metrics::chunk_refused(),
-                        Ok(ChunkEnd::Released) => return Ok(()),
+                        Ok(ChunkEnd::Released) => released = true,
                         Err(e) if e.fails_the_job() => {
                             let message = format!("job failed while running: {e}");
                             let _ = store
@@ -271,9 +306,10 @@ impl Scheduler {
                             return Err(e);
                         }
                         Err(e) => return Err(e),
-                    }
-                    continue;
+                    },
+                    _ = read.cancelled(), if !read.is_cancelled() => {}
                 }
+                continue;
             }
             // Nothing to claim here: the job ends once no chunk is left to run or held.
             let now = now_ms();
