@@ -244,7 +244,7 @@ impl Engine {
         Ok(planner.plans)
     }
 
-    /// Runs the records of the chunk `lease` holds into its part, renewing the lease and
+    /// Runs the records of the chunk `claim` holds into its part, renewing the lease and
     /// reporting the chunk's counters as it goes, then commits it under its fencing token.
     /// `stop` is the job's: a user stop or timeout ends the chunk early (committed with the
     /// records done), a shutdown gives it back. A renewal refused because another instance

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use batchd_core::{ChunkState, DialectKind, Job, JobId, JobStatus};
 use batchd_store::{JobStore, StoreError, now_ms};
-use tracing::Instrument;
-
-use super::{Scheduler, job_span, lock};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use super::{Scheduler, job_span, lock};
 use crate::chunks::{ChunkClaim, ChunkEnd, ChunkTerms, LeaseTimes};
 use crate::{JobSpec, StopReason, StopSignal};
 
