@@ -8,12 +8,13 @@ source scripts/setup.sh
 # llama.cpp's OpenMP threads otherwise spin between steps on a busy 2-core host.
 export OMP_WAIT_POLICY=passive
 bash scripts/models.sh
-if [ ! -x target/release/batchd ]; then
+batchd="${CARGO_TARGET_DIR:-target}/release/batchd"
+if [ ! -x "$batchd" ]; then
   echo "demo: first build of batchd (release): cargo compiles ~430 crates and llama.cpp (C++)," >&2
   echo "demo: about 17 minutes on 2 cores; later runs take seconds. cargo's progress follows." >&2
 fi
 cargo build --release -p batchd
-target/release/batchd run examples/converse-demo.jsonl --model-id batchd.smollm2-135m-instruct \
+"$batchd" run examples/converse-demo.jsonl --model-id batchd.smollm2-135m-instruct \
   --data-dir ./batchd-data --out ./batchd-output "$@"
 
 job_dir=$(ls -td ./batchd-output/*/ | head -n 1)

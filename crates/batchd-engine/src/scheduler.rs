@@ -693,40 +693,53 @@ impl Scheduler {
     /// Executes `job` in a task, stopped through `signal`; a job lease held for it is
     /// released when it ends.
     fn start_execution_with(&self, job: Job, signal: StopSignal, lease: Option<shared::JobLease>) {
+        let this = self.clone();
+        let (id, span) = (job.id.clone(), job_span(&job));
+        let run_signal = signal.clone();
+        let work = async move {
+            match this.spec(&job) {
+                Ok(spec) => this.execute(&job, &spec, &run_signal).await,
+                Err(message) => {
+                    if let Err(e) = this.fail(&job, &message).await {
+                        tracing::error!(job = %job.id, error = %e, "cannot fail a job");
+                    }
+                }
+            }
+        };
+        self.spawn_running(id, signal, lease, work.instrument(span));
+    }
+
+    /// Runs `work` as job `id`'s task, in `running` under `signal` (checked and registered
+    /// under the lock `shutdown` signals under: a job either sees the shutdown here or is in
+    /// `running` when shutdown stops them all); when it ends it leaves `running`, and a job
+    /// lease held for it is released.
+    fn spawn_running(
+        &self,
+        id: JobId,
+        signal: StopSignal,
+        lease: Option<shared::JobLease>,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         {
-            // Checked and registered under the lock `shutdown` signals under: a job either
-            // sees the shutdown here or is in `running` when shutdown stops them all.
             let mut running = lock(&self.inner.running);
             if self.inner.shutdown.is_cancelled() {
                 return;
             }
-            running.insert(job.id.clone(), signal.clone());
+            running.insert(id.clone(), signal);
         }
         let this = self.clone();
-        let span = job_span(&job);
-        self.inner.tasks.spawn(
-            async move {
-                let id = job.id.clone();
-                match this.spec(&job) {
-                    Ok(spec) => this.execute(&job, &spec, &signal).await,
-                    Err(message) => {
-                        if let Err(e) = this.fail(&job, &message).await {
-                            tracing::error!(job = %id, error = %e, "cannot fail a job");
-                        }
-                    }
-                }
-                let decisions = this.inner.decisions.lock().await;
-                lock(&this.inner.running).remove(&id);
-                drop(decisions);
-                if let (Some(lease), Some(cluster)) = (lease, &this.inner.config.cluster) {
-                    lease
-                        .release(this.inner.store.as_ref(), &cluster.instance_id)
-                        .await;
-                }
-                this.inner.wake.notify_one();
+        self.inner.tasks.spawn(async move {
+            work.await;
+            let decisions = this.inner.decisions.lock().await;
+            lock(&this.inner.running).remove(&id);
+            drop(decisions);
+            if let (Some(lease), Some(cluster)) = (lease, &this.inner.config.cluster) {
+                lease
+                    .release(this.inner.store.as_ref(), &cluster.instance_id)
+                    .await;
             }
-            .instrument(span),
-        );
+            this.inner.wake.notify_one();
+        });
     }
 
     async fn execute(&self, job: &Job, spec: &JobSpec, signal: &StopSignal) {

@@ -162,43 +162,31 @@ impl Scheduler {
     /// is `Scheduled`, claims and runs chunks while there are any, and ends the job when no
     /// chunk is left to run and none is held.
     fn start_chunk_worker(&self, job: Job) {
-        let signal = StopSignal::new();
-        {
-            let mut running = lock(&self.inner.running);
-            if self.inner.shutdown.is_cancelled() {
-                return;
-            }
-            running.insert(job.id.clone(), signal.clone());
-        }
         let this = self.clone();
-        let span = job_span(&job);
-        self.inner.tasks.spawn(
-            async move {
-                let id = job.id.clone();
-                match this.spec(&job) {
-                    Ok(spec) => {
-                        if let Err(e) = this.work_on_chunks(&job, &spec, &signal).await {
-                            tracing::error!(job = %id, error = %e, "chunk worker failed");
-                        }
-                    }
-                    Err(message) => {
-                        if let Some(lease) = this.claim_job(&id, None).await.ok().flatten() {
-                            if let Err(e) = this.fail(&job, &message).await {
-                                tracing::error!(job = %id, error = %e, "cannot fail a job");
-                            }
-                            lease
-                                .release(this.inner.store.as_ref(), &this.cluster().instance_id)
-                                .await;
-                        }
+        let (id, span) = (job.id.clone(), job_span(&job));
+        let signal = StopSignal::new();
+        let run_signal = signal.clone();
+        let work = async move {
+            let id = &job.id;
+            match this.spec(&job) {
+                Ok(spec) => {
+                    if let Err(e) = this.work_on_chunks(&job, &spec, &run_signal).await {
+                        tracing::error!(job = %id, error = %e, "chunk worker failed");
                     }
                 }
-                let decisions = this.inner.decisions.lock().await;
-                lock(&this.inner.running).remove(&id);
-                drop(decisions);
-                this.inner.wake.notify_one();
+                Err(message) => {
+                    if let Some(lease) = this.claim_job(id, None).await.ok().flatten() {
+                        if let Err(e) = this.fail(&job, &message).await {
+                            tracing::error!(job = %id, error = %e, "cannot fail a job");
+                        }
+                        lease
+                            .release(this.inner.store.as_ref(), &this.cluster().instance_id)
+                            .await;
+                    }
+                }
             }
-            .instrument(span),
-        );
+        };
+        self.spawn_running(id, signal, None, work.instrument(span));
     }
 
     async fn work_on_chunks(
