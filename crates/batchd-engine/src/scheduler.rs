@@ -142,6 +142,30 @@ fn job_span(job: &Job) -> tracing::Span {
     tracing::info_span!("job", job_id = %job.id, model_id = %job.request.model_id)
 }
 
+/// Stops a job's run with `Timeout` when its expiration passes; stopped when dropped.
+struct TimeoutTimer(Option<tokio::task::JoinHandle<()>>);
+
+impl TimeoutTimer {
+    fn start(job: &Job, signal: &StopSignal) -> Self {
+        Self(job.job_expiration_ms.map(|at| {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                signal.stop(StopReason::Timeout);
+            })
+        }))
+    }
+}
+
+impl Drop for TimeoutTimer {
+    fn drop(&mut self) {
+        if let Some(timer) = &self.0 {
+            timer.abort();
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -751,14 +775,7 @@ impl Scheduler {
         if job.job_expiration_ms.is_some_and(|at| at <= now_ms()) {
             signal.stop(StopReason::Timeout);
         }
-        let timer = job.job_expiration_ms.map(|at| {
-            let signal = signal.clone();
-            tokio::spawn(async move {
-                let wait = u64::try_from(at - now_ms()).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                signal.stop(StopReason::Timeout);
-            })
-        });
+        let _timer = TimeoutTimer::start(job, signal);
         let (progress, watcher) = watch::channel(Progress::new(job.status, job.counters));
         lock(&self.inner.live).insert(job.id.clone(), watcher);
         let result = self
@@ -772,9 +789,6 @@ impl Scheduler {
                 signal,
             )
             .await;
-        if let Some(timer) = timer {
-            timer.abort();
-        }
         lock(&self.inner.live).remove(&job.id);
         match result {
             Ok(outcome) => tracing::info!(job = %job.id, status = %outcome.status, "job run ended"),

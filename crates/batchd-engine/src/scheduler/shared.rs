@@ -14,7 +14,7 @@ use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Scheduler, job_span, lock};
+use super::{Scheduler, TimeoutTimer, job_span, lock};
 use crate::chunks::{ChunkClaim, ChunkEnd, ChunkTerms, LeaseTimes};
 use crate::{JobSpec, StopReason, StopSignal};
 
@@ -213,15 +213,7 @@ impl Scheduler {
                 .and_then(|key| self.inner.instances.get(key))
                 .map_or_else(|| Arc::new(AtomicUsize::new(1)), Arc::clone),
         };
-        let timer = job.job_expiration_ms.map(|at| {
-            let signal = signal.clone();
-            tokio::spawn(async move {
-                let wait = u64::try_from(at - now_ms()).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                signal.stop(StopReason::Timeout);
-            })
-        });
-        let _timer = scopeguard(timer);
+        let _timer = TimeoutTimer::start(job, signal);
         // At most two chunks run here at once: the next starts when the last record of the
         // one before has started, so the instance's share stays full across chunk ends.
         let mut runs = FuturesUnordered::new();
@@ -408,17 +400,4 @@ impl Scheduler {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Aborts the timer task when the worker ends.
-fn scopeguard(timer: Option<tokio::task::JoinHandle<()>>) -> impl Drop {
-    struct Guard(Option<tokio::task::JoinHandle<()>>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            if let Some(t) = &self.0 {
-                t.abort();
-            }
-        }
-    }
-    Guard(timer)
 }
