@@ -18,6 +18,7 @@ from conftest import (
     create_job,
     expected_manifest,
     fresh_pg_database,
+    http_json,
     job_id_of,
     metric_sum,
     parse_jsonl,
@@ -166,3 +167,34 @@ def test_an_openai_batch_is_answered_by_either_instance(start_server, bucket_nam
     out = [json.loads(line) for line in on_b.files.content(batch.output_file_id).text.splitlines()]
     assert [line["custom_id"] for line in out] == [f"req-{i}" for i in range(12)]
     assert [x.id for x in on_b.batches.list().data] == [batch.id]
+
+
+def test_a_batch_job_is_created_started_and_read_on_different_instances(start_server, bucket_name):
+    a, b = two_instances(start_server)
+    a.buckets.create(bucket_name)
+    body, _ = records(8)
+    a.buckets.put(bucket_name, "batch/in/items.jsonl", body)
+    status, _, job = http_json(
+        "POST",
+        f"{a.url}/batch-inference-jobs",
+        {
+            "name": unique("cluster-batch"),
+            "modelId": FAST_MODEL,
+            "inputConfiguration": {"inputLocation": f"s3://{bucket_name}/batch/in/", "inputFormat": "JSONL"},
+            "outputConfiguration": {"outputLocation": f"s3://{bucket_name}/batch/out/", "outputFormat": "JSONL"},
+        },
+    )
+    assert status == 200, job
+    job_id = job["jobId"]
+    status, _, started = http_json("POST", f"{b.url}/batch-inference-jobs/{job_id}/start", {})
+    assert status == 200, started
+
+    def ended():
+        _, _, job = http_json("GET", f"{a.url}/batch-inference-jobs/{job_id}")
+        return job if job["status"] in {"COMPLETED", "FAILED", "STOPPED"} else None
+
+    job = wait_until("the batch job ends", ended)
+    assert (job["status"], job["processedItems"], job["totalItems"]) == ("COMPLETED", 8, 8), job
+    _, _, page = http_json("GET", f"{b.url}/batch-inference-jobs")
+    assert [j["jobId"] for j in page["jobs"]] == [job_id]
+    assert a.buckets.keys(bucket_name, f"batch/out/{job_id}/"), "no result file"
