@@ -260,21 +260,23 @@ impl Engine {
     ) -> Result<ChunkEnd, EngineError> {
         let lease = &claim.lease;
         let leases = store.leases();
-        let files = match self.validated_files(spec, store).await {
-            Ok(files) => files,
+        // Only the chunk's own file is checked: a job may have many.
+        let index = usize::try_from(lease.plan.file_index).unwrap_or(usize::MAX);
+        let recorded = store.job_files(&spec.job_id).await?;
+        let count = recorded.len();
+        let file = match recorded.into_iter().nth(index) {
+            Some(f) => self.verified_file(f).await,
+            None => Err(EngineError::Input(format!(
+                "chunk {} names input file {index}; the job has {count}",
+                lease.index
+            ))),
+        };
+        let file = match file {
+            Ok(file) => file,
             Err(e) => {
                 leases.release_chunk(lease).await?;
                 return Err(e);
             }
-        };
-        let index = usize::try_from(lease.plan.file_index).unwrap_or(usize::MAX);
-        let Some(file) = files.get(index) else {
-            leases.release_chunk(lease).await?;
-            return Err(EngineError::Input(format!(
-                "chunk {} names input file {index}; the job has {}",
-                lease.index,
-                files.len()
-            )));
         };
         let chunk = ChunkRun::new(spec, claim, terms);
         let chunk_stop = StopSignal::new();
@@ -292,7 +294,7 @@ impl Engine {
         let records = async {
             let end = run::run_records(
                 &job,
-                std::slice::from_ref(file),
+                std::slice::from_ref(&file),
                 Checkpoint::default(),
                 backend,
             )

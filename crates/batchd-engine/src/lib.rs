@@ -552,18 +552,23 @@ impl Engine {
         }
         let mut files = Vec::with_capacity(recorded.len());
         for f in recorded {
-            let uri = StorageUri::parse(&f.uri)
-                .map_err(|e| EngineError::Input(format!("recorded input file {}: {e}", f.uri)))?;
-            let file = InputFile {
-                uri,
-                relative: f.relative,
-                size: f.size,
-                version: f.version,
-            };
-            self.storage.verify_input(&file).await?;
-            files.push(file);
+            files.push(self.verified_file(f).await?);
         }
         Ok(files)
+    }
+
+    /// A recorded input file, checked to be still the version validated.
+    async fn verified_file(&self, f: JobFile) -> Result<InputFile, EngineError> {
+        let uri = StorageUri::parse(&f.uri)
+            .map_err(|e| EngineError::Input(format!("recorded input file {}: {e}", f.uri)))?;
+        let file = InputFile {
+            uri,
+            relative: f.relative,
+            size: f.size,
+            version: f.version,
+        };
+        self.storage.verify_input(&file).await?;
+        Ok(file)
     }
 
     /// Writes and removes a small object where the output goes, so that a missing bucket or
