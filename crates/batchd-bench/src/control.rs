@@ -17,6 +17,8 @@ use crate::{Env, Fake, Figure, write_input};
 const RECORDS: u64 = 20_000;
 const FAKE_LATENCY_MS: u64 = 20;
 const JOBS: usize = 4;
+/// Issue #19, goal 4.
+const P99_GOAL: Duration = Duration::from_millis(50);
 
 pub fn run(env: &Env, calls: usize) -> anyhow::Result<Vec<Figure>> {
     let fake = Fake::start(env, FAKE_LATENCY_MS)?;
@@ -43,11 +45,16 @@ pub fn run(env: &Env, calls: usize) -> anyhow::Result<Vec<Figure>> {
     );
     Ok(results
         .iter()
-        .map(|(name, l)| Figure {
-            name: format!("{name} p50 / p99, {calls} concurrent"),
-            value: format!("{:.1} / {:.1} ms", ms(l.p50), ms(l.p99)),
-            goal: "(no goal set)".into(),
-            met: None,
+        .map(|(name, l)| {
+            // Issue #19's goal is for calls on open connections; a fresh connection's time
+            // also holds the TCP handshake and the accept queue.
+            let open = name.ends_with("(open connections)");
+            Figure {
+                name: format!("{name} p50 / p99, {calls} concurrent"),
+                value: format!("{:.1} / {:.1} ms", ms(l.p50), ms(l.p99)),
+                goal: if open { "p99 < 50 ms" } else { "(no goal set)" }.into(),
+                met: open.then(|| l.p99 < P99_GOAL),
+            }
         })
         .collect())
 }

@@ -6,6 +6,7 @@
 //! The job types themselves live in `batchd-core::job`, so the APIs need nothing from here.
 //! `tests/conformance.rs` is the suite every implementation must pass.
 
+mod direct;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -26,6 +27,8 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("job store database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("job store read failed: {0}")]
+    Read(#[from] rusqlite::Error),
     #[error("job store migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("job {0} not found")]

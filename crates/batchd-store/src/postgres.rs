@@ -53,6 +53,6 @@ impl PgStore {
             .connect_with(options)
             .await?;
         migrator(MIGRATIONS, MIGRATIONS.len()).run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, direct: None })
     }
 }

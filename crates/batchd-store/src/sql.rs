@@ -3,6 +3,7 @@
 //! with each database's placeholders and the one function they name differently.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use batchd_core::{
     BatchJobOptions, Checkpoint, Chunk, ChunkLease, ChunkPlan, ChunkState, Counters, Dialect,
@@ -38,6 +39,8 @@ pub trait Flavor: Database {
 #[derive(Debug)]
 pub struct SqlStore<DB: Database> {
     pub(crate) pool: Pool<DB>,
+    /// Where `get` and `list` read instead of the pool, if anywhere (a SQLite file).
+    pub(crate) direct: Option<Arc<dyn DirectReads>>,
 }
 
 // By hand: the derive would want `DB: Clone`; a pool clone shares its connections.
@@ -45,8 +48,74 @@ impl<DB: Database> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            direct: self.direct.clone(),
         }
     }
+}
+
+/// A value bound to a `?` of the store's SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// Reads of whole job rows that skip the pool: the API's Get and List, which must stay quick
+/// while jobs run (sqlx hands every SQLite command and row to a thread of its own).
+pub(crate) trait DirectReads: Send + Sync + std::fmt::Debug {
+    /// The jobs `sql` (a `SELECT * FROM jobs ...`) selects; `None` when the database is busy
+    /// and the caller should ask the pool instead.
+    fn jobs(&self, sql: &str, args: &[Arg]) -> Option<Result<Vec<Job>, StoreError>>;
+}
+
+pub(crate) const GET_JOB: &str = "SELECT * FROM jobs WHERE job_id = ?";
+
+/// The `SELECT` of one page of [`JobStore::list`], with `?` placeholders and their values.
+fn list_sql(filter: &JobFilter, position: &str) -> (String, Vec<Arg>) {
+    let mut sql = String::from("SELECT * FROM jobs WHERE origin = ?");
+    let mut args = vec![Arg::Text(filter.origin.as_str().to_owned())];
+    let mut and = |clause: &str, arg: Arg| {
+        sql.push_str(clause);
+        args.push(arg);
+    };
+    if let Some(dialect) = filter.dialect {
+        and(" AND dialect = ?", Arg::Text(dialect.as_str().to_owned()));
+    }
+    if let Some(account) = &filter.account_id {
+        and(" AND account_id = ?", Arg::Text(account.clone()));
+    }
+    if let Some(t) = filter.submit_time_after_ms {
+        and(" AND submit_time_ms > ?", Arg::Int(t));
+    }
+    if let Some(t) = filter.submit_time_before_ms {
+        and(" AND submit_time_ms < ?", Arg::Int(t));
+    }
+    if let Some(status) = filter.status {
+        and(" AND status = ?", Arg::Text(status.as_str().to_owned()));
+    }
+    if let Some(name) = &filter.name_contains {
+        and(
+            &format!(" AND {position}(job_name, ?) > 0"),
+            Arg::Text(name.clone()),
+        );
+    }
+    let (cmp, order) = if filter.ascending {
+        (">", "ASC")
+    } else {
+        ("<", "DESC")
+    };
+    if let Some((time, id)) = &filter.after {
+        and(
+            &format!(" AND (submit_time_ms, job_id) {cmp} (?, ?)"),
+            Arg::Int(*time),
+        );
+        args.push(Arg::Text(id.clone()));
+    }
+    sql.push_str(&format!(
+        " ORDER BY submit_time_ms {order}, job_id {order} LIMIT ?"
+    ));
+    args.push(Arg::Int(i64::from(filter.limit)));
+    (sql, args)
 }
 
 /// A row's columns as the store reads them: every sqlx row whose database decodes these types.
@@ -258,11 +327,12 @@ where
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
-        let row = query::<DB>("SELECT * FROM jobs WHERE job_id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(row_to_job).transpose()
+        let args = vec![Arg::Text(id.as_str().to_owned())];
+        let rows = match self.direct.as_ref().and_then(|d| d.jobs(GET_JOB, &args)) {
+            Some(jobs) => return jobs.map(|mut jobs| jobs.pop()),
+            None => bind_args(query::<DB>(GET_JOB), args).fetch_optional(&self.pool),
+        };
+        rows.await?.as_ref().map(row_to_job).transpose()
     }
 
     async fn list_in_status(
@@ -282,45 +352,13 @@ where
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        let mut q: QueryBuilder<DB> = QueryBuilder::new("SELECT * FROM jobs WHERE origin = ");
-        q.push_bind(filter.origin.as_str());
-        if let Some(dialect) = filter.dialect {
-            q.push(" AND dialect = ").push_bind(dialect.as_str());
+        let (sql, args) = list_sql(filter, DB::POSITION);
+        if let Some(jobs) = self.direct.as_ref().and_then(|d| d.jobs(&sql, &args)) {
+            return jobs;
         }
-        if let Some(account) = &filter.account_id {
-            q.push(" AND account_id = ").push_bind(account.clone());
-        }
-        if let Some(t) = filter.submit_time_after_ms {
-            q.push(" AND submit_time_ms > ").push_bind(t);
-        }
-        if let Some(t) = filter.submit_time_before_ms {
-            q.push(" AND submit_time_ms < ").push_bind(t);
-        }
-        if let Some(status) = filter.status {
-            q.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(name) = &filter.name_contains {
-            q.push(format_args!(" AND {}(job_name, ", DB::POSITION))
-                .push_bind(name.clone())
-                .push(") > 0");
-        }
-        let (cmp, order) = if filter.ascending {
-            (">", "ASC")
-        } else {
-            ("<", "DESC")
-        };
-        if let Some((time, id)) = &filter.after {
-            q.push(format_args!(" AND (submit_time_ms, job_id) {cmp} ("))
-                .push_bind(*time)
-                .push(", ")
-                .push_bind(id.clone())
-                .push(")");
-        }
-        q.push(format_args!(
-            " ORDER BY submit_time_ms {order}, job_id {order} LIMIT "
-        ))
-        .push_bind(i64::from(filter.limit));
-        let rows = q.build().fetch_all(&self.pool).await?;
+        let rows = bind_args(query::<DB>(&sql), args)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(row_to_job).collect()
     }
 
@@ -962,6 +1000,20 @@ where
         .bind(now_ms())
 }
 
+fn bind_args<'q, DB: Database>(mut q: DbQuery<'q, DB>, args: Vec<Arg>) -> DbQuery<'q, DB>
+where
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'a> String: Encode<'a, DB> + Type<DB>,
+{
+    for arg in args {
+        q = match arg {
+            Arg::Int(n) => q.bind(n),
+            Arg::Text(t) => q.bind(t),
+        };
+    }
+    q
+}
+
 /// ` AND status IN (?, ...)` for `statuses` (non-empty).
 fn push_status_in<DB: Database>(q: &mut QueryBuilder<DB>, statuses: &[JobStatus])
 where
@@ -983,7 +1035,7 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-fn row_to_job(row: &impl Columns) -> Result<Job, StoreError> {
+pub(crate) fn row_to_job(row: &impl Columns) -> Result<Job, StoreError> {
     let id: String = row.text("job_id")?;
     let status: String = row.text("status")?;
     let origin: String = row.text("origin")?;

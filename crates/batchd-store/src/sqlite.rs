@@ -5,6 +5,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use sqlx::Sqlite;
 use sqlx::sqlite::{
@@ -13,6 +14,7 @@ use sqlx::sqlite::{
 };
 
 use crate::StoreError;
+use crate::direct::DirectReader;
 use crate::sql::{Flavor, SqlStore, migrator};
 
 /// Jobs in SQLite: one machine's store.
@@ -90,7 +92,12 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         migrator(MIGRATIONS, MIGRATIONS.len()).run(&pool).await?;
-        Ok(Self { pool })
+        // After the migrations: the reader's statements are prepared against the final schema.
+        let direct = DirectReader::open(path)?;
+        Ok(Self {
+            pool,
+            direct: Some(Arc::new(direct)),
+        })
     }
 
     /// An in-memory store (tests, and `batchd run` with no data dir to keep).
@@ -102,7 +109,8 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         migrator(MIGRATIONS, MIGRATIONS.len()).run(&pool).await?;
-        Ok(Self { pool })
+        // No direct reads: another connection would be another, empty, database.
+        Ok(Self { pool, direct: None })
     }
 }
 
@@ -338,5 +346,66 @@ mod tests {
         );
         assert!(tags("aaaaaaaaaaa2").await.is_empty());
         assert!(tags("aaaaaaaaaaa3").await.is_empty());
+    }
+
+    /// Get and List of a file store read the file themselves: they answer with the pool
+    /// closed, and see every write the pool made.
+    #[tokio::test]
+    async fn get_and_list_read_the_file_without_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("batchd.sqlite"))
+            .await
+            .unwrap();
+        let id = JobId::parse("cccccccccccc").unwrap();
+        store.create(new_job(id.as_str())).await.unwrap();
+        let c = Counters {
+            total: 7,
+            processed: 3,
+            ..Counters::default()
+        };
+        store.update_counters(&id, &c).await.unwrap();
+        store.close().await;
+        let job = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(job.counters.processed, 3);
+        assert_eq!(job.request, new_job(id.as_str()).request);
+        let listed = store
+            .list(&batchd_core::JobFilter::new(JobOrigin::Api, 10))
+            .await
+            .unwrap();
+        assert_eq!(listed, vec![job]);
+        assert!(
+            store
+                .get(&JobId::parse("dddddddddddd").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // The pool's own reads are closed: a `find_by_token` has nothing to run on.
+        assert!(store.find_by_token("000000000000", "tok-x").await.is_err());
+    }
+
+    /// A table the direct reader does not know (a newer batchd migrated the file while this
+    /// one runs) sends the reads to the pool, which reads rows by column name.
+    #[tokio::test]
+    async fn reads_fall_back_to_the_pool_when_the_table_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("batchd.sqlite");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let id = JobId::parse("eeeeeeeeeeee").unwrap();
+        store.create(new_job(id.as_str())).await.unwrap();
+        sqlx::query("ALTER TABLE jobs ADD COLUMN from_the_future TEXT")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let job = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(job.id, id);
+        let listed = store
+            .list(&batchd_core::JobFilter::new(JobOrigin::Api, 10))
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        // Those reads were the pool's: without it they fail.
+        store.close().await;
+        assert!(store.get(&id).await.is_err());
     }
 }
