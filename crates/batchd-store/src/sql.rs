@@ -71,7 +71,7 @@ pub(crate) trait DirectReads: Send + Sync + std::fmt::Debug {
 pub(crate) const GET_JOB: &str = "SELECT * FROM jobs WHERE job_id = ?";
 
 /// The `SELECT` of one page of [`JobStore::list`], with `?` placeholders and their values.
-fn list_sql(filter: &JobFilter, position: &str) -> (String, Vec<Arg>) {
+pub(crate) fn list_sql(filter: &JobFilter, position: &str) -> (String, Vec<Arg>) {
     let mut sql = String::from("SELECT * FROM jobs WHERE origin = ?");
     let mut args = vec![Arg::Text(filter.origin.as_str().to_owned())];
     let mut and = |clause: &str, arg: Arg| {
