@@ -2,6 +2,7 @@
 //! from a stored [`Job`]. Absent optional members are omitted, never `null`.
 
 use batchd_core::{Job, JobArn};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::ApiConfig;
@@ -11,63 +12,102 @@ use super::timestamp::format_ms;
 pub const MESSAGE_MAX_CHARS: usize = 2048;
 
 /// The job as Bedrock's `GetModelInvocationJobResponse` / `ModelInvocationJobSummary` (the
-/// two share their members; `jobName` is always present here).
-pub fn job_json(job: &Job, config: &ApiConfig) -> Value {
-    let r = &job.request;
-    let mut m = Map::new();
-    m.insert("jobArn".into(), job_arn(job, config).into());
-    m.insert("jobName".into(), r.name.clone().into());
-    m.insert("modelId".into(), r.model_id.clone().into());
-    if let Some(token) = &r.client_request_token {
-        m.insert("clientRequestToken".into(), token.clone().into());
-    }
-    if let Some(role) = &r.role_arn {
-        m.insert("roleArn".into(), role.clone().into());
-    }
-    m.insert("status".into(), job.status.as_str().into());
-    if let Some(message) = &job.message {
-        m.insert(
-            "message".into(),
-            truncate_chars(message, MESSAGE_MAX_CHARS).into(),
-        );
-    }
-    let mut time = |key: &str, ms: Option<i64>| {
-        if let Some(text) = ms.and_then(format_ms) {
-            m.insert(key.into(), text.into());
-        }
-    };
-    time("submitTime", Some(job.submit_time_ms));
-    time("lastModifiedTime", Some(job.last_modified_ms));
-    time("endTime", job.end_time_ms);
-    time("jobExpirationTime", job.job_expiration_ms);
+/// two share their members; `jobName` is always present here). Written straight to the
+/// answer, with no `Value` in between (a List writes many); the members are in the order a
+/// JSON map sorts them, as they were when this was a `Value`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_request_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_time: Option<String>,
+    error_record_count: u64,
+    input_data_config: InputDataConfig,
+    job_arn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_expiration_time: Option<String>,
+    job_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_modified_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    model_id: &'a str,
+    model_invocation_type: &'static str,
+    output_data_config: OutputDataConfig,
+    processed_record_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role_arn: Option<&'a str>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submit_time: Option<String>,
+    success_record_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_duration_in_hours: Option<u32>,
+    total_record_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vpc_config: Option<Value>,
+}
 
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InputDataConfig {
+    s3_input_data_config: Value,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputDataConfig {
+    s3_output_data_config: Value,
+}
+
+/// ListModelInvocationJobs' answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobList<'a> {
+    pub invocation_job_summaries: Vec<JobView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// The job as Get and List show it (see [`JobView`]).
+pub fn job_json<'a>(job: &'a Job, config: &ApiConfig) -> JobView<'a> {
+    let r = &job.request;
     let echoed = Echoed::from_request(r.request_json.as_deref());
     // A job of this API has exactly one input (its create request's s3Uri).
     let input = r.inputs.first().map_or("", String::as_str);
-    m.insert(
-        "inputDataConfig".into(),
-        json!({ "s3InputDataConfig": echoed.input.unwrap_or_else(|| json!({ "s3Uri": input })) }),
-    );
-    m.insert(
-        "outputDataConfig".into(),
-        json!({ "s3OutputDataConfig": echoed.output.unwrap_or_else(|| json!({ "s3Uri": r.output })) }),
-    );
-    if let Some(vpc) = echoed.vpc {
-        m.insert("vpcConfig".into(), vpc);
-    }
-    if let Some(hours) = r.timeout_hours {
-        m.insert("timeoutDurationInHours".into(), hours.into());
-    }
-    m.insert(
-        "modelInvocationType".into(),
-        r.invocation_type.as_str().into(),
-    );
     let c = &job.counters;
-    m.insert("totalRecordCount".into(), c.total.into());
-    m.insert("processedRecordCount".into(), c.processed.into());
-    m.insert("successRecordCount".into(), c.success.into());
-    m.insert("errorRecordCount".into(), c.error.into());
-    Value::Object(m)
+    JobView {
+        client_request_token: r.client_request_token.as_deref(),
+        end_time: job.end_time_ms.and_then(format_ms),
+        error_record_count: c.error,
+        input_data_config: InputDataConfig {
+            s3_input_data_config: echoed.input.unwrap_or_else(|| json!({ "s3Uri": input })),
+        },
+        job_arn: job_arn(job, config),
+        job_expiration_time: job.job_expiration_ms.and_then(format_ms),
+        job_name: &r.name,
+        last_modified_time: format_ms(job.last_modified_ms),
+        message: job
+            .message
+            .as_deref()
+            .map(|m| truncate_chars(m, MESSAGE_MAX_CHARS)),
+        model_id: &r.model_id,
+        model_invocation_type: r.invocation_type.as_str(),
+        output_data_config: OutputDataConfig {
+            s3_output_data_config: echoed
+                .output
+                .unwrap_or_else(|| json!({ "s3Uri": r.output })),
+        },
+        processed_record_count: c.processed,
+        role_arn: r.role_arn.as_deref(),
+        status: job.status.as_str(),
+        submit_time: format_ms(job.submit_time_ms),
+        success_record_count: c.success,
+        timeout_duration_in_hours: r.timeout_hours,
+        total_record_count: c.total,
+        vpc_config: echoed.vpc,
+    }
 }
 
 /// The stored ARN; one made from the config for a job stored without one.
@@ -79,10 +119,10 @@ pub fn job_arn(job: &Job, config: &ApiConfig) -> String {
     }
 }
 
-fn truncate_chars(s: &str, max: usize) -> String {
+fn truncate_chars(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
-        Some((cut, _)) => s[..cut].to_owned(),
-        None => s.to_owned(),
+        Some((cut, _)) => &s[..cut],
+        None => s,
     }
 }
 
@@ -187,7 +227,7 @@ mod tests {
 
     #[test]
     fn absent_members_are_omitted_and_configs_fall_back_to_the_uris() {
-        let v = job_json(&record(), &config());
+        let v = serde_json::to_value(job_json(&record(), &config())).unwrap();
         let o = v.as_object().unwrap();
         for absent in [
             "roleArn",
@@ -225,7 +265,7 @@ mod tests {
                 "vpcConfig":{"subnetIds":["s-1"],"securityGroupIds":["sg-1"]}}"#
                 .into(),
         );
-        let v = job_json(&job, &config());
+        let v = serde_json::to_value(job_json(&job, &config())).unwrap();
         assert_eq!(
             v["jobArn"],
             "arn:aws:bedrock:eu-west-1:000000000000:model-invocation-job/abc123def456"
@@ -246,5 +286,43 @@ mod tests {
             v["vpcConfig"],
             json!({"subnetIds": ["s-1"], "securityGroupIds": ["sg-1"]})
         );
+    }
+
+    /// The bytes on the wire: every member, sorted as a JSON map sorts them (the order they
+    /// had when the view was built as a `Value`), absent ones left out.
+    #[test]
+    fn a_full_job_is_written_with_its_members_sorted() {
+        let mut job = record();
+        job.request.client_request_token = Some("tok".into());
+        job.request.role_arn = Some("arn:aws:iam::123456789012:role/r".into());
+        job.request.timeout_hours = Some(24);
+        job.request.request_json =
+            Some(r#"{"vpcConfig":{"securityGroupIds":["sg-1"],"subnetIds":["s-1"]}}"#.into());
+        job.message = Some("m".into());
+        job.end_time_ms = Some(1_736_935_200_125);
+        job.job_expiration_ms = Some(1_736_935_200_126);
+        job.counters.total = 4;
+        job.counters.processed = 3;
+        job.counters.success = 2;
+        job.counters.error = 1;
+        let bytes = serde_json::to_string(&job_json(&job, &config())).unwrap();
+        assert_eq!(
+            bytes,
+            concat!(
+                r#"{"clientRequestToken":"tok","endTime":"2025-01-15T10:00:00.125Z","#,
+                r#""errorRecordCount":1,"inputDataConfig":{"s3InputDataConfig":{"s3Uri":"s3://b/in/"}},"#,
+                r#""jobArn":"arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc123def456","#,
+                r#""jobExpirationTime":"2025-01-15T10:00:00.126Z","jobName":"j","#,
+                r#""lastModifiedTime":"2025-01-15T10:00:00.124Z","message":"m","modelId":"m","#,
+                r#""modelInvocationType":"Converse","#,
+                r#""outputDataConfig":{"s3OutputDataConfig":{"s3Uri":"s3://b/out/"}},"#,
+                r#""processedRecordCount":3,"roleArn":"arn:aws:iam::123456789012:role/r","#,
+                r#""status":"Submitted","submitTime":"2025-01-15T10:00:00.123Z","#,
+                r#""successRecordCount":2,"timeoutDurationInHours":24,"totalRecordCount":4,"#,
+                r#""vpcConfig":{"securityGroupIds":["sg-1"],"subnetIds":["s-1"]}}"#,
+            )
+        );
+        let value: Value = serde_json::from_str(&bytes).unwrap();
+        assert_eq!(serde_json::to_string(&value).unwrap(), bytes);
     }
 }

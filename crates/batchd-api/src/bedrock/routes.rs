@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use batchd_core::{DialectKind, JobFilter, JobOrigin};
 use batchd_core::{JobArn, JobId};
 use serde_json::{Value, json};
@@ -108,8 +109,8 @@ pub(super) async fn create(
 }
 
 /// GetModelInvocationJob: `GET /model-invocation-job/{jobIdentifier}`.
-pub(super) async fn get_job(PathJob { state, job, .. }: PathJob) -> ApiResult {
-    Ok(Json(model::job_json(&job, &state.config)))
+pub(super) async fn get_job(PathJob { state, job, .. }: PathJob) -> Result<Response, ApiError> {
+    Ok(Json(model::job_json(&job, &state.config)).into_response())
 }
 
 /// StopModelInvocationJob: `POST /model-invocation-job/{jobIdentifier}/stop`. The output
@@ -125,7 +126,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let q = validate::parse_list_query(&query_pairs(query)?)?;
     let filter = JobFilter {
         origin: JobOrigin::Api,
@@ -154,15 +155,14 @@ pub(super) async fn list(
     } else {
         None
     };
-    let summaries: Vec<Value> = jobs
-        .iter()
-        .map(|job| model::job_json(job, &state.config))
-        .collect();
-    let mut body = json!({ "invocationJobSummaries": summaries });
-    if let Some(token) = next_token {
-        body["nextToken"] = Value::String(token);
-    }
-    Ok(Json(body))
+    Ok(Json(model::JobList {
+        invocation_job_summaries: jobs
+            .iter()
+            .map(|job| model::job_json(job, &state.config))
+            .collect(),
+        next_token,
+    })
+    .into_response())
 }
 
 /// The query string's pairs, or a ValidationException for a malformed one.
