@@ -141,32 +141,44 @@ def test_an_instance_paused_past_its_lease_has_its_late_commit_refused(start_ser
     assert (again["status"], again["processedRecordCount"]) == ("Completed", 96)
 
 
-def test_an_openai_batch_is_answered_by_either_instance(start_server, bucket_name):
+def test_an_openai_batch_is_shared_and_answered_by_either_instance(start_server, bucket_name):
     # The uploads live where both instances read them: the shared S3 store.
     a, b = two_instances(start_server, openai={"files_location": f"s3://{bucket_name}/files/"})
     a.buckets.create(bucket_name)
     on_a, on_b = (openai.OpenAI(base_url=f"{s.url}/v1", api_key="test", max_retries=0, timeout=30) for s in (a, b))
+    n = 36
     lines = [
         {
             "custom_id": f"req-{i}",
             "method": "POST",
             "url": "/v1/chat/completions",
-            "body": {"model": FAST_MODEL, "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 8},
+            "body": {"model": SLOW_MODEL, "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 8},
         }
-        for i in range(12)
+        for i in range(n)
     ]
     data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
     file_id = on_a.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch").id
     batch = on_b.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while (batch := on_a.batches.retrieve(batch.id)).status not in {"completed", "failed", "expired", "cancelled"}:
         assert time.monotonic() < deadline, batch
         time.sleep(0.1)
     assert batch.status == "completed", batch
-    assert (batch.request_counts.completed, batch.request_counts.failed) == (12, 0)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (n, 0)
     out = [json.loads(line) for line in on_b.files.content(batch.output_file_id).text.splitlines()]
-    assert [line["custom_id"] for line in out] == [f"req-{i}" for i in range(12)]
+    assert [line["custom_id"] for line in out] == [f"req-{i}" for i in range(n)]
+    assert batch.error_file_id is None
     assert [x.id for x in on_b.batches.list().data] == [batch.id]
+    # Its chunks ran on both instances, each record once, and their parts are gone.
+    job_id = batch.id.removeprefix("batch_")
+    on_a_count, on_b_count = processed_on(a, job_id), processed_on(b, job_id)
+    assert on_a_count > 0 and on_b_count > 0, (on_a_count, on_b_count)
+    assert on_a_count + on_b_count == n, (on_a_count, on_b_count)
+    wait_until(
+        "the parts are removed",
+        lambda: not [k for k in a.buckets.keys(bucket_name, "files/") if ".parts/" in k],
+        timeout=10,
+    )
 
 
 def test_a_batch_job_is_created_started_and_read_on_different_instances(start_server, bucket_name):

@@ -1,7 +1,8 @@
-//! Jobs shared by instances (`batchd serve` instances on one Postgres): a Bedrock job's input
-//! planned as chunks of records located by byte offset, each chunk run under its lease into
-//! an output part of its own named by its fencing token, and the parts joined in input order
-//! into the job's output files once every chunk is done.
+//! Jobs shared by instances (`batchd serve` instances on one Postgres): a Bedrock job's or
+//! an OpenAI batch's input planned as chunks of records located by byte offset, each chunk run
+//! under its lease into an output part of its own named by its fencing token, and the parts
+//! joined in input order into the job's output files once every chunk is done (for a batch,
+//! then split into its output and error files as after a whole run).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -398,6 +399,15 @@ impl Engine {
                 .all(|c| c.state == ChunkState::Done && c.counters.processed == c.plan.records);
         if complete {
             store.mark_finalizing(&spec.job_id).await?;
+        }
+        if spec.openai.is_some()
+            && !reason.is_some_and(StopReason::goes_on)
+            && let Err(e) = self.publish_openai_files(spec, store, &files).await
+        {
+            // As after a whole run: without its files the batch cannot be read, so it fails.
+            return Err(EngineError::Input(format!(
+                "cannot publish the batch's output and error files: {e}"
+            )));
         }
         let stop = StopSignal::new();
         if let Some(reason) = reason {

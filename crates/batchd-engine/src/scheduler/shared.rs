@@ -1,7 +1,7 @@
 //! The scheduler when instances share one store (`[cluster]`, `batchd serve` on Postgres):
-//! every decision about a job is taken under its lease, a Bedrock job runs as chunks that
-//! every instance claims, and nothing is resumed by instance: an instance that stops renewing
-//! loses its leases and another takes its work over.
+//! every decision about a job is taken under its lease, a Bedrock job or OpenAI batch runs as
+//! chunks that every instance claims, and nothing is resumed by instance: an instance that
+//! stops renewing loses its leases and another takes its work over.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +26,7 @@ pub struct ClusterConfig {
     /// How long a lease lasts without renewal: how soon another instance takes over the work
     /// of one that died or stalled.
     pub lease: Duration,
-    /// Records per chunk of a Bedrock job.
+    /// Records per chunk of a Bedrock job or OpenAI batch.
     pub chunk_records: u64,
 }
 
@@ -60,10 +60,15 @@ impl JobLease {
     }
 }
 
-/// Whether a job runs as chunks shared by instances: Bedrock jobs do; the other dialects run
-/// whole on the instance holding the job's lease.
+/// Whether a job runs as chunks shared by instances: Bedrock jobs and OpenAI batches do (their
+/// output is one line per record, so parts join by concatenation); a batch job (the first
+/// seed's API: a JSON array of results, an error log, per-item retries) runs whole on the
+/// instance holding the job's lease.
 fn chunked(job: &Job) -> bool {
-    job.request.dialect.kind() == DialectKind::Bedrock
+    matches!(
+        job.request.dialect.kind(),
+        DialectKind::Bedrock | DialectKind::OpenAi
+    )
 }
 
 impl Scheduler {
@@ -122,8 +127,8 @@ impl Scheduler {
     }
 
     /// Takes up one unfinished job in a shared pass (expiries are the common pass's): a
-    /// validation under the job's lease; a worker for a running Bedrock job this instance is
-    /// not working on yet; another dialect's job started or taken over under its lease.
+    /// validation under the job's lease; a worker for a running chunked job this instance is
+    /// not working on yet; a batch job started or taken over under its lease.
     pub(super) async fn take_up(&self, job: Job) -> Result<(), StoreError> {
         if matches!(job.status, JobStatus::Submitted | JobStatus::Validating) {
             let (busy, here) = {
