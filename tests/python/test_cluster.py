@@ -210,3 +210,68 @@ def test_a_batch_job_is_created_started_and_read_on_different_instances(start_se
     _, _, page = http_json("GET", f"{b.url}/batch-inference-jobs")
     assert [j["jobId"] for j in page["jobs"]] == [job_id]
     assert a.buckets.keys(bucket_name, f"batch/out/{job_id}/"), "no result file"
+
+
+def test_a_batch_job_paused_past_its_lease_is_finished_elsewhere_and_the_late_run_writes_nothing(
+    start_server, bucket_name
+):
+    # A batch job runs whole under its job lease; its holder is paused with records in
+    # flight, past the lease, and the other instance resumes it from its checkpoint.
+    a, b = two_instances(start_server)
+    a.buckets.create(bucket_name)
+    n = 40
+    body, ids = records(n)
+    a.buckets.put(bucket_name, "batch/in/items.jsonl", body)
+    status, _, job = http_json(
+        "POST",
+        f"{a.url}/batch-inference-jobs",
+        {
+            "name": unique("cluster-batch"),
+            "modelId": SLOW_MODEL,
+            "inputConfiguration": {"inputLocation": f"s3://{bucket_name}/batch/in/", "inputFormat": "JSONL"},
+            "outputConfiguration": {"outputLocation": f"s3://{bucket_name}/batch/out/", "outputFormat": "JSONL"},
+        },
+    )
+    assert status == 200, job
+    job_id = job["jobId"]
+    status, _, started = http_json("POST", f"{a.url}/batch-inference-jobs/{job_id}/start", {})
+    assert status == 200, started
+
+    def holder():
+        for server, other in ((a, b), (b, a)):
+            if metric_sum(server.url, "batchd_records_in_flight", job_id=job_id) > 0:
+                return server, other
+        return None
+
+    paused, other = wait_until("an instance runs the batch job", holder)
+    # Some of its output is committed before the pause (object-store parts every 5 s).
+    wait_until("records done before the pause", lambda: processed_on(paused, job_id) >= 6)
+    paused.proc.popen.send_signal(signal.SIGSTOP)
+    try:
+
+        def ended():
+            _, _, job = http_json("GET", f"{other.url}/batch-inference-jobs/{job_id}")
+            return job if job["status"] in {"COMPLETED", "FAILED", "STOPPED"} else None
+
+        job = wait_until("the other instance finishes the batch job", ended, timeout=90)
+    finally:
+        paused.proc.popen.send_signal(signal.SIGCONT)
+    assert (job["status"], job["processedItems"], job["totalItems"]) == ("COMPLETED", n, n), job
+    assert processed_on(other, job_id) > 0
+    # The woken instance finds its lease run out (at its next write, or its keeper's next
+    # renewal, whichever comes first) and writes nothing more.
+    wait_until(
+        "the woken run gives up",
+        lambda: any(
+            m in paused.proc.logs(tail=1_000_000)
+            for m in ("lease ran out before this write", "job lease lost to another instance")
+        ),
+        timeout=30,
+    )
+    time.sleep(1)
+    # Nothing of the late run is left beside the output: no part object it put after waking.
+    assert not [k for k in a.buckets.keys(bucket_name, "batch/out/") if ".part-" in k], a.buckets.keys(bucket_name, "batch/out/")
+    results = parse_jsonl(other.buckets.get(bucket_name, f"batch/out/{job_id}/items.jsonl"))
+    assert [r["id"] for r in results] == ids, [r["id"] for r in results]
+    _, _, again = http_json("GET", f"{paused.url}/batch-inference-jobs/{job_id}")
+    assert (again["status"], again["processedItems"]) == ("COMPLETED", n), again

@@ -110,6 +110,14 @@ pub struct LeaseTimes {
     pub lease: Duration,
 }
 
+impl LeaseTimes {
+    /// How long after asking for a lease (or its renewal) its holder may still write: a tenth
+    /// of the lease is left for clocks that differ between instances.
+    pub fn writes_for(&self) -> Duration {
+        self.lease - self.lease / 10
+    }
+}
+
 /// What a chunk's run shares with the rest of its instance: the lease times, the count of
 /// live instances (kept current by the scheduler's heartbeat) that share the model, and the
 /// records in flight in the job's chunks here (one chunk's last records and the next's first

@@ -308,8 +308,8 @@ pub enum StopReason {
     Timeout,
     /// The process is shutting down: the job stays `InProgress`, to be resumed.
     Shutdown,
-    /// Another instance took over this run's chunk: nothing more starts, and its commit
-    /// will be refused.
+    /// Another instance took over this run's chunk or job (or may have: its lease ran out
+    /// before a write): nothing more starts or is written, and a chunk's commit is refused.
     LeaseLost,
 }
 
@@ -326,6 +326,9 @@ impl StopReason {
 pub struct StopSignal {
     token: CancellationToken,
     reason: Arc<std::sync::OnceLock<StopReason>>,
+    /// When set, the run's writes are its own only until then: a job lease (shared mode),
+    /// moved on by each renewal. Past it, another instance may own the job's output.
+    writes_until: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl StopSignal {
@@ -349,6 +352,33 @@ impl StopSignal {
 
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
         self.token.cancelled()
+    }
+
+    /// The run may write until `until` (a lease just taken or renewed).
+    pub fn hold_until(&self, until: Instant) {
+        *self
+            .writes_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
+    }
+
+    /// Whether the run may still write: not once the lease it writes under has run out
+    /// unrenewed (a process paused or cut off past it), when the run is stopped as
+    /// `LeaseLost` instead. Checked before each write, so a run that wakes up late writes
+    /// nothing over the output of the instance that took its job over.
+    pub fn may_write(&self) -> bool {
+        let until = *self
+            .writes_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if until.is_none_or(|t| Instant::now() < t) {
+            return true;
+        }
+        if !self.is_stopped() {
+            tracing::warn!("the job's lease ran out before this write: writing nothing more");
+        }
+        self.stop(StopReason::LeaseLost);
+        false
     }
 }
 
@@ -888,5 +918,29 @@ impl Engine {
         {
             tracing::warn!(job = %spec.job_id, "the result analysis was not written: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_writes_only_while_the_lease_it_writes_under_is_held() {
+        let signal = StopSignal::new();
+        // No lease (one machine, or a chunk whose part is its own): always.
+        assert!(signal.may_write());
+        signal.hold_until(Instant::now() + Duration::from_secs(60));
+        assert!(signal.may_write());
+        assert!(!signal.is_stopped());
+        // Woken up past the lease: nothing is written, and the run stops.
+        signal.hold_until(Instant::now() - Duration::from_millis(1));
+        assert!(!signal.may_write());
+        assert_eq!(signal.reason(), Some(StopReason::LeaseLost));
+        // A renewal that still succeeds (no one took the job) lets the records already in
+        // flight be written, but the run stays stopped: it ends and the job is resumed.
+        signal.hold_until(Instant::now() + Duration::from_secs(60));
+        assert!(signal.may_write());
+        assert_eq!(signal.reason(), Some(StopReason::LeaseLost));
     }
 }

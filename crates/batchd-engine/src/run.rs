@@ -21,7 +21,7 @@ use crate::metrics::JobMetrics;
 use crate::record::{self, NotRun, RecordContext, RecordOutcome, process_record};
 use crate::retry::WaitWhileDown;
 use crate::units::UnitReader;
-use crate::{Engine, EngineError, JobRun, JobSpec, StopReason};
+use crate::{Engine, EngineError, JobRun, JobSpec, StopReason, StopSignal};
 
 /// A record task that is aborted when its handle is dropped: records abandoned after the
 /// stop grace period must not keep calling the backend.
@@ -123,6 +123,8 @@ struct OutputFiles<'a> {
     done_below: usize,
     /// A chunk's run writes its one part (and timings part), and records no checkpoint.
     chunk: Option<&'a ChunkRun>,
+    /// The run's stop signal, asked before every write (`StopSignal::may_write`).
+    stop: &'a StopSignal,
 }
 
 impl OutputFiles<'_> {
@@ -133,6 +135,9 @@ impl OutputFiles<'_> {
         elapsed: Option<Duration>,
         counters: &Counters,
     ) -> Result<(), EngineError> {
+        if !self.stop.may_write() {
+            return Ok(());
+        }
         if self.current.as_ref().map(|(i, _)| *i) != Some(file_index) {
             self.finish_below(file_index, counters).await?;
             self.open(file_index, 0, 0).await?;
@@ -196,6 +201,9 @@ impl OutputFiles<'_> {
     }
 
     async fn checkpoint(&mut self, counters: &Counters) -> Result<(), EngineError> {
+        if !self.stop.may_write() {
+            return Ok(());
+        }
         let storage = &self.engine.storage;
         let ckpt = match &mut self.current {
             Some((index, sink)) => Checkpoint {
@@ -224,6 +232,9 @@ impl OutputFiles<'_> {
     /// Finishes the open file and creates empty outputs for files below `end` never written;
     /// the checkpoint moves past them before leftover parts are removed.
     async fn finish_below(&mut self, end: usize, counters: &Counters) -> Result<(), EngineError> {
+        if !self.stop.may_write() {
+            return Ok(());
+        }
         let mut leftovers = Vec::new();
         let framing = Framing::of(self.spec);
         if let Some((index, mut sink)) = self.current.take() {
@@ -534,6 +545,7 @@ impl<'a> Pipeline<'a> {
             records_in_current: 0,
             done_below: first_file,
             chunk: job.chunk,
+            stop: job.stop,
         };
         if first_file < files.len() && (resume_from.records_in_file > 0 || resume_from.position > 0)
         {

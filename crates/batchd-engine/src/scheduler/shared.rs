@@ -39,8 +39,9 @@ impl ClusterConfig {
     }
 }
 
-/// A job's lease held by this instance, renewed by a task until released. A renewal that
-/// finds the lease taken stops `on_loss` (the job's run here gives up).
+/// A job's lease held by this instance, renewed by a task until released. Each claim or
+/// renewal lets `on_loss` write for a while longer (`StopSignal::hold_until`); a renewal that
+/// finds the lease taken stops it (the job's run here gives up).
 pub(super) struct JobLease {
     id: JobId,
     fence: i64,
@@ -91,6 +92,7 @@ impl Scheduler {
         let times = cluster.times();
         let owner = cluster.instance_id.clone();
         let store = self.inner.store.clone();
+        let asked = std::time::Instant::now();
         let Some(fence) = store
             .leases()
             .claim_job(id, &owner, now_ms(), times.until())
@@ -98,16 +100,24 @@ impl Scheduler {
         else {
             return Ok(None);
         };
+        if let Some(signal) = &on_loss {
+            signal.hold_until(asked + times.writes_for());
+        }
         let job = id.clone();
         let keeper = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(times.renew_every()).await;
+                let asked = std::time::Instant::now();
                 match store
                     .leases()
                     .renew_job(&job, &owner, fence, times.until())
                     .await
                 {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        if let Some(signal) = &on_loss {
+                            signal.hold_until(asked + times.writes_for());
+                        }
+                    }
                     Ok(false) => {
                         tracing::warn!(job = %job, "job lease lost to another instance");
                         if let Some(signal) = &on_loss {
