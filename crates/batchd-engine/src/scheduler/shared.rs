@@ -62,9 +62,9 @@ impl JobLease {
 }
 
 /// Whether a job runs as chunks shared by instances: Bedrock jobs and OpenAI batches do (their
-/// output is one line per record, so parts join by concatenation); a batch job (the first
-/// seed's API: a JSON array of results, an error log, per-item retries) runs whole on the
-/// instance holding the job's lease.
+/// input and output are one line per record); a batch job (the first seed's API, whose input
+/// may be one JSON array with no lines to cut it at) runs whole on the instance holding the
+/// job's lease, writing only while it holds it (`StopSignal::may_write`).
 fn chunked(job: &Job) -> bool {
     matches!(
         job.request.dialect.kind(),
