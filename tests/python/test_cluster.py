@@ -181,25 +181,31 @@ def test_an_openai_batch_is_shared_and_answered_by_either_instance(start_server,
     )
 
 
-def test_a_batch_job_is_created_started_and_read_on_different_instances(start_server, bucket_name):
-    a, b = two_instances(start_server)
-    a.buckets.create(bucket_name)
-    body, _ = records(8)
-    a.buckets.put(bucket_name, "batch/in/items.jsonl", body)
+def create_batch_job(creator, starter, bucket_name: str, n: int, model: str) -> tuple[str, list[str]]:
+    """A batch job over `n` records in `s3://bucket/batch/in/`, created on one instance and
+    started on another; its id and the records' ids."""
+    creator.buckets.create(bucket_name)
+    body, ids = records(n)
+    creator.buckets.put(bucket_name, "batch/in/items.jsonl", body)
     status, _, job = http_json(
         "POST",
-        f"{a.url}/batch-inference-jobs",
+        f"{creator.url}/batch-inference-jobs",
         {
             "name": unique("cluster-batch"),
-            "modelId": FAST_MODEL,
+            "modelId": model,
             "inputConfiguration": {"inputLocation": f"s3://{bucket_name}/batch/in/", "inputFormat": "JSONL"},
             "outputConfiguration": {"outputLocation": f"s3://{bucket_name}/batch/out/", "outputFormat": "JSONL"},
         },
     )
     assert status == 200, job
-    job_id = job["jobId"]
-    status, _, started = http_json("POST", f"{b.url}/batch-inference-jobs/{job_id}/start", {})
+    status, _, started = http_json("POST", f"{starter.url}/batch-inference-jobs/{job['jobId']}/start", {})
     assert status == 200, started
+    return job["jobId"], ids
+
+
+def test_a_batch_job_is_created_started_and_read_on_different_instances(start_server, bucket_name):
+    a, b = two_instances(start_server)
+    job_id, _ = create_batch_job(a, b, bucket_name, 8, FAST_MODEL)
 
     def ended():
         _, _, job = http_json("GET", f"{a.url}/batch-inference-jobs/{job_id}")
@@ -218,24 +224,8 @@ def test_a_batch_job_paused_past_its_lease_is_finished_elsewhere_and_the_late_ru
     # A batch job runs whole under its job lease; its holder is paused with records in
     # flight, past the lease, and the other instance resumes it from its checkpoint.
     a, b = two_instances(start_server)
-    a.buckets.create(bucket_name)
     n = 40
-    body, ids = records(n)
-    a.buckets.put(bucket_name, "batch/in/items.jsonl", body)
-    status, _, job = http_json(
-        "POST",
-        f"{a.url}/batch-inference-jobs",
-        {
-            "name": unique("cluster-batch"),
-            "modelId": SLOW_MODEL,
-            "inputConfiguration": {"inputLocation": f"s3://{bucket_name}/batch/in/", "inputFormat": "JSONL"},
-            "outputConfiguration": {"outputLocation": f"s3://{bucket_name}/batch/out/", "outputFormat": "JSONL"},
-        },
-    )
-    assert status == 200, job
-    job_id = job["jobId"]
-    status, _, started = http_json("POST", f"{a.url}/batch-inference-jobs/{job_id}/start", {})
-    assert status == 200, started
+    job_id, ids = create_batch_job(a, a, bucket_name, n, SLOW_MODEL)
 
     def holder():
         for server, other in ((a, b), (b, a)):

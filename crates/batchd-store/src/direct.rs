@@ -180,7 +180,7 @@ impl Columns for SqliteRow<'_> {
 mod tests {
     use super::*;
     use crate::{JobStore, SqliteStore};
-    use batchd_core::{Dialect, InvocationType, JobId, JobOrigin, JobRequest, NewJob};
+    use batchd_core::{JobId, JobOrigin};
 
     /// While another connection holds the whole file, a read gives up after [`BUSY_WAIT`]
     /// with `None` (the store then asks its pool, whose threads may wait), not an error.
@@ -192,25 +192,7 @@ mod tests {
         {
             let store = SqliteStore::open(&path).await.unwrap();
             store
-                .create(NewJob {
-                    id: id.clone(),
-                    arn: "arn".into(),
-                    request: JobRequest {
-                        name: "job".into(),
-                        account_id: "000000000000".into(),
-                        model_id: "m".into(),
-                        origin: JobOrigin::Api,
-                        role_arn: None,
-                        client_request_token: None,
-                        invocation_type: InvocationType::Converse,
-                        inputs: vec!["in".into()],
-                        output: "out".into(),
-                        timeout_hours: None,
-                        request_json: None,
-                        dialect: Dialect::Bedrock,
-                    },
-                    job_expiration_ms: None,
-                })
+                .create(crate::sqlite::tests::new_job(id.as_str()))
                 .await
                 .unwrap();
             store.close().await;

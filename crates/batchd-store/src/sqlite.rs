@@ -115,7 +115,7 @@ impl SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! What only SQLite does: files, reopening, migrating older files. The behaviour every
     //! store shares is in `tests/conformance.rs`.
     use super::*;
@@ -144,7 +144,8 @@ mod tests {
         }
     }
 
-    fn new_job(id: &str) -> NewJob {
+    /// A Bedrock API job with every optional member set (also the direct reader's tests').
+    pub(crate) fn new_job(id: &str) -> NewJob {
         NewJob {
             id: JobId::parse(id).unwrap(),
             arn: format!("arn:aws:bedrock:us-east-1:000000000000:model-invocation-job/{id}"),
