@@ -33,6 +33,11 @@ use tokio::sync::watch;
 
 use crate::config::{Backend, Config, ModelConfig};
 
+/// mimalloc rather than glibc's malloc: allocation was a fifth of the CPU per record, most of
+/// it small short-lived buffers that mimalloc's thread-local pages serve without locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Where `batchd serve` listens, and where `batchd jobs` looks for it, by default.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
