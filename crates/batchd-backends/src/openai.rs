@@ -66,8 +66,9 @@ impl OpenAiBackend {
             .default_headers(headers)
             .pool_max_idle_per_host(config.max_connections.max(1))
             .tcp_nodelay(true)
-            // Model servers do not redirect; the redirect layer re-parses the URL of every
-            // request (about 10% of batchd's instructions per record in the profile).
+            // Model servers do not redirect. (reqwest 0.13 keeps its redirect layer even so,
+            // and it still parses each request's URL: about 5% of the instructions per record
+            // in docs/benchmarks.md's profile. Only a client without that layer avoids it.)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT);
         // Fails only when another provider is already installed, which is fine.
