@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use batchd_formats::Defect;
 use batchd_formats::analysis::render::export_fields;
 use batchd_formats::analysis::{
-    Analysis, AnalysisContext, Dialect, Layout, RecordResult, Tally, for_each_array_item,
-    parse_bedrock_line, parse_seed_result, result_file_kind,
+    Analysis, AnalysisContext, Detail, Dialect, Layout, RecordResult, Tally, for_each_array_item,
+    parse_bedrock_line_with, parse_seed_result, result_file_kind,
 };
 use batchd_storage::{InputFile, Storage, StorageError, StorageUri};
 
@@ -110,13 +110,14 @@ pub async fn read_results(
     storage: &Storage,
     file: &ResultFile,
     max_line_bytes: usize,
+    detail: Detail,
     mut f: impl FnMut(u64, RecordResult) -> Result<(), AnalysisError>,
 ) -> Result<(), AnalysisError> {
     let uri = &file.file.uri;
     let name = uri.to_string();
-    let parse = match file.dialect {
-        Dialect::Bedrock => parse_bedrock_line,
-        Dialect::Seed => parse_seed_result,
+    let parse = |text: &str| match file.dialect {
+        Dialect::Bedrock => parse_bedrock_line_with(text, detail),
+        Dialect::Seed => parse_seed_result(text),
     };
     match file.layout {
         Layout::Lines => {
@@ -200,10 +201,17 @@ pub async fn analyze_output(
     let mut tally = Tally::new();
     for file in result_files(storage, dir).await? {
         tally.add_file(file.dialect);
-        read_results(storage, &file, max_line_bytes, |_, result| {
-            tally.add(&result);
-            Ok(())
-        })
+        // The tally needs no text: lines are read only as far as it looks.
+        read_results(
+            storage,
+            &file,
+            max_line_bytes,
+            Detail::Stats,
+            |_, result| {
+                tally.add(&result);
+                Ok(())
+            },
+        )
         .await?;
     }
     Ok(tally.finish(context))
@@ -254,19 +262,31 @@ pub async fn export_rows(
         let name = file.file.relative.clone();
         let joined = file.dialect == Dialect::Seed && items.is_some();
         if !joined {
-            read_results(storage, &file, max_line_bytes, |position, result| {
-                rows += 1;
-                sink(&export_fields(&name, position, &result, None))
-            })
+            read_results(
+                storage,
+                &file,
+                max_line_bytes,
+                Detail::Full,
+                |position, result| {
+                    rows += 1;
+                    sink(&export_fields(&name, position, &result, None))
+                },
+            )
             .await?;
             continue;
         }
         joined_any = true;
         let mut results = Vec::new();
-        read_results(storage, &file, max_line_bytes, |position, result| {
-            results.push((position, result));
-            Ok(())
-        })
+        read_results(
+            storage,
+            &file,
+            max_line_bytes,
+            Detail::Full,
+            |position, result| {
+                results.push((position, result));
+                Ok(())
+            },
+        )
         .await?;
         if let Some(items) = items.as_mut() {
             for (position, result) in results {

@@ -159,26 +159,32 @@ impl JobService for SchedulerService {
         let (mut page, mut seen) = (FailedPage::default(), 0u64);
         for file in files {
             let name = file.file.relative.clone();
-            crate::analysis::read_results(storage, &file, max_line, |position, result| {
-                let Some(error) = result.error else {
-                    return Ok(());
-                };
-                seen += 1;
-                if seen <= offset {
-                } else if page.records.len() < limit {
-                    page.records.push(FailedRecord {
-                        file: name.clone(),
-                        position,
-                        id: result.id,
-                        input: result.input,
-                        code: error.code,
-                        message: error.message,
-                    });
-                } else {
-                    page.more = true;
-                }
-                Ok(())
-            })
+            crate::analysis::read_results(
+                storage,
+                &file,
+                max_line,
+                batchd_formats::analysis::Detail::Full,
+                |position, result| {
+                    let Some(error) = result.error else {
+                        return Ok(());
+                    };
+                    seen += 1;
+                    if seen <= offset {
+                    } else if page.records.len() < limit {
+                        page.records.push(FailedRecord {
+                            file: name.clone(),
+                            position,
+                            id: result.id,
+                            input: result.input,
+                            code: error.code,
+                            message: error.message,
+                        });
+                    } else {
+                        page.more = true;
+                    }
+                    Ok(())
+                },
+            )
             .await
             .map_err(internal)?;
         }

@@ -88,8 +88,19 @@ pub struct RecordError {
     pub message: String,
 }
 
+/// How much of a result its reader wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything: the input and the output text too (exports, `batchd results`).
+    Full,
+    /// What the statistics read (error, processing time, tokens): a success body is not
+    /// built, and no text is copied. For the output batchd itself just wrote.
+    Stats,
+}
+
+/// A line's members; `B` is how the body is read (a `Value`, or only [`StatsBody`]'s part).
 #[derive(Deserialize)]
-struct BedrockLine<'a> {
+struct BedrockLine<'a, B> {
     #[serde(rename = "recordId", borrow, default)]
     record_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -97,9 +108,65 @@ struct BedrockLine<'a> {
     #[serde(rename = "modelInput", borrow, default)]
     model_input: Option<&'a RawValue>,
     #[serde(rename = "modelOutput", default)]
-    model_output: Option<Value>,
+    model_output: Option<B>,
     #[serde(default)]
     error: Option<Value>,
+}
+
+/// The members of a success body that the statistics read; the rest (the text) is skipped
+/// unbuilt. A member that is present is `Some`, even when `null`, as in a `Map`.
+#[derive(Deserialize, Default)]
+struct StatsBody {
+    #[serde(default, deserialize_with = "present")]
+    metrics: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    usage: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    prompt_token_count: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    generation_token_count: Option<Value>,
+    #[serde(rename = "inputTextTokenCount", default, deserialize_with = "present")]
+    input_text_token_count: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    results: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// A response body's members by name, whether it was read whole or only in part.
+trait Body {
+    fn member(&self, key: &str) -> Option<&Value>;
+}
+
+impl Body for Map<String, Value> {
+    fn member(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+impl Body for StatsBody {
+    fn member(&self, key: &str) -> Option<&Value> {
+        match key {
+            "metrics" => self.metrics.as_ref(),
+            "usage" => self.usage.as_ref(),
+            "prompt_token_count" => self.prompt_token_count.as_ref(),
+            "generation_token_count" => self.generation_token_count.as_ref(),
+            "inputTextTokenCount" => self.input_text_token_count.as_ref(),
+            "results" => self.results.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Converse's `metrics.latencyMs`, in seconds.
+fn body_latency(body: &impl Body) -> Option<f64> {
+    body.member("metrics")
+        .and_then(|m| m.get("latencyMs"))
+        .and_then(Value::as_f64)
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| ms / 1000.0)
 }
 
 /// One line of a `.out` file (`record::write_success_line` / `write_error_line`). Processing
@@ -107,34 +174,40 @@ struct BedrockLine<'a> {
 /// whichever family's shape it has.
 /// An OpenAI batch's `.out` lines (`{custom_id, response, error}`) are read here too.
 pub fn parse_bedrock_line(line: &str) -> Result<RecordResult, Defect> {
+    parse_bedrock_line_with(line, Detail::Full)
+}
+
+/// [`parse_bedrock_line`], reading as much as `detail` asks.
+pub fn parse_bedrock_line_with(line: &str, detail: Detail) -> Result<RecordResult, Defect> {
     crate::record::expect_object_line(line)?;
-    let wire: BedrockLine<'_> =
+    if detail == Detail::Stats {
+        // A body that is not an object is read whole below, for the same message.
+        let wire: Result<BedrockLine<'_, StatsBody>, _> = serde_json::from_str(line);
+        if let Ok(wire) = wire
+            && wire.record_id.is_some()
+        {
+            let mut result = line_result(wire.record_id, wire.model_input, false)?;
+            match (wire.model_output, wire.error) {
+                (Some(body), None) => {
+                    result.processing_time = body_latency(&body);
+                    (result.input_tokens, result.output_tokens) = body_tokens(&body);
+                    return Ok(result);
+                }
+                (None, Some(error)) => {
+                    result.error = Some(bedrock_error(&error)?);
+                    return Ok(result);
+                }
+                // Both or neither: the full read says which.
+                _ => {}
+            }
+        }
+    }
+    let wire: BedrockLine<'_, Value> =
         serde_json::from_str(line).map_err(|e| Defect::new("line", json_error_reason(&e)))?;
     if wire.record_id.is_none() && wire.custom_id.is_some() {
         return parse_openai_line(line);
     }
-    let id = match wire.record_id {
-        None => return Err(Defect::new("recordId", "missing")),
-        Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
-            Defect::new(
-                "recordId",
-                format!("must be a string, found {}", raw_kind(raw.get())),
-            )
-        })?,
-    };
-    let input = match wire.model_input {
-        Some(raw) if raw.get().starts_with('{') => raw.get().to_owned(),
-        Some(raw) => {
-            let reason = format!("must be an object, found {}", raw_kind(raw.get()));
-            return Err(Defect::new("modelInput", reason));
-        }
-        None => return Err(Defect::new("modelInput", "missing")),
-    };
-    let mut result = RecordResult {
-        id,
-        input: Some(input),
-        ..RecordResult::default()
-    };
+    let mut result = line_result(wire.record_id, wire.model_input, detail == Detail::Full)?;
     match (wire.model_output, wire.error) {
         (Some(_), Some(_)) => {
             return Err(Defect::new(
@@ -150,20 +223,47 @@ pub fn parse_bedrock_line(line: &str) -> Result<RecordResult, Defect> {
         }
         (None, Some(error)) => result.error = Some(bedrock_error(&error)?),
         (Some(Value::Object(body)), None) => {
-            result.processing_time = body
-                .get("metrics")
-                .and_then(|m| m.get("latencyMs"))
-                .and_then(Value::as_f64)
-                .filter(|ms| ms.is_finite() && *ms >= 0.0)
-                .map(|ms| ms / 1000.0);
+            result.processing_time = body_latency(&body);
             (result.input_tokens, result.output_tokens) = body_tokens(&body);
-            result.output = Some(body_text(&body));
+            if detail == Detail::Full {
+                result.output = Some(body_text(&body));
+            }
         }
         (Some(other), None) => {
             return Err(wrong_type("modelOutput", "an object", &other));
         }
     }
     Ok(result)
+}
+
+/// A line's result with its id, its input checked (and kept when `keep_input`).
+fn line_result(
+    record_id: Option<&RawValue>,
+    model_input: Option<&RawValue>,
+    keep_input: bool,
+) -> Result<RecordResult, Defect> {
+    let id = match record_id {
+        None => return Err(Defect::new("recordId", "missing")),
+        Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
+            Defect::new(
+                "recordId",
+                format!("must be a string, found {}", raw_kind(raw.get())),
+            )
+        })?,
+    };
+    let input = match model_input {
+        Some(raw) if raw.get().starts_with('{') => raw.get(),
+        Some(raw) => {
+            let reason = format!("must be an object, found {}", raw_kind(raw.get()));
+            return Err(Defect::new("modelInput", reason));
+        }
+        None => return Err(Defect::new("modelInput", "missing")),
+    };
+    Ok(RecordResult {
+        id,
+        input: keep_input.then(|| input.to_owned()),
+        ..RecordResult::default()
+    })
 }
 
 /// `{"errorCode": 400, "errorMessage": "..."}` (a string code is taken as it is).
@@ -185,9 +285,9 @@ fn bedrock_error(error: &Value) -> Result<RecordError, Defect> {
 /// Converse and Nova `usage.inputTokens`, Anthropic `usage.input_tokens`, Llama
 /// `prompt_token_count`, Titan `inputTextTokenCount` (+ `results[].tokenCount`). Mistral's
 /// body has none.
-fn body_tokens(body: &Map<String, Value>) -> (Option<u64>, Option<u64>) {
+fn body_tokens(body: &impl Body) -> (Option<u64>, Option<u64>) {
     let count = |v: Option<&Value>| v.and_then(Value::as_u64);
-    if let Some(usage) = body.get("usage").and_then(Value::as_object) {
+    if let Some(usage) = body.member("usage").and_then(Value::as_object) {
         for (input, output) in [
             ("inputTokens", "outputTokens"),
             ("input_tokens", "output_tokens"),
@@ -197,16 +297,16 @@ fn body_tokens(body: &Map<String, Value>) -> (Option<u64>, Option<u64>) {
             }
         }
     }
-    if body.contains_key("prompt_token_count") {
+    if body.member("prompt_token_count").is_some() {
         return (
-            count(body.get("prompt_token_count")),
-            count(body.get("generation_token_count")),
+            count(body.member("prompt_token_count")),
+            count(body.member("generation_token_count")),
         );
     }
-    if let Some(input) = count(body.get("inputTextTokenCount")) {
+    if let Some(input) = count(body.member("inputTextTokenCount")) {
         // An embedding has no `results`: no output tokens.
         let output = body
-            .get("results")
+            .member("results")
             .and_then(Value::as_array)
             .map_or(0, |results| {
                 results

@@ -96,10 +96,40 @@ fn native_bodies_give_tokens_and_text_in_their_familys_shape_but_no_time() {
             r#"{"embedding":[0.5],"inputTextTokenCount":9}"#,
         ),
     ] {
-        let r = parse_bedrock_line(&bedrock_success("x", body.clone())).unwrap();
+        let line = bedrock_success("x", body.clone());
+        let r = parse_bedrock_line(&line).unwrap();
         assert_eq!((r.input_tokens, r.output_tokens), tokens, "{body}");
         assert_eq!(r.output.as_deref(), Some(text), "{body}");
         assert_eq!(r.processing_time, None, "{body}");
+        assert_eq!(stats_of(&line), Ok(without_text(r)), "{body}");
+    }
+}
+
+/// What the statistics read of a line: the full result less its texts, whatever the body.
+fn stats_of(line: &str) -> Result<RecordResult, Defect> {
+    parse_bedrock_line_with(line, Detail::Stats)
+}
+
+fn without_text(r: RecordResult) -> RecordResult {
+    RecordResult {
+        input: None,
+        output: None,
+        ..r
+    }
+}
+
+#[test]
+fn the_statistics_read_what_a_full_read_gives_less_the_texts() {
+    for line in [
+        bedrock_success("a", converse_body("Hello", 250, 12, 30)),
+        bedrock_error_line("b", 429, "Too many requests"),
+        // Present but null, as a map has it; and a member given twice (the last one counts).
+        bedrock_success("c", json!({"prompt_token_count": null, "generation_token_count": 3})),
+        r#"{"recordId":"d","modelInput":{},"modelOutput":{"metrics":{"latencyMs":1},"metrics":{"latencyMs":5}}}"#.into(),
+        r#"{"recordId":"e","modelInput":{},"modelOutput":{"usage":[1],"metrics":"x","results":7}}"#.into(),
+    ] {
+        let full = parse_bedrock_line(line.trim_end()).unwrap();
+        assert_eq!(stats_of(line.trim_end()), Ok(without_text(full)), "{line}");
     }
 }
 
@@ -152,6 +182,7 @@ fn broken_bedrock_lines_name_the_field() {
         let defect = parse_bedrock_line(line).unwrap_err();
         assert_eq!(defect.field, field, "{line}");
         assert!(defect.reason.contains(reason), "{line}: {defect}");
+        assert_eq!(stats_of(line), Err(defect), "{line}");
     }
 }
 
