@@ -9,6 +9,7 @@
 #   scripts/model-server.sh start --slots N      # N parallel slots (-np) of 1024 tokens each
 #                                                # (default 4, or $BATCHD_MODEL_SERVER_SLOTS; a server
 #                                                # already running from this run dir is kept as it is)
+#   BATCHD_MODEL_SERVER_ARGS="--cache-ram 0" scripts/model-server.sh start   # more llama-server flags
 #   scripts/model-server.sh stop                 # stop the server that `start` started
 #   scripts/model-server.sh path                 # print the binary's path (exit 1 if not built)
 #
@@ -163,8 +164,11 @@ start() {
     # -np slots of 1024 tokens each (4 by default), continuous batching; a thread per core. OpenMP's
     # passive wait: spinning threads slow it down several times over on a busy 2-core host.
     # setsid: the server lives on after this script, in its own process group.
+    # BATCHD_MODEL_SERVER_ARGS unquoted: split into flags.
+    # shellcheck disable=SC2086
     OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}" setsid "$bin" -m "$model" --host 127.0.0.1 --port "$port" --alias smollm2-135m-instruct \
       -c $((slots * 1024)) -np "$slots" -t "${BATCHD_MODEL_SERVER_THREADS:-$(nproc)}" --no-webui --jinja \
+      ${BATCHD_MODEL_SERVER_ARGS:-} \
       >"$run/server.log" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$run/server.pid"
