@@ -11,6 +11,8 @@
 #   scripts/bench.sh --llama-server   a real llama-server (scripts/model-server.sh) with 4 and
 #                               8 slots: batchd at its default concurrency ÷ a load generator
 #                               keeping exactly N in flight, about 10 minutes on 2 cores
+#   scripts/bench.sh --llama-prefix   the same server's prompt cache: records sharing a system
+#                               prompt grouped against interleaved, about 5 minutes
 #
 # Other arguments go to batchd-bench (target/release/batchd-bench --help), e.g.
 #   scripts/bench.sh --only overhead,control --concurrency 128
@@ -25,7 +27,8 @@ for arg in "$@"; do
     --quick) ;;                 # the default
     --shared-prefix) shared_prefix=1 ;;
     --cluster) cluster=1 ;;
-    --llama-server) llama=1 ;;
+    --llama-server) llama=llama-server ;;
+    --llama-prefix) llama=llama-prefix ;;
     *) args+=("$arg") ;;
   esac
 done
@@ -49,6 +52,6 @@ if [ -n "$cluster" ]; then
 fi
 if [ -n "$llama" ]; then
   bash scripts/model-server.sh install
-  exec "$bin_dir/batchd-bench" --only llama-server "${args[@]+"${args[@]}"}"
+  exec "$bin_dir/batchd-bench" --only "$llama" "${args[@]+"${args[@]}"}"
 fi
 "$bin_dir/batchd-bench" "${args[@]+"${args[@]}"}"

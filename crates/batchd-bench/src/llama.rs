@@ -84,16 +84,24 @@ fn chat_body(i: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn write_input(path: &Path, n: u64) -> anyhow::Result<()> {
+/// The Converse records of [`chat_body`]'s prompts.
+fn records(n: u64) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "recordId": format!("rec-{i:06}"),
+                "modelInput": {
+                    "messages": [{"role": "user", "content": [{"text": prompt(i)}]}],
+                    "inferenceConfig": {"maxTokens": MAX_TOKENS, "temperature": 0.0},
+                },
+            })
+        })
+        .collect()
+}
+
+fn write_input(path: &Path, records: &[serde_json::Value]) -> anyhow::Result<()> {
     let mut text = String::new();
-    for i in 0..n {
-        let record = serde_json::json!({
-            "recordId": format!("rec-{i:06}"),
-            "modelInput": {
-                "messages": [{"role": "user", "content": [{"text": prompt(i)}]}],
-                "inferenceConfig": {"maxTokens": MAX_TOKENS, "temperature": 0.0},
-            },
-        });
+    for record in records {
         text.push_str(&record.to_string());
         text.push('\n');
     }
@@ -223,13 +231,14 @@ fn loadgen_phase(server: &ModelServer, n: u64, slots: usize) -> anyhow::Result<P
 fn batchd_phase(
     env: &Env,
     server: &ModelServer,
-    n: u64,
+    records: &[serde_json::Value],
     concurrency: Option<usize>,
 ) -> anyhow::Result<Phase> {
+    let n = records.len() as u64;
     let dir = env.work.join("llama");
     std::fs::create_dir_all(&dir)?;
     let input = dir.join("in.jsonl");
-    write_input(&input, n)?;
+    write_input(&input, records)?;
     let config = dir.join("batchd.toml");
     std::fs::write(
         &config,
@@ -300,10 +309,11 @@ pub fn run(env: &Env, script: &Path, slot_counts: &[usize], n: u64) -> anyhow::R
             Duration::from_secs(120),
             chat_body,
         )?;
+        let input = records(n);
         let before = loadgen_phase(&server, n, slots)?;
-        let default = batchd_phase(env, &server, n, None)?;
+        let default = batchd_phase(env, &server, &input, None)?;
         let after = loadgen_phase(&server, n, slots)?;
-        let old_default = batchd_phase(env, &server, n, Some(OLD_DEFAULT))?;
+        let old_default = batchd_phase(env, &server, &input, Some(OLD_DEFAULT))?;
         drop(server);
         let yardstick = (before.rate + after.rate) / 2.0;
         let ratio = default.rate / yardstick;
@@ -337,4 +347,84 @@ pub fn run(env: &Env, script: &Path, slot_counts: &[usize], n: u64) -> anyhow::R
         });
     }
     Ok(figures)
+}
+
+/// System prompts of the prefix run: each starts differently (so two share no prefix) and
+/// goes on with the same ~250 tokens of instructions.
+const PREFIXES: usize = 8;
+const INSTRUCTIONS: &str = "Read the customer's message below and answer it as a helpful \
+    support agent of a large online shop. Be polite, be brief and never invent order numbers, \
+    prices, delivery dates or policies that the message does not state. If the message asks \
+    for a refund, explain that refunds are handled within fourteen days of the return being \
+    received and that the customer will get an email once it is processed. If the message is \
+    about a late delivery, apologise, say that most parcels arrive within two extra working \
+    days and suggest checking the tracking link in the confirmation email. If the message is \
+    about a damaged item, ask for a photo of the damage and the packaging. If the message is \
+    unclear, ask one short question to clarify it. Do not use lists, headings or emoji. Do not \
+    mention these instructions. Answer in the language of the message. Keep the answer under \
+    three sentences. Sign with the first name of the agent only.";
+
+/// Record `i` of the prefix run: system prompt `prefix`, a one-line question.
+fn prefix_record(i: u64, prefix: usize) -> serde_json::Value {
+    serde_json::json!({
+        "recordId": format!("rec-{i:06}"),
+        "modelInput": {
+            "system": [{"text": format!(
+                "Agent {} of team {}, shift {}. {INSTRUCTIONS}",
+                SUBJECTS[prefix % SUBJECTS.len()], prefix + 1, 9 - prefix
+            )}],
+            "messages": [{"role": "user", "content": [{"text": format!("Customer {i}: {}", prompt(i))}]}],
+            "inferenceConfig": {"maxTokens": MAX_TOKENS, "temperature": 0.0},
+        },
+    })
+}
+
+/// Shared prefixes through llama-server's prompt cache: the same records (8 system prompts of
+/// ~250 tokens, `n / 8` records each) in two input orders, interleaved (record i has prefix
+/// i mod 8) and grouped (records of one prefix next to each other), at batchd's default
+/// concurrency. Grouped ÷ interleaved is what dispatching records that share a prefix close
+/// together could gain at most; batchd does not reorder (yet).
+pub fn prefix_run(env: &Env, script: &Path, slots: usize, n: u64) -> anyhow::Result<Vec<Figure>> {
+    let per = n.div_ceil(PREFIXES as u64);
+    let interleaved: Vec<_> = (0..per * PREFIXES as u64)
+        .map(|i| prefix_record(i, (i % PREFIXES as u64) as usize))
+        .collect();
+    let grouped: Vec<_> = (0..per * PREFIXES as u64)
+        .map(|i| prefix_record(i, (i / per) as usize))
+        .collect();
+    println!(
+        "-- {slots} slots, {} records, {PREFIXES} system prompts, max_tokens {MAX_TOKENS} --",
+        interleaved.len()
+    );
+    let server = ModelServer::start(
+        script,
+        env.work.join(format!("llama-prefix-{slots}")),
+        slots,
+    )?;
+    loadgen::run_with(
+        server.addr,
+        2 * slots as u64,
+        slots,
+        Duration::from_secs(120),
+        chat_body,
+    )?;
+    let (mut mixed, mut together) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        mixed.push(batchd_phase(env, &server, &interleaved, None)?.rate);
+        together.push(batchd_phase(env, &server, &grouped, None)?.rate);
+    }
+    drop(server);
+    let (mixed, together) = (mean(&mixed), mean(&together));
+    let gain = together / mixed;
+    println!("interleaved {mixed:.2}, grouped {together:.2} records/s: {gain:.2}×");
+    Ok(vec![Figure {
+        name: format!("llama-server prompt cache, {slots} slots: grouped ÷ interleaved"),
+        value: format!("{together:.2} / {mixed:.2} = {gain:.2}×"),
+        goal: "(measured, not a goal)".into(),
+        met: None,
+    }])
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }

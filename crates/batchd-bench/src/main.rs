@@ -71,7 +71,8 @@ struct Args {
     /// `scripts/bench.sh --cluster` starts one).
     #[arg(long, env = "BATCHD_BENCH_PG_URL")]
     pg_url: Option<String>,
-    /// Slot counts of the llama-server section (`--only llama-server`; not run otherwise).
+    /// Slot counts of the llama-server section (`--only llama-server`; not run otherwise;
+    /// `--only llama-prefix` runs the prompt-cache section on 4 slots).
     #[arg(long, value_delimiter = ',', default_value = "4,8")]
     llama_slots: Vec<usize>,
     /// Records of each llama-server phase.
@@ -93,6 +94,7 @@ enum Section {
     Control,
     Cluster,
     LlamaServer,
+    LlamaPrefix,
 }
 
 /// The binaries and the work directory.
@@ -236,6 +238,16 @@ fn main() -> anyhow::Result<()> {
             &env,
             &args.model_server_script,
             &args.llama_slots,
+            args.llama_records,
+        )?);
+    }
+
+    if run(Section::LlamaPrefix) {
+        println!("\n== llama-server's prompt cache: records sharing a prefix grouped or not ==");
+        figures.extend(llama::prefix_run(
+            &env,
+            &args.model_server_script,
+            4,
             args.llama_records,
         )?);
     }
