@@ -8,6 +8,11 @@
 #   scripts/bench.sh --shared-prefix   the embedded model's prefix sharing, off against on
 #   scripts/bench.sh --cluster  one batchd serve against two sharing one PostgreSQL (started
 #                               and removed by scripts/pg.sh), about 1 minute
+#   scripts/bench.sh --llama-server   a real llama-server (scripts/model-server.sh) with 4 and
+#                               8 slots: batchd at its default concurrency ÷ a load generator
+#                               keeping exactly N in flight, about 10 minutes on 2 cores
+#   scripts/bench.sh --llama-prefix   the same server's prompt cache: records sharing a system
+#                               prompt grouped against interleaved, about 5 minutes
 #
 # Other arguments go to batchd-bench (target/release/batchd-bench --help), e.g.
 #   scripts/bench.sh --only overhead,control --concurrency 128
@@ -16,11 +21,14 @@ cd "$(dirname "$0")/.."
 args=()
 shared_prefix=""
 cluster=""
+llama=""
 for arg in "$@"; do
   case "$arg" in
     --quick) ;;                 # the default
     --shared-prefix) shared_prefix=1 ;;
     --cluster) cluster=1 ;;
+    --llama-server) llama=llama-server ;;
+    --llama-prefix) llama=llama-prefix ;;
     *) args+=("$arg") ;;
   esac
 done
@@ -41,5 +49,9 @@ if [ -n "$cluster" ]; then
   pg_url="$(bash scripts/pg.sh start)"
   "$bin_dir/batchd-bench" --only cluster --pg-url "$pg_url" "${args[@]+"${args[@]}"}"
   exit
+fi
+if [ -n "$llama" ]; then
+  bash scripts/model-server.sh install
+  exec "$bin_dir/batchd-bench" --only "$llama" "${args[@]+"${args[@]}"}"
 fi
 "$bin_dir/batchd-bench" "${args[@]+"${args[@]}"}"

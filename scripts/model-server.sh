@@ -6,6 +6,10 @@
 #   scripts/model-server.sh install              # build llama-server once (cached; ~19 CPU-min)
 #   scripts/model-server.sh start [--no-install] # start it on a free loopback port, wait until
 #                                                # healthy, print the base URL (http://127.0.0.1:PORT/v1)
+#   scripts/model-server.sh start --slots N      # N parallel slots (-np) of 1024 tokens each
+#                                                # (default 4, or $BATCHD_MODEL_SERVER_SLOTS; a server
+#                                                # already running from this run dir is kept as it is)
+#   BATCHD_MODEL_SERVER_ARGS="--cache-ram 0" scripts/model-server.sh start   # more llama-server flags
 #   scripts/model-server.sh stop                 # stop the server that `start` started
 #   scripts/model-server.sh path                 # print the binary's path (exit 1 if not built)
 #
@@ -127,8 +131,18 @@ running_pid() {
 }
 
 start() {
-  local no_install=0
-  [ "${1:-}" = --no-install ] && no_install=1
+  local no_install=0 slots="${BATCHD_MODEL_SERVER_SLOTS:-4}"
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --no-install) no_install=1 ;;
+      --slots) slots="${2:-}"; shift ;;
+      *) log "unknown option $1"; return 2 ;;
+    esac
+    shift
+  done
+  case "$slots" in
+    '' | *[!0-9]* | 0) log "--slots must be a positive number, got '$slots'"; return 2 ;;
+  esac
   if running_pid >/dev/null; then
     if url=$(cat "$run/server.url" 2>/dev/null) && healthy "${url%/v1}"; then
       echo "$url"; return 0
@@ -147,11 +161,14 @@ start() {
   for attempt in 1 2 3; do
     port=$(free_port)
     base="http://127.0.0.1:$port"
-    # -np 4 slots of 1024 tokens each, continuous batching; a thread per core. OpenMP's
+    # -np slots of 1024 tokens each (4 by default), continuous batching; a thread per core. OpenMP's
     # passive wait: spinning threads slow it down several times over on a busy 2-core host.
     # setsid: the server lives on after this script, in its own process group.
+    # BATCHD_MODEL_SERVER_ARGS unquoted: split into flags.
+    # shellcheck disable=SC2086
     OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}" setsid "$bin" -m "$model" --host 127.0.0.1 --port "$port" --alias smollm2-135m-instruct \
-      -c 4096 -np 4 -t "${BATCHD_MODEL_SERVER_THREADS:-$(nproc)}" --no-webui --jinja \
+      -c $((slots * 1024)) -np "$slots" -t "${BATCHD_MODEL_SERVER_THREADS:-$(nproc)}" --no-webui --jinja \
+      ${BATCHD_MODEL_SERVER_ARGS:-} \
       >"$run/server.log" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$run/server.pid"
@@ -199,5 +216,5 @@ case "${1:-}" in
   start) shift; start "$@" ;;
   stop) stop ;;
   path) [ -x "$bin" ] && echo "$bin" ;;
-  *) echo "usage: scripts/model-server.sh install | start [--no-install] | stop | path" >&2; exit 2 ;;
+  *) echo "usage: scripts/model-server.sh install | start [--no-install] [--slots N] | stop | path" >&2; exit 2 ;;
 esac

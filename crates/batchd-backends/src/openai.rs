@@ -1,5 +1,6 @@
 //! OpenAI-compatible backend (vLLM, SGLang, llama.cpp, Ollama, OpenAI): neutral requests to
-//! `POST {base}/chat/completions` and `POST {base}/embeddings`, answers back to neutral types.
+//! `POST {base}/chat/completions` and `POST {base}/embeddings`, answers back to neutral types;
+//! and [`server_slots`], what llama.cpp's server says of its parallel slots.
 //!
 //! Hot path: one pooled `reqwest::Client`, URLs parsed once, bodies serialized from structs that
 //! borrow the request, answers parsed into small typed structs. No per-call timeout here: the
@@ -50,18 +51,7 @@ impl OpenAiBackend {
         let chat_url = parse_url(&format!("{base}/chat/completions"))?;
         let embeddings_url = parse_url(&format!("{base}/embeddings"))?;
 
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                BackendError::new(
-                    ErrorKind::Client,
-                    "the API key is not a valid HTTP header value",
-                )
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
+        let headers = default_headers(config.api_key.as_deref())?;
         let builder = reqwest::Client::builder()
             .default_headers(headers)
             .pool_max_idle_per_host(config.max_connections.max(1))
@@ -142,6 +132,66 @@ impl ModelBackend for OpenAiBackend {
         let answer: EmbeddingsWire = self.post(&self.embeddings_url, to_json(&body)?).await?;
         embed_response(answer, request.inputs.len())
     }
+}
+
+fn default_headers(api_key: Option<&str>) -> Result<HeaderMap, BackendError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(key) = api_key {
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+            BackendError::new(
+                ErrorKind::Client,
+                "the API key is not a valid HTTP header value",
+            )
+        })?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    Ok(headers)
+}
+
+/// A `/props` answer larger than this is not llama-server's: not read.
+const MAX_PROPS_BYTES: usize = 1 << 20;
+/// A slot count above this is not believed either.
+pub const MAX_SERVER_SLOTS: usize = 4096;
+
+/// How many sequences the server at `base_url` decodes at once, if it says: llama.cpp's
+/// `llama-server` answers `GET /props` (at the server root, beside `/v1`) with `total_slots`.
+/// `None` for servers without that route (vLLM, Ollama, hosted APIs) and on any failure
+/// within `timeout`: the caller keeps its own default.
+pub async fn server_slots(
+    base_url: &str,
+    api_key: Option<&str>,
+    timeout: Duration,
+) -> Option<usize> {
+    #[derive(Deserialize)]
+    struct Props {
+        total_slots: Option<u64>,
+    }
+    let base = base_url.trim_end_matches('/');
+    let root = base.strip_suffix("/v1").unwrap_or(base);
+    let url = parse_url(&format!("{root}/props")).ok()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .default_headers(default_headers(api_key).ok()?)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .build()
+        .ok()?;
+    let mut response = client.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_PROPS_BYTES {
+            return None;
+        }
+    }
+    let props: Props = serde_json::from_slice(&body).ok()?;
+    let slots = usize::try_from(props.total_slots?).ok()?;
+    (1..=MAX_SERVER_SLOTS).contains(&slots).then_some(slots)
 }
 
 fn parse_url(url: &str) -> Result<Url, BackendError> {

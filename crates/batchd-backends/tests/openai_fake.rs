@@ -223,3 +223,37 @@ async fn concurrent_calls_share_the_pool() {
     assert!(stats.max_in_flight > 1, "{stats:?}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn server_slots_come_from_props_when_the_server_has_them() {
+    use batchd_backends::openai::server_slots;
+    let timeout = Duration::from_secs(5);
+    let server = FakeServer::start(FakeConfig {
+        total_slots: Some(6),
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    // `/props` sits at the root, beside `/v1`; a trailing slash is fine.
+    let base = server.base_url();
+    assert_eq!(server_slots(&base, None, timeout).await, Some(6));
+    assert_eq!(
+        server_slots(&format!("{base}/"), Some("sk"), timeout).await,
+        Some(6)
+    );
+
+    // A server without the route (vLLM, Ollama): no answer, no error.
+    server.set_config(FakeConfig::default());
+    assert_eq!(server_slots(&base, None, timeout).await, None);
+    // Nor an absurd count.
+    server.set_config(FakeConfig {
+        total_slots: Some(0),
+        ..FakeConfig::default()
+    });
+    assert_eq!(server_slots(&base, None, timeout).await, None);
+    // Nobody listening: none either.
+    assert_eq!(
+        server_slots("http://127.0.0.1:1/v1", None, timeout).await,
+        None
+    );
+}

@@ -42,11 +42,22 @@ pub fn run(
     concurrency: usize,
     limit: Duration,
 ) -> anyhow::Result<LoadResult> {
+    run_with(addr, total, concurrency, limit, chat_body)
+}
+
+/// [`run`] with the body of request `i` from `body`.
+pub fn run_with(
+    addr: SocketAddr,
+    total: u64,
+    concurrency: usize,
+    limit: Duration,
+    body: fn(u64) -> Vec<u8>,
+) -> anyhow::Result<LoadResult> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let cpu_before = thread_cpu();
-    let result = runtime.block_on(drive(addr, total, concurrency, limit))?;
+    let result = runtime.block_on(drive(addr, total, concurrency, limit, body))?;
     Ok(LoadResult {
         cpu: thread_cpu().saturating_sub(cpu_before),
         ..result
@@ -58,6 +69,7 @@ async fn drive(
     total: u64,
     concurrency: usize,
     limit: Duration,
+    body: fn(u64) -> Vec<u8>,
 ) -> anyhow::Result<LoadResult> {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -79,8 +91,16 @@ async fn drive(
                 if i >= total || Instant::now() >= deadline {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let request = post_request(addr, "/v1/chat/completions", &chat_body(i));
-                let answer = conn.call(&request).await?;
+                let request = post_request(addr, "/v1/chat/completions", &body(i));
+                // A server may close a keep-alive connection after so many requests
+                // (llama-server does): reconnect once, as any HTTP client would.
+                let answer = match conn.call(&request).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        conn = Conn::connect(addr).await?;
+                        conn.call(&request).await?
+                    }
+                };
                 if answer.status == 200 {
                     answered.fetch_add(1, Ordering::Relaxed);
                 } else {

@@ -7,13 +7,16 @@
 //! - CPU per record of the batchd process (wait4) at zero latency;
 //! - peak RSS for a small and a large input (10k and 1M records with `--full`);
 //! - control plane: p50/p99 of GetModelInvocationJob and ListModelInvocationJobs under 1,000
-//!   concurrent calls to `batchd serve` while its jobs run.
+//!   concurrent calls to `batchd serve` while its jobs run;
+//! - with `--only llama-server`: records/s through a real llama-server with N slots at batchd's
+//!   default concurrency ÷ a load generator keeping exactly N in flight.
 //!
 //! Each figure is printed next to its goal.
 
 mod cluster;
 mod control;
 mod http;
+mod llama;
 mod loadgen;
 mod usage;
 
@@ -68,6 +71,16 @@ struct Args {
     /// `scripts/bench.sh --cluster` starts one).
     #[arg(long, env = "BATCHD_BENCH_PG_URL")]
     pg_url: Option<String>,
+    /// Slot counts of the llama-server section (`--only llama-server`; not run otherwise;
+    /// `--only llama-prefix` runs the prompt-cache section on 4 slots).
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    llama_slots: Vec<usize>,
+    /// Records of each llama-server phase.
+    #[arg(long, default_value_t = 160)]
+    llama_records: u64,
+    /// The script that starts and stops llama-server.
+    #[arg(long, default_value = "scripts/model-server.sh")]
+    model_server_script: PathBuf,
     /// Keep the work directory (inputs, outputs, data) and print where it is.
     #[arg(long)]
     keep: bool,
@@ -80,6 +93,8 @@ enum Section {
     Memory,
     Control,
     Cluster,
+    LlamaServer,
+    LlamaPrefix,
 }
 
 /// The binaries and the work directory.
@@ -136,7 +151,9 @@ fn main() -> anyhow::Result<()> {
         "fake backend: separate process, {} worker thread(s); load generator: one thread, keep-alive HTTP/1.1",
         args.fake_threads
     );
-    let run = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    // The llama-server section runs only when named: it builds and runs a real model.
+    let run =
+        |s: Section| args.only.contains(&s) || (args.only.is_empty() && s != Section::LlamaServer);
     let mut figures = Vec::new();
 
     let overhead_records = args
@@ -211,6 +228,28 @@ fn main() -> anyhow::Result<()> {
             bail!("--only cluster needs --pg-url (scripts/bench.sh --cluster starts PostgreSQL)")
         }
         _ => {}
+    }
+
+    if run(Section::LlamaServer) {
+        println!(
+            "\n== llama-server kept full: batchd's default concurrency against N in flight =="
+        );
+        figures.extend(llama::run(
+            &env,
+            &args.model_server_script,
+            &args.llama_slots,
+            args.llama_records,
+        )?);
+    }
+
+    if run(Section::LlamaPrefix) {
+        println!("\n== llama-server's prompt cache: records sharing a prefix grouped or not ==");
+        figures.extend(llama::prefix_run(
+            &env,
+            &args.model_server_script,
+            4,
+            args.llama_records,
+        )?);
     }
 
     println!("\n== results (load average now {:.2}) ==", usage::loadavg());

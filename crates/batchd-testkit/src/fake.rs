@@ -44,6 +44,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/props", get(props))
         .route("/fake/stats", get(stats))
         .route("/fake/stats/reset", post(reset_stats))
         .route("/fake/config", get(get_config).post(set_config))
@@ -513,6 +514,17 @@ async fn models() -> Response {
         "data": [{ "id": MODEL_ID, "object": "model", "created": 0, "owned_by": "batchd-fake" }],
     });
     json(StatusCode::OK, &body)
+}
+
+/// llama-server's `/props` (only the field batchd reads), when `total_slots` is set.
+async fn props(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.live().config.total_slots {
+        Some(slots) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "total_slots": slots, "model_alias": MODEL_ID }),
+        ),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {

@@ -81,6 +81,10 @@ pub struct FakeConfig {
     /// if `retry_after_secs` is set): a server with a fixed capacity, for adaptive clients.
     #[arg(long)]
     pub capacity: Option<u64>,
+    /// Answer `GET /props` with this `total_slots`, as llama.cpp's `llama-server` does; unset,
+    /// `/props` is 404, as on vLLM or Ollama.
+    #[arg(long)]
+    pub total_slots: Option<u64>,
 }
 
 impl FakeConfig {

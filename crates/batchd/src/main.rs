@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use batchd_backends::ModelBackend;
 use batchd_backends::adaptive::{AdaptiveBackend, AdaptiveConfig, Limiter};
 use batchd_backends::bedrock::{AwsEnvironment, BedrockBackend, BedrockConfig};
-use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
+use batchd_backends::openai::{OpenAiBackend, OpenAiConfig, server_slots};
 use batchd_core::{InvocationType, Job, JobArn, JobId, JobOrigin, JobRequest, JobStatus, NewJob};
 use batchd_engine::{
     Engine, JobOutcome, JobSpec, Progress, RecordOptions, RetryPolicy, StopReason, StopSignal,
@@ -275,8 +275,8 @@ struct RunArgs {
     #[arg(long, value_parser = parse_family)]
     format: Option<ModelFamily>,
     #[arg(long, help = format!(
-        "Records in flight at once (default: the model's max_concurrency, else \
-         engine.concurrency, {})",
+        "Records in flight at once (default: the model's max_concurrency, else the \
+         slots its server reports in /props (llama-server), else engine.concurrency, {})",
         JobSpec::DEFAULT_CONCURRENCY
     ))]
     concurrency: Option<usize>,
@@ -321,19 +321,53 @@ pub(crate) type AdaptiveModel = (Arc<dyn ModelBackend>, usize, Option<Arc<Limite
 /// `engine.adaptive_concurrency = false`) whose limit starts at, and never exceeds, the
 /// model's concurrency; its limiter is returned for progress displays. Build it once per
 /// model: every job on the model shares the limit.
-pub(crate) fn build_backend_adaptive(
+pub(crate) async fn build_backend_adaptive(
     model: &ModelConfig,
     requested: Option<usize>,
     engine: &config::EngineSection,
     embedded: &Arc<embedded::EmbeddedModels>,
 ) -> anyhow::Result<AdaptiveModel> {
-    let (backend, concurrency) = build_backend(model, requested, engine.concurrency, embedded)?;
+    let default = default_concurrency(model, requested, engine.concurrency).await;
+    let (backend, concurrency) = build_backend(model, requested, default, embedded)?;
     if matches!(model.backend, Backend::Embedded(_)) || !engine.adaptive_concurrency {
         return Ok((backend, concurrency, None));
     }
     let adaptive = AdaptiveBackend::new(backend, AdaptiveConfig::with_max(concurrency));
     let limiter = adaptive.limiter();
     Ok((Arc::new(adaptive), concurrency, Some(limiter)))
+}
+
+/// How long start-up waits for a model server's `/props`.
+const SLOTS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The concurrency of a model that sets none (no `--concurrency`, no `max_concurrency`): an
+/// OpenAI-compatible server that says how many slots it decodes at once (llama-server's
+/// `/props`) gets exactly that many records in flight: more only wait in its queue (no
+/// faster, docs/benchmarks.md, and each waits out the queue inside its attempt timeout),
+/// fewer leave slots idle. Any other server: `engine.concurrency`.
+async fn default_concurrency(
+    model: &ModelConfig,
+    requested: Option<usize>,
+    engine_default: usize,
+) -> usize {
+    let Backend::OpenAi(openai) = &model.backend else {
+        return engine_default;
+    };
+    if requested.is_some() || model.max_concurrency.is_some() {
+        return engine_default;
+    }
+    // A missing key variable is reported by build_backend; the probe just goes without.
+    let api_key = openai
+        .api_key_env
+        .as_ref()
+        .and_then(|var| std::env::var(var).ok());
+    match server_slots(&openai.base_url, api_key.as_deref(), SLOTS_PROBE_TIMEOUT).await {
+        Some(slots) => {
+            tracing::info!(model = %model.id, slots, "concurrency: the server's slot count (/props)");
+            slots
+        }
+        None => engine_default,
+    }
 }
 
 /// The backend of a configured model, and the concurrency its jobs run at (an embedded chat
@@ -522,7 +556,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let model = config.model(&model_id)?;
     let embedded_models = embedded::EmbeddedModels::new(config.embedded.clone());
     let (backend, concurrency, limiter) =
-        build_backend_adaptive(model, args.concurrency, &config.engine, &embedded_models)?;
+        build_backend_adaptive(model, args.concurrency, &config.engine, &embedded_models).await?;
     if let Backend::Embedded(_) = model.backend {
         // Missing model files are an error now, not one error line per record.
         embedded_models

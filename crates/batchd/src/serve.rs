@@ -242,7 +242,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let embedded = crate::embedded::EmbeddedModels::new(config.embedded.clone());
     for model in &config.models {
         let (backend, concurrency, limiter) =
-            crate::build_backend_adaptive(model, None, &config.engine, &embedded)?;
+            crate::build_backend_adaptive(model, None, &config.engine, &embedded).await?;
         if let Some(limiter) = limiter {
             limiters.push((model.id.clone(), limiter));
         }

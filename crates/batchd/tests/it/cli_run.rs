@@ -206,6 +206,44 @@ fn write_records(path: &Path, prefix: &str, n: usize, marker_every: Option<usize
     );
 }
 
+/// A model that sets no concurrency runs as many records at once as its server has slots
+/// when the server says (llama-server's `GET /props`), else `engine.concurrency` (16);
+/// `max_concurrency` and `--concurrency` still win over the server's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_concurrency_is_the_servers_slot_count_when_it_says() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_ms: 40,
+        total_slots: Some(3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let check = |model: Model, extra: &'static [&'static str], expected: u64| {
+        let fake = &fake;
+        async move {
+            fake.reset_stats();
+            let env = test_env(&Config::new().model(model));
+            let input = env.path("in/records.jsonl");
+            write_records(&input, "rec", 40, None);
+            let (out, _) = run(&env, &[&input], extra).await;
+            assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+            assert_eq!(fake.stats().ok, 40, "{:?}", fake.stats());
+            assert_eq!(
+                fake.stats().max_in_flight,
+                expected,
+                "{extra:?}: {:?}",
+                fake.stats()
+            );
+        }
+    };
+    check(Model::fake(MODEL, &fake), &[], 3).await;
+    check(Model::fake(MODEL, &fake).max_concurrency(5), &[], 5).await;
+    check(Model::fake(MODEL, &fake), &["--concurrency", "2"], 2).await;
+    // A server without `/props` (vLLM, Ollama): today's default.
+    fake.set_config(FakeConfig::latency(40, 0));
+    check(Model::fake(MODEL, &fake), &[], 16).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_percent_429_and_503_still_all_succeed_through_retries() {
     let fake = FakeServer::start(FakeConfig {
