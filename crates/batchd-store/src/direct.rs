@@ -113,12 +113,14 @@ fn read_jobs(
     columns: &HashMap<String, usize>,
 ) -> Result<Option<Result<Vec<Job>, StoreError>>, rusqlite::Error> {
     let mut stmt = conn.prepare_cached(sql)?;
-    if stmt.column_count() != columns.len() {
-        return Ok(None);
-    }
     let mut rows = stmt.query(params_from_iter(args))?;
     let mut jobs = Vec::new();
     while let Some(row) = rows.next()? {
+        // Counted on a row: a cached statement is prepared again, with the table as it is
+        // now, only when it runs.
+        if row.as_ref().column_count() != columns.len() {
+            return Ok(None);
+        }
         match row_to_job(&SqliteRow { row, columns }) {
             Ok(job) => jobs.push(job),
             Err(e) => return Ok(Some(Err(e))),
@@ -234,5 +236,35 @@ mod tests {
         let stmt = conn.prepare_cached(&sql).unwrap();
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 3);
+    }
+
+    /// A table with columns the reader did not see at open (a newer batchd migrated the file
+    /// since) is left to the pool, which reads rows by column name, rather than misread.
+    #[tokio::test]
+    async fn a_table_it_does_not_know_is_left_to_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("batchd.sqlite");
+        let id = JobId::parse("eeeeeeeeeeee").unwrap();
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .create(crate::sqlite::tests::new_job(id.as_str()))
+            .await
+            .unwrap();
+        store.close().await;
+        let reader = DirectReader::open(&path).unwrap();
+        let args = [Arg::Text(id.as_str().to_owned())];
+        assert_eq!(
+            reader
+                .jobs(crate::sql::GET_JOB, &args)
+                .unwrap()
+                .unwrap()
+                .len(),
+            1
+        );
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE jobs ADD COLUMN from_the_future TEXT")
+            .unwrap();
+        assert!(reader.jobs(crate::sql::GET_JOB, &args).is_none());
     }
 }

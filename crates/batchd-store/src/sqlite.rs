@@ -384,29 +384,4 @@ pub(crate) mod tests {
         // The pool's own reads are closed: a `find_by_token` has nothing to run on.
         assert!(store.find_by_token("000000000000", "tok-x").await.is_err());
     }
-
-    /// A table the direct reader does not know (a newer batchd migrated the file while this
-    /// one runs) sends the reads to the pool, which reads rows by column name.
-    #[tokio::test]
-    async fn reads_fall_back_to_the_pool_when_the_table_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("batchd.sqlite");
-        let store = SqliteStore::open(&path).await.unwrap();
-        let id = JobId::parse("eeeeeeeeeeee").unwrap();
-        store.create(new_job(id.as_str())).await.unwrap();
-        sqlx::query("ALTER TABLE jobs ADD COLUMN from_the_future TEXT")
-            .execute(&store.pool)
-            .await
-            .unwrap();
-        let job = store.get(&id).await.unwrap().unwrap();
-        assert_eq!(job.id, id);
-        let listed = store
-            .list(&batchd_core::JobFilter::new(JobOrigin::Api, 10))
-            .await
-            .unwrap();
-        assert_eq!(listed.len(), 1);
-        // Those reads were the pool's: without it they fail.
-        store.close().await;
-        assert!(store.get(&id).await.is_err());
-    }
 }
