@@ -224,7 +224,9 @@ def test_a_batch_job_paused_past_its_lease_is_finished_elsewhere_and_the_late_ru
     # A batch job runs whole under its job lease; its holder is paused with records in
     # flight, past the lease, and the other instance resumes it from its checkpoint.
     a, b = two_instances(start_server)
-    n = 40
+    # About 12 s of work at two records at a time: the pause lands well before the end even
+    # when a loaded machine is slow to see the first records done.
+    n = 120
     job_id, ids = create_batch_job(a, a, bucket_name, n, SLOW_MODEL)
 
     def holder():
@@ -237,6 +239,8 @@ def test_a_batch_job_paused_past_its_lease_is_finished_elsewhere_and_the_late_ru
     # Some of its output is committed before the pause (object-store parts every 5 s).
     wait_until("records done before the pause", lambda: processed_on(paused, job_id) >= 6)
     paused.proc.popen.send_signal(signal.SIGSTOP)
+    done_before = http_json("GET", f"{other.url}/batch-inference-jobs/{job_id}")[2]
+    assert done_before["status"] == "IN_PROGRESS" and done_before["processedItems"] < n, done_before
     try:
 
         def ended():
