@@ -184,21 +184,25 @@ mod tests {
     use crate::{JobStore, SqliteStore};
     use batchd_core::{JobId, JobOrigin};
 
+    /// A store file in `dir` holding one job, closed; its path and the job's id.
+    async fn file_with_a_job(dir: &Path) -> (PathBuf, JobId) {
+        let path = dir.join("batchd.sqlite");
+        let id = JobId::parse("ffffffffffff").unwrap();
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .create(crate::sqlite::tests::new_job(id.as_str()))
+            .await
+            .unwrap();
+        store.close().await;
+        (path, id)
+    }
+
     /// While another connection holds the whole file, a read gives up after [`BUSY_WAIT`]
     /// with `None` (the store then asks its pool, whose threads may wait), not an error.
     #[tokio::test]
     async fn a_locked_file_is_left_to_the_pool() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("batchd.sqlite");
-        let id = JobId::parse("ffffffffffff").unwrap();
-        {
-            let store = SqliteStore::open(&path).await.unwrap();
-            store
-                .create(crate::sqlite::tests::new_job(id.as_str()))
-                .await
-                .unwrap();
-            store.close().await;
-        }
+        let (path, id) = file_with_a_job(dir.path()).await;
         // A rollback journal, where a writer's EXCLUSIVE lock keeps readers out (WAL never).
         let locker = Connection::open(&path).unwrap();
         let mode: String = locker
@@ -243,14 +247,7 @@ mod tests {
     #[tokio::test]
     async fn a_table_it_does_not_know_is_left_to_the_pool() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("batchd.sqlite");
-        let id = JobId::parse("eeeeeeeeeeee").unwrap();
-        let store = SqliteStore::open(&path).await.unwrap();
-        store
-            .create(crate::sqlite::tests::new_job(id.as_str()))
-            .await
-            .unwrap();
-        store.close().await;
+        let (path, id) = file_with_a_job(dir.path()).await;
         let reader = DirectReader::open(&path).unwrap();
         let args = [Arg::Text(id.as_str().to_owned())];
         assert_eq!(
