@@ -11,7 +11,7 @@ import time
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -43,12 +43,36 @@ def shot(d, name: str) -> None:
     d.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
+def replaced_mid_read(e: WebDriverException) -> bool:
+    """The page refreshed itself between finding an element and reading it. ChromeDriver
+    says so as a stale reference, or (when the refresh lands inside the read) as this
+    inspector error."""
+    return isinstance(e, (NoSuchElementException, StaleElementReferenceException)) or (
+        "does not belong to the document" in (e.msg or "")
+    )
+
+
+def reading(what, timeout: float = 10):
+    """`what()`, again while the page refreshing itself (every second or two while a job
+    runs) replaces what it was reading."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return what()
+        except WebDriverException as e:
+            if not replaced_mid_read(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
 def text_of(d, css: str) -> str | None:
     """The text of `css` on the page now; None while the page reloads."""
     try:
         return d.find_element(By.CSS_SELECTOR, css).text
-    except (NoSuchElementException, StaleElementReferenceException):
-        return None
+    except WebDriverException as e:
+        if replaced_mid_read(e):
+            return None
+        raise
 
 
 def wait_text(d, css: str, pred, timeout: float = 60) -> str:
@@ -64,8 +88,10 @@ def wait_text(d, css: str, pred, timeout: float = 60) -> str:
 def status_of(d) -> str | None:
     try:
         return d.find_element(By.CSS_SELECTOR, "h1 .status").get_attribute("data-status")
-    except (NoSuchElementException, StaleElementReferenceException):
-        return None
+    except WebDriverException as e:
+        if replaced_mid_read(e):
+            return None
+        raise
 
 
 def test_the_console_shows_progress_failures_and_stops_a_job(start_server, browser, bucket_name):
@@ -83,17 +109,19 @@ def test_the_console_shows_progress_failures_and_stops_a_job(start_server, brows
     to_stop = create_job(server.bedrock, unique("to-stop"), b.put(bucket_name, "s/in.jsonl", body), out, model=SLOW_MODEL)
     wait_for_status(server.bedrock, failing, {"Completed"})
 
-    # The list: every job, a progress bar each; the keyboard's first stop is the skip link.
+    # The list: every job, a progress bar each.
     d.get(f"{server.url}/ui")
-    rows = d.find_elements(By.CSS_SELECTOR, "tbody tr[data-job-id]")
-    assert {r.get_attribute("data-job-id") for r in rows} == {job_id_of(a) for a in (failing, watched, to_stop)}
+    listed = reading(lambda: {r.get_attribute("data-job-id") for r in d.find_elements(By.CSS_SELECTOR, "tbody tr[data-job-id]")})
+    assert listed == {job_id_of(a) for a in (failing, watched, to_stop)}
     assert len(d.find_elements(By.CSS_SELECTOR, "tbody [role=progressbar]")) == 3
-    d.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
-    assert d.switch_to.active_element.text == "Skip to content"
     shot(d, "1-job-list")
     # Filters: Completed jobs only.
     d.get(f"{server.url}/ui?status=Completed")
     assert [r.get_attribute("data-job-id") for r in d.find_elements(By.CSS_SELECTOR, "tbody tr[data-job-id]")] == [job_id_of(failing)]
+    # The keyboard's first stop is the skip link (on this page, which nothing running
+    # refreshes under the key press).
+    d.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    assert d.switch_to.active_element.text == "Skip to content"
 
     # A running job's page: its processed count rises as the page refreshes itself.
     d.get(f"{server.url}/ui/jobs/{job_id_of(watched)}")
@@ -128,7 +156,7 @@ def test_the_console_shows_progress_failures_and_stops_a_job(start_server, brows
     wait_for_status(server.bedrock, to_stop, {"InProgress"}, timeout=60)
     d.get(f"{server.url}/ui/jobs/{job_id_of(to_stop)}")
     wait_text(d, "#processed", lambda t: int(t) > 0)
-    d.find_element(By.ID, "stop").send_keys(Keys.ENTER)
+    reading(lambda: d.find_element(By.ID, "stop").send_keys(Keys.ENTER))
     deadline = time.monotonic() + 60
     while status_of(d) != "Stopped":
         assert time.monotonic() < deadline, status_of(d)
