@@ -12,6 +12,7 @@
 
 pub mod adaptive;
 pub mod bedrock;
+mod direct;
 mod http;
 pub mod openai;
 

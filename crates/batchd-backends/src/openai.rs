@@ -2,8 +2,9 @@
 //! `POST {base}/chat/completions` and `POST {base}/embeddings`, answers back to neutral types;
 //! and [`server_slots`], what llama.cpp's server says of its parallel slots.
 //!
-//! Hot path: one pooled `reqwest::Client`, URLs parsed once, bodies serialized from structs that
-//! borrow the request, answers parsed into small typed structs. No per-call timeout here: the
+//! Hot path: one pool of keep-alive connections (the lean [`crate::direct`] client for plain
+//! `http` without a proxy, reqwest otherwise), URLs parsed once, bodies serialized from structs
+//! that borrow the request, answers parsed into small typed structs. No per-call timeout here: the
 //! engine wraps every call in its own.
 
 use std::borrow::Cow;
@@ -13,12 +14,14 @@ use batchd_formats::neutral::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, EmbedRequest, EmbedResponse, StopReason,
     ToolChoice, ToolResultPart, Usage,
 };
+use hyper::Uri;
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::direct::{Answer, DirectClient};
 use crate::http::{body_excerpt, error_chain, retry_after, transport_error};
 use crate::{BackendError, BackendInfo, ErrorKind, ModelBackend};
 
@@ -37,28 +40,71 @@ pub struct OpenAiConfig {
 }
 
 pub struct OpenAiBackend {
-    client: reqwest::Client,
-    chat_url: Url,
-    embeddings_url: Url,
+    transport: Transport,
     model: String,
 }
 
+/// How requests reach the server: [`DirectClient`] for plain `http` that no proxy setting
+/// covers, reqwest for the rest (HTTPS, proxies).
+enum Transport {
+    Direct {
+        client: DirectClient,
+        chat_path: Uri,
+        embeddings_path: Uri,
+    },
+    Reqwest {
+        client: reqwest::Client,
+        chat_url: Url,
+        embeddings_url: Url,
+    },
+}
+
+/// Which HTTP client a backend uses; [`OpenAiBackend::with_client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpClient {
+    /// The lean client where it can serve (plain `http`, no proxy), reqwest elsewhere.
+    Auto,
+    /// reqwest for every request.
+    Reqwest,
+}
+
 impl OpenAiBackend {
+    /// Builds the client once, choosing it as [`HttpClient::Auto`] does.
+    pub fn new(config: OpenAiConfig) -> Result<Self, BackendError> {
+        Self::with_client(config, HttpClient::Auto)
+    }
+
     /// Builds the client once. Installs ring as the process's rustls provider if none is
     /// (reqwest is built without a default provider and would panic).
-    pub fn new(config: OpenAiConfig) -> Result<Self, BackendError> {
+    pub fn with_client(config: OpenAiConfig, choice: HttpClient) -> Result<Self, BackendError> {
         let base = config.base_url.trim_end_matches('/');
         let chat_url = parse_url(&format!("{base}/chat/completions"))?;
         let embeddings_url = parse_url(&format!("{base}/embeddings"))?;
-
         let headers = default_headers(config.api_key.as_deref())?;
+        let pool = config.max_connections.max(1);
+
+        let direct = match choice {
+            HttpClient::Auto if !proxied(&chat_url) => {
+                DirectClient::new(&chat_url, headers.clone(), pool, CONNECT_TIMEOUT)
+            }
+            _ => None,
+        };
+        if let Some(client) = direct {
+            return Ok(OpenAiBackend {
+                transport: Transport::Direct {
+                    client,
+                    chat_path: origin_form(&chat_url)?,
+                    embeddings_path: origin_form(&embeddings_url)?,
+                },
+                model: config.model,
+            });
+        }
+
         let builder = reqwest::Client::builder()
             .default_headers(headers)
-            .pool_max_idle_per_host(config.max_connections.max(1))
+            .pool_max_idle_per_host(pool)
             .tcp_nodelay(true)
-            // Model servers do not redirect. (reqwest 0.13 keeps its redirect layer even so,
-            // and it still parses each request's URL: about 5% of the instructions per record
-            // in docs/benchmarks.md's profile. Only a client without that layer avoids it.)
+            // Model servers do not redirect. (reqwest 0.13 keeps its redirect layer even so.)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT);
         // Fails only when another provider is already installed, which is fine.
@@ -68,43 +114,120 @@ impl OpenAiBackend {
             BackendError::new(ErrorKind::Client, message)
         })?;
         Ok(OpenAiBackend {
-            client,
-            chat_url,
-            embeddings_url,
+            transport: Transport::Reqwest {
+                client,
+                chat_url,
+                embeddings_url,
+            },
             model: config.model,
         })
     }
 
-    /// POSTs a JSON body and parses a 2xx answer as `T`; anything else becomes a classified
-    /// error.
-    async fn post<T: DeserializeOwned>(&self, url: &Url, body: Vec<u8>) -> Result<T, BackendError> {
-        let response = self
-            .client
-            .post(url.clone())
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        if !status.is_success() {
-            let retry_after = retry_after(response.headers());
-            // A body that breaks off does not change the verdict the status already gave.
-            let body = response.bytes().await.unwrap_or_default();
-            let message = error_message(status, &body);
+    /// Whether requests go through the lean client (`false`: through reqwest).
+    pub fn is_direct(&self) -> bool {
+        matches!(self.transport, Transport::Direct { .. })
+    }
+
+    /// POSTs a JSON body to the chat or the embeddings route and parses a 2xx answer as `T`;
+    /// anything else becomes a classified error.
+    async fn post<T: DeserializeOwned>(
+        &self,
+        route: Route,
+        body: Vec<u8>,
+    ) -> Result<T, BackendError> {
+        let answer = match &self.transport {
+            Transport::Direct {
+                client,
+                chat_path,
+                embeddings_path,
+            } => {
+                let path = match route {
+                    Route::Chat => chat_path,
+                    Route::Embeddings => embeddings_path,
+                };
+                client.post(path, body).await?
+            }
+            Transport::Reqwest {
+                client,
+                chat_url,
+                embeddings_url,
+            } => {
+                let url = match route {
+                    Route::Chat => chat_url,
+                    Route::Embeddings => embeddings_url,
+                };
+                reqwest_post(client, url, body).await?
+            }
+        };
+        if !answer.status.is_success() {
+            let message = error_message(answer.status, &answer.body);
             return Err(BackendError::from_status(
-                status.as_u16(),
+                answer.status.as_u16(),
                 message,
-                retry_after,
+                retry_after(&answer.headers),
             ));
         }
-        let bytes = response.bytes().await.map_err(transport_error)?;
-        serde_json::from_slice(&bytes).map_err(|e| {
+        serde_json::from_slice(&answer.body).map_err(|e| {
             BackendError::new(
                 ErrorKind::Protocol,
                 format!("cannot parse the backend's answer: {e}"),
             )
         })
     }
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Chat,
+    Embeddings,
+}
+
+async fn reqwest_post(
+    client: &reqwest::Client,
+    url: &Url,
+    body: Vec<u8>,
+) -> Result<Answer, BackendError> {
+    let response = client
+        .post(url.clone())
+        .body(body)
+        .send()
+        .await
+        .map_err(transport_error)?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = if status.is_success() {
+        response.bytes().await.map_err(transport_error)?
+    } else {
+        // A body that breaks off does not change the verdict the status already gave.
+        response.bytes().await.unwrap_or_default()
+    };
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Whether a proxy setting in the environment (`HTTP_PROXY`, `ALL_PROXY`, less `NO_PROXY`)
+/// covers `url`, as reqwest would honour it.
+fn proxied(url: &Url) -> bool {
+    let Ok(uri) = url.as_str().parse::<Uri>() else {
+        return true;
+    };
+    hyper_util::client::proxy::matcher::Matcher::from_system()
+        .intercept(&uri)
+        .is_some()
+}
+
+/// `/v1/chat/completions` (with the query, if any) of a parsed URL.
+fn origin_form(url: &Url) -> Result<Uri, BackendError> {
+    let path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    path.parse().map_err(|e| {
+        BackendError::new(ErrorKind::Client, format!("invalid backend URL {url}: {e}"))
+    })
 }
 
 #[async_trait::async_trait]
@@ -116,7 +239,7 @@ impl ModelBackend for OpenAiBackend {
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
         let body = to_json(&chat_body(&self.model, request)?)?;
-        let completion: ChatCompletionWire = self.post(&self.chat_url, body).await?;
+        let completion: ChatCompletionWire = self.post(Route::Chat, body).await?;
         chat_response(completion)
     }
 
@@ -129,7 +252,7 @@ impl ModelBackend for OpenAiBackend {
             input: &request.inputs,
             dimensions: request.dimensions,
         };
-        let answer: EmbeddingsWire = self.post(&self.embeddings_url, to_json(&body)?).await?;
+        let answer: EmbeddingsWire = self.post(Route::Embeddings, to_json(&body)?).await?;
         embed_response(answer, request.inputs.len())
     }
 }
