@@ -9,14 +9,16 @@ use std::time::{Duration, Instant};
 use batchd_backends::{BackendError, ErrorKind, ModelBackend, NativeCall};
 use batchd_core::{InvocationType, RetryClass, generated_record_id};
 use batchd_formats::batch_job::{ItemError, ItemResult, converse_text, parse_item};
-use batchd_formats::converse::{parse_converse, render_converse_response};
+use batchd_formats::converse::{ConverseResponse, parse_converse, render_converse_response};
 use batchd_formats::native::{
     EmbedItem, ModelFamily, NativeRequest, parse_native, render_chat, render_embed,
 };
-use batchd_formats::neutral::ChatRequest;
 use batchd_formats::neutral::EmbedRequest;
+use batchd_formats::neutral::{ChatRequest, ChatResponse};
 use batchd_formats::openai::{self, Endpoint};
-use batchd_formats::record::{parse_record_line, write_error_line, write_success_line};
+use batchd_formats::record::{
+    parse_record_line, write_error_line, write_success_line, write_success_line_with,
+};
 use bytes::Bytes;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -196,9 +198,39 @@ enum Prepared<'a> {
 
 /// A backend's answer, rendered: the modelOutput and its token counts.
 struct Answer {
-    body: Value,
+    body: Body,
     input_tokens: u64,
     output_tokens: u64,
+}
+
+/// A modelOutput: a Converse answer kept as the response and its latency (written straight to
+/// the line, with no `Value` built: the common case), any other body as JSON.
+enum Body {
+    Converse(ChatResponse, u64),
+    Json(Value),
+}
+
+impl Body {
+    fn json(&self) -> Cow<'_, Value> {
+        match self {
+            Body::Json(value) => Cow::Borrowed(value),
+            Body::Converse(response, latency_ms) => {
+                Cow::Owned(render_converse_response(response, *latency_ms))
+            }
+        }
+    }
+
+    fn write_line(&self, out: &mut Vec<u8>, record_id: &str, model_input: &RawValue) {
+        match self {
+            Body::Json(value) => write_success_line(out, record_id, model_input, value),
+            Body::Converse(response, latency_ms) => write_success_line_with(
+                out,
+                record_id,
+                model_input,
+                &ConverseResponse::new(response, *latency_ms),
+            ),
+        }
+    }
 }
 
 /// A record's defects as one error message.
@@ -253,7 +285,7 @@ async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer,
                 )
             })?;
             Ok(Answer {
-                body,
+                body: Body::Json(body),
                 input_tokens: answer.input_tokens,
                 output_tokens: answer.output_tokens,
             })
@@ -261,15 +293,15 @@ async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer,
         Prepared::Converse(request) => {
             let response = ctx.backend.chat(request).await?;
             Ok(Answer {
-                body: render_converse_response(&response, latency_ms()),
                 input_tokens: response.usage.input_tokens,
                 output_tokens: response.usage.output_tokens,
+                body: Body::Converse(response, latency_ms()),
             })
         }
         Prepared::Chat(family, request) => {
             let response = ctx.backend.chat(request).await?;
             Ok(Answer {
-                body: render_chat(*family, &response, latency_ms()),
+                body: Body::Json(render_chat(*family, &response, latency_ms())),
                 input_tokens: response.usage.input_tokens,
                 output_tokens: response.usage.output_tokens,
             })
@@ -279,13 +311,13 @@ async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer,
             let id = format!("{:016x}", fastrand::u64(..));
             let created = unix_seconds();
             Ok(Answer {
-                body: openai::render_text(
+                body: Body::Json(openai::render_text(
                     lines.endpoint.unwrap_or(Endpoint::ChatCompletions),
                     &response,
                     &lines.model,
                     &id,
                     created,
-                ),
+                )),
                 input_tokens: response.usage.input_tokens,
                 output_tokens: response.usage.output_tokens,
             })
@@ -293,11 +325,11 @@ async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer,
         Prepared::OpenAiEmbed(request, lines) => {
             let response = ctx.backend.embed(request).await?;
             Ok(Answer {
-                body: openai::render_embeddings(
+                body: Body::Json(openai::render_embeddings(
                     &response.embeddings,
                     &lines.model,
                     response.input_tokens,
-                ),
+                )),
                 input_tokens: response.input_tokens,
                 output_tokens: 0,
             })
@@ -313,7 +345,7 @@ async fn attempt(ctx: &RecordContext, prepared: &Prepared<'_>) -> Result<Answer,
             // models without Matryoshka training; `render_embed` cuts the vector instead.
             let (vector, tokens) = embedder.embed(item.text.clone(), None).await?;
             Ok(Answer {
-                body: render_embed(*family, item, &vector, tokens),
+                body: Body::Json(render_embed(*family, item, &vector, tokens)),
                 input_tokens: tokens,
                 output_tokens: 0,
             })
@@ -365,7 +397,9 @@ pub(crate) async fn process_record(
     let called = call_with_retries(&ctx, &prepared, &record_id).await;
     match called.result {
         Ok(answer) => {
-            write_success_line(&mut out, &record_id, record.model_input, &answer.body);
+            answer
+                .body
+                .write_line(&mut out, &record_id, record.model_input);
             RecordOutcome::answered(out, &answer, called.elapsed)
         }
         Err(error) => {
@@ -614,7 +648,7 @@ async fn process_item(ctx: &RecordContext, file: &str, unit: u64, line: &[u8]) -
     let timing = (called.elapsed, called.attempts);
     match called.result {
         Ok(answer) => {
-            let text = converse_text(&answer.body);
+            let text = converse_text(&answer.body.json());
             let tokens = (answer.input_tokens, answer.output_tokens);
             item_result(
                 &mut out,
@@ -760,7 +794,8 @@ async fn process_openai_line(
     let mut out = Vec::with_capacity(1024);
     match called.result {
         Ok(answer) => {
-            let outcome = openai::LineOutcome::Answered { body: &answer.body };
+            let body = answer.body.json();
+            let outcome = openai::LineOutcome::Answered { body: &body };
             openai::write_line(&mut out, &line_id(), &parsed.custom_id, &outcome);
             RecordOutcome::answered(out, &answer, called.elapsed)
         }

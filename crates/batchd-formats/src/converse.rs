@@ -5,6 +5,7 @@
 pub(crate) mod check;
 pub(crate) mod request;
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::Defect;
@@ -42,13 +43,168 @@ pub fn parse_converse(
     checker.finish(Some(req))
 }
 
-/// Renders the Converse response body (the record's modelOutput). Response content is
-/// text, tool calls, reasoning and images; other parts cannot come from a model and are
-/// left out.
+/// Renders the Converse response body (the record's modelOutput) as a `Value`: what
+/// [`ConverseResponse`] writes.
 pub fn render_converse_response(response: &ChatResponse, latency_ms: u64) -> Value {
-    let mut body = render_message_response(response, "cacheReadInputTokens");
-    body.insert("metrics".into(), json!({"latencyMs": latency_ms}));
-    Value::Object(body)
+    // Cannot fail: every member is a string, a number or a `Value`.
+    serde_json::to_value(ConverseResponse::new(response, latency_ms)).unwrap_or(Value::Null)
+}
+
+/// The Converse response body (the record's modelOutput), serialised straight from the
+/// response, with no `Value` built on the way (the per-record hot path). Response content is
+/// text, tool calls, reasoning and images; other parts cannot come from a model and are left
+/// out. Members are declared in sorted order: the bytes are those of the same body as a
+/// `Value`, whose maps sort their keys.
+#[derive(Serialize)]
+pub struct ConverseResponse<'a> {
+    metrics: Metrics,
+    output: Output<'a>,
+    #[serde(rename = "stopReason")]
+    stop_reason: &'static str,
+    usage: UsageBody,
+}
+
+impl<'a> ConverseResponse<'a> {
+    pub fn new(response: &'a ChatResponse, latency_ms: u64) -> Self {
+        let usage = &response.usage;
+        Self {
+            metrics: Metrics { latency_ms },
+            output: Output {
+                message: Message {
+                    content: Content(&response.content),
+                    role: "assistant",
+                },
+            },
+            stop_reason: response.stop_reason.as_str(),
+            usage: UsageBody {
+                cache_read_input_tokens: usage.cache_read_input_tokens,
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                total_tokens: usage.input_tokens.saturating_add(usage.output_tokens),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Metrics {
+    #[serde(rename = "latencyMs")]
+    latency_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    message: Message<'a>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    content: Content<'a>,
+    role: &'static str,
+}
+
+#[derive(Serialize)]
+struct UsageBody {
+    #[serde(
+        rename = "cacheReadInputTokens",
+        skip_serializing_if = "Option::is_none"
+    )]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(rename = "inputTokens")]
+    input_tokens: u64,
+    #[serde(rename = "outputTokens")]
+    output_tokens: u64,
+    #[serde(rename = "totalTokens")]
+    total_tokens: u64,
+}
+
+/// The parts a response can carry, each as its Converse content block.
+struct Content<'a>(&'a [ContentPart]);
+
+impl Serialize for Content<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(None)?;
+        for part in self.0 {
+            match part {
+                ContentPart::Text(text) => seq.serialize_element(&TextBlock { text })?,
+                ContentPart::ToolUse { id, name, input } => {
+                    seq.serialize_element(&ToolUseBlock {
+                        tool_use: ToolUse {
+                            input,
+                            name,
+                            tool_use_id: id,
+                        },
+                    })?
+                }
+                ContentPart::Reasoning { text } => seq.serialize_element(&ReasoningBlock {
+                    reasoning_content: ReasoningText {
+                        reasoning_text: TextBlock { text },
+                    },
+                })?,
+                ContentPart::Image {
+                    format,
+                    data_base64,
+                } => seq.serialize_element(&ImageBlock {
+                    image: Image {
+                        format,
+                        source: ImageSource { bytes: data_base64 },
+                    },
+                })?,
+                ContentPart::Document { .. }
+                | ContentPart::ToolResult { .. }
+                | ContentPart::Unsupported { .. } => {}
+            }
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct TextBlock<'a> {
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+struct ToolUseBlock<'a> {
+    #[serde(rename = "toolUse")]
+    tool_use: ToolUse<'a>,
+}
+
+#[derive(Serialize)]
+struct ToolUse<'a> {
+    input: &'a Value,
+    name: &'a str,
+    #[serde(rename = "toolUseId")]
+    tool_use_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ReasoningBlock<'a> {
+    #[serde(rename = "reasoningContent")]
+    reasoning_content: ReasoningText<'a>,
+}
+
+#[derive(Serialize)]
+struct ReasoningText<'a> {
+    #[serde(rename = "reasoningText")]
+    reasoning_text: TextBlock<'a>,
+}
+
+#[derive(Serialize)]
+struct ImageBlock<'a> {
+    image: Image<'a>,
+}
+
+#[derive(Serialize)]
+struct Image<'a> {
+    format: &'a str,
+    source: ImageSource<'a>,
+}
+
+#[derive(Serialize)]
+struct ImageSource<'a> {
+    bytes: &'a str,
 }
 
 /// `{output: {message}, stopReason, usage}`: the Converse response, and Nova's native one,
@@ -156,6 +312,41 @@ mod tests {
             "metrics": {"latencyMs": 250},
         });
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn the_typed_body_writes_the_bytes_of_the_value_body() {
+        // The Value is built the old way (render_message_response, sorted maps); the typed
+        // body must give the same bytes for every kind of part and usage.
+        let parts = vec![
+            ContentPart::Reasoning {
+                text: "think \"hard\"".into(),
+            },
+            ContentPart::Text("Let me check.\n".into()),
+            ContentPart::ToolUse {
+                id: "tu_1".into(),
+                name: "get_weather".into(),
+                input: json!({"city": "Tokyo", "days": [1, 2], "a": null}),
+            },
+            ContentPart::Image {
+                format: "png".into(),
+                data_base64: "aGk=".into(),
+            },
+            ContentPart::Unsupported {
+                kind: "video".into(),
+            },
+            ContentPart::Text("ünïcödé".into()),
+        ];
+        for (content, cache) in [(parts, Some(7)), (vec![], None), (vec![], Some(0))] {
+            let r = response(content, cache);
+            let mut old = render_message_response(&r, "cacheReadInputTokens");
+            old.insert("metrics".into(), json!({"latencyMs": 250}));
+            let typed = serde_json::to_vec(&ConverseResponse::new(&r, 250)).unwrap();
+            assert_eq!(
+                String::from_utf8(typed).unwrap(),
+                serde_json::to_string(&Value::Object(old)).unwrap()
+            );
+        }
     }
 
     #[test]
