@@ -8,6 +8,8 @@
 //! - peak RSS for a small and a large input (10k and 1M records with `--full`);
 //! - control plane: p50/p99 of GetModelInvocationJob and ListModelInvocationJobs under 1,000
 //!   concurrent calls to `batchd serve` while its jobs run;
+//! - with `--only instructions`: instructions per record of `batchd run` under callgrind
+//!   (the difference between two input sizes, so start-up does not count);
 //! - with `--only llama-server`: records/s through a real llama-server with N slots at batchd's
 //!   default concurrency ÷ a load generator keeping exactly N in flight.
 //!
@@ -16,6 +18,7 @@
 mod cluster;
 mod control;
 mod http;
+mod instructions;
 mod llama;
 mod loadgen;
 mod usage;
@@ -95,6 +98,18 @@ enum Section {
     Cluster,
     LlamaServer,
     LlamaPrefix,
+    Instructions,
+}
+
+impl Section {
+    /// Sections that run only when `--only` names them: they need a real model server or
+    /// valgrind, and take minutes.
+    fn only_when_named(self) -> bool {
+        matches!(
+            self,
+            Section::LlamaServer | Section::LlamaPrefix | Section::Instructions
+        )
+    }
 }
 
 /// The binaries and the work directory.
@@ -151,9 +166,7 @@ fn main() -> anyhow::Result<()> {
         "fake backend: separate process, {} worker thread(s); load generator: one thread, keep-alive HTTP/1.1",
         args.fake_threads
     );
-    // The llama-server section runs only when named: it builds and runs a real model.
-    let run =
-        |s: Section| args.only.contains(&s) || (args.only.is_empty() && s != Section::LlamaServer);
+    let run = |s: Section| args.only.contains(&s) || (args.only.is_empty() && !s.only_when_named());
     let mut figures = Vec::new();
 
     let overhead_records = args
@@ -240,6 +253,14 @@ fn main() -> anyhow::Result<()> {
             &args.llama_slots,
             args.llama_records,
         )?);
+    }
+
+    if run(Section::Instructions) {
+        println!(
+            "\n== instructions per record: batchd run under callgrind, zero latency, concurrency {} ==",
+            args.concurrency
+        );
+        figures.extend(instructions::run(&env, args.concurrency)?);
     }
 
     if run(Section::LlamaPrefix) {
@@ -499,6 +520,18 @@ pub fn write_input(path: &Path, n: u64) -> anyhow::Result<()> {
 }
 
 fn batchd_run(env: &Env, fake: &Fake, n: u64, concurrency: usize) -> anyhow::Result<RunResult> {
+    batchd_run_under(env, fake, n, concurrency, &[])
+}
+
+/// [`batchd_run`] with `batchd` started by `wrapper` (e.g. valgrind and its options) when that
+/// is not empty.
+pub(crate) fn batchd_run_under(
+    env: &Env,
+    fake: &Fake,
+    n: u64,
+    concurrency: usize,
+    wrapper: &[String],
+) -> anyhow::Result<RunResult> {
     let input = env.work.join(format!("in-{n}.jsonl"));
     write_input(&input, n)?;
     let config = env.work.join("batchd-run.toml");
@@ -506,7 +539,15 @@ fn batchd_run(env: &Env, fake: &Fake, n: u64, concurrency: usize) -> anyhow::Res
     let out = env.work.join("out");
     let fake_cpu0 = fake.cpu();
     let poller = StatsPoller::start(fake.addr, n)?;
-    let child = Command::new(&env.batchd)
+    let mut command = match wrapper.split_first() {
+        Some((program, options)) => {
+            let mut command = Command::new(program);
+            command.args(options).arg(&env.batchd);
+            command
+        }
+        None => Command::new(&env.batchd),
+    };
+    let child = command
         .arg("run")
         .arg(&input)
         .args([
