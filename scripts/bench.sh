@@ -14,6 +14,9 @@
 #   scripts/bench.sh --llama-prefix   the same server's prompt cache: records sharing a system
 #                               prompt grouped against interleaved, about 5 minutes
 #
+#   scripts/bench.sh --only instructions   instructions per record of batchd run under
+#                               callgrind (valgrind must be installed), about 1 minute
+#
 # Other arguments go to batchd-bench (target/release/batchd-bench --help), e.g.
 #   scripts/bench.sh --only overhead,control --concurrency 128
 set -euo pipefail
