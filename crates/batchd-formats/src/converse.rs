@@ -3,6 +3,7 @@
 //! response body (spec A7).
 
 pub(crate) mod check;
+mod fast;
 pub(crate) mod request;
 
 use serde::Serialize;
@@ -37,6 +38,15 @@ pub fn parse_converse(
     model_input: &str,
     opts: &ConverseOptions,
 ) -> Result<ChatRequest, Vec<Defect>> {
+    // Options only restrict members the quick read never accepts (toolConfig).
+    if let Some(req) = fast::simple_request(model_input) {
+        return Ok(req);
+    }
+    walk_converse(model_input, opts)
+}
+
+/// [`parse_converse`] by the full walk alone.
+fn walk_converse(model_input: &str, opts: &ConverseOptions) -> Result<ChatRequest, Vec<Defect>> {
     let value = check::parse_model_input(model_input)?;
     let mut checker = check::Checker::new(MAX_DEFECTS);
     let req = request::request(&mut checker, &value, opts);

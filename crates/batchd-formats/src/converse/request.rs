@@ -43,7 +43,7 @@ const VIDEO_FORMATS: &[&str] = &[
     "mkv", "mov", "mp4", "webm", "flv", "mpeg", "mpg", "wmv", "three_gp",
 ];
 
-const MAX_STOP_SEQUENCES: usize = 2500;
+pub(super) const MAX_STOP_SEQUENCES: usize = 2500;
 const MAX_RESPONSE_FIELD_PATHS: usize = 10;
 const NAME_PATTERN: &str = "[a-zA-Z0-9_-]{1,64}";
 const TOOL_USE_ID_PATTERN: &str = "[a-zA-Z0-9_.:-]{1,64}";
@@ -210,6 +210,11 @@ fn message(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<ChatMessa
     })
 }
 
+/// A text block Bedrock refuses: "The text field in the ContentBlock object ... is blank".
+pub(super) fn blank(text: &str) -> bool {
+    text.trim().is_empty()
+}
+
 fn unsupported(kind: &str) -> ContentPart {
     ContentPart::Unsupported {
         kind: kind.to_owned(),
@@ -224,8 +229,7 @@ fn content_block(cx: &mut Checker, path: &Path<'_>, value: &Value) -> Option<Con
     match kind {
         "text" => {
             let text = cx.string(&inner, body)?;
-            // Bedrock answers "The text field in the ContentBlock object ... is blank".
-            if text.trim().is_empty() {
+            if blank(text) {
                 cx.defect(&inner, "must not be blank");
                 return None;
             }
