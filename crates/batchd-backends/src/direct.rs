@@ -100,8 +100,15 @@ impl DirectClient {
                 },
             };
             let (parts, incoming) = response.into_parts();
-            let body = incoming.collect().await.map_err(hyper_error)?.to_bytes();
-            self.put_idle(sender);
+            let body = match incoming.collect().await {
+                Ok(collected) => {
+                    self.put_idle(sender);
+                    collected.to_bytes()
+                }
+                // A body that breaks off does not change the verdict an error status gave.
+                Err(_) if !parts.status.is_success() => Bytes::new(),
+                Err(e) => return Err(hyper_error(e)),
+            };
             return Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,
