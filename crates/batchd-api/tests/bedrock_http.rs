@@ -149,13 +149,20 @@ impl Server {
     }
 
     async fn get(&self, path_and_query: &str) -> Answer {
-        self.send(self.http.get(format!("{}{path_and_query}", self.base)))
-            .await
+        self.call(reqwest::Method::GET, path_and_query).await
     }
 
     async fn post(&self, path: &str) -> Answer {
-        self.send(self.http.post(format!("{}{path}", self.base)))
-            .await
+        self.call(reqwest::Method::POST, path).await
+    }
+
+    /// A request without a body.
+    async fn call(&self, method: reqwest::Method, path_and_query: &str) -> Answer {
+        self.send(
+            self.http
+                .request(method, format!("{}{path_and_query}", self.base)),
+        )
+        .await
     }
 
     async fn create_ok(&self, name: &str) -> JobId {
@@ -182,6 +189,18 @@ fn assert_error(a: &Answer, status: u16, code: &str) -> String {
     assert_eq!(header(a, "x-amzn-RequestId").len(), 36);
     assert_eq!(a.body["__type"], code, "{}", a.body);
     a.body["message"].as_str().unwrap().to_owned()
+}
+
+/// A job's record counts: total, processed, success, error.
+fn record_counts(job: &Value) -> Value {
+    [
+        "totalRecordCount",
+        "processedRecordCount",
+        "successRecordCount",
+        "errorRecordCount",
+    ]
+    .map(|k| job[k].clone())
+    .into()
 }
 
 fn assert_iso_ms(v: &Value) -> i64 {
@@ -265,15 +284,7 @@ async fn create_then_get_round_trips_every_field() {
     assert_eq!(job["status"], "Failed");
     assert_eq!(job["message"].as_str().unwrap().len(), 2048);
     assert!(assert_iso_ms(&job["endTime"]) >= submit);
-    assert_eq!(
-        (
-            &job["totalRecordCount"],
-            &job["processedRecordCount"],
-            &job["successRecordCount"],
-            &job["errorRecordCount"]
-        ),
-        (&json!(10), &json!(7), &json!(5), &json!(2))
-    );
+    assert_eq!(record_counts(&job), json!([10, 7, 5, 2]));
 
     // The same token answers the same job.
     let again = s.create(&body).await;
@@ -873,15 +884,7 @@ async fn a_job_created_over_http_runs_to_completion_on_the_real_scheduler() {
         assert!(Instant::now() < deadline, "not done: {job}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(
-        (
-            &job["totalRecordCount"],
-            &job["processedRecordCount"],
-            &job["successRecordCount"],
-            &job["errorRecordCount"]
-        ),
-        (&json!(3), &json!(3), &json!(3), &json!(0))
-    );
+    assert_eq!(record_counts(&job), json!([3, 3, 3, 0]));
     assert_iso_ms(&job["endTime"]);
     let out = s
         .dir
@@ -948,30 +951,24 @@ async fn unknown_routes_and_methods_answer_unknown_operation() {
     let s = start().await;
     let message = assert_error(&s.get("/nope").await, 404, "UnknownOperationException");
     assert!(message.contains("/nope"), "{message}");
-    assert_error(
-        &s.get("/model-invocation-job/abc123def456/stop").await,
-        405,
-        "UnknownOperationException",
-    );
-    assert_error(
-        &s.get("/model-invocation-job").await,
-        405,
-        "UnknownOperationException",
-    );
-    assert_error(
-        &s.send(
-            s.http
-                .delete(format!("{}/model-invocation-job/abc123def456", s.base)),
-        )
-        .await,
-        405,
-        "UnknownOperationException",
-    );
-    assert_error(
-        &s.post("/model-invocation-jobs").await,
-        405,
-        "UnknownOperationException",
-    );
+    for (method, path) in [
+        (
+            reqwest::Method::GET,
+            "/model-invocation-job/abc123def456/stop",
+        ),
+        (reqwest::Method::GET, "/model-invocation-job"),
+        (
+            reqwest::Method::DELETE,
+            "/model-invocation-job/abc123def456",
+        ),
+        (reqwest::Method::POST, "/model-invocation-jobs"),
+    ] {
+        assert_error(
+            &s.call(method, path).await,
+            405,
+            "UnknownOperationException",
+        );
+    }
 }
 
 #[tokio::test]

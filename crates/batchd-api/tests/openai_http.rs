@@ -73,6 +73,7 @@ async fn start() -> Server {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Part<'a> {
     Field(&'a str, &'a str),
     File(&'a str, &'a str, &'a [u8]),
@@ -123,6 +124,12 @@ struct Answer {
 }
 
 impl Answer {
+    /// The JSON of a 200 answer; any other status fails with the body.
+    fn ok_json(&self) -> Value {
+        assert_eq!(self.status, 200, "{}", String::from_utf8_lossy(&self.body));
+        self.json()
+    }
+
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
@@ -160,6 +167,11 @@ impl Server {
     }
 
     async fn upload(&self, parts: &[Part<'_>]) -> Answer {
+        self.upload_body(multipart(parts)).await
+    }
+
+    /// A `POST /v1/files` of `body` as multipart with [`BOUNDARY`], whatever it holds.
+    async fn upload_body(&self, body: Vec<u8>) -> Answer {
         let request = self
             .http
             .post(format!("{}/v1/files", self.base))
@@ -167,7 +179,7 @@ impl Server {
                 "content-type",
                 format!("multipart/form-data; boundary={BOUNDARY}"),
             )
-            .body(multipart(parts));
+            .body(body);
         self.send(request).await
     }
 
@@ -200,13 +212,7 @@ async fn an_upload_streams_past_the_routers_body_limit_and_reads_back_byte_for_b
     // 3 MiB: more than the 1 MiB limit of the router's JSON requests, of every byte value.
     let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let answer = server.upload(&batch_upload("big.jsonl", &data)).await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    let file = answer.json();
+    let file = answer.ok_json();
     let id = file["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("file-") && id.len() == 29, "{id}");
     let created = file["created_at"].as_i64().unwrap();
@@ -307,21 +313,21 @@ async fn bad_uploads_answer_openais_errors_and_store_nothing() {
         ),
         (
             "expires_after after the file",
-            vec![
-                Part::Field("purpose", "batch"),
-                Part::File("file", "a.jsonl", line),
-                Part::Field("expires_after[seconds]", "3600"),
-            ],
+            [
+                &batch_upload("a.jsonl", line)[..],
+                &[Part::Field("expires_after[seconds]", "3600")],
+            ]
+            .concat(),
             "'expires_after[seconds]' must come before 'file' in the multipart body.",
             json!("expires_after[seconds]"),
         ),
         (
             "two files",
-            vec![
-                Part::Field("purpose", "batch"),
-                Part::File("file", "a.jsonl", line),
-                Part::File("file", "b.jsonl", line),
-            ],
+            [
+                &batch_upload("a.jsonl", line)[..],
+                &[Part::File("file", "b.jsonl", line)],
+            ]
+            .concat(),
             "Only one 'file' per upload.",
             json!("file"),
         ),
@@ -357,18 +363,7 @@ async fn bad_uploads_answer_openais_errors_and_store_nothing() {
     assert_eq!(json_body.error().0, 400);
     let mut cut = multipart(&batch_upload("a.jsonl", line));
     cut.truncate(cut.len() - 30);
-    let cut = server
-        .send(
-            server
-                .http
-                .post(format!("{}/v1/files", server.base))
-                .header(
-                    "content-type",
-                    format!("multipart/form-data; boundary={BOUNDARY}"),
-                )
-                .body(cut),
-        )
-        .await;
+    let cut = server.upload_body(cut).await;
     assert_eq!(cut.error().0, 400);
     assert_eq!(server.stored(), 0);
 }
@@ -386,13 +381,7 @@ async fn expires_after_sets_the_expiry_and_exactly_the_limit_is_accepted() {
             Part::File("file", "Exact.JSONL", &exact),
         ])
         .await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    let file = answer.json();
+    let file = answer.ok_json();
     assert_eq!(file["bytes"], MAX_FILE_BYTES);
     assert_eq!(
         file["expires_at"].as_i64(),

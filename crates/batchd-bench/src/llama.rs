@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::http::{Conn, get_request};
+use crate::loadgen::{Load, LoadResult};
 use crate::{Env, Figure, loadgen, usage};
 
 /// The alias the script serves the model under, and the model id batchd runs it as.
@@ -211,9 +212,30 @@ struct Phase {
     busy: f64,
 }
 
+/// The load generator's `total` chat requests to the model server, `slots` at once.
+fn chat_load(
+    server: &ModelServer,
+    total: u64,
+    slots: usize,
+    limit: Duration,
+) -> anyhow::Result<LoadResult> {
+    loadgen::run(Load {
+        addr: server.addr,
+        total,
+        concurrency: slots,
+        limit,
+        body: chat_body,
+    })
+}
+
+/// Pages the model in and fills every slot once, before anything is measured.
+fn warm_up(server: &ModelServer, slots: usize) -> anyhow::Result<()> {
+    chat_load(server, 2 * slots as u64, slots, Duration::from_secs(120)).map(drop)
+}
+
 fn loadgen_phase(server: &ModelServer, n: u64, slots: usize) -> anyhow::Result<Phase> {
     let poller = SlotPoller::start(server.addr);
-    let result = loadgen::run_with(server.addr, n, slots, Duration::from_secs(600), chat_body)?;
+    let result = chat_load(server, n, slots, Duration::from_secs(600))?;
     let busy = poller.finish()?;
     println!(
         "load generator, {slots} in flight: {} requests in {:.1} s = {:.2} req/s, slots busy {busy:.2}",
@@ -266,14 +288,7 @@ fn batchd_phase(
     let poller = SlotPoller::start(server.addr);
     let started = Instant::now();
     let mut child = command.spawn()?;
-    let stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut e) = stderr {
-            let _ = std::io::Read::read_to_string(&mut e, &mut text);
-        }
-        text
-    });
+    let reader = usage::read_stderr(&mut child);
     let usage = usage::wait_with_rusage(child)?;
     let wall = started.elapsed();
     let busy = poller.finish()?;
@@ -301,14 +316,7 @@ pub fn run(env: &Env, script: &Path, slot_counts: &[usize], n: u64) -> anyhow::R
         println!("-- {slots} slots, {n} records of max_tokens {MAX_TOKENS}, temperature 0 --");
         let server =
             ModelServer::start(script, env.work.join(format!("llama-run-{slots}")), slots)?;
-        // Warm-up: page the model in, fill every slot once.
-        loadgen::run_with(
-            server.addr,
-            2 * slots as u64,
-            slots,
-            Duration::from_secs(120),
-            chat_body,
-        )?;
+        warm_up(&server, slots)?;
         let input = records(n);
         let before = loadgen_phase(&server, n, slots)?;
         let default = batchd_phase(env, &server, &input, None)?;
@@ -401,13 +409,7 @@ pub fn prefix_run(env: &Env, script: &Path, slots: usize, n: u64) -> anyhow::Res
         env.work.join(format!("llama-prefix-{slots}")),
         slots,
     )?;
-    loadgen::run_with(
-        server.addr,
-        2 * slots as u64,
-        slots,
-        Duration::from_secs(120),
-        chat_body,
-    )?;
+    warm_up(&server, slots)?;
     let (mut mixed, mut together) = (Vec::new(), Vec::new());
     for _ in 0..2 {
         mixed.push(batchd_phase(env, &server, &interleaved, None)?.rate);

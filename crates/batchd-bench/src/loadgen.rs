@@ -35,42 +35,38 @@ pub fn chat_body(i: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Runs the load on a current-thread runtime on the calling thread.
-pub fn run(
-    addr: SocketAddr,
-    total: u64,
-    concurrency: usize,
-    limit: Duration,
-) -> anyhow::Result<LoadResult> {
-    run_with(addr, total, concurrency, limit, chat_body)
+/// One load: `concurrency` connections to `addr` send `total` requests at most, for `limit`
+/// at most; request `i` has the body `body(i)` (e.g. [`chat_body`]).
+#[derive(Clone, Copy)]
+pub struct Load {
+    pub addr: SocketAddr,
+    pub total: u64,
+    pub concurrency: usize,
+    pub limit: Duration,
+    pub body: fn(u64) -> Vec<u8>,
 }
 
-/// [`run`] with the body of request `i` from `body`.
-pub fn run_with(
-    addr: SocketAddr,
-    total: u64,
-    concurrency: usize,
-    limit: Duration,
-    body: fn(u64) -> Vec<u8>,
-) -> anyhow::Result<LoadResult> {
+/// Runs the load on a current-thread runtime on the calling thread.
+pub fn run(load: Load) -> anyhow::Result<LoadResult> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let cpu_before = thread_cpu();
-    let result = runtime.block_on(drive(addr, total, concurrency, limit, body))?;
+    let result = runtime.block_on(drive(load))?;
     Ok(LoadResult {
         cpu: thread_cpu().saturating_sub(cpu_before),
         ..result
     })
 }
 
-async fn drive(
-    addr: SocketAddr,
-    total: u64,
-    concurrency: usize,
-    limit: Duration,
-    body: fn(u64) -> Vec<u8>,
-) -> anyhow::Result<LoadResult> {
+async fn drive(load: Load) -> anyhow::Result<LoadResult> {
+    let Load {
+        addr,
+        total,
+        concurrency,
+        limit,
+        body,
+    } = load;
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let answered = Arc::new(AtomicU64::new(0));

@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::loadgen::{LoadResult, StatsPoller};
+use crate::loadgen::{Load, LoadResult, StatsPoller};
 
 #[derive(Parser)]
 #[command(about = "Benchmark batchd against the fake backend and an independent load generator")]
@@ -451,7 +451,13 @@ impl std::ops::Deref for LoadRun {
 
 fn load(fake: &Fake, n: u64, concurrency: usize, limit: Duration) -> anyhow::Result<LoadRun> {
     let cpu0 = fake.cpu();
-    let result = loadgen::run(fake.addr, n, concurrency, limit)?;
+    let result = loadgen::run(Load {
+        addr: fake.addr,
+        total: n,
+        concurrency,
+        limit,
+        body: loadgen::chat_body,
+    })?;
     let fake_cpu = fake.cpu().saturating_sub(cpu0);
     println!(
         "load generator: {} requests in {:.2} s = {:.0} req/s (its own CPU {:.1} µs/req, fake's {:.1} µs/req)",
@@ -568,14 +574,7 @@ pub(crate) fn batchd_run_under(
         .spawn()?;
     let started = poller.started;
     let mut child = child;
-    let stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut e) = stderr {
-            let _ = std::io::Read::read_to_string(&mut e, &mut text);
-        }
-        text
-    });
+    let reader = usage::read_stderr(&mut child);
     let usage = usage::wait_with_rusage(child)?;
     let wall = started.elapsed();
     let (first, last) = poller.finish()?;

@@ -43,6 +43,19 @@ pub fn process_cpu(pid: u32) -> Duration {
     Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)
 }
 
+/// Reads the child's piped stderr to its end on a thread of its own (a full pipe would stall
+/// the child), for its text once the child is done; empty when stderr is not piped.
+pub fn read_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let stderr = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut text);
+        }
+        text
+    })
+}
+
 /// What `wait4` reports for a finished child.
 pub struct ChildUsage {
     pub exit: i32,

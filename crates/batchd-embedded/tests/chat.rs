@@ -51,6 +51,14 @@ fn ask(question: &str) -> ChatRequest {
     }
 }
 
+/// A request for a long answer, cut at `max_tokens`.
+fn essay(max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        max_tokens: Some(max_tokens),
+        ..ask("Write a long essay about the history of Rome.")
+    }
+}
+
 fn text(response: &ChatResponse) -> &str {
     match response.content.as_slice() {
         [ContentPart::Text(text)] => text,
@@ -140,10 +148,7 @@ async fn the_same_seed_gives_the_same_text() {
 #[tokio::test]
 async fn max_tokens_stops_the_answer() {
     let Some(chat) = chat() else { return };
-    let request = ChatRequest {
-        max_tokens: Some(5),
-        ..ask("Write a long essay about the history of Rome.")
-    };
+    let request = essay(5);
     let response = chat.chat(&request).await.unwrap();
     assert_eq!(response.stop_reason, StopReason::MaxTokens, "{response:?}");
     assert!(response.usage.output_tokens <= 5, "{response:?}");
@@ -200,10 +205,7 @@ async fn concurrent_requests_beyond_the_slots_all_answer() {
 #[tokio::test]
 async fn cancelled_requests_free_their_slots() {
     let Some(chat) = chat() else { return };
-    let long = ChatRequest {
-        max_tokens: Some(400),
-        ..ask("Write a long essay about the history of Rome.")
-    };
+    let long = essay(400);
     // Fill every slot, then give up on all of them (as an attempt timeout does).
     let pending = join_all((0..SLOTS).map(|_| async {
         tokio::time::timeout(Duration::from_millis(300), chat.chat(&long))

@@ -261,21 +261,8 @@ pub async fn export_rows(
     for file in result_files(storage, dir).await? {
         let name = file.file.relative.clone();
         let joined = file.dialect == Dialect::Seed && items.is_some();
-        if !joined {
-            read_results(
-                storage,
-                &file,
-                max_line_bytes,
-                Detail::Full,
-                |position, result| {
-                    rows += 1;
-                    sink(&export_fields(&name, position, &result, None))
-                },
-            )
-            .await?;
-            continue;
-        }
-        joined_any = true;
+        joined_any |= joined;
+        // A joined file's results wait for its items: reading those is async, this callback not.
         let mut results = Vec::new();
         read_results(
             storage,
@@ -283,12 +270,16 @@ pub async fn export_rows(
             max_line_bytes,
             Detail::Full,
             |position, result| {
-                results.push((position, result));
-                Ok(())
+                if joined {
+                    results.push((position, result));
+                    return Ok(());
+                }
+                rows += 1;
+                sink(&export_fields(&name, position, &result, None))
             },
         )
         .await?;
-        if let Some(items) = items.as_mut() {
+        if let Some(items) = items.as_mut().filter(|_| joined) {
             for (position, result) in results {
                 let at = || format!("{}: item {position} (id {:?})", file.file.uri, result.id);
                 let Some(item) = items.next().await? else {

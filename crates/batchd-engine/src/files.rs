@@ -215,6 +215,11 @@ mod tests {
         _dir: tempfile::TempDir,
     }
 
+    /// Whether `result` is the error of a file this account cannot see.
+    fn not_found<T>(result: Result<T, FilesError>) -> bool {
+        matches!(result, Err(FilesError::NotFound(_)))
+    }
+
     async fn env() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(Storage::new(StorageConfig {
@@ -302,14 +307,8 @@ mod tests {
         assert_eq!(read(&env.files, ME, &file.id).await, b"{\"a\":1}\n{}\n");
         env.files.delete(ME, &file.id).await.unwrap();
         assert!(stored(&env).is_empty());
-        assert!(matches!(
-            env.files.get(ME, &file.id).await,
-            Err(FilesError::NotFound(_))
-        ));
-        assert!(matches!(
-            env.files.delete(ME, &file.id).await,
-            Err(FilesError::NotFound(_))
-        ));
+        assert!(not_found(env.files.get(ME, &file.id).await));
+        assert!(not_found(env.files.delete(ME, &file.id).await));
     }
 
     #[tokio::test]
@@ -374,20 +373,14 @@ mod tests {
         assert_eq!(stored(&env), [kept[2].id.clone()]);
         for file in &kept[..2] {
             assert_eq!(env.store.get_file(&file.id).await.unwrap(), None);
-            assert!(matches!(
-                env.files.get(ME, &file.id).await,
-                Err(FilesError::NotFound(_))
-            ));
+            assert!(not_found(env.files.get(ME, &file.id).await));
         }
         // get() meets an expired file too.
         let mut last = kept[2].clone();
         last.expires_at = Some(now_secs());
         env.store.delete_file(&last.id).await.unwrap();
         env.store.create_file(&last).await.unwrap();
-        assert!(matches!(
-            env.files.content(ME, &last.id).await,
-            Err(FilesError::NotFound(_))
-        ));
+        assert!(not_found(env.files.content(ME, &last.id).await));
         assert!(stored(&env).is_empty());
     }
 
@@ -438,18 +431,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(theirs.account_id, OTHER);
-        assert!(matches!(
-            env.files.get(ME, &theirs.id).await,
-            Err(FilesError::NotFound(_))
-        ));
-        assert!(matches!(
-            env.files.content(ME, &theirs.id).await,
-            Err(FilesError::NotFound(_))
-        ));
-        assert!(matches!(
-            env.files.delete(ME, &theirs.id).await,
-            Err(FilesError::NotFound(_))
-        ));
+        assert!(not_found(env.files.get(ME, &theirs.id).await));
+        assert!(not_found(env.files.content(ME, &theirs.id).await));
+        assert!(not_found(env.files.delete(ME, &theirs.id).await));
         let filter = |account: &str| FileFilter {
             account_id: Some(account.into()),
             purpose: None,

@@ -292,6 +292,13 @@ fn instance(id: &str) -> SchedulerConfig {
     }
 }
 
+/// Instances `a` and `b`, their loops running, sharing the store and data dir of `dir`.
+async fn two_instances(dir: &Path, fake: &FakeServer) -> (Scheduler, Scheduler) {
+    let a = scheduler(dir, fake, instance("a")).await;
+    let b = scheduler(dir, fake, instance("b")).await;
+    (a, b)
+}
+
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -316,8 +323,7 @@ fn in_order(n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_sharing_a_store_split_a_job_and_write_it_once_in_order() {
     let (dir, fake) = dir_and_fake(100, FakeConfig::latency(5, 5)).await;
-    let a = scheduler(dir.path(), &fake, instance("a")).await;
-    let b = scheduler(dir.path(), &fake, instance("b")).await;
+    let (a, b) = two_instances(dir.path(), &fake).await;
     // Both have signed in (a heartbeat every pass, 20 ms apart) before the job exists.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let job = a.create(create("shared", None)).await.unwrap();
@@ -372,8 +378,7 @@ async fn an_instance_shut_down_mid_job_gives_its_chunk_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_on_one_instance_stops_the_shared_job() {
     let (dir, fake) = dir_and_fake(200, FakeConfig::latency(20, 5)).await;
-    let a = scheduler(dir.path(), &fake, instance("a")).await;
-    let b = scheduler(dir.path(), &fake, instance("b")).await;
+    let (a, b) = two_instances(dir.path(), &fake).await;
     let job = a.create(create("stopped", None)).await.unwrap();
     wait_for(&a, &job.id, |j| j.counters.processed >= 20).await;
     b.stop(&job.id).await.unwrap();
@@ -403,8 +408,7 @@ async fn a_stop_on_one_instance_stops_the_shared_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_rewritten_under_a_shared_job_fails_it() {
     let (dir, fake) = dir_and_fake(200, FakeConfig::latency(20, 5)).await;
-    let a = scheduler(dir.path(), &fake, instance("a")).await;
-    let b = scheduler(dir.path(), &fake, instance("b")).await;
+    let (a, b) = two_instances(dir.path(), &fake).await;
     let job = a.create(create("rewritten", None)).await.unwrap();
     wait_for(&a, &job.id, |j| j.counters.processed >= 10).await;
     support::write_prefixed(&dir.path().join("buckets/bucket/in/a.jsonl"), "x", 300);

@@ -6,26 +6,29 @@ use batchd_storage::{Storage, StorageConfig, StorageUri};
 use batchd_testkit::moto::MotoServer;
 use bytes::Bytes;
 
-fn storage(moto: &MotoServer, data_dir: &std::path::Path) -> Storage {
+/// Storage over a started moto with `bucket` made, and a temp data dir; `None` when moto is
+/// not there (`MotoServer::start` has said why).
+fn moto_storage(bucket: &str) -> Option<(MotoServer, tempfile::TempDir, Storage)> {
+    let moto = MotoServer::start()?;
+    moto.create_bucket(bucket);
+    let dir = tempfile::tempdir().unwrap();
     batchd_testkit::install_crypto_provider();
-    Storage::new(StorageConfig {
-        data_dir: data_dir.to_path_buf(),
+    let storage = Storage::new(StorageConfig {
+        data_dir: dir.path().to_path_buf(),
         s3_endpoint: Some(moto.endpoint()),
         s3_region: Some("us-east-1".into()),
         s3_access_key_id: Some("test".into()),
         s3_secret_access_key: Some("test".into()),
         s3_session_token: None,
-    })
+    });
+    Some((moto, dir, storage))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_listing_streaming_and_multipart_writes() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((_moto, _dir, s)) = moto_storage("batchd-test") else {
         return;
     };
-    moto.create_bucket("batchd-test");
-    let dir = tempfile::tempdir().unwrap();
-    let s = storage(&moto, dir.path());
     let uri = |k: &str| StorageUri::parse(&format!("s3://batchd-test/{k}")).unwrap();
 
     s.put(&uri("in/b/two.jsonl"), Bytes::from_static(b"x\n"))
@@ -80,12 +83,9 @@ async fn s3_listing_streaming_and_multipart_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_sink_writes_parts_while_running_and_concatenates_on_finish() {
-    let Some(moto) = MotoServer::start() else {
+    let Some((_moto, _dir, s)) = moto_storage("sink-test") else {
         return;
     };
-    moto.create_bucket("sink-test");
-    let dir = tempfile::tempdir().unwrap();
-    let s = storage(&moto, dir.path());
     let uri = StorageUri::parse("s3://sink-test/out/job/a.jsonl.out").unwrap();
     let part = |i: u32| {
         StorageUri::parse(&format!("s3://sink-test/out/job/a.jsonl.out.part-{i:06}")).unwrap()

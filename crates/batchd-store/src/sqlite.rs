@@ -214,36 +214,51 @@ pub(crate) mod tests {
         pool
     }
 
+    /// The store over a file that a batchd of migration `n` wrote: `insert` ran once a row,
+    /// binding the row's values in order; then the store opens it (and migrates it).
+    async fn migrated_from(
+        n: usize,
+        insert: &'static str,
+        rows: &[&[Option<&'static str>]],
+    ) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("batchd.sqlite");
+        let pool = pool_upto(&path, n).await;
+        for row in rows {
+            let mut q = sqlx::query(insert);
+            for value in *row {
+                q = q.bind(*value);
+            }
+            q.execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+        let store = SqliteStore::open(&path).await.unwrap();
+        (dir, store)
+    }
+
     /// A file written by a batchd from before migration 4 (inputs "\n"-joined, origin
     /// implied by the role ARN) reads back with the inputs as a list and the origin explicit.
     #[tokio::test]
     async fn a_file_from_before_origin_and_inputs_is_migrated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("batchd.sqlite");
-        let pool = pool_upto(&path, 3).await;
-        for (id, role, inputs) in [
-            ("aaaaaaaaaaa1", Some("arn:aws:iam::1:role/r"), "s3://b/in/"),
-            (
-                "aaaaaaaaaaa2",
-                None,
-                "/x/a.jsonl\n/x/b dir/\n/x/\"q\".jsonl",
-            ),
-        ] {
-            sqlx::query(
-                "INSERT INTO jobs (job_id, job_arn, job_name, model_id, role_arn, invocation_type,
-                    input_uri, output_uri, status, submit_time_ms, last_modified_ms)
-                 VALUES (?, '', 'n', 'm', ?, 'Converse', ?, 'out', 'Completed', 1, 1)",
-            )
-            .bind(id)
-            .bind(role)
-            .bind(inputs)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-        pool.close().await;
-
-        let store = SqliteStore::open(&path).await.unwrap();
+        let (_dir, store) = migrated_from(
+            3,
+            "INSERT INTO jobs (job_id, job_arn, job_name, model_id, role_arn, invocation_type,
+                input_uri, output_uri, status, submit_time_ms, last_modified_ms)
+             VALUES (?, '', 'n', 'm', ?, 'Converse', ?, 'out', 'Completed', 1, 1)",
+            &[
+                &[
+                    Some("aaaaaaaaaaa1"),
+                    Some("arn:aws:iam::1:role/r"),
+                    Some("s3://b/in/"),
+                ],
+                &[
+                    Some("aaaaaaaaaaa2"),
+                    None,
+                    Some("/x/a.jsonl\n/x/b dir/\n/x/\"q\".jsonl"),
+                ],
+            ],
+        )
+        .await;
         let get = |id: &'static str| {
             let store = store.clone();
             async move {
@@ -269,30 +284,22 @@ pub(crate) mod tests {
     /// configured one); one without an ARN (`batchd run`'s, once) to the default account.
     #[tokio::test]
     async fn jobs_from_before_accounts_take_the_account_of_their_arn() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("batchd.sqlite");
-        let pool = pool_upto(&path, 7).await;
-        for (id, arn) in [
-            (
-                "aaaaaaaaaaa1",
-                "arn:aws:bedrock:eu-west-1:123456789012:model-invocation-job/aaaaaaaaaaa1",
-            ),
-            ("aaaaaaaaaaa2", ""),
-        ] {
-            sqlx::query(
-                "INSERT INTO jobs (job_id, job_arn, job_name, model_id, invocation_type, inputs,
-                    input_uri, output_uri, status, submit_time_ms, last_modified_ms, origin)
-                 VALUES (?, ?, 'n', 'm', 'Converse', '[]', '', 'out', 'Completed', 1, 1, 'api')",
-            )
-            .bind(id)
-            .bind(arn)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-        pool.close().await;
-
-        let store = SqliteStore::open(&path).await.unwrap();
+        let (_dir, store) = migrated_from(
+            7,
+            "INSERT INTO jobs (job_id, job_arn, job_name, model_id, invocation_type, inputs,
+                input_uri, output_uri, status, submit_time_ms, last_modified_ms, origin)
+             VALUES (?, ?, 'n', 'm', 'Converse', '[]', '', 'out', 'Completed', 1, 1, 'api')",
+            &[
+                &[
+                    Some("aaaaaaaaaaa1"),
+                    Some(
+                        "arn:aws:bedrock:eu-west-1:123456789012:model-invocation-job/aaaaaaaaaaa1",
+                    ),
+                ],
+                &[Some("aaaaaaaaaaa2"), Some("")],
+            ],
+        )
+        .await;
         for (id, account) in [
             ("aaaaaaaaaaa1", "123456789012"),
             ("aaaaaaaaaaa2", "000000000000"),
@@ -310,32 +317,22 @@ pub(crate) mod tests {
     /// no tags, or one that is not JSON, gives none.
     #[tokio::test]
     async fn jobs_from_before_tags_take_the_tags_of_their_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("batchd.sqlite");
-        let pool = pool_upto(&path, 10).await;
-        for (id, request) in [
-            (
-                "aaaaaaaaaaa1",
-                Some(r#"{"tags":[{"key":"team","value":"a"}]}"#),
-            ),
-            ("aaaaaaaaaaa2", Some("not json")),
-            ("aaaaaaaaaaa3", None),
-        ] {
-            sqlx::query(
-                "INSERT INTO jobs (job_id, job_arn, job_name, model_id, invocation_type, inputs,
-                    input_uri, output_uri, status, submit_time_ms, last_modified_ms, origin,
-                    request_json)
-                 VALUES (?, '', 'n', 'm', 'Converse', '[]', '', 'out', 'Completed', 1, 1, 'api', ?)",
-            )
-            .bind(id)
-            .bind(request)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-        pool.close().await;
-
-        let store = SqliteStore::open(&path).await.unwrap();
+        let (_dir, store) = migrated_from(
+            10,
+            "INSERT INTO jobs (job_id, job_arn, job_name, model_id, invocation_type, inputs,
+                input_uri, output_uri, status, submit_time_ms, last_modified_ms, origin,
+                request_json)
+             VALUES (?, '', 'n', 'm', 'Converse', '[]', '', 'out', 'Completed', 1, 1, 'api', ?)",
+            &[
+                &[
+                    Some("aaaaaaaaaaa1"),
+                    Some(r#"{"tags":[{"key":"team","value":"a"}]}"#),
+                ],
+                &[Some("aaaaaaaaaaa2"), Some("not json")],
+                &[Some("aaaaaaaaaaa3"), None],
+            ],
+        )
+        .await;
         let tags = |id: &str| {
             let id = JobId::parse(id).unwrap();
             let store = &store;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchd_core::{
-    BatchJobOptions, Checkpoint, ChunkPlan, ChunkState, Counters, Dialect, DialectKind, FileFilter,
-    FileRecord, InvocationType, ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin, JobRequest,
-    JobRetry, JobStatus, NewJob, PhaseTimes, RetryClass,
+    BatchJobOptions, Checkpoint, ChunkLease, ChunkPlan, ChunkState, Counters, Dialect, DialectKind,
+    FileFilter, FileRecord, InvocationType, ItemFormat, Job, JobFile, JobFilter, JobId, JobOrigin,
+    JobRequest, JobRetry, JobStatus, NewJob, PhaseTimes, RetryClass,
 };
-use batchd_store::{JobStore, PgStore, SharedStore, SqliteStore, StoreError};
+use batchd_store::{JobStore, Leases, PgStore, SharedStore, SqliteStore, StoreError};
 
 /// A new empty store (`None`: this machine has none of that kind; the case then passes outside
 /// CI and fails under it), and what must live as long as it.
@@ -607,6 +607,15 @@ fn summed(total: u64, chunks: &[Counters]) -> Counters {
     )
 }
 
+/// The chunk `owner` claims of job `id` at `now` until `until`, where there must be one.
+async fn claimed(leases: &dyn Leases, id: &JobId, owner: &str, now: i64, until: i64) -> ChunkLease {
+    leases
+        .claim_chunk(id, owner, now, until)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 async fn chunks_are_planned_once_and_a_late_commit_is_refused(store: &dyn JobStore) {
     let job = store
         .create(new_job(1, request(JobOrigin::Api)))
@@ -631,16 +640,8 @@ async fn chunks_are_planned_once_and_a_late_commit_is_refused(store: &dyn JobSto
             .all(|c| c.state == ChunkState::Pending && c.fence == 0)
     );
 
-    let a = leases
-        .claim_chunk(&job.id, "a", 100, 200)
-        .await
-        .unwrap()
-        .unwrap();
-    let b = leases
-        .claim_chunk(&job.id, "b", 100, 200)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = claimed(leases, &job.id, "a", 100, 200).await;
+    let b = claimed(leases, &job.id, "b", 100, 200).await;
     assert_eq!((a.index, b.index), (0, 1));
     assert_eq!(a.plan, plans(3)[0]);
     assert!(leases.renew_chunk(&a, &done(4), 300).await.unwrap());
@@ -650,11 +651,7 @@ async fn chunks_are_planned_once_and_a_late_commit_is_refused(store: &dyn JobSto
     assert_eq!(live, summed(30, &[done(4), done(2)]));
 
     // b's lease runs out: c takes chunk 1 over (before the pending chunk 2), from zero.
-    let c = leases
-        .claim_chunk(&job.id, "c", 250, 400)
-        .await
-        .unwrap()
-        .unwrap();
+    let c = claimed(leases, &job.id, "c", 250, 400).await;
     assert_eq!(c.index, 1);
     assert!(c.fence > b.fence);
     let live = store.get(&job.id).await.unwrap().unwrap().counters;
@@ -668,18 +665,10 @@ async fn chunks_are_planned_once_and_a_late_commit_is_refused(store: &dyn JobSto
     // Done is final: a second commit under the same token changes nothing.
     assert!(!leases.commit_chunk(&a, &done(3)).await.unwrap());
 
-    let d = leases
-        .claim_chunk(&job.id, "d", 250, 400)
-        .await
-        .unwrap()
-        .unwrap();
+    let d = claimed(leases, &job.id, "d", 250, 400).await;
     assert_eq!(d.index, 2);
     assert!(leases.release_chunk(&d).await.unwrap());
-    let again = leases
-        .claim_chunk(&job.id, "e", 260, 400)
-        .await
-        .unwrap()
-        .unwrap();
+    let again = claimed(leases, &job.id, "e", 260, 400).await;
     assert_eq!((again.index, again.fence), (2, d.fence + 1));
     assert!(leases.commit_chunk(&again, &done(7)).await.unwrap());
     assert_eq!(
@@ -708,16 +697,8 @@ async fn chunks_are_planned_once_and_a_late_commit_is_refused(store: &dyn JobSto
         .await
         .unwrap();
     leases.plan_chunks(&other.id, &plans(2)).await.unwrap();
-    let first = leases
-        .claim_chunk(&other.id, "g", 500, 900)
-        .await
-        .unwrap()
-        .unwrap();
-    let second = leases
-        .claim_chunk(&other.id, "g", 600, 900)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = claimed(leases, &other.id, "g", 500, 900).await;
+    let second = claimed(leases, &other.id, "g", 600, 900).await;
     assert_eq!((first.index, second.index), (0, 1));
     assert_eq!(
         leases.claim_chunk(&other.id, "g", 700, 900).await.unwrap(),

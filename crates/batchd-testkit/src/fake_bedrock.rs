@@ -31,7 +31,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use batchd_formats::native::ModelFamily as Family;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -217,8 +217,22 @@ struct Counters {
 }
 
 impl Counters {
-    fn all(&self) -> [&AtomicU64; 8] {
-        [
+    fn snapshot(&self) -> FakeBedrockStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        FakeBedrockStats {
+            requests: get(&self.requests),
+            rejected_signatures: get(&self.rejected_signatures),
+            ok: get(&self.ok),
+            throttled: get(&self.throttled),
+            errors: get(&self.errors),
+            converse: get(&self.converse),
+            invoke: get(&self.invoke),
+            with_session_token: get(&self.with_session_token),
+        }
+    }
+
+    fn reset(&self) {
+        for counter in [
             &self.requests,
             &self.rejected_signatures,
             &self.ok,
@@ -227,34 +241,7 @@ impl Counters {
             &self.converse,
             &self.invoke,
             &self.with_session_token,
-        ]
-    }
-
-    fn snapshot(&self) -> FakeBedrockStats {
-        let [
-            requests,
-            rejected_signatures,
-            ok,
-            throttled,
-            errors,
-            converse,
-            invoke,
-            with_session_token,
-        ] = self.all().map(|c| c.load(Ordering::Relaxed));
-        FakeBedrockStats {
-            requests,
-            rejected_signatures,
-            ok,
-            throttled,
-            errors,
-            converse,
-            invoke,
-            with_session_token,
-        }
-    }
-
-    fn reset(&self) {
-        for counter in self.all() {
+        ] {
             counter.store(0, Ordering::Relaxed);
         }
     }
@@ -268,8 +255,8 @@ fn bump(counter: &AtomicU64) {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/model/{model_id}/converse", post(converse))
-        .route("/model/{model_id}/invoke", post(invoke))
+        .route("/model/{model_id}/converse", model_route(Api::Converse))
+        .route("/model/{model_id}/invoke", model_route(Api::Invoke))
         .route("/fake/stats", get(stats))
         .route("/fake/stats/reset", post(reset_stats))
         .route("/fake/config", get(get_config).post(set_config))
@@ -285,24 +272,17 @@ enum Api {
     Invoke,
 }
 
-async fn converse(
-    State(shared): State<Arc<Shared>>,
-    Path(model_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(&shared, Api::Converse, &model_id, &uri, &headers, &body).await
-}
-
-async fn invoke(
-    State(shared): State<Arc<Shared>>,
-    Path(model_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(&shared, Api::Invoke, &model_id, &uri, &headers, &body).await
+/// `POST /model/{model_id}/<api>`: one handler for both APIs, told apart by `api`.
+fn model_route(api: Api) -> MethodRouter<Arc<Shared>> {
+    post(
+        move |State(shared): State<Arc<Shared>>,
+              Path(model_id): Path<String>,
+              uri: Uri,
+              headers: HeaderMap,
+              body: Bytes| async move {
+            handle(&shared, api, &model_id, &uri, &headers, &body).await
+        },
+    )
 }
 
 async fn handle(

@@ -83,25 +83,7 @@ enum Command {
     /// Run one batch job in this process and print a summary.
     Run(RunArgs),
     /// Serve the Bedrock batch control plane (boto3 / AWS CLI with --endpoint-url) and run jobs.
-    Serve {
-        /// Address to listen on (port 0 picks a free port, printed on the first line).
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        listen: std::net::SocketAddr,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Keep jobs in this PostgreSQL database (`postgres://user:password@host/db`) instead
-        /// of `<data-dir>/batchd.sqlite`: instances sharing it serve one set of jobs.
-        #[arg(long, env = "BATCHD_DATABASE_URL", hide_env_values = true)]
-        database_url: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
-        #[arg(long)]
-        tls_cert: Option<PathBuf>,
-        /// The PEM private key of --tls-cert.
-        #[arg(long)]
-        tls_key: Option<PathBuf>,
-    },
+    Serve(serve::ServeArgs),
     /// Talk to a running `batchd serve`: create, get, list, stop and wait for jobs.
     Jobs {
         #[arg(long, env = "BATCHD_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
@@ -211,23 +193,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve {
-            listen,
-            data_dir,
-            database_url,
-            config,
-            tls_cert,
-            tls_key,
-        } => {
-            serve::serve(serve::ServeArgs {
-                listen,
-                data_dir,
-                database_url,
-                config,
-                tls_cert,
-                tls_key,
-            })
-            .await?;
+        Command::Serve(args) => {
+            serve::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate {
@@ -862,9 +829,9 @@ mod tests {
     fn jobs_look_for_the_server_where_serve_listens_by_default() {
         assert_eq!(DEFAULT_ENDPOINT, format!("http://{DEFAULT_LISTEN}"));
         let serve = Cli::try_parse_from(["batchd", "serve"]).unwrap();
-        let Command::Serve { listen, .. } = serve.command else {
+        let Command::Serve(args) = serve.command else {
             panic!("not serve")
         };
-        assert_eq!(listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(args.listen.to_string(), DEFAULT_LISTEN);
     }
 }

@@ -24,12 +24,25 @@ use batchd_store::SharedStore;
 use crate::config::Config;
 use crate::events::{EventStore, Events};
 
+/// `batchd serve`'s arguments.
+#[derive(clap::Args)]
 pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port, printed on the first line).
+    #[arg(long, default_value = crate::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Keep jobs in this PostgreSQL database (`postgres://user:password@host/db`) instead
+    /// of `<data-dir>/batchd.sqlite`: instances sharing it serve one set of jobs.
+    #[arg(long, env = "BATCHD_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
 }
 

@@ -181,6 +181,12 @@ impl LocalBuckets {
         object_path(&self.root, bucket, key).map_err(key_error)
     }
 
+    /// The folder of a bucket that must exist, and the path of `key` in it.
+    async fn existing_object(&self, bucket: &str, key: &str) -> S3Result<(PathBuf, PathBuf)> {
+        let bucket_dir = self.existing_bucket(bucket).await?;
+        Ok((bucket_dir, self.object(bucket, key)?))
+    }
+
     fn temp_file(&self) -> TempFile {
         TempFile {
             path: self.tmp.join(format!(
@@ -491,8 +497,7 @@ impl S3 for LocalBuckets {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let sha256 = sha256_claim(&req.headers);
         let input = req.input;
-        self.existing_bucket(&input.bucket).await?;
-        let path = self.object(&input.bucket, &input.key)?;
+        let (_, path) = self.existing_object(&input.bucket, &input.key).await?;
         let written = self
             .write_atomically(&path, input.body, sha256.as_deref())
             .await?;
@@ -507,8 +512,7 @@ impl S3 for LocalBuckets {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        self.existing_bucket(&input.bucket).await?;
-        let path = self.object(&input.bucket, &input.key)?;
+        let (_, path) = self.existing_object(&input.bucket, &input.key).await?;
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|_| s3_error!(NoSuchKey, "The specified key does not exist."))?;
@@ -552,8 +556,7 @@ impl S3 for LocalBuckets {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        self.existing_bucket(&input.bucket).await?;
-        let path = self.object(&input.bucket, &input.key)?;
+        let (_, path) = self.existing_object(&input.bucket, &input.key).await?;
         let meta = match tokio::fs::metadata(&path).await {
             Ok(m) if m.is_file() => m,
             _ => return Err(s3_error!(NoSuchKey, "The specified key does not exist.")),
@@ -572,8 +575,7 @@ impl S3 for LocalBuckets {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
-        let bucket_dir = self.existing_bucket(&input.bucket).await?;
-        let path = self.object(&input.bucket, &input.key)?;
+        let (bucket_dir, path) = self.existing_object(&input.bucket, &input.key).await?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => self.prune_empty_parents(&bucket_dir, &path).await,
             // S3 answers 204 for a key that is not there.
@@ -770,8 +772,7 @@ impl S3 for LocalBuckets {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        self.existing_bucket(&input.bucket).await?;
-        self.object(&input.bucket, &input.key)?;
+        self.existing_object(&input.bucket, &input.key).await?;
         let upload_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let dir = self.upload_dir(&upload_id)?;
         tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
@@ -822,8 +823,7 @@ impl S3 for LocalBuckets {
         let dir = self
             .existing_upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
-        self.existing_bucket(&input.bucket).await?;
-        let dest = self.object(&input.bucket, &input.key)?;
+        let (_, dest) = self.existing_object(&input.bucket, &input.key).await?;
         let parts = input
             .multipart_upload
             .and_then(|m| m.parts)

@@ -159,6 +159,11 @@ fn labelling_request(i: usize, max_tokens: u32) -> ChatRequest {
     }
 }
 
+/// How many answers are the same in both runs, record by record.
+fn identical(a: &[String], b: &[String]) -> usize {
+    a.iter().zip(b).filter(|(a, b)| a == b).count()
+}
+
 /// Runs the labelling records on a fresh engine: (records/s, answers in record order, prompt
 /// tokens computed, prompt tokens shared).
 async fn labelling_run(
@@ -223,11 +228,7 @@ async fn shared_prefix(args: Args) -> Result<(), String> {
         "sharing on: {rate_on:.2} records/s, {computed_on} prompt tokens computed, {shared} \
          copied from the cache"
     );
-    let same = answers_off
-        .iter()
-        .zip(&answers_on)
-        .filter(|(a, b)| a == b)
-        .count();
+    let same = identical(&answers_off, &answers_on);
     println!(
         "ratio: {:.2}× records/s with sharing; answers byte-identical: {same} of {}",
         rate_on / rate_off,
@@ -238,11 +239,7 @@ async fn shared_prefix(args: Args) -> Result<(), String> {
     // (llama.cpp's CPU kernels sum in another order), sharing or not.
     let (_, answers_reversed, _, _) =
         labelling_run(off, args.records, args.max_tokens, true).await?;
-    let floor = answers_off
-        .iter()
-        .zip(&answers_reversed)
-        .filter(|(a, b)| a == b)
-        .count();
+    let floor = identical(&answers_off, &answers_reversed);
     println!(
         "noise floor: sharing off twice (the second in reverse order): {floor} of {} identical",
         args.records

@@ -19,6 +19,13 @@ const MISTRAL: &str = "mistral.mistral-7b-instruct-v0:2";
 /// A custom id whose family comes from `format` in its config entry.
 const CUSTOM: &str = "my-team/claude-like";
 
+/// A fake with default answers and an environment whose models all call it.
+async fn fake_and_env() -> (FakeServer, TestEnv) {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let env = env_for(&fake);
+    (fake, env)
+}
+
 /// Every family's id on the fake, plus `CUSTOM`.
 fn env_for(fake: &FakeServer) -> TestEnv {
     let mut config = Config::new().backoff_ms(1, 20);
@@ -71,8 +78,7 @@ fn is_text(v: &Value) -> bool {
 
 #[tokio::test]
 async fn anthropic_records_answer_in_the_messages_shape() {
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = env_for(&fake);
+    let (_fake, env) = fake_and_env().await;
     for model in [ANTHROPIC, CUSTOM] {
         for out in model_outputs(&env, "invoke-anthropic.jsonl", model).await {
             assert_eq!(out["type"], "message", "{out}");
@@ -94,8 +100,7 @@ async fn anthropic_records_answer_in_the_messages_shape() {
 
 #[tokio::test]
 async fn titan_text_records_answer_with_results() {
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = env_for(&fake);
+    let (_fake, env) = fake_and_env().await;
     for out in model_outputs(&env, "invoke-titan-text.jsonl", TITAN_TEXT).await {
         assert!(is_uint(&out["inputTextTokenCount"]), "{out}");
         let result = &out["results"][0];
@@ -137,8 +142,7 @@ async fn titan_embed_records_are_batched_and_answer_with_vectors() {
 
 #[tokio::test]
 async fn nova_records_answer_in_the_nova_shape() {
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = env_for(&fake);
+    let (_fake, env) = fake_and_env().await;
     for out in model_outputs(&env, "invoke-nova.jsonl", NOVA).await {
         let message = &out["output"]["message"];
         assert_eq!(message["role"], "assistant", "{out}");
@@ -152,8 +156,7 @@ async fn nova_records_answer_in_the_nova_shape() {
 
 #[tokio::test]
 async fn llama_and_mistral_records_answer_in_their_shapes() {
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = env_for(&fake);
+    let (_fake, env) = fake_and_env().await;
     for out in model_outputs(&env, "invoke-llama.jsonl", LLAMA).await {
         assert!(is_text(&out["generation"]), "{out}");
         assert!(is_uint(&out["prompt_token_count"]), "{out}");
@@ -169,8 +172,7 @@ async fn llama_and_mistral_records_answer_in_their_shapes() {
 
 #[tokio::test]
 async fn native_defects_fail_validation_with_file_line_and_field() {
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = env_for(&fake);
+    let (fake, env) = fake_and_env().await;
     let good = r#"{"recordId":"a","modelInput":{"anthropic_version":"bedrock-2023-05-31","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}}"#;
     let no_version = r#"{"recordId":"b","modelInput":{"max_tokens":16,"messages":[{"role":"user","content":"hi"}]}}"#;
     let no_max = r#"{"recordId":"c","modelInput":{"anthropic_version":"bedrock-2023-05-31","messages":[{"role":"user","content":"hi"}]}}"#;
@@ -240,8 +242,7 @@ async fn native_defects_fail_validation_with_file_line_and_field() {
 
 #[tokio::test]
 async fn invoke_model_without_a_known_format_is_refused_with_the_fix() {
-    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
-    let env = env_for(&fake);
+    let (_fake, env) = fake_and_env().await;
     let out = env
         .batchd(&[
             "validate",

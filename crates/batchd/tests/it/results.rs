@@ -78,14 +78,19 @@ async fn finished_job(fake: &FakeServer) -> (TestEnv, std::path::PathBuf, String
     (env, job_dir, job_id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_of_a_run_match_its_output_exactly() {
-    let fake = FakeServer::start(FakeConfig {
+/// A fake with `config` that fails the records whose prompt holds [`MARKER`].
+async fn marker_fake(config: FakeConfig) -> FakeServer {
+    FakeServer::start(FakeConfig {
         fail_when_prompt_contains: Some(MARKER.into()),
-        ..FakeConfig::latency(5, 20)
+        ..config
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_of_a_run_match_its_output_exactly() {
+    let fake = marker_fake(FakeConfig::latency(5, 20)).await;
     let (env, job_dir, job_id) = finished_job(&fake).await;
     let a = results_json(&env, &job_id).await;
     assert_eq!(a["job_id"], job_id.as_str());
@@ -177,12 +182,7 @@ async fn results_of_a_run_match_its_output_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_have_one_row_per_record_joining_input_and_output() {
-    let fake = FakeServer::start(FakeConfig {
-        fail_when_prompt_contains: Some(MARKER.into()),
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let fake = marker_fake(FakeConfig::default()).await;
     let (env, _job_dir, job_id) = finished_job(&fake).await;
     let csv = env.path("results.csv");
     results(&env, &[&job_id, "--export", csv.to_str().unwrap()]).await;
@@ -319,12 +319,7 @@ async fn seed_results_at_an_output_location_are_analysed_and_defects_located() {
 
 #[tokio::test]
 async fn invoke_model_jobs_keep_processing_times_beside_their_unchanged_output() {
-    let fake = FakeServer::start(FakeConfig {
-        fail_when_prompt_contains: Some(MARKER.into()),
-        ..FakeConfig::latency(40, 0)
-    })
-    .await
-    .unwrap();
+    let fake = marker_fake(FakeConfig::latency(40, 0)).await;
     let env = env_for(&fake);
     let input = env.path("in/claude.jsonl");
     write_jsonl(
