@@ -206,6 +206,49 @@ fn write_records(path: &Path, prefix: &str, n: usize, marker_every: Option<usize
     );
 }
 
+/// `--threads` changes how many threads run the job, not what it writes; 0 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_flag_changes_the_threads_not_the_output() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_jitter_ms: 3,
+        fail_when_prompt_contains: Some("FAIL-ME".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let env = env_for(&fake);
+    let input = env.path("in/records.jsonl");
+    write_records(&input, "rec", 300, Some(7));
+    // Each line without its timing, which differs from run to run.
+    let lines = |job_dir: &Path| -> Vec<Value> {
+        let mut lines = read_jsonl(&job_dir.join("records.jsonl.out"));
+        for line in &mut lines {
+            if let Some(metrics) = line.pointer_mut("/modelOutput/metrics") {
+                *metrics = Value::Null;
+            }
+        }
+        lines
+    };
+    let mut outputs = Vec::new();
+    for extra in [&[][..], &["--threads", "3"][..]] {
+        let (out, job_dir) = run(&env, &[&input], extra).await;
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {}", describe(&out));
+        let job_dir = job_dir.unwrap();
+        assert_counts(&manifest(&job_dir), 300, 43);
+        outputs.push(lines(&job_dir));
+    }
+    assert_eq!(outputs[0].len(), 300);
+    assert_eq!(outputs[0], outputs[1]);
+    let (out, job_dir) = env.run(&[&input], MODEL, "out0", &["--threads", "0"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(job_dir.is_none());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--threads"),
+        "{}",
+        describe(&out)
+    );
+}
+
 /// A model that sets no concurrency runs as many records at once as its server has slots
 /// when the server says (llama-server's `GET /props`), else `engine.concurrency` (16);
 /// `max_concurrency` and `--concurrency` still win over the server's count.
