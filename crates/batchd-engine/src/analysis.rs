@@ -14,6 +14,9 @@ use batchd_formats::analysis::{
 };
 use batchd_storage::{InputFile, Storage, StorageError, StorageUri};
 
+mod live;
+pub(crate) use live::LiveTally;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {
     #[error(transparent)]
@@ -228,6 +231,16 @@ pub async fn write_job_analysis(
 ) -> Result<Analysis, AnalysisError> {
     let dir = output.join(job_id);
     let analysis = analyze_output(storage, &dir, max_line_bytes, context).await?;
+    write_analysis(storage, output, job_id, analysis).await
+}
+
+/// Writes `analysis` to `<output>/<jobId>.analysis.json`.
+pub async fn write_analysis(
+    storage: &Storage,
+    output: &StorageUri,
+    job_id: &str,
+    analysis: Analysis,
+) -> Result<Analysis, AnalysisError> {
     // Serialising plain numbers, strings and lists cannot fail.
     let json = serde_json::to_vec_pretty(&analysis).unwrap_or_default();
     storage

@@ -430,13 +430,14 @@ impl Engine {
             stop: &stop,
             chunk: None,
         };
-        let end = RunEnd {
+        let mut end = RunEnd {
             counters: job.counters,
             complete,
             unreachable: 0,
             abandoned: 0,
+            tally: None,
         };
-        let (status, message) = self.end_execution(&run, &end).await?;
+        let (status, message) = self.end_execution(&run, &mut end).await?;
         match self.storage.list_files(&parts_dir(spec)).await {
             Ok(parts) => {
                 for part in parts {

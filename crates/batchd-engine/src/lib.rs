@@ -40,7 +40,7 @@ use batchd_core::{
     BatchJobOptions, Checkpoint, Counters, InvocationType, Job, JobFile, JobId, JobStatus,
     OpenAiBatchOptions, TimingSummary,
 };
-use batchd_formats::analysis::{AnalysisContext, Prices};
+use batchd_formats::analysis::{AnalysisContext, Prices, Tally};
 use batchd_formats::converse::ConverseOptions;
 use batchd_formats::native::ModelFamily;
 use batchd_storage::{InputFile, Storage, StorageError, StorageUri};
@@ -643,7 +643,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let end = match run::run_records(&job, &files, resume_from, backend).await {
+        let mut end = match run::run_records(&job, &files, resume_from, backend).await {
             Ok(end) => end,
             Err(e) if stop.reason().is_some_and(StopReason::goes_on) => return Err(e),
             Err(e) => return job.fail(e).await,
@@ -664,7 +664,7 @@ impl Engine {
             // Without its files the batch cannot be read: fail it rather than complete it.
             return job.fail(e).await;
         }
-        let (status, message) = self.end_execution(&job, &end).await?;
+        let (status, message) = self.end_execution(&job, &mut end).await?;
         Ok(JobOutcome {
             status,
             counters: end.counters,
@@ -828,7 +828,7 @@ impl Engine {
     async fn end_execution(
         &self,
         job: &JobRun<'_>,
-        end: &run::RunEnd,
+        end: &mut run::RunEnd,
     ) -> Result<(JobStatus, String), EngineError> {
         let (spec, store, counters) = (job.spec, job.store, end.counters);
         if job.stop.reason().is_some_and(StopReason::goes_on) {
@@ -849,7 +849,7 @@ impl Engine {
             )
             .await?;
         // Before the final status, so a job seen ended has its analysis beside its folder.
-        self.write_analysis(job).await;
+        self.write_analysis(job, end.tally.take()).await;
         let mut summary = format!(
             "{} of {} records processed: {} succeeded, {} failed",
             counters.processed, counters.total, counters.success, counters.error
@@ -889,8 +889,9 @@ impl Engine {
         Ok((status, message))
     }
 
-    /// Writes `<output>/<jobId>.analysis.json`; a failure is logged, never the job's.
-    async fn write_analysis(&self, job: &JobRun<'_>) {
+    /// Writes `<output>/<jobId>.analysis.json` from the run's `tally` when it has one, else
+    /// from the output folder read back; a failure is logged, never the job's.
+    async fn write_analysis(&self, job: &JobRun<'_>, tally: Option<Tally>) {
         let spec = job.spec;
         let stored = match job.store.get(&spec.job_id).await {
             Ok(stored) => stored,
@@ -907,15 +908,29 @@ impl Engine {
             wall_time_seconds: stored.map(|j| (now - j.submit_time_ms).max(0) as f64 / 1000.0),
             prices: spec.records.prices,
         };
-        if let Err(e) = analysis::write_job_analysis(
-            &self.storage,
-            &spec.output,
-            spec.job_id.as_str(),
-            self.config.max_line_bytes,
-            context,
-        )
-        .await
-        {
+        let written = match tally {
+            Some(tally) => {
+                let analysis = tally.finish(context);
+                analysis::write_analysis(
+                    &self.storage,
+                    &spec.output,
+                    spec.job_id.as_str(),
+                    analysis,
+                )
+                .await
+            }
+            None => {
+                analysis::write_job_analysis(
+                    &self.storage,
+                    &spec.output,
+                    spec.job_id.as_str(),
+                    self.config.max_line_bytes,
+                    context,
+                )
+                .await
+            }
+        };
+        if let Err(e) = written {
             tracing::warn!(job = %spec.job_id, "the result analysis was not written: {e}");
         }
     }

@@ -131,6 +131,18 @@ pub(crate) struct RecordOutcome {
     pub output_tokens: u64,
     /// From the first attempt's start to the last answer; `None` when no call was made.
     pub elapsed: Option<Duration>,
+    /// A success's figures as the analysis reads them back from `line`, when they are known
+    /// without reading it (a Converse answer); the run's tally then skips the parse.
+    pub known: Option<KnownSuccess>,
+}
+
+/// What `batchd_formats::analysis` reads from a Converse success line: `metrics.latencyMs`
+/// in seconds and `usage`'s token counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct KnownSuccess {
+    pub seconds: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 impl RecordOutcome {
@@ -142,6 +154,7 @@ impl RecordOutcome {
             input_tokens: 0,
             output_tokens: 0,
             elapsed: None,
+            known: None,
         }
     }
 
@@ -153,6 +166,7 @@ impl RecordOutcome {
             input_tokens: answer.input_tokens,
             output_tokens: answer.output_tokens,
             elapsed: Some(elapsed),
+            known: None,
         }
     }
 }
@@ -400,7 +414,18 @@ pub(crate) async fn process_record(
             answer
                 .body
                 .write_line(&mut out, &record_id, record.model_input);
-            RecordOutcome::answered(out, &answer, called.elapsed)
+            RecordOutcome {
+                // The line's `metrics.latencyMs` and `usage`, as written.
+                known: match answer.body {
+                    Body::Converse(_, latency_ms) => Some(KnownSuccess {
+                        seconds: latency_ms as f64 / 1000.0,
+                        input_tokens: answer.input_tokens,
+                        output_tokens: answer.output_tokens,
+                    }),
+                    Body::Json(_) => None,
+                },
+                ..RecordOutcome::answered(out, &answer, called.elapsed)
+            }
         }
         Err(error) => {
             let message = gave_up_message(&error, called.attempts);

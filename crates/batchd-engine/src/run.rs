@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use batchd_backends::ModelBackend;
 use batchd_core::ItemFormat;
 use batchd_core::{Checkpoint, Counters, TimingSummary};
+use batchd_formats::analysis::Tally;
 use batchd_storage::{InputFile, OutputSink};
 use batchd_store::JobStore;
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
+use crate::analysis::LiveTally;
 use crate::chunks::ChunkRun;
 use crate::metrics::JobMetrics;
 use crate::record::{self, NotRun, RecordContext, RecordOutcome, process_record};
@@ -347,6 +349,9 @@ pub(crate) struct RunEnd {
     pub unreachable: u64,
     /// Records in flight when the stop grace period ran out (not written; a resume runs them).
     pub abandoned: usize,
+    /// The analysis of the job's output, tallied as it was written, when this run wrote all
+    /// of it (else the folder is read).
+    pub tally: Option<Tally>,
 }
 
 /// A record whose task ended, waiting in the reorder window for the ones before it.
@@ -468,11 +473,13 @@ pub(crate) async fn run_records(
     }
     let counters = pipeline.finish().await?;
     pipeline.send_progress();
+    let complete = pipeline.exhausted && !stop.is_stopped();
     Ok(RunEnd {
         counters,
-        complete: pipeline.exhausted && !stop.is_stopped(),
+        complete,
         unreachable: reachability.gave_up(),
         abandoned: pipeline.abandoned,
+        tally: pipeline.tally.finish(complete, files),
     })
 }
 
@@ -520,6 +527,8 @@ struct Pipeline<'a> {
     abandoned: usize,
     last_progress: Instant,
     metrics: JobMetrics,
+    /// The analysis of what is written, while this run writes the whole output.
+    tally: LiveTally,
 }
 
 impl<'a> Pipeline<'a> {
@@ -590,6 +599,7 @@ impl<'a> Pipeline<'a> {
             abandoned: 0,
             last_progress: Instant::now(),
             metrics: JobMetrics::new(spec.job_id.as_str(), &spec.model_id),
+            tally: LiveTally::for_run(spec, &resume_from, job.chunk.is_some()),
         })
     }
 
@@ -700,6 +710,7 @@ impl<'a> Pipeline<'a> {
             if let Some(elapsed) = done.elapsed {
                 self.timings.record(elapsed);
             }
+            self.tally.add(done);
             self.write_seq += 1;
         }
         self.output.checkpoint_if_due(&self.counters).await?;

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{Counters, InvocationType, JobId, JobStatus};
+use batchd_engine::analysis::analyze_output;
 use batchd_engine::{
     Engine, EngineConfig, EngineError, JobOutcome, JobSpec, Progress, RecordOptions, RetryPolicy,
     StopReason, StopSignal,
 };
 
 use batchd_core::{JobOrigin, JobRequest, NewJob};
+use batchd_formats::analysis::AnalysisContext;
 use batchd_storage::{Storage, StorageConfig, StorageUri};
 use batchd_store::{JobStore, SqliteStore};
 use batchd_testkit::harness::{manifest, read_jsonl, record_ids};
@@ -287,6 +289,76 @@ async fn retry_after_is_honoured_before_the_next_attempt() {
     assert_eq!(fake.stats().status_429, 2);
 }
 
+/// `<out>/<jobId>.analysis.json` as written at the end of the job, without the fields that
+/// depend on when it was written.
+fn written_analysis(h: &Harness) -> Value {
+    let path = h.dir.path().join(format!("out/{}.analysis.json", h.job_id));
+    let mut analysis: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    for timed in ["wall_time_seconds", "records_per_second"] {
+        analysis.as_object_mut().unwrap().remove(timed);
+    }
+    analysis
+}
+
+/// The job's output folder analysed by reading it back, as `batchd results` does.
+async fn read_back_analysis(h: &Harness, written: &Value) -> Value {
+    let context = AnalysisContext {
+        job_id: Some(h.job_id.to_string()),
+        model_id: written["model_id"].as_str().map(str::to_owned),
+        output_location: written["output_location"].as_str().unwrap().to_owned(),
+        wall_time_seconds: None,
+        prices: None,
+    };
+    let dir = StorageUri::Local(h.out());
+    let analysis = analyze_output(h.engine.storage(), &dir, 1 << 20, context)
+        .await
+        .unwrap();
+    let mut analysis = serde_json::to_value(analysis).unwrap();
+    for timed in ["wall_time_seconds", "records_per_second"] {
+        analysis.as_object_mut().unwrap().remove(timed);
+    }
+    analysis
+}
+
+/// A job run from start to end tallies its analysis as it writes; the result is what reading
+/// the folder back gives (errors by code and message, times, tokens, files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analysis_tallied_during_a_run_equals_the_folder_read_back() {
+    let fake = FakeServer::start(FakeConfig {
+        latency_jitter_ms: 4,
+        rate_400: 0.1,
+        fail_when_prompt_contains: Some("FAIL-ME".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let h = Harness::new(&fake, fast_retry()).await;
+    let lines = |prefix: &str, n: usize| {
+        (0..n)
+            .map(|i| {
+                let text = if i % 9 == 4 { "FAIL-ME" } else { "hello" };
+                format!("{{\"recordId\":\"{prefix}{i:04}\",\"modelInput\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"{text} {i}\"}}]}}]}}}}\n")
+            })
+            .collect::<String>()
+    };
+    std::fs::create_dir_all(h.dir.path().join("in/sub")).unwrap();
+    std::fs::write(h.dir.path().join("in/a.jsonl"), lines("a", 150)).unwrap();
+    std::fs::write(h.dir.path().join("in/b.jsonl"), "").unwrap();
+    std::fs::write(h.dir.path().join("in/sub/c.jsonl"), lines("c", 40)).unwrap();
+    let (tx, _rx) = progress();
+    let outcome = h.run(8, &tx, &StopSignal::new()).await;
+    assert_eq!(outcome.status, JobStatus::Completed);
+    let written = written_analysis(&h);
+    assert_eq!(written["total_processed"], 190);
+    assert_eq!(written["result_files"], 3);
+    assert!(written["error_count"].as_u64().unwrap() >= 21, "{written}");
+    assert!(
+        written["processing_time"]["p50"].as_f64().is_some(),
+        "{written}"
+    );
+    assert_eq!(written, read_back_analysis(&h, &written).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint() {
     let fake = FakeServer::start(FakeConfig::latency(5, 10)).await.unwrap();
@@ -335,6 +407,10 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
     assert_eq!(manifest["totalRecordCount"], 270);
     // A graceful shutdown drains the records in flight into the checkpoint: none runs twice.
     assert_eq!(fake.stats().ok, 270, "each record ran exactly once");
+    // The resumed run wrote part of the output: its analysis covers all of it.
+    let written = written_analysis(&h);
+    assert_eq!(written["total_processed"], 270);
+    assert_eq!(written, read_back_analysis(&h, &written).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

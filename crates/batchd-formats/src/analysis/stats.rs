@@ -71,7 +71,6 @@ impl Tally {
     }
 
     pub fn add(&mut self, result: &RecordResult) {
-        self.total += 1;
         match &result.error {
             None => self.success += 1,
             Some(error) => {
@@ -86,10 +85,36 @@ impl Tally {
                 }
             }
         }
-        if let Some(t) = result.processing_time {
+        self.add_figures(
+            result.processing_time,
+            result.input_tokens,
+            result.output_tokens,
+        );
+    }
+
+    /// A success known by its figures alone: what [`Tally::add`] does with a result that has
+    /// no error, for a caller that wrote the result and need not read it back.
+    pub fn add_success(
+        &mut self,
+        processing_time: Option<f64>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    ) {
+        self.success += 1;
+        self.add_figures(processing_time, input_tokens, output_tokens);
+    }
+
+    fn add_figures(
+        &mut self,
+        processing_time: Option<f64>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    ) {
+        self.total += 1;
+        if let Some(t) = processing_time {
             self.times.push(t);
         }
-        match (result.input_tokens, result.output_tokens) {
+        match (input_tokens, output_tokens) {
             (None, None) => self.without_tokens += 1,
             (input, output) => {
                 self.input_tokens += input.unwrap_or(0);
