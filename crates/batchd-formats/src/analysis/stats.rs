@@ -41,13 +41,62 @@ pub struct Tally {
     total: u64,
     success: u64,
     errors: BTreeMap<String, CodeTally>,
-    /// Processing times in seconds, of the records that have one.
-    times: Vec<f64>,
+    /// Processing times, of the records that have one.
+    times: Times,
     input_tokens: u64,
     output_tokens: u64,
     without_tokens: u64,
     bedrock_files: u64,
     seed_files: u64,
+}
+
+/// Processing times: whole milliseconds at 4 bytes each while every time is one (Converse's
+/// `latencyMs` and the side files' are), else seconds as `f64` from the first that is not.
+/// Either way the percentiles see the very same `f64`s.
+#[derive(Debug)]
+enum Times {
+    Millis(Vec<u32>),
+    Seconds(Vec<f64>),
+}
+
+impl Default for Times {
+    fn default() -> Self {
+        Times::Millis(Vec::new())
+    }
+}
+
+impl Times {
+    fn push(&mut self, seconds: f64) {
+        if let Times::Millis(all) = self {
+            let ms = (seconds * 1000.0).round();
+            // Kept as milliseconds only when they give back this very number.
+            if (0.0..=f64::from(u32::MAX)).contains(&ms)
+                && (f64::from(ms as u32) / 1000.0).to_bits() == seconds.to_bits()
+            {
+                all.push(ms as u32);
+                return;
+            }
+            let converted = all.iter().map(|&ms| f64::from(ms) / 1000.0).collect();
+            *self = Times::Seconds(converted);
+        }
+        if let Times::Seconds(all) = self {
+            all.push(seconds);
+        }
+    }
+
+    /// In seconds, sorted.
+    fn into_sorted_seconds(self) -> Vec<f64> {
+        match self {
+            Times::Millis(mut all) => {
+                all.sort_unstable();
+                all.into_iter().map(|ms| f64::from(ms) / 1000.0).collect()
+            }
+            Times::Seconds(mut all) => {
+                all.sort_by(f64::total_cmp);
+                all
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -124,8 +173,8 @@ impl Tally {
     }
 
     pub fn finish(mut self, context: AnalysisContext) -> Analysis {
-        self.times.sort_by(f64::total_cmp);
-        let times = &self.times;
+        let times = std::mem::take(&mut self.times).into_sorted_seconds();
+        let times = &times;
         let timed = times.len() as u64;
         let processing_time = TimeStats {
             records: timed,

@@ -639,3 +639,50 @@ fn openai_lines_are_results_too() {
     let neither = r#"{"custom_id":"d","response":null,"error":null}"#;
     assert_eq!(parse_bedrock_line(neither).unwrap_err().field, "response");
 }
+
+/// Times kept as whole milliseconds give the same statistics as the same times kept as
+/// seconds; a time that is not whole milliseconds switches the rest to seconds.
+#[test]
+fn times_in_milliseconds_give_the_statistics_of_the_seconds() {
+    // The straightforward computation over f64 seconds.
+    let expected = |times: &[f64]| {
+        let mut sorted = times.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+        let p = |q| percentile(&sorted, q).unwrap();
+        (
+            mean,
+            p(50.0),
+            p(90.0),
+            p(99.0),
+            sorted[0],
+            sorted[sorted.len() - 1],
+        )
+    };
+    let whole: Vec<f64> = (0..2_000u32)
+        .map(|i| f64::from((i * 7_919) % 30_011) / 1000.0)
+        .collect();
+    let mut mixed = whole.clone();
+    mixed.insert(700, 0.123_456_7);
+    mixed.push(f64::from(u32::MAX) / 1000.0 + 1.0);
+    for times in [whole, mixed] {
+        let mut tally = Tally::new();
+        for &t in &times {
+            tally.add(&result("r", Some(t), None));
+        }
+        let a = tally.finish(AnalysisContext::default());
+        let s = &a.processing_time;
+        let got = (
+            s.mean.unwrap(),
+            s.p50.unwrap(),
+            s.p90.unwrap(),
+            s.p99.unwrap(),
+            s.min.unwrap(),
+            s.max.unwrap(),
+        );
+        let want = expected(&times);
+        // Bit for bit: the output must not change with the representation.
+        assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        assert_eq!(s.records, times.len() as u64);
+    }
+}
