@@ -115,35 +115,26 @@ mod tests {
     fn only_a_run_that_writes_the_whole_output_tallies() {
         let converse = spec(InvocationType::Converse);
         let fresh = Checkpoint::default();
-        assert!(LiveTally::for_run(&converse, &fresh, false).tally.is_some());
+        let tallies = |from: &Checkpoint, chunk: bool| {
+            LiveTally::for_run(&converse, from, chunk).tally.is_some()
+        };
+        assert!(tallies(&fresh, false));
         // Validation counted the records: still from the start.
         let mut counted = fresh;
         counted.counters.total = 10;
-        assert!(
-            LiveTally::for_run(&converse, &counted, false)
-                .tally
-                .is_some()
-        );
+        assert!(tallies(&counted, false));
         let resumed = Checkpoint {
             records_in_file: 3,
             position: 300,
             ..counted
         };
-        assert!(
-            LiveTally::for_run(&converse, &resumed, false)
-                .tally
-                .is_none()
-        );
+        assert!(!tallies(&resumed, false));
         let next_file = Checkpoint {
             file_index: 1,
             ..counted
         };
-        assert!(
-            LiveTally::for_run(&converse, &next_file, false)
-                .tally
-                .is_none()
-        );
-        assert!(LiveTally::for_run(&converse, &fresh, true).tally.is_none());
+        assert!(!tallies(&next_file, false));
+        assert!(!tallies(&fresh, true));
         let openai = JobSpec {
             openai: Some(OpenAiRun {
                 endpoint: "/v1/chat/completions".into(),

@@ -191,6 +191,18 @@ async fn run_basic_and_rich_writes_ordered_output_and_manifest() {
     );
 }
 
+/// A fake that answers 400 to the records `write_records` marks, the others after up to
+/// `jitter_ms`.
+async fn failing_on_marker(jitter_ms: u64) -> FakeServer {
+    FakeServer::start(FakeConfig {
+        latency_jitter_ms: jitter_ms,
+        fail_when_prompt_contains: Some("FAIL-ME".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// `n` records with ids `<prefix>-00000`, ...; with `marker_every = Some(k)`, records
 /// 1, 1 + k, ... carry the fake's failure marker.
 fn write_records(path: &Path, prefix: &str, n: usize, marker_every: Option<usize>) {
@@ -209,13 +221,7 @@ fn write_records(path: &Path, prefix: &str, n: usize, marker_every: Option<usize
 /// `--threads` changes how many threads run the job, not what it writes; 0 is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threads_flag_changes_the_threads_not_the_output() {
-    let fake = FakeServer::start(FakeConfig {
-        latency_jitter_ms: 3,
-        fail_when_prompt_contains: Some("FAIL-ME".into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = failing_on_marker(3).await;
     let env = env_for(&fake);
     let input = env.path("in/records.jsonl");
     write_records(&input, "rec", 300, Some(7));
@@ -331,12 +337,7 @@ async fn thirty_percent_429_and_503_still_all_succeed_through_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_becomes_an_error_line_and_the_job_still_completes() {
-    let fake = FakeServer::start(FakeConfig {
-        fail_when_prompt_contains: Some("FAIL-ME".into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let fake = failing_on_marker(0).await;
     let env = env_for(&fake);
     let input = env.path("in/records.jsonl");
     write_records(&input, "rec", 9, Some(3)); // records 1, 4, 7 carry the marker
