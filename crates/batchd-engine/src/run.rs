@@ -409,12 +409,7 @@ pub(crate) async fn run_records(
             if pipeline.may_read() {
                 match pipeline.input.next().await? {
                     Some((file_index, line_no, line)) => pipeline.read(file_index, line_no, line),
-                    None => {
-                        pipeline.input_done = true;
-                        if let Some(chunk) = job.chunk {
-                            chunk.input_read.cancel();
-                        }
-                    }
+                    None => pipeline.input_done = true,
                 }
                 continue;
             }
@@ -431,6 +426,9 @@ pub(crate) async fn run_records(
             pipeline.dispatch(seq, file_index, line_no, line, task);
         }
         pipeline.exhausted = pipeline.input_done && pipeline.lookahead.is_empty();
+        if let Some(chunk) = job.chunk.filter(|_| pipeline.exhausted) {
+            chunk.input_read.cancel();
+        }
         if stop.is_stopped() && not_run.is_none() && spec.answers_every_line() {
             not_run = match stop.reason() {
                 Some(StopReason::Timeout) => Some(NotRun::TimedOut),
