@@ -374,7 +374,8 @@ struct Ready {
 }
 
 /// Runs the records of `files` from `resume_from`; returns the final counters. When the stop
-/// signal fires, no new record starts; those in flight finish and are written, for at most
+/// signal fires, no new record starts (but those older than one started, which prefix
+/// grouping overtook); those in flight finish and are written, for at most
 /// `shutdown_grace`: then the rest are abandoned, unwritten. On a shutdown stop the open
 /// output file stays open for a later resume; on any other stop it is finished.
 pub(crate) async fn run_records(
@@ -405,6 +406,21 @@ pub(crate) async fn run_records(
     loop {
         // Read ahead as far as the window allows (grouping), else one record when it can
         // start at once; then start what the concurrency allows.
+        if stop.is_stopped() && stop.reason() != Some(StopReason::LeaseLost) {
+            // Records grouped ahead are written only after the older ones they overtook: those
+            // start too (and only those), so that everything that ran is written.
+            while pipeline.may_dispatch()
+                && pipeline
+                    .lookahead
+                    .oldest()
+                    .is_some_and(|seq| seq < pipeline.started_below)
+            {
+                let Some((seq, record)) = pipeline.lookahead.take_oldest() else {
+                    break;
+                };
+                start_record(&mut pipeline, &ctx, seq, record);
+            }
+        }
         while !stop.is_stopped() {
             if pipeline.may_read() {
                 match pipeline.input.next().await? {
@@ -416,14 +432,10 @@ pub(crate) async fn run_records(
             if !pipeline.may_dispatch() {
                 break;
             }
-            let Some((seq, (file_index, line_no, line))) = pipeline.lookahead.take() else {
+            let Some((seq, record)) = pipeline.lookahead.take() else {
                 break;
             };
-            let relative = pipeline.relative[file_index].clone();
-            let task = process_record(ctx.clone(), relative, line_no, line.clone());
-            // The record's logs belong to the job's span.
-            let task = tokio::spawn(task.instrument(tracing::Span::current()));
-            pipeline.dispatch(seq, file_index, line_no, line, task);
+            start_record(&mut pipeline, &ctx, seq, record);
         }
         pipeline.exhausted = pipeline.input_done && pipeline.lookahead.is_empty();
         if let Some(chunk) = job.chunk.filter(|_| pipeline.exhausted) {
@@ -507,6 +519,20 @@ pub(crate) async fn run_records(
     })
 }
 
+/// Starts record `seq` (file index, unit number, unit) as a task of the pipeline.
+fn start_record(
+    pipeline: &mut Pipeline<'_>,
+    ctx: &Arc<RecordContext>,
+    seq: u64,
+    (file_index, line_no, line): (usize, u64, Bytes),
+) {
+    let relative = pipeline.relative[file_index].clone();
+    let task = process_record(ctx.clone(), relative, line_no, line.clone());
+    // The record's logs belong to the job's span.
+    let task = tokio::spawn(task.instrument(tracing::Span::current()));
+    pipeline.dispatch(seq, file_index, line_no, line, task);
+}
+
 /// A record task's result: (sequence, file index, unit number, unit, outcome).
 type Inflight = std::pin::Pin<
     Box<
@@ -546,6 +572,8 @@ struct Pipeline<'a> {
     grouping: bool,
     /// The sequence number of the next record read: records are numbered in input order.
     next_seq: u64,
+    /// One more than the newest record started.
+    started_below: u64,
     write_seq: u64,
     /// Records in flight or waiting to be written, at most.
     window: u64,
@@ -623,6 +651,7 @@ impl<'a> Pipeline<'a> {
             lookahead: group::Grouper::new(),
             grouping,
             next_seq: 0,
+            started_below: 0,
             write_seq: 0,
             // Finished records wait for the slowest earlier one; the window bounds that memory.
             window: (concurrency as u64 * 8).clamp(256, 65_536),
@@ -691,6 +720,7 @@ impl<'a> Pipeline<'a> {
         line: Bytes,
         task: tokio::task::JoinHandle<RecordOutcome>,
     ) {
+        self.started_below = self.started_below.max(seq + 1);
         self.tasks.insert(seq, task.abort_handle());
         // Held until the record's result is taken (or abandoned): the slot it occupies in the
         // budget a chunk shares with the next chunk of its instance.

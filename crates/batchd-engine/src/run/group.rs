@@ -118,6 +118,11 @@ impl<T> Grouper<T> {
         self.len == 0
     }
 
+    /// The sequence number of the oldest record held.
+    pub(crate) fn oldest(&self) -> Option<u64> {
+        (!self.slots.is_empty()).then_some(self.base)
+    }
+
     /// Sequence numbers spanned from the oldest record held to the newest: the memory held.
     #[cfg(test)]
     fn span(&self) -> usize {
