@@ -12,7 +12,8 @@
 #                               8 slots: batchd at its default concurrency ÷ a load generator
 #                               keeping exactly N in flight, about 10 minutes on 2 cores
 #   scripts/bench.sh --llama-prefix   the same server's prompt cache: records sharing a system
-#                               prompt grouped against interleaved, about 5 minutes
+#                               prompt interleaved in input order, interleaved with batchd's
+#                               grouping (group_prefixes), and grouped input; 5-10 minutes
 #
 #   scripts/bench.sh --only instructions   instructions per record of batchd run under
 #                               callgrind (valgrind must be installed), about 1 minute

@@ -261,12 +261,22 @@ pub struct RecordOptions {
     pub embed_batch_size: usize,
     /// What the model's tokens cost, for the job's result analysis; `None`: not configured.
     pub prices: Option<Prices>,
+    /// Start records whose prompts begin alike one after another, within the reorder window
+    /// (output order unchanged), so a server's prompt cache hits (`run::group`). The config
+    /// sets it for OpenAI-compatible models (default [`Self::DEFAULT_GROUP_PREFIXES`]); off
+    /// here, so a caller that says nothing runs records in input order.
+    pub group_prefixes: bool,
 }
 
 impl RecordOptions {
     /// The default embedding batch: large enough to amortise a call, small enough that
     /// one slow batch does not hold many records.
     pub const DEFAULT_EMBED_BATCH: usize = 16;
+
+    /// `group_prefixes` of an OpenAI-compatible model whose config says nothing: on, since
+    /// it costs nothing measurable per record and helps servers with a per-slot prompt cache
+    /// (docs/benchmarks.md).
+    pub const DEFAULT_GROUP_PREFIXES: bool = true;
 }
 
 impl Default for RecordOptions {
@@ -276,6 +286,7 @@ impl Default for RecordOptions {
             family: None,
             embed_batch_size: Self::DEFAULT_EMBED_BATCH,
             prices: None,
+            group_prefixes: false,
         }
     }
 }

@@ -25,6 +25,8 @@ use crate::retry::WaitWhileDown;
 use crate::units::UnitReader;
 use crate::{Engine, EngineError, JobRun, JobSpec, StopReason, StopSignal};
 
+mod group;
+
 /// A record task that is aborted when its handle is dropped: records abandoned after the
 /// stop grace period must not keep calling the backend.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -354,6 +356,22 @@ pub(crate) struct RunEnd {
     pub tally: Option<Tally>,
 }
 
+/// Whether the job's records are read ahead and started grouped by prefix key (`group`):
+/// Converse and native chat records going to a backend that translates them (an
+/// OpenAI-compatible server: the model's `group_prefixes`). Not embeddings (no prompt to
+/// cache), not a backend that runs record bodies as they are (Bedrock), and not a job that
+/// answers every line at a stop (a batch job, whose batches start in input order, or an OpenAI
+/// batch): those start in input order.
+fn groups_prefixes(spec: &JobSpec, runs_native: bool) -> bool {
+    let chat = match spec.invocation_type {
+        batchd_core::InvocationType::Converse => true,
+        batchd_core::InvocationType::InvokeModel => {
+            spec.records.family.is_some_and(|f| !f.is_embedding())
+        }
+    };
+    spec.records.group_prefixes && chat && !runs_native && !spec.answers_every_line()
+}
+
 /// A record whose task ended, waiting in the reorder window for the ones before it.
 struct Ready {
     file_index: usize,
@@ -361,7 +379,8 @@ struct Ready {
 }
 
 /// Runs the records of `files` from `resume_from`; returns the final counters. When the stop
-/// signal fires, no new record starts; those in flight finish and are written, for at most
+/// signal fires, no new record starts (but those older than one started, which prefix
+/// grouping overtook); those in flight finish and are written, for at most
 /// `shutdown_grace`: then the rest are abandoned, unwritten. On a shutdown stop the open
 /// output file stays open for a later resume; on any other stop it is finished.
 pub(crate) async fn run_records(
@@ -382,26 +401,50 @@ pub(crate) async fn run_records(
         reachability.clone(),
         engine.config.retry.clone(),
     ));
-    let mut pipeline = Pipeline::new(job, files, resume_from).await?;
+    let grouping = groups_prefixes(spec, reachability.info().runs_native);
+    let mut pipeline = Pipeline::new(job, files, resume_from, grouping).await?;
     // Set when a stop is first seen: in-flight records have until then to finish.
     let mut grace_ends: Option<tokio::time::Instant> = None;
     // A batch job's stop (not a shutdown) still gives every item a result: those not run say
     // why, and those in flight past the grace period are cut off and say so too.
     let mut not_run: Option<NotRun> = None;
     loop {
-        while !pipeline.exhausted && !stop.is_stopped() && pipeline.has_room() {
-            let Some((file_index, line_no, line)) = pipeline.input.next().await? else {
-                pipeline.exhausted = true;
-                if let Some(chunk) = job.chunk {
-                    chunk.input_read.cancel();
+        // Read ahead as far as the window allows (grouping), else one record when it can
+        // start at once; then start what the concurrency allows.
+        if stop.is_stopped() && stop.reason() != Some(StopReason::LeaseLost) {
+            // Records grouped ahead are written only after the older ones they overtook: those
+            // start too (and only those), so that everything that ran is written.
+            while pipeline.may_dispatch()
+                && pipeline
+                    .lookahead
+                    .oldest()
+                    .is_some_and(|seq| seq < pipeline.started_below)
+            {
+                let Some((seq, record)) = pipeline.lookahead.take_oldest() else {
+                    break;
+                };
+                start_record(&mut pipeline, &ctx, seq, record);
+            }
+        }
+        while !stop.is_stopped() {
+            if pipeline.may_read() {
+                match pipeline.input.next().await? {
+                    Some((file_index, line_no, line)) => pipeline.read(file_index, line_no, line),
+                    None => pipeline.input_done = true,
                 }
+                continue;
+            }
+            if !pipeline.may_dispatch() {
+                break;
+            }
+            let Some((seq, record)) = pipeline.lookahead.take() else {
                 break;
             };
-            let relative = pipeline.relative[file_index].clone();
-            let task = process_record(ctx.clone(), relative, line_no, line.clone());
-            // The record's logs belong to the job's span.
-            let task = tokio::spawn(task.instrument(tracing::Span::current()));
-            pipeline.dispatch(file_index, line_no, line, task);
+            start_record(&mut pipeline, &ctx, seq, record);
+        }
+        pipeline.exhausted = pipeline.input_done && pipeline.lookahead.is_empty();
+        if let Some(chunk) = job.chunk.filter(|_| pipeline.exhausted) {
+            chunk.input_read.cancel();
         }
         if stop.is_stopped() && not_run.is_none() && spec.answers_every_line() {
             not_run = match stop.reason() {
@@ -483,6 +526,20 @@ pub(crate) async fn run_records(
     })
 }
 
+/// Starts record `seq` (file index, unit number, unit) as a task of the pipeline.
+fn start_record(
+    pipeline: &mut Pipeline<'_>,
+    ctx: &Arc<RecordContext>,
+    seq: u64,
+    (file_index, line_no, line): (usize, u64, Bytes),
+) {
+    let relative = pipeline.relative[file_index].clone();
+    let task = process_record(ctx.clone(), relative, line_no, line.clone());
+    // The record's logs belong to the job's span.
+    let task = tokio::spawn(task.instrument(tracing::Span::current()));
+    pipeline.dispatch(seq, file_index, line_no, line, task);
+}
+
 /// A record task's result: (sequence, file index, unit number, unit, outcome).
 type Inflight = std::pin::Pin<
     Box<
@@ -515,7 +572,15 @@ struct Pipeline<'a> {
     batches: Option<Batches>,
     /// Finished records by sequence number from `write_seq` on; `None` until that one ends.
     pending: VecDeque<Option<Ready>>,
+    /// Records read and not started, with their sequence numbers: at most one unless
+    /// `grouping`, and never more than the window.
+    lookahead: group::Grouper<(usize, u64, Bytes)>,
+    /// Records are read ahead and started grouped by prefix key (`groups_prefixes`).
+    grouping: bool,
+    /// The sequence number of the next record read: records are numbered in input order.
     next_seq: u64,
+    /// One more than the newest record started.
+    started_below: u64,
     write_seq: u64,
     /// Records in flight or waiting to be written, at most.
     window: u64,
@@ -523,6 +588,9 @@ struct Pipeline<'a> {
     counters: Counters,
     /// Processing times of the records written by this run, for live percentiles.
     timings: Timings,
+    /// Every record is read.
+    input_done: bool,
+    /// Every record is read and started.
     exhausted: bool,
     abandoned: usize,
     last_progress: Instant,
@@ -538,6 +606,7 @@ impl<'a> Pipeline<'a> {
         job: &'a JobRun<'a>,
         files: &'a [InputFile],
         resume_from: Checkpoint,
+        grouping: bool,
     ) -> Result<Self, EngineError> {
         let (engine, spec) = (job.engine, job.spec);
         let concurrency = spec.concurrency.max(1);
@@ -588,13 +657,17 @@ impl<'a> Pipeline<'a> {
                 finished: VecDeque::new(),
             }),
             pending: VecDeque::new(),
+            lookahead: group::Grouper::new(),
+            grouping,
             next_seq: 0,
+            started_below: 0,
             write_seq: 0,
             // Finished records wait for the slowest earlier one; the window bounds that memory.
             window: (concurrency as u64 * 8).clamp(256, 65_536),
             concurrency,
             counters: resume_from.counters,
             timings: Timings::new(),
+            input_done: false,
             exhausted: false,
             abandoned: 0,
             last_progress: Instant::now(),
@@ -612,29 +685,52 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    fn has_room(&self) -> bool {
+    /// Whether another record may start now.
+    fn may_dispatch(&self) -> bool {
         let concurrency = match self.job.chunk {
             Some(chunk) => chunk.share(self.concurrency),
             None => self.concurrency,
         };
         self.in_flight() < concurrency
-            && self.next_seq - self.write_seq < self.window
-            && self
-                .batches
-                .as_ref()
-                .is_none_or(|b| b.may_start(self.next_seq))
+    }
+
+    /// Whether to read the next record: grouping reads ahead as far as the window; otherwise
+    /// a record is read only when it can start at once (a batch job's batches allowing),
+    /// which keeps the dispatch order the input order.
+    fn may_read(&self) -> bool {
+        if self.input_done || self.next_seq - self.write_seq >= self.window {
+            return false;
+        }
+        self.grouping
+            || (self.lookahead.is_empty()
+                && self.may_dispatch()
+                && self
+                    .batches
+                    .as_ref()
+                    .is_none_or(|b| b.may_start(self.next_seq)))
+    }
+
+    /// Numbers a record read (its place in the output) and holds it until it starts.
+    fn read(&mut self, file_index: usize, unit: u64, line: Bytes) {
+        let key = match self.grouping {
+            true => group::prefix_key(&line),
+            false => None,
+        };
+        self.lookahead
+            .push(self.next_seq, key, (file_index, unit, line));
+        self.next_seq += 1;
     }
 
     /// Takes a started record task; its result comes back from `inflight` with its sequence.
     fn dispatch(
         &mut self,
+        seq: u64,
         file_index: usize,
         unit: u64,
         line: Bytes,
         task: tokio::task::JoinHandle<RecordOutcome>,
     ) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        self.started_below = self.started_below.max(seq + 1);
         self.tasks.insert(seq, task.abort_handle());
         // Held until the record's result is taken (or abandoned): the slot it occupies in the
         // budget a chunk shares with the next chunk of its instance.
@@ -651,14 +747,21 @@ impl<'a> Pipeline<'a> {
     /// After a batch job's stop: every unit not started gets its "not run" result, in order,
     /// as far as the reorder window allows.
     async fn fill_not_run(&mut self, ctx: &RecordContext, why: NotRun) -> Result<(), EngineError> {
-        while !self.exhausted && self.next_seq - self.write_seq < self.window {
-            let Some((file_index, unit, line)) = self.input.next().await? else {
-                self.exhausted = true;
-                break;
+        loop {
+            // Records read ahead first: they come before any still unread.
+            let (seq, (file_index, unit, line)) = match self.lookahead.take_oldest() {
+                Some(held) => held,
+                None if !self.input_done && self.next_seq - self.write_seq < self.window => {
+                    let Some(read) = self.input.next().await? else {
+                        self.input_done = true;
+                        break;
+                    };
+                    self.next_seq += 1;
+                    (self.next_seq - 1, read)
+                }
+                None => break,
             };
             let outcome = record::not_run(ctx, &self.relative[file_index], unit, &line, Ok(why));
-            let seq = self.next_seq;
-            self.next_seq += 1;
             self.accept(
                 seq,
                 Ready {
@@ -668,6 +771,7 @@ impl<'a> Pipeline<'a> {
             );
             self.write_ready().await?;
         }
+        self.exhausted = self.input_done && self.lookahead.is_empty();
         Ok(())
     }
 

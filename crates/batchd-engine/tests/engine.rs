@@ -413,6 +413,52 @@ async fn a_job_interrupted_by_shutdown_resumes_exactly_once_from_its_checkpoint(
     assert_eq!(written, read_back_analysis(&h, &written).await);
 }
 
+/// Prefix grouping starts records of one system prompt ahead of older ones; at a shutdown the
+/// older ones they overtook start too, so everything that ran is written: the resume redoes
+/// nothing and the output has every record once, in input order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_records_resume_exactly_once_after_a_shutdown() {
+    let fake = FakeServer::start(FakeConfig::latency(2, 8)).await.unwrap();
+    let h = Harness::new(&fake, fast_retry()).await;
+    let system = |k: usize| {
+        format!(
+            "Prompt {k}. {}",
+            "Answer like a careful support agent. ".repeat(10)
+        )
+    };
+    std::fs::create_dir_all(h.dir.path().join("in")).unwrap();
+    let text: String = (0..300)
+        .map(|i| {
+            let record = serde_json::json!({
+                "recordId": format!("g{i:04}"),
+                "modelInput": {
+                    "system": [{"text": system(i % 5)}],
+                    "messages": [{"role": "user", "content": [{"text": format!("q {i}")}]}],
+                },
+            });
+            format!("{record}\n")
+        })
+        .collect();
+    std::fs::write(h.dir.path().join("in/g.jsonl"), text).unwrap();
+    let mut spec = h.spec(4);
+    spec.records.group_prefixes = true;
+    let (tx, rx) = progress();
+    h.validate_ok(&spec, &tx).await;
+    let stop = StopSignal::new();
+    let stopper = stop_at(stop.clone(), rx, 30, StopReason::Shutdown);
+    let first = h.execute(&spec, &tx, &stop).await.unwrap();
+    stopper.await.unwrap();
+    assert_eq!(first.status, JobStatus::InProgress);
+    assert!(first.counters.processed < 300, "{:?}", first.counters);
+
+    let (tx2, _rx2) = progress();
+    let second = h.execute(&spec, &tx2, &StopSignal::new()).await.unwrap();
+    assert_eq!(second.status, JobStatus::Completed);
+    let want: Vec<String> = (0..300).map(|i| format!("g{i:04}")).collect();
+    assert_eq!(record_ids(&h.output("g.jsonl.out")), want);
+    assert_eq!(fake.stats().ok, 300, "each record ran exactly once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_fail_validation_naming_the_quota_and_the_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -255,6 +255,14 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(answer) => return *answer,
     };
+    if let Some(prompts) = shared.lock_prompts().as_mut() {
+        let texts: Vec<String> = request
+            .messages
+            .iter()
+            .map(|m| m.content.0.join(" "))
+            .collect();
+        prompts.push(texts.join("\n"));
+    }
     let has_marker = |marker: &str| {
         request
             .messages

@@ -133,6 +133,18 @@ impl Fake<Shared> {
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr())
     }
+
+    /// From now on (and forgetting those kept so far), keeps each chat request's message
+    /// texts, one line per message, in the order the requests arrive; off by default, so
+    /// benchmarks pay nothing for it.
+    pub fn record_prompts(&self) {
+        *self.state.lock_prompts() = Some(Vec::new());
+    }
+
+    /// The requests' message texts kept since [`Self::record_prompts`], in arrival order.
+    pub fn prompts(&self) -> Vec<String> {
+        self.state.lock_prompts().clone().unwrap_or_default()
+    }
 }
 
 /// For a test that needs what this machine may lack (model files, a server): prints why and
@@ -166,6 +178,8 @@ pub fn install_crypto_provider() {
 pub struct Shared {
     live: LiveConfig<FakeConfig>,
     counters: Counters,
+    /// Each chat request's message texts, when recording (`record_prompts`).
+    prompts: std::sync::Mutex<Option<Vec<String>>>,
 }
 
 impl FakeState for Shared {
@@ -194,7 +208,15 @@ impl Shared {
         Shared {
             live: LiveConfig::new(config),
             counters: Counters::default(),
+            prompts: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The prompt log; a panic elsewhere while it was held leaves it as it was.
+    fn lock_prompts(&self) -> std::sync::MutexGuard<'_, Option<Vec<String>>> {
+        self.prompts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn live(&self) -> Arc<Live<FakeConfig>> {

@@ -432,6 +432,9 @@ pub struct OpenAiModel {
     pub base_url: String,
     /// Name of the environment variable holding the API key, if the server needs one.
     pub api_key_env: Option<String>,
+    /// Start records whose prompts begin alike one after another, so the server's prompt
+    /// cache hits (output order unchanged); default [`RecordOptions::DEFAULT_GROUP_PREFIXES`].
+    pub group_prefixes: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -603,6 +606,12 @@ impl ModelConfig {
                 .unwrap_or(defaults.embed_batch_size)
                 .max(1),
             prices: self.prices(),
+            group_prefixes: match &self.backend {
+                Backend::OpenAi(m) => m
+                    .group_prefixes
+                    .unwrap_or(RecordOptions::DEFAULT_GROUP_PREFIXES),
+                Backend::Bedrock(_) | Backend::Embedded(_) => defaults.group_prefixes,
+            },
         }
     }
 
@@ -1025,8 +1034,27 @@ mod tests {
             own.model("batchd.smollm2-135m-instruct").unwrap().backend,
             Backend::OpenAi(OpenAiModel {
                 base_url: "http://x/v1".into(),
-                api_key_env: None
+                api_key_env: None,
+                group_prefixes: None,
             })
+        );
+        // Prefix grouping: on for an OpenAI-compatible model unless it says no; no other
+        // backend takes the key.
+        let openai = own.model("batchd.smollm2-135m-instruct").unwrap();
+        assert_eq!(
+            openai.record_options().group_prefixes,
+            RecordOptions::DEFAULT_GROUP_PREFIXES
+        );
+        let off: Config = toml::from_str(
+            "[[models]]\nid = \"m\"\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\ngroup_prefixes = false\n",
+        )
+        .unwrap();
+        assert!(!off.models[0].record_options().group_prefixes);
+        assert!(
+            toml::from_str::<Config>(
+                "[[models]]\nid = \"m\"\nbackend = \"bedrock\"\ngroup_prefixes = true\n"
+            )
+            .is_err()
         );
         let bad: Config =
             toml::from_str("[[models]]\nid = \"m\"\nbackend = \"embedded\"\nmodel = \"gpt-9\"\n")
@@ -1040,6 +1068,7 @@ mod tests {
             Backend::OpenAi(OpenAiModel {
                 base_url: "http://x/v1".into(),
                 api_key_env: None,
+                group_prefixes: None,
             }),
             Backend::Bedrock(BedrockModel::default()),
             Backend::Embedded(EmbeddedModel {}),
@@ -1312,11 +1341,13 @@ mod tests {
             openai.backend,
             Backend::OpenAi(OpenAiModel {
                 base_url: "http://127.0.0.1:8000/v1".into(),
-                api_key_env: Some("OPENAI_API_KEY".into())
+                api_key_env: Some("OPENAI_API_KEY".into()),
+                group_prefixes: Some(true),
             })
         );
         assert_eq!(openai.backend_model(), "name-the-server-knows");
         let options = openai.record_options();
+        assert!(options.group_prefixes);
         assert_eq!(
             (options.family, options.embed_batch_size),
             (Some(ModelFamily::Anthropic), 16)

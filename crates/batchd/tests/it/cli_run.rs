@@ -428,3 +428,82 @@ async fn unknown_model_id_is_an_error_before_anything_runs() {
     );
     assert_eq!(fake.stats().requests, 0);
 }
+
+/// Output bytes with each `"latencyMs":N` as 0: the one part of a line that differs between
+/// two runs of the same records.
+fn without_latency(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\"latencyMs\":") {
+        let (head, tail) = rest.split_at(at + "\"latencyMs\":".len());
+        out.push_str(head);
+        out.push('0');
+        rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Records sharing a long system prompt start one after another (issue #19): at concurrency
+/// 1 the fake sees them grouped (oldest group first, input order within a group) when
+/// `group_prefixes` is on or unset, in input order when it is off, and the output file is the
+/// same bytes in the same order either way.
+#[tokio::test]
+async fn records_sharing_a_prefix_start_together_and_keep_their_output_order() {
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let system = |k: usize| {
+        format!(
+            "Prompt {k}. {}",
+            "Answer like a careful support agent. ".repeat(10)
+        )
+    };
+    let records = (0..12).map(|i| {
+        serde_json::json!({
+            "recordId": format!("r{i:02}"),
+            "modelInput": {
+                "system": [{"text": system(i % 3)}],
+                "messages": [{"role": "user", "content": [{"text": format!("question {i}")}]}],
+            },
+        })
+    });
+    let mut outputs = Vec::new();
+    for group in [None, Some(false), Some(true)] {
+        let mut model = Model::fake(MODEL, &fake);
+        if let Some(group) = group {
+            model = model.set("group_prefixes", group);
+        }
+        let env = test_env(&Config::new().model(model));
+        let input = env.path("prefixes.jsonl");
+        write_jsonl(&input, records.clone());
+        fake.record_prompts();
+        let (out, job_dir) = run(&env, &[&input], &["--concurrency", "1"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        // Each request as (system prompt, question): "Prompt K. ...\nquestion I".
+        let seen: Vec<(usize, usize)> = fake
+            .prompts()
+            .iter()
+            .map(|p| {
+                let (system, question) = p.split_once('\n').unwrap();
+                let k = system["Prompt ".len()..].split('.').next().unwrap();
+                let i = question.trim_start_matches("question ");
+                (k.parse().unwrap(), i.parse().unwrap())
+            })
+            .collect();
+        let expected: Vec<(usize, usize)> = match group {
+            Some(false) => (0..12).map(|i| (i % 3, i)).collect(),
+            None | Some(true) => (0..3)
+                .flat_map(|k| (0..4).map(move |j| (k, k + 3 * j)))
+                .collect(),
+        };
+        assert_eq!(seen, expected, "group_prefixes = {group:?}");
+        let text = std::fs::read_to_string(job_dir.unwrap().join("prefixes.jsonl.out")).unwrap();
+        outputs.push(without_latency(&text));
+    }
+    assert!(
+        outputs[0].contains("\"recordId\":\"r00\""),
+        "{}",
+        outputs[0]
+    );
+    assert_eq!(outputs[0], outputs[1], "grouping changed the output");
+    assert_eq!(outputs[1], outputs[2], "grouping changed the output");
+}
