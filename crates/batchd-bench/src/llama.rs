@@ -398,8 +398,15 @@ fn prefix_record(i: u64, prefix: usize) -> serde_json::Value {
 /// the same input started grouped by prefix (`group_prefixes = true`, the engine's prefix
 /// grouping), and grouped input (records of one prefix next to each other) in input order.
 /// Grouped dispatch ÷ input order is what batchd's grouping gains; grouped input ÷
-/// interleaved is what reordering could gain at most.
-pub fn prefix_run(env: &Env, script: &Path, slots: usize, n: u64) -> anyhow::Result<Vec<Figure>> {
+/// interleaved is what reordering could gain at most. Each way runs three times, once in
+/// each position of a round.
+pub fn prefix_run(
+    env: &Env,
+    script: &Path,
+    slots: usize,
+    n: u64,
+    first: usize,
+) -> anyhow::Result<Vec<Figure>> {
     let per = n.div_ceil(PREFIXES as u64);
     let interleaved: Vec<_> = (0..per * PREFIXES as u64)
         .map(|i| prefix_record(i, (i % PREFIXES as u64) as usize))
@@ -417,12 +424,29 @@ pub fn prefix_run(env: &Env, script: &Path, slots: usize, n: u64) -> anyhow::Res
         slots,
     )?;
     warm_up(&server, slots)?;
-    let (mut mixed, mut dispatched, mut together) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..2 {
-        mixed.push(batchd_phase(env, &server, &interleaved, None, Some(false))?.rate);
-        dispatched.push(batchd_phase(env, &server, &interleaved, None, Some(true))?.rate);
-        together.push(batchd_phase(env, &server, &grouped, None, Some(false))?.rate);
+    // Three rounds, each starting with another of the three ways, so that each way runs once
+    // first, second and third: the server's prompt cache warms up over the first runs, and
+    // a fixed order would charge that to whichever way comes first.
+    let ways = [
+        (&interleaved, false),
+        (&interleaved, true),
+        (&grouped, false),
+    ];
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 0..3 {
+        for k in 0..3 {
+            let way = (first + round + k) % 3;
+            let (records, grouping) = ways[way];
+            let rate = batchd_phase(env, &server, records, None, Some(grouping))?.rate;
+            println!(
+                "round {}, position {}: way {way} at {rate:.2} records/s",
+                round + 1,
+                k + 1
+            );
+            rates[way].push(rate);
+        }
     }
+    let [mixed, dispatched, together] = rates;
     drop(server);
     let each = |v: &[f64]| {
         v.iter()

@@ -81,6 +81,10 @@ struct Args {
     /// Records of each llama-server phase.
     #[arg(long, default_value_t = 160)]
     llama_records: u64,
+    /// Which of `--only llama-prefix`'s three ways runs first on the new server (0 interleaved
+    /// in input order, 1 interleaved grouped, 2 grouped input): the first runs warm its cache.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..3))]
+    llama_prefix_first: u8,
     /// The script that starts and stops llama-server.
     #[arg(long, default_value = "scripts/model-server.sh")]
     model_server_script: PathBuf,
@@ -270,6 +274,7 @@ fn main() -> anyhow::Result<()> {
             &args.model_server_script,
             4,
             args.llama_records,
+            usize::from(args.llama_prefix_first),
         )?);
     }
 
