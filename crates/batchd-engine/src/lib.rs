@@ -273,10 +273,12 @@ impl RecordOptions {
     /// one slow batch does not hold many records.
     pub const DEFAULT_EMBED_BATCH: usize = 16;
 
-    /// `group_prefixes` of an OpenAI-compatible model whose config says nothing: on, since
-    /// it costs nothing measurable per record and helps servers with a per-slot prompt cache
-    /// (docs/benchmarks.md).
-    pub const DEFAULT_GROUP_PREFIXES: bool = true;
+    /// `group_prefixes` of an OpenAI-compatible model whose config says nothing: off. It
+    /// doubles throughput on a server whose prompt cache is per slot (llama-server
+    /// `--cache-ram 0`), but llama-server's default host-memory cache gains nothing from it,
+    /// and a group's first records reach every slot at once, each computing the same new
+    /// prefix (docs/benchmarks.md).
+    pub const DEFAULT_GROUP_PREFIXES: bool = false;
 }
 
 impl Default for RecordOptions {

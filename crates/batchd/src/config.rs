@@ -1038,18 +1038,20 @@ mod tests {
                 group_prefixes: None,
             })
         );
-        // Prefix grouping: on for an OpenAI-compatible model unless it says no; no other
-        // backend takes the key.
+        // Prefix grouping: the default for an OpenAI-compatible model unless it says; no
+        // other backend takes the key.
         let openai = own.model("batchd.smollm2-135m-instruct").unwrap();
         assert_eq!(
             openai.record_options().group_prefixes,
             RecordOptions::DEFAULT_GROUP_PREFIXES
         );
-        let off: Config = toml::from_str(
-            "[[models]]\nid = \"m\"\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\ngroup_prefixes = false\n",
-        )
-        .unwrap();
-        assert!(!off.models[0].record_options().group_prefixes);
+        for said in [false, true] {
+            let config: Config = toml::from_str(&format!(
+                "[[models]]\nid = \"m\"\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\ngroup_prefixes = {said}\n"
+            ))
+            .unwrap();
+            assert_eq!(config.models[0].record_options().group_prefixes, said);
+        }
         assert!(
             toml::from_str::<Config>(
                 "[[models]]\nid = \"m\"\nbackend = \"bedrock\"\ngroup_prefixes = true\n"
@@ -1342,12 +1344,12 @@ mod tests {
             Backend::OpenAi(OpenAiModel {
                 base_url: "http://127.0.0.1:8000/v1".into(),
                 api_key_env: Some("OPENAI_API_KEY".into()),
-                group_prefixes: Some(true),
+                group_prefixes: Some(false),
             })
         );
         assert_eq!(openai.backend_model(), "name-the-server-knows");
         let options = openai.record_options();
-        assert!(options.group_prefixes);
+        assert!(!options.group_prefixes);
         assert_eq!(
             (options.family, options.embed_batch_size),
             (Some(ModelFamily::Anthropic), 16)

@@ -446,7 +446,7 @@ fn without_latency(text: &str) -> String {
 
 /// Records sharing a long system prompt start one after another (issue #19): at concurrency
 /// 1 the fake sees them grouped (oldest group first, input order within a group) when
-/// `group_prefixes` is on or unset, in input order when it is off, and the output file is the
+/// `group_prefixes` is on, in input order when it is off or unset, and the output file is the
 /// same bytes in the same order either way.
 #[tokio::test]
 async fn records_sharing_a_prefix_start_together_and_keep_their_output_order() {
@@ -490,8 +490,8 @@ async fn records_sharing_a_prefix_start_together_and_keep_their_output_order() {
             })
             .collect();
         let expected: Vec<(usize, usize)> = match group {
-            Some(false) => (0..12).map(|i| (i % 3, i)).collect(),
-            None | Some(true) => (0..3)
+            None | Some(false) => (0..12).map(|i| (i % 3, i)).collect(),
+            Some(true) => (0..3)
                 .flat_map(|k| (0..4).map(move |j| (k, k + 3 * j)))
                 .collect(),
         };
