@@ -50,22 +50,46 @@ impl MotoServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Creates a bucket (moto accepts unsigned requests).
+    /// Creates a bucket (moto accepts unsigned requests). A connection moto resets or drops
+    /// (seen under CI load, right after it starts) is tried again for up to 20 s; creating a
+    /// bucket one already owns succeeds, so a retry after a lost answer is harmless.
     pub fn create_bucket(&self, bucket: &str) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.put_bucket(bucket) {
+                Ok(response) => {
+                    assert!(
+                        response.starts_with("HTTP/1.1 200"),
+                        "create bucket {bucket}: {response}"
+                    );
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("create bucket {bucket} on moto: {e}; trying again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("create bucket {bucket} on moto: {e}"),
+            }
+        }
+    }
+
+    /// One `PUT /bucket`, its whole answer as text.
+    fn put_bucket(&self, bucket: &str) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         let request = format!(
             "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         );
-        stream.write_all(request.as_bytes()).expect("write to moto");
+        stream.write_all(request.as_bytes())?;
         let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .expect("read from moto");
-        assert!(
-            response.starts_with("HTTP/1.1 200"),
-            "create bucket {bucket}: {response}"
-        );
+        stream.read_to_string(&mut response)?;
+        if response.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed without an answer",
+            ));
+        }
+        Ok(response)
     }
 }
 
