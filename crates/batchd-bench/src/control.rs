@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::usage::{process_cpu_fine, self_cpu};
 use crate::http::{Conn, addr_of, get_request, once, post_request};
 use crate::{Env, Fake, Figure, write_input};
 
@@ -37,7 +38,8 @@ pub fn run(env: &Env, calls: usize) -> anyhow::Result<Vec<Figure>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(measure(serve.addr, calls));
+    let pid = serve.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    let result = runtime.block_on(measure(serve.addr, pid, calls));
     serve.stop();
     let (results, running) = result?;
     println!(
@@ -48,7 +50,7 @@ pub fn run(env: &Env, calls: usize) -> anyhow::Result<Vec<Figure>> {
         .map(|(name, l)| {
             // Issue #19's goal is for calls on open connections; a fresh connection's time
             // also holds the TCP handshake and the accept queue.
-            let open = name.ends_with("(open connections)");
+            let open = name.ends_with("(open connections)") && !name.starts_with("Unknown");
             Figure {
                 name: format!("{name} p50 / p99, {calls} concurrent"),
                 value: format!("{:.1} / {:.1} ms", ms(l.p50), ms(l.p99)),
@@ -71,7 +73,7 @@ struct Latencies {
 
 type Measured = (Vec<(String, Latencies)>, usize);
 
-async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<Measured> {
+async fn measure(addr: SocketAddr, pid: u32, calls: usize) -> anyhow::Result<Measured> {
     let mut ids = Vec::new();
     for i in 0..JOBS {
         ids.push(create_job(addr, &format!("bench-job-{i}"), &format!("output-{i}")).await?);
@@ -90,22 +92,44 @@ async fn measure(addr: SocketAddr, calls: usize) -> anyhow::Result<Measured> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut results = Vec::new();
-    for (name, path) in [
-        ("GetModelInvocationJob", get_path.as_str()),
-        ("ListModelInvocationJobs", "/model-invocation-jobs"),
+    for (name, path, expect) in [
+        ("GetModelInvocationJob", get_path.as_str(), 200),
+        ("ListModelInvocationJobs", "/model-invocation-jobs", 200),
+        // What any call costs here: HTTP, the middleware, and the client beside the server.
+        ("Unknown path, answered 404", "/no-such-path", 404),
     ] {
         for connected in [false, true] {
-            let l = fire(addr, &get_request(addr, path), calls, connected).await?;
+            // Open connections are made before the window: it holds the calls alone.
+            let mut conns = Vec::new();
+            if connected {
+                for _ in 0..calls {
+                    conns.push(Conn::connect(addr).await?);
+                }
+            }
+            let (server, client) = (process_cpu_fine(pid), self_cpu());
+            let started = Instant::now();
+            let l = fire(addr, &get_request(addr, path), calls, conns, expect).await?;
+            let took = started.elapsed();
+            let (server, client) = (process_cpu_fine(pid) - server, self_cpu() - client);
+            // The jobs' own CPU over as long a window with no calls, to take out of the server's.
+            let quiet = process_cpu_fine(pid);
+            tokio::time::sleep(took).await;
+            let quiet = process_cpu_fine(pid) - quiet;
             let how = if connected {
                 "open connections"
             } else {
                 "fresh connections"
             };
+            let per_call = |d: Duration| d.as_secs_f64() * 1e6 / calls as f64;
             println!(
-                "{name} ({how}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "{name} ({how}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; CPU per call: \
+                 server {:.1} µs (less {:.1} µs of its jobs), this client {:.1} µs",
                 ms(l.p50),
                 ms(l.p99),
-                ms(l.max)
+                ms(l.max),
+                per_call(server),
+                per_call(quiet),
+                per_call(client)
             );
             results.push((format!("{name} ({how})"), l));
         }
@@ -155,26 +179,25 @@ pub(crate) async fn status(addr: SocketAddr, path: &str) -> anyhow::Result<Strin
     Ok(v["status"].as_str().unwrap_or("?").to_owned())
 }
 
-/// `calls` tasks wait on a barrier, then each sends `request` and reads the answer: on a
-/// fresh connection (timed from connect), or, `connected`, on one opened before the barrier.
+/// `calls` tasks wait on a barrier, then each sends `request` and reads the answer: on one
+/// of `conns`, opened before, or on a fresh connection (timed from connect) when `conns` is
+/// empty.
 async fn fire(
     addr: SocketAddr,
     request: &[u8],
     calls: usize,
-    connected: bool,
+    conns: Vec<Conn>,
+    expect: u16,
 ) -> anyhow::Result<Latencies> {
     let barrier = Arc::new(tokio::sync::Barrier::new(calls));
     let request: Arc<[u8]> = request.into();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut conns = conns.into_iter();
     for _ in 0..calls {
         let (barrier, request) = (barrier.clone(), request.clone());
+        let mut conn = conns.next();
         tasks.spawn(async move {
             let call = async {
-                let mut conn = if connected {
-                    Some(Conn::connect(addr).await?)
-                } else {
-                    None
-                };
                 barrier.wait().await;
                 let started = Instant::now();
                 let answer = match conn.as_mut() {
@@ -186,7 +209,7 @@ async fn fire(
             let (elapsed, answer) = tokio::time::timeout(Duration::from_secs(60), call)
                 .await
                 .context("call timed out")??;
-            if answer.status != 200 {
+            if answer.status != expect {
                 bail!(
                     "answer {}: {}",
                     answer.status,
