@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::usage::{process_cpu_fine, self_cpu};
 use crate::http::{Conn, addr_of, get_request, once, post_request};
+use crate::usage::{process_cpu_fine, self_cpu};
 use crate::{Env, Fake, Figure, write_input};
 
 /// Records per job, latency of the fake and jobs created: the jobs outlast the measurement.

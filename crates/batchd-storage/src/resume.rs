@@ -15,9 +15,71 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore};
+use object_store::{GetOptions, GetRange, GetResult, GetResultPayload, ObjectMeta, ObjectStore};
 
 use crate::StorageError;
+
+/// A local file is read this much at a time, each read on a blocking thread. object_store's
+/// own file stream reads 8 KiB per hand-off to a blocking thread: for a JSONL input the
+/// hand-offs cost more than checking or running the lines they hold.
+const FILE_CHUNK: u64 = 256 * 1024;
+
+/// The body of a GET: a local file in `FILE_CHUNK` pieces, any other store's stream as is.
+fn body(result: GetResult) -> BoxStream<'static, object_store::Result<Bytes>> {
+    match result.payload {
+        GetResultPayload::File(file, path) => file_chunks(file, path, result.range),
+        GetResultPayload::Stream(stream) => stream,
+    }
+}
+
+/// The bytes `range` of a local file, read in `FILE_CHUNK` pieces.
+fn file_chunks(
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    range: std::ops::Range<u64>,
+) -> BoxStream<'static, object_store::Result<Bytes>> {
+    let start = Some(range.start);
+    let left = range.end.saturating_sub(range.start);
+    futures::stream::try_unfold((file, start, left), move |(file, start, left)| {
+        let path = path.clone();
+        async move {
+            if left == 0 {
+                return Ok(None);
+            }
+            let want = left.min(FILE_CHUNK);
+            // Allocated here, not on the blocking thread: the chunk is freed where its lines
+            // are used, and the allocator keeps a freed block with the thread that made it.
+            let mut buf = Vec::with_capacity(want as usize);
+            let read = tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut file = file;
+                if let Some(start) = start {
+                    file.seek(SeekFrom::Start(start))?;
+                }
+                (&mut file).take(want).read_to_end(&mut buf)?;
+                Ok::<_, std::io::Error>((buf, file))
+            })
+            .await;
+            let local =
+                |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: format!("{}: {source}", path.display()).into(),
+                };
+            let (buf, file) = match read {
+                Ok(Ok(read)) => read,
+                Ok(Err(e)) => return Err(local(e.into())),
+                Err(e) => return Err(local(e.into())),
+            };
+            if buf.is_empty() {
+                // The file is shorter than it was: the reader sees the body end early.
+                return Ok(None);
+            }
+            let left = left - buf.len() as u64;
+            Ok(Some((Bytes::from(buf), (file, None, left))))
+        }
+    })
+    .boxed()
+}
 
 /// How often and how patiently a broken read is resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +163,7 @@ impl ResumingRead {
             path,
             uri,
             retry,
-            stream: result.into_stream(),
+            stream: body(result),
             meta,
             offset,
             failures: 0,
@@ -176,7 +238,7 @@ impl ResumingRead {
             match self.store.get_opts(&self.path, self.resume_options()).await {
                 Ok(result) => {
                     self.check_same_object(&result)?;
-                    self.stream = result.into_stream();
+                    self.stream = body(result);
                     return Ok(());
                 }
                 Err(

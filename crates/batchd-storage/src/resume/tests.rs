@@ -397,3 +397,37 @@ fn backoff_doubles_from_100ms_up_to_5s() {
     );
     assert_eq!(ms(40), 5000);
 }
+
+/// A local file is read in `FILE_CHUNK` pieces from the range's start to its end, and a file
+/// cut short after it was opened ends the body early (for the reader to resume or fail).
+#[tokio::test]
+async fn a_local_file_is_read_in_large_pieces_from_its_range() {
+    use futures::TryStreamExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("in.jsonl");
+    let bytes: Vec<u8> = (0..(FILE_CHUNK * 2 + 20_000))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    std::fs::write(&path, &bytes).expect("write");
+    let open = || std::fs::File::open(&path).expect("open");
+
+    let start = 12_345u64;
+    let end = bytes.len() as u64 - 7;
+    let chunks: Vec<Bytes> = file_chunks(open(), path.clone(), start..end)
+        .try_collect()
+        .await
+        .expect("read");
+    let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+    let whole = (end - start) as usize;
+    let chunk = FILE_CHUNK as usize;
+    assert_eq!(sizes, [chunk, chunk, whole - 2 * chunk]);
+    assert_eq!(chunks.concat(), &bytes[start as usize..end as usize]);
+
+    let file = open();
+    std::fs::write(&path, &bytes[..1000]).expect("truncate");
+    let chunks: Vec<Bytes> = file_chunks(file, path.clone(), 0..bytes.len() as u64)
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(chunks.concat(), &bytes[..1000]);
+}
