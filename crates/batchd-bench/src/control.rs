@@ -39,7 +39,8 @@ pub fn run(env: &Env, calls: usize) -> anyhow::Result<Vec<Figure>> {
         .enable_all()
         .build()?;
     let pid = serve.child.as_ref().map(|c| c.id()).unwrap_or(0);
-    let result = runtime.block_on(measure(serve.addr, pid, calls));
+    let fake_target = (fake.addr, fake.pid());
+    let result = runtime.block_on(measure(serve.addr, pid, fake_target, calls));
     serve.stop();
     let (results, running) = result?;
     println!(
@@ -50,7 +51,9 @@ pub fn run(env: &Env, calls: usize) -> anyhow::Result<Vec<Figure>> {
         .map(|(name, l)| {
             // Issue #19's goal is for calls on open connections; a fresh connection's time
             // also holds the TCP handshake and the accept queue.
-            let open = name.ends_with("(open connections)") && !name.starts_with("Unknown");
+            let open = name.ends_with("(open connections)")
+                && !name.starts_with("Unknown")
+                && !name.starts_with("The fake");
             Figure {
                 name: format!("{name} p50 / p99, {calls} concurrent"),
                 value: format!("{:.1} / {:.1} ms", ms(l.p50), ms(l.p99)),
@@ -73,7 +76,12 @@ struct Latencies {
 
 type Measured = (Vec<(String, Latencies)>, usize);
 
-async fn measure(addr: SocketAddr, pid: u32, calls: usize) -> anyhow::Result<Measured> {
+async fn measure(
+    addr: SocketAddr,
+    pid: u32,
+    (fake_addr, fake_pid): (SocketAddr, u32),
+    calls: usize,
+) -> anyhow::Result<Measured> {
     let mut ids = Vec::new();
     for i in 0..JOBS {
         ids.push(create_job(addr, &format!("bench-job-{i}"), &format!("output-{i}")).await?);
@@ -92,11 +100,29 @@ async fn measure(addr: SocketAddr, pid: u32, calls: usize) -> anyhow::Result<Mea
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut results = Vec::new();
-    for (name, path, expect) in [
-        ("GetModelInvocationJob", get_path.as_str(), 200),
-        ("ListModelInvocationJobs", "/model-invocation-jobs", 200),
+    for (name, (addr, pid), path, expect) in [
+        ("GetModelInvocationJob", (addr, pid), get_path.as_str(), 200),
+        (
+            "ListModelInvocationJobs",
+            (addr, pid),
+            "/model-invocation-jobs",
+            200,
+        ),
         // What any call costs here: HTTP, the middleware, and the client beside the server.
-        ("Unknown path, answered 404", "/no-such-path", 404),
+        (
+            "Unknown path, answered 404",
+            (addr, pid),
+            "/no-such-path",
+            404,
+        ),
+        // The same of a lean server (hyper and axum, no middleware, one thread) that is also
+        // answering the jobs' records: the floor of this machine and client.
+        (
+            "The fake backend, unknown path",
+            (fake_addr, fake_pid),
+            "/no-such-path",
+            404,
+        ),
     ] {
         for connected in [false, true] {
             // Open connections are made before the window: it holds the calls alone.

@@ -426,6 +426,10 @@ impl Fake {
         usage::process_cpu(self.child.id())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A `batchd.toml` mapping `bench-model` to this fake.
     pub fn config(&self, extra: &str) -> String {
         format!(
