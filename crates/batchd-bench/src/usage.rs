@@ -10,11 +10,21 @@ fn tv(t: libc::timeval) -> Duration {
 }
 
 /// User+system CPU of the calling thread.
-#[allow(unsafe_code)]
 pub fn thread_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_THREAD)
+}
+
+/// User+system CPU of this whole process.
+pub fn self_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+/// User+system CPU that `getrusage(who)` reports; zero if it fails.
+#[allow(unsafe_code)]
+fn rusage_cpu(who: libc::c_int) -> Duration {
     // SAFETY: rusage is plain old data that getrusage fills.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let rc = unsafe { libc::getrusage(who, &mut usage) };
     if rc != 0 {
         return Duration::ZERO;
     }
@@ -55,18 +65,6 @@ pub fn process_cpu_fine(pid: u32) -> Duration {
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     Duration::from_nanos(ns)
-}
-
-/// User+system CPU of this whole process.
-#[allow(unsafe_code)]
-pub fn self_cpu() -> Duration {
-    // SAFETY: rusage is plain old data that getrusage fills.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Reads the child's piped stderr to its end on a thread of its own (a full pipe would stall
