@@ -115,7 +115,7 @@ async fn measure(
             "/no-such-path",
             404,
         ),
-        // The same of a lean server (hyper and axum, no middleware, one thread) that is also
+        // The same on a lean server (hyper and axum, no middleware, one thread) that is also
         // answering the jobs' records: the floor of this machine and client.
         (
             "The fake backend, unknown path",
