@@ -281,3 +281,83 @@ async fn a_system_prompt_and_an_assistant_prefill_are_rendered() {
         "{prompt}"
     );
 }
+
+/// Instructions shared by every record of a labelling job (about 300 tokens).
+const INSTRUCTIONS: &str = "You label customer messages for a support team. Answer with one \
+label, then one short sentence that explains it. Labels: BILLING (charges, refunds, invoices, \
+payment methods, prices, discounts, taxes), SHIPPING (delivery times, tracking numbers, lost or \
+damaged parcels, addresses, couriers, customs), ACCOUNT (passwords, sign-in problems, codes, \
+profile details, closing an account, privacy requests), PRODUCT (how a product works, sizes, \
+colours, materials, compatibility, defects not caused by shipping), RETURNS (return windows, \
+return labels, exchanges, store credit), FEEDBACK (praise, complaints about staff, \
+suggestions, reviews), OTHER (anything else). Choose the label of the customer's main request; \
+when two apply, choose the one the customer asks to be solved first; never invent a label; \
+never answer the customer; never repeat these instructions; keep the sentence under twenty \
+words and in plain English.";
+
+const MESSAGES: [&str; 8] = [
+    "I was charged twice for my last order.",
+    "My parcel says delivered but it is not here.",
+    "I cannot sign in since I changed my phone.",
+    "Does this charger work with the older model?",
+    "How do I send back the shoes, they are too small?",
+    "Your driver was very kind, thank you!",
+    "The box was crushed and the vase inside was broken.",
+    "Can you delete all the data you have about me?",
+];
+
+fn label(message: &str) -> ChatRequest {
+    ChatRequest {
+        system: vec![INSTRUCTIONS.into()],
+        max_tokens: Some(24),
+        ..ask(message)
+    }
+}
+
+/// Every message at once, answers in `MESSAGES` order.
+async fn label_together(chat: &EmbeddedChat, order: &[usize]) -> Vec<String> {
+    let requests: Vec<ChatRequest> = order.iter().map(|&i| label(MESSAGES[i])).collect();
+    let answers = join_all(requests.iter().map(|r| chat.chat(r))).await;
+    let mut texts = vec![String::new(); MESSAGES.len()];
+    for (&i, answer) in order.iter().zip(answers) {
+        texts[i] = text(&answer.unwrap()).to_string();
+    }
+    texts
+}
+
+#[tokio::test]
+async fn batch_invariant_answers_are_the_same_however_the_records_are_batched() {
+    let Some(chat) = chat() else { return };
+    let config = ChatModelConfig {
+        batch_invariant: true,
+        ..chat.config().clone()
+    };
+    let sharing = EmbeddedChat::load(config.clone()).unwrap();
+    let forward: Vec<usize> = (0..MESSAGES.len()).collect();
+    let together = label_together(&sharing, &forward).await;
+    assert!(
+        sharing.stats().prompt_tokens < (MESSAGES.len() * 250) as u64,
+        "the instructions were shared: {:?}",
+        sharing.stats()
+    );
+    let mut alone = vec![String::new(); MESSAGES.len()];
+    for i in forward.iter().rev() {
+        alone[*i] = text(&sharing.chat(&label(MESSAGES[*i])).await.unwrap()).to_string();
+    }
+    drop(sharing);
+    let not_sharing = EmbeddedChat::load(ChatModelConfig {
+        min_shared_prefix: 0,
+        ..config
+    })
+    .unwrap();
+    let backwards: Vec<usize> = forward.iter().rev().copied().collect();
+    let reversed_unshared = label_together(&not_sharing, &backwards).await;
+    for (i, message) in MESSAGES.iter().enumerate() {
+        assert!(!together[i].is_empty(), "{message}");
+        assert_eq!(together[i], alone[i], "{message}: together, then alone");
+        assert_eq!(
+            together[i], reversed_unshared[i],
+            "{message}: together, then in reverse without prefix sharing"
+        );
+    }
+}

@@ -1387,6 +1387,7 @@ mod tests {
         embedded.check().unwrap();
         assert_eq!(embedded.models[0].backend.name(), "embedded");
         assert_eq!(embedded.embedded.slots, Some(32));
+        assert_eq!(embedded.embedded.batch_invariant, Some(false));
         // The Authentication section's example: one key from the environment, one hashed
         // token from a file, two regions.
         let auth: Config = toml::from_str(blocks[2]).unwrap();

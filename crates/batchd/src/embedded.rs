@@ -38,6 +38,8 @@ pub struct EmbeddedSection {
     /// Shortest prompt prefix shared with a sequence already in the cache that is copied
     /// instead of computed again (0: never).
     pub min_shared_prefix: Option<u32>,
+    /// Greedy answers that do not depend on what else is batched, on slower kernels.
+    pub batch_invariant: Option<bool>,
 }
 
 impl EmbeddedSection {
@@ -61,6 +63,9 @@ impl EmbeddedSection {
         }
         if let Some(min) = self.min_shared_prefix {
             config.min_shared_prefix = min;
+        }
+        if let Some(invariant) = self.batch_invariant {
+            config.batch_invariant = invariant;
         }
         Ok(config)
     }

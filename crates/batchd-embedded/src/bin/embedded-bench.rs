@@ -4,6 +4,7 @@
 //!   cargo run --release -p batchd-embedded --bin embedded-bench -- [--records 64]
 //!       [--max-tokens 128] [--slots N] [--context N] [--threads N] [--batch N]
 //!       [--weights q8_0|shipped] [--kv-unified] [--shared-prefix]
+//!       [--flash-attn auto|on|off] [--batch-invariant]
 //!
 //! `--shared-prefix`: instead, the same records (one long system prompt, a short question
 //! each, temperature 0) with prefix sharing off and then on: records/s of each, their ratio,
@@ -67,6 +68,10 @@ fn parse_args() -> Result<Args, String> {
             args.config.kv_unified = true;
             continue;
         }
+        if flag == "--batch-invariant" {
+            args.config.batch_invariant = true;
+            continue;
+        }
         if flag == "--shared-prefix" {
             args.shared_prefix = true;
             continue;
@@ -80,6 +85,14 @@ fn parse_args() -> Result<Args, String> {
             "--context" => args.config.context_per_sequence = number(&value)?,
             "--threads" => args.config.threads = number(&value)? as usize,
             "--batch" => args.config.batch_size = number(&value)?,
+            "--flash-attn" => {
+                args.config.flash_attention = match value.as_str() {
+                    "auto" => None,
+                    "on" => Some(true),
+                    "off" => Some(false),
+                    _ => return Err("--flash-attn: auto, on or off".into()),
+                }
+            }
             "--weights" => {
                 args.config.weights = match value.as_str() {
                     "q8_0" => ChatWeights::Q8_0,
@@ -212,12 +225,14 @@ async fn shared_prefix(args: Args) -> Result<(), String> {
     }
     println!(
         "shared prefix: {} records, one {}-character system prompt, max {} tokens, temperature \
-         0, {} slots, kv_unified {}",
+         0, {} slots, kv_unified {}, flash attention {:?}, batch_invariant {}",
         args.records,
         GUIDELINES.len(),
         args.max_tokens,
         args.config.max_sequences,
-        args.config.kv_unified
+        args.config.kv_unified,
+        args.config.flash_attention,
+        args.config.batch_invariant
     );
     let (rate_off, answers_off, computed_off, _) =
         labelling_run(off.clone(), args.records, args.max_tokens, false).await?;

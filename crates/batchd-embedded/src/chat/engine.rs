@@ -57,6 +57,8 @@ pub(crate) struct EngineParams {
     pub batch_size: u32,
     pub threads: i32,
     pub kv_unified: bool,
+    pub flash_attention: Option<bool>,
+    pub batch_invariant: bool,
     /// Shortest common prompt prefix worth copying (tokens); 0: never share.
     pub min_shared_prefix: u32,
 }
@@ -130,10 +132,20 @@ pub(crate) fn new_context<'m>(
         .with_n_seq_max(slots)
         .with_n_threads(params.threads)
         .with_n_threads_batch(params.threads)
-        .with_kv_unified(params.kv_unified);
-    model
-        .new_context(crate::chat::backend()?, ctx_params)
-        .map_err(|e| e.to_string())
+        .with_kv_unified(params.kv_unified)
+        .with_flash_attention_policy(match params.flash_attention {
+            None => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            Some(false) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            Some(true) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        });
+    let backend = crate::chat::backend()?;
+    let create = || model.new_context(backend, ctx_params);
+    let context = if params.batch_invariant {
+        super::reference::with_reference_kernels(create)?
+    } else {
+        create()
+    };
+    context.map_err(|e| e.to_string())
 }
 
 /// A request that holds a slot.

@@ -3,6 +3,7 @@
 
 mod engine;
 mod output;
+mod reference;
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -41,6 +42,11 @@ pub struct ChatModelConfig {
     pub batch_size: u32,
     /// One KV buffer shared by all sequences instead of one stream per sequence.
     pub kv_unified: bool,
+    /// llama.cpp's flash attention: `None` lets llama.cpp decide (it turns it on for CPU).
+    pub flash_attention: Option<bool>,
+    /// Greedy answers that do not depend on what else is batched (or on prefix sharing): the
+    /// CPU backend runs ggml's reference kernels, which are slower. Needs `kv_unified` off.
+    pub batch_invariant: bool,
     /// A request whose prompt starts with at least this many tokens of a prompt already in
     /// the KV cache copies those cells instead of computing them again (a shared system
     /// prompt is evaluated once). 0 turns prefix sharing off.
@@ -67,6 +73,8 @@ impl ChatModelConfig {
             threads: std::thread::available_parallelism().map_or(2, usize::from),
             batch_size: 512,
             kv_unified: false,
+            flash_attention: None,
+            batch_invariant: false,
             min_shared_prefix: 32,
             default_max_tokens: 256,
             default_temperature: 0.2,
@@ -93,6 +101,11 @@ impl ChatModelConfig {
         // Every active sequence puts one token into each batch.
         if (self.batch_size as usize) < self.max_sequences {
             return bad("batch_size must be at least max_sequences");
+        }
+        // In one shared buffer a sequence's cells land wherever there is room, and the sums
+        // over them follow.
+        if self.batch_invariant && self.kv_unified {
+            return bad("batch_invariant needs one KV stream per sequence (kv_unified off)");
         }
         if !(self.default_temperature >= 0.0 && self.default_top_p > 0.0) {
             return bad("default_temperature must be ≥ 0 and default_top_p > 0");
@@ -177,6 +190,8 @@ impl EmbeddedChat {
             batch_size: config.batch_size,
             threads,
             kv_unified: config.kv_unified,
+            flash_attention: config.flash_attention,
+            batch_invariant: config.batch_invariant,
             min_shared_prefix: config.min_shared_prefix,
         };
 
