@@ -6,6 +6,7 @@
 #                               memory 10k vs 100k, control-plane p50/p99
 #   scripts/bench.sh --full     the same with longer runs and the 1M-record memory run
 #   scripts/bench.sh --shared-prefix   the embedded model's prefix sharing, off against on
+#                               (add --batch-invariant for the mode whose answers match)
 #   scripts/bench.sh --cluster  one batchd serve against two sharing one PostgreSQL (started
 #                               and removed by scripts/pg.sh), about 1 minute
 #   scripts/bench.sh --llama-server   a real llama-server (scripts/model-server.sh) with 4 and

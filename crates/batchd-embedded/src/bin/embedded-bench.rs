@@ -259,6 +259,18 @@ async fn shared_prefix(args: Args) -> Result<(), String> {
         "noise floor: sharing off twice (the second in reverse order): {floor} of {} identical",
         args.records
     );
+    let ratio = rate_on / rate_off;
+    let met = ratio >= 2.0 && same == args.records;
+    println!(
+        "goal (≥ 2× records/s, every answer byte-identical): {}",
+        if met {
+            "met"
+        } else if args.config.batch_invariant {
+            "not met"
+        } else {
+            "not met (identical answers need --batch-invariant)"
+        }
+    );
     if let Some((i, (a, b))) = answers_off
         .iter()
         .zip(&answers_on)
