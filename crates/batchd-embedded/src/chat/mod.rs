@@ -464,6 +464,24 @@ mod tests {
     use batchd_formats::neutral::ChatMessage;
     use serde_json::json;
 
+    #[test]
+    fn batch_invariant_is_refused_with_one_shared_kv_buffer() {
+        let invariant = ChatModelConfig {
+            batch_invariant: true,
+            ..ChatModelConfig::new("m.gguf")
+        };
+        assert!(invariant.check().is_ok());
+        let shared = ChatModelConfig {
+            kv_unified: true,
+            ..invariant
+        };
+        let message = shared.check().unwrap_err().to_string();
+        assert!(
+            message.contains("batch_invariant") && message.contains("kv_unified"),
+            "{message}"
+        );
+    }
+
     fn request(parts: Vec<ContentPart>) -> ChatRequest {
         ChatRequest {
             system: vec!["Be brief.".into()],
