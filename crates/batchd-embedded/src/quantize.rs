@@ -1,6 +1,6 @@
 //! Q8_0 weights for the chat model, derived from the shipped Q4_1 GGUF with llama.cpp's
-//! quantizer and cached beside it. The only unsafe code of the crate: llama-cpp-2 has no safe
-//! wrapper for `llama_model_quantize`.
+//! quantizer and cached beside it. Unsafe code (with `chat/reference.rs`, the crate's only
+//! other): llama-cpp-2 has no safe wrapper for `llama_model_quantize`.
 //!
 //! Why: llama.cpp has no batched (GEMM) kernel for Q4_1, so batching many sequences saves
 //! little; Q8_0 takes its tiled GEMM path and decodes 64 sequences about 1.6× faster, with the
