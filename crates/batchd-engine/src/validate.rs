@@ -10,7 +10,7 @@ use batchd_core::BatchJobOptions;
 use batchd_core::{InvocationType, generated_record_id};
 use batchd_formats::Defect;
 use batchd_formats::batch_job::parse_item;
-use batchd_formats::converse::parse_converse;
+use batchd_formats::converse::{parse_converse, simple_record_line};
 use batchd_formats::native::parse_native;
 use batchd_formats::record::parse_record_line;
 use batchd_storage::{InputFile, StorageError, StorageUri};
@@ -155,6 +155,15 @@ impl Pass<'_> {
         }
         if let Some(openai) = self.openai {
             return check_openai_line(openai, text, defects);
+        }
+        // Most lines are simple Converse records: one pass over the line says so.
+        if self.invocation_type == InvocationType::Converse
+            && let Some(id) = simple_record_line(text)
+        {
+            let record_id = id.unwrap_or_else(|| {
+                std::borrow::Cow::Owned(generated_record_id(self.job_id, &file.relative, line_no))
+            });
+            return Some(Checked::Record { record_id });
         }
         let record = match parse_record_line(text) {
             Ok(record) => record,

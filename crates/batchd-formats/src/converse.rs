@@ -45,6 +45,16 @@ pub fn parse_converse(
     walk_converse(model_input, opts)
 }
 
+/// A record line read in one pass, for the validation pass: `Some(recordId)` (`Some(None)`: the
+/// line has no id) when the line is valid and its modelInput is a valid Converse body of the
+/// common simple kind (text messages, a text system prompt, the four inference settings):
+/// what [`crate::record::parse_record_line`] then [`parse_converse`] would accept (a property
+/// test compares them), with each byte read once. `None` leaves the line to those two, which
+/// also name its defects.
+pub fn simple_record_line(line: &str) -> Option<Option<std::borrow::Cow<'_, str>>> {
+    fast::simple_record_line(line)
+}
+
 /// [`parse_converse`] by the full walk alone.
 fn walk_converse(model_input: &str, opts: &ConverseOptions) -> Result<ChatRequest, Vec<Defect>> {
     let value = check::parse_model_input(model_input)?;

@@ -78,52 +78,93 @@ struct Inference<'a> {
     stop_sequences: Option<Vec<Cow<'a, str>>>,
 }
 
+/// A whole record line (`{"recordId", "modelInput"}`) with a body of the simple kind, read in
+/// one pass. Other top-level members are ignored, as the record reader ignores them.
+#[derive(Deserialize)]
+struct Line<'a> {
+    /// `null` counts as absent; an empty id is refused below.
+    #[serde(default, borrow, rename = "recordId")]
+    record_id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "modelInput")]
+    model_input: Obj<Body<'a>>,
+}
+
 /// The request, when `model_input` is of the simple kind and valid; `None` otherwise.
 pub(crate) fn simple_request(model_input: &str) -> Option<ChatRequest> {
     let Obj(body) = serde_json::from_str::<Obj<Body<'_>>>(model_input).ok()?;
-    if body.messages.is_empty() {
+    request_of(body)
+}
+
+/// When `line` is a valid record line whose modelInput is a valid body of the simple kind:
+/// its record id (`None`: the line has none). `None` otherwise: a line the two-step read
+/// (the record line, then its body) must judge.
+pub(crate) fn simple_record_line(line: &str) -> Option<Option<Cow<'_, str>>> {
+    let Obj(line) = serde_json::from_str::<Obj<Line<'_>>>(line).ok()?;
+    if line.record_id.as_deref() == Some("") {
         return None;
     }
+    is_valid(&line.model_input.0).then_some(line.record_id)
+}
+
+/// Whether every value in a simple body is one the full walk accepts.
+fn is_valid(body: &Body<'_>) -> bool {
+    let message_ok = |Obj(m): &Obj<Message<'_>>| {
+        matches!(&*m.role, "user" | "assistant")
+            && !m.content.is_empty()
+            && m.content.iter().all(|Obj(block)| !blank(&block.text))
+    };
+    let unit = |x: Option<f64>| x.is_none_or(|x| (0.0..=1.0).contains(&x));
+    let config_ok = |Obj(c): &Obj<Inference<'_>>| {
+        c.max_tokens != Some(0)
+            && unit(c.temperature)
+            && unit(c.top_p)
+            && c.stop_sequences.as_ref().is_none_or(|stops| {
+                stops.len() <= MAX_STOP_SEQUENCES && stops.iter().all(|s| !s.is_empty())
+            })
+    };
+    !body.messages.is_empty()
+        && body.messages.iter().all(message_ok)
+        && body
+            .system
+            .iter()
+            .flatten()
+            .all(|Obj(b)| !b.text.is_empty())
+        && body.inference_config.as_ref().is_none_or(config_ok)
+}
+
+/// The request a simple body asks for, when every value in it is valid.
+fn request_of(body: Body<'_>) -> Option<ChatRequest> {
+    if !is_valid(&body) {
+        return None;
+    }
+    let text = |Obj(block): Obj<Text<'_>>| block.text.into_owned();
+    let messages = body.messages.into_iter().map(|Obj(message)| ChatMessage {
+        role: if message.role == "user" {
+            Role::User
+        } else {
+            Role::Assistant
+        },
+        content: message
+            .content
+            .into_iter()
+            .map(|block| ContentPart::Text(text(block)))
+            .collect(),
+    });
     let mut req = ChatRequest {
-        messages: Vec::with_capacity(body.messages.len()),
+        messages: messages.collect(),
+        system: body
+            .system
+            .unwrap_or_default()
+            .into_iter()
+            .map(text)
+            .collect(),
         ..ChatRequest::default()
     };
-    for Obj(message) in body.messages {
-        if message.content.is_empty() {
-            return None;
-        }
-        let mut content = Vec::with_capacity(message.content.len());
-        for Obj(block) in message.content {
-            if blank(&block.text) {
-                return None;
-            }
-            content.push(ContentPart::Text(block.text.into_owned()));
-        }
-        let role = match &*message.role {
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            _ => return None,
-        };
-        req.messages.push(ChatMessage { role, content });
-    }
-    for Obj(block) in body.system.unwrap_or_default() {
-        if block.text.is_empty() {
-            return None;
-        }
-        req.system.push(block.text.into_owned());
-    }
     if let Some(Obj(config)) = body.inference_config {
-        let unit = |x: Option<f64>| x.is_none_or(|x| (0.0..=1.0).contains(&x));
-        if config.max_tokens == Some(0) || !unit(config.temperature) || !unit(config.top_p) {
-            return None;
-        }
         req.max_tokens = config.max_tokens;
         req.temperature = config.temperature;
         req.top_p = config.top_p;
         let stops = config.stop_sequences.unwrap_or_default();
-        if stops.len() > MAX_STOP_SEQUENCES || stops.iter().any(|s| s.is_empty()) {
-            return None;
-        }
         req.stop_sequences = stops.into_iter().map(Cow::into_owned).collect();
     }
     Some(req)
@@ -134,7 +175,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
-    use super::simple_request;
+    use super::{simple_record_line, simple_request};
     use crate::converse::{ConverseOptions, walk_converse};
 
     /// Mostly one of `valid`, now and then one of `edge` (wrong types, values out of range,
@@ -286,6 +327,116 @@ mod tests {
                 let walked = walk_converse(&text, &ConverseOptions::default());
                 prop_assert_eq!(walked, Ok(quick), "{}", text);
             }
+        }
+    }
+
+    /// A record line around a generated body: its id, its modelInput and its other members
+    /// each of a valid or an invalid kind now and then.
+    fn line() -> impl Strategy<Value = String> {
+        let id = mostly(
+            vec![json!("r1"), json!("é \"q\" \\ id"), Value::Null],
+            vec![json!(""), json!(5), json!(["r"]), json!({"id": "r"})],
+        );
+        (id, body(), 0..24u8).prop_map(|(id, body, shape)| {
+            let mut line = serde_json::Map::new();
+            if shape != 0 {
+                line.insert("recordId".into(), id);
+            }
+            match shape {
+                1 => {}
+                2 => {
+                    line.insert("modelInput".into(), Value::Null);
+                }
+                3 => {
+                    line.insert("modelInput".into(), json!("text"));
+                }
+                _ => {
+                    line.insert("modelInput".into(), body);
+                }
+            }
+            if shape == 4 {
+                line.insert("metadata".into(), json!({"source": "x"}));
+            }
+            let text = Value::Object(line).to_string();
+            let body = text.strip_prefix('{').unwrap_or(&text);
+            match shape {
+                5 => format!("{{\"recordId\":\"twice\",{body}"),
+                6 => format!("[{text}]"),
+                7 => format!("\u{feff}{text}"),
+                8 => format!("{text} x"),
+                9 => format!("  {text}  "),
+                _ => text,
+            }
+        })
+    }
+
+    /// What the two-step read makes of a line: its id when the line and its body are valid.
+    fn two_step(line: &str) -> Option<Option<String>> {
+        let record = crate::record::parse_record_line(line).ok()?;
+        crate::converse::parse_converse(record.model_input.get(), &ConverseOptions::default())
+            .ok()?;
+        Some(record.record_id)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// The one-pass read of a line never accepts what the two-step read refuses, and
+        /// finds the same record id.
+        #[test]
+        fn the_one_pass_line_read_agrees_with_the_two_steps(line in line()) {
+            if let Some(id) = simple_record_line(&line) {
+                let id = id.map(std::borrow::Cow::into_owned);
+                prop_assert_eq!(two_step(&line), Some(id), "{}", line);
+            }
+        }
+    }
+
+    /// Most valid lines take the one-pass read; every one the two steps refuse is left to
+    /// them.
+    #[test]
+    fn the_line_generator_reaches_both_reads() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = line();
+        let (n, mut quick, mut valid) = (2000, 0, 0);
+        for _ in 0..n {
+            let line = strategy.new_tree(&mut runner).unwrap().current();
+            quick += usize::from(simple_record_line(&line).is_some());
+            valid += usize::from(two_step(&line).is_some());
+        }
+        println!("{quick} of {n} generated lines take the one-pass read, {valid} are valid");
+        assert!(
+            quick > n / 20 && quick < valid,
+            "{quick} quick, {valid} valid of {n}"
+        );
+    }
+
+    #[test]
+    fn simple_record_lines_take_the_one_pass_read() {
+        let body = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+        let id = |line: &str| simple_record_line(line).map(|id| id.map(|id| id.into_owned()));
+        assert_eq!(
+            id(&format!(
+                r#"{{"recordId":"r\u00e9","modelInput":{body},"x":[1]}}"#
+            )),
+            Some(Some("ré".into()))
+        );
+        assert_eq!(id(&format!(r#"{{"modelInput":{body}}}"#)), Some(None));
+        assert_eq!(
+            id(&format!(r#"{{"recordId":null,"modelInput":{body}}}"#)),
+            Some(None)
+        );
+        for line in [
+            format!(r#"{{"recordId":"","modelInput":{body}}}"#),
+            format!(r#"{{"recordId":7,"modelInput":{body}}}"#),
+            format!(r#"{{"recordId":"a","recordId":"b","modelInput":{body}}}"#),
+            format!(r#"{{"recordId":"a","modelInput":{body},"modelInput":{body}}}"#),
+            format!(r#"["a",{body}]"#),
+            r#"{"recordId":"a"}"#.to_owned(),
+            r#"{"recordId":"a","modelInput":{"messages":[]}}"#.to_owned(),
+        ] {
+            assert_eq!(id(&line), None, "{line}");
         }
     }
 
