@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use batchd_backends::{BackendError, ErrorKind, ModelBackend, NativeCall};
 use batchd_core::{InvocationType, RetryClass, generated_record_id};
 use batchd_formats::batch_job::{ItemError, ItemResult, converse_text, parse_item};
-use batchd_formats::converse::{ConverseResponse, parse_converse, render_converse_response};
+use batchd_formats::converse::{
+    ConverseResponse, parse_converse, render_converse_response, simple_record,
+};
 use batchd_formats::native::{
     EmbedItem, ModelFamily, NativeRequest, parse_native, render_chat, render_embed,
 };
@@ -17,7 +19,7 @@ use batchd_formats::neutral::EmbedRequest;
 use batchd_formats::neutral::{ChatRequest, ChatResponse};
 use batchd_formats::openai::{self, Endpoint};
 use batchd_formats::record::{
-    parse_record_line, write_error_line, write_success_line, write_success_line_with,
+    InputText, parse_record_line, write_error_line, write_success_line, write_success_line_with,
 };
 use bytes::Bytes;
 use serde_json::Value;
@@ -234,7 +236,7 @@ impl Body {
         }
     }
 
-    fn write_line(&self, out: &mut Vec<u8>, record_id: &str, model_input: &RawValue) {
+    fn write_line(&self, out: &mut Vec<u8>, record_id: &str, model_input: InputText<'_>) {
         match self {
             Body::Json(value) => write_success_line(out, record_id, model_input, value),
             Body::Converse(response, latency_ms) => write_success_line_with(
@@ -382,11 +384,24 @@ pub(crate) async fn process_record(
         return process_openai_line(&ctx, openai, &file, line_no, &line).await;
     }
     let mut out = Vec::with_capacity(line.len() + 512);
-    // Validation passed, so these only fail if the input changed since: still an error line.
-    let record = match std::str::from_utf8(&line)
-        .map_err(|_| "line: not valid UTF-8".to_owned())
-        .and_then(|text| parse_record_line(text).map_err(|d| d.to_string()))
+    let text = std::str::from_utf8(&line).map_err(|_| "line: not valid UTF-8".to_owned());
+    // Most records are simple Converse lines: one pass over the line reads them.
+    if ctx.invocation_type == InvocationType::Converse
+        && let Ok(text) = &text
+        && let Some(simple) = simple_record(text)
     {
+        let record_id = simple
+            .record_id
+            .unwrap_or_else(|| Cow::Owned(generated_record_id(&ctx.job_id, &file, line_no)));
+        let prepared = if ctx.runs_native {
+            Prepared::Native(NativeCall::Converse(simple.model_input.get()))
+        } else {
+            Prepared::Converse(Box::new(simple.request))
+        };
+        return answer(&ctx, &prepared, &record_id, simple.model_input, out).await;
+    }
+    // Validation passed, so these only fail if the input changed since: still an error line.
+    let record = match text.and_then(|text| parse_record_line(text).map_err(|d| d.to_string())) {
         Ok(record) => record,
         Err(defect) => {
             let id = generated_record_id(&ctx.job_id, &file, line_no);
@@ -407,13 +422,21 @@ pub(crate) async fn process_record(
             return RecordOutcome::failed(out);
         }
     };
+    answer(&ctx, &prepared, &record_id, record.model_input.into(), out).await
+}
 
-    let called = call_with_retries(&ctx, &prepared, &record_id).await;
+/// Calls the backend for a prepared record and writes its output line to `out`.
+async fn answer(
+    ctx: &RecordContext,
+    prepared: &Prepared<'_>,
+    record_id: &str,
+    model_input: InputText<'_>,
+    mut out: Vec<u8>,
+) -> RecordOutcome {
+    let called = call_with_retries(ctx, prepared, record_id).await;
     match called.result {
         Ok(answer) => {
-            answer
-                .body
-                .write_line(&mut out, &record_id, record.model_input);
+            answer.body.write_line(&mut out, record_id, model_input);
             RecordOutcome {
                 // The line's `metrics.latencyMs` and `usage`, as written.
                 known: match answer.body {
@@ -431,8 +454,8 @@ pub(crate) async fn process_record(
             let message = gave_up_message(&error, called.attempts);
             write_error_line(
                 &mut out,
-                &record_id,
-                record.model_input,
+                record_id,
+                model_input,
                 error.error_code(),
                 &message,
             );

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Defect;
 use crate::neutral::{ChatRequest, ChatResponse, ContentPart};
+use crate::record::InputText;
 
 /// How many defects one record may report; the last slot says that more were cut.
 pub const MAX_DEFECTS: usize = 50;
@@ -53,6 +54,28 @@ pub fn parse_converse(
 /// also name its defects.
 pub fn simple_record_line(line: &str) -> Option<Option<std::borrow::Cow<'_, str>>> {
     fast::simple_record_line(line)
+}
+
+/// A record line of the common kind, read for the run in one pass: see [`simple_record`].
+#[derive(Debug)]
+pub struct SimpleRecord<'a> {
+    /// `None`: the line has no id.
+    pub record_id: Option<std::borrow::Cow<'a, str>>,
+    pub model_input: InputText<'a>,
+    pub request: ChatRequest,
+}
+
+/// [`simple_record_line`] for the run: when the line is valid and its modelInput a valid
+/// Converse body of the simple kind, its id, its modelInput's text and the request, what
+/// [`crate::record::parse_record_line`] then [`parse_converse`] give (a property test compares
+/// them), with the line parsed once. `None` leaves the line to those two.
+pub fn simple_record(line: &str) -> Option<SimpleRecord<'_>> {
+    let (record_id, text, request) = fast::simple_record(line)?;
+    Some(SimpleRecord {
+        record_id,
+        model_input: InputText::parsed(text),
+        request,
+    })
 }
 
 /// [`parse_converse`] by the full walk alone.

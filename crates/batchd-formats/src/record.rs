@@ -16,6 +16,35 @@ pub struct RecordLine<'a> {
     pub model_input: &'a RawValue,
 }
 
+/// A record's modelInput as the JSON text it was read from, echoed byte for byte in its output
+/// line. Made only from text a JSON parser has accepted (a `RawValue`, or a member of a line
+/// already parsed whole).
+#[derive(Debug, Clone, Copy)]
+pub struct InputText<'a>(&'a str);
+
+impl<'a> InputText<'a> {
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+
+    /// The text of a line's member, found by [`member_text`] after the line was parsed.
+    pub(crate) fn parsed(text: &'a str) -> Self {
+        Self(text)
+    }
+}
+
+impl<'a> From<&'a RawValue> for InputText<'a> {
+    fn from(raw: &'a RawValue) -> Self {
+        Self(raw.get())
+    }
+}
+
+impl<'a> From<&'a Box<RawValue>> for InputText<'a> {
+    fn from(raw: &'a Box<RawValue>) -> Self {
+        Self(raw.get())
+    }
+}
+
 /// The wire line. Both members are taken raw: their types are checked by hand so defects
 /// can name the field and the JSON type found, and modelInput is never materialised.
 #[derive(Deserialize)]
@@ -86,10 +115,10 @@ fn string_value(raw: &str) -> Result<String, serde_json::Error> {
 }
 
 /// Appends `{"recordId":..,"modelInput":<raw>,"modelOutput":<output>}` + '\n' to buf.
-pub fn write_success_line(
+pub fn write_success_line<'i>(
     buf: &mut Vec<u8>,
     record_id: &str,
-    model_input: &RawValue,
+    model_input: impl Into<InputText<'i>>,
     model_output: &serde_json::Value,
 ) {
     push_line_head(buf, record_id, model_input);
@@ -100,10 +129,10 @@ pub fn write_success_line(
 
 /// [`write_success_line`] for any serialisable body, such as a struct that borrows the
 /// response (no intermediate `Value` to build and drop).
-pub fn write_success_line_with<T: Serialize + ?Sized>(
+pub fn write_success_line_with<'i, T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     record_id: &str,
-    model_input: &RawValue,
+    model_input: impl Into<InputText<'i>>,
     model_output: &T,
 ) {
     push_line_head(buf, record_id, model_input);
@@ -114,10 +143,10 @@ pub fn write_success_line_with<T: Serialize + ?Sized>(
 
 /// Appends `{"recordId":..,"modelInput":<raw>,"error":{"errorCode":<int>,"errorMessage":".."}}`
 /// + '\n' to buf.
-pub fn write_error_line(
+pub fn write_error_line<'i>(
     buf: &mut Vec<u8>,
     record_id: &str,
-    model_input: &RawValue,
+    model_input: impl Into<InputText<'i>>,
     error_code: u16,
     error_message: &str,
 ) {
@@ -130,11 +159,11 @@ pub fn write_error_line(
 }
 
 /// `{"recordId":..,"modelInput":<raw>`, how every output line starts.
-fn push_line_head(buf: &mut Vec<u8>, record_id: &str, model_input: &RawValue) {
+fn push_line_head<'i>(buf: &mut Vec<u8>, record_id: &str, model_input: impl Into<InputText<'i>>) {
     buf.extend_from_slice(b"{\"recordId\":");
     push_str(buf, record_id);
     buf.extend_from_slice(b",\"modelInput\":");
-    push_raw(buf, model_input);
+    push_raw(buf, model_input.into());
 }
 
 fn push_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
@@ -193,7 +222,7 @@ fn push_str(buf: &mut Vec<u8>, text: &str) {
 /// Copies the raw JSON verbatim. A raw value parsed from one line holds no newline; one
 /// built from pretty-printed JSON could, and would split the output line, so such
 /// whitespace (never inside a string: JSON strings cannot hold raw newlines) becomes a space.
-fn push_raw(buf: &mut Vec<u8>, raw: &RawValue) {
+fn push_raw(buf: &mut Vec<u8>, raw: InputText<'_>) {
     let text = raw.get().as_bytes();
     // Word at a time: a byte-by-byte `any` was ~7 instructions per byte of modelInput, on
     // every output line.
@@ -249,6 +278,99 @@ fn has_newline(text: &[u8]) -> bool {
         |w| has_byte(w, b'\n') || has_byte(w, b'\r'),
         |b| b == b'\n' || b == b'\r',
     )
+}
+
+/// The text of the member `key` of the JSON object `line`, exactly the bytes a `RawValue`
+/// of it would hold. `line` must be well-formed JSON (the caller has parsed it: this only
+/// follows its structure). `None` when `key` is not a top-level member written without
+/// escapes.
+pub(crate) fn member_text<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let b = line.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        // A `}` here: no such member.
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let name_end = string_end(b, i)?;
+        let name = b.get(i + 1..name_end - 1)?;
+        i = skip_ws(b, name_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let end = value_end(b, start)?;
+        if name == key.as_bytes() {
+            return line.get(start..end);
+        }
+        i = skip_ws(b, end);
+        if b.get(i) != Some(&b',') {
+            return None;
+        }
+        i += 1;
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// Past the closing quote of the string that opens at `start`.
+fn string_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        match b.get(i)? {
+            b'"' => return Some(i + 1),
+            // An escape: skip the escaped byte (a quote or a backslash included).
+            _ => i += 2,
+        }
+    }
+}
+
+/// Past the end of the value that starts at `start`.
+fn value_end(b: &[u8], start: usize) -> Option<usize> {
+    match b.get(start)? {
+        b'"' => string_end(b, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            loop {
+                match b.get(i)? {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        // A number, `true`, `false` or `null`.
+        _ => {
+            let rest = b.get(start..)?;
+            let len = rest
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(rest.len());
+            Some(start + len)
+        }
+    }
 }
 
 /// The JSON type of raw, well-formed JSON text, from its first byte.

@@ -99,11 +99,22 @@ pub(crate) fn simple_request(model_input: &str) -> Option<ChatRequest> {
 /// its record id (`None`: the line has none). `None` otherwise: a line the two-step read
 /// (the record line, then its body) must judge.
 pub(crate) fn simple_record_line(line: &str) -> Option<Option<Cow<'_, str>>> {
-    let Obj(line) = serde_json::from_str::<Obj<Line<'_>>>(line).ok()?;
-    if line.record_id.as_deref() == Some("") {
-        return None;
-    }
+    let line = read_line(line)?;
     is_valid(&line.model_input.0).then_some(line.record_id)
+}
+
+/// [`simple_record_line`] for the run: also the modelInput's text and the request.
+pub(crate) fn simple_record(line: &str) -> Option<(Option<Cow<'_, str>>, &str, ChatRequest)> {
+    let parsed = read_line(line)?;
+    let request = request_of(parsed.model_input.0)?;
+    let text = crate::record::member_text(line, "modelInput")?;
+    Some((parsed.record_id, text, request))
+}
+
+/// A record line with a simple body, parsed; not yet checked past its shape.
+fn read_line(line: &str) -> Option<Line<'_>> {
+    let Obj(line) = serde_json::from_str::<Obj<Line<'_>>>(line).ok()?;
+    (line.record_id.as_deref() != Some("")).then_some(line)
 }
 
 /// Whether every value in a simple body is one the full walk accepts.
@@ -193,6 +204,7 @@ mod tests {
                 json!("hi"),
                 json!("Summarise record 7 in one short sentence, please."),
                 json!("é \"quoted\" \\ back\nslash"),
+                json!("{\"a\": [1, \"}\\\\\"], \"modelInput\": {}} ]"),
                 json!(" padded "),
             ],
             vec![
@@ -337,7 +349,7 @@ mod tests {
             vec![json!("r1"), json!("é \"q\" \\ id"), Value::Null],
             vec![json!(""), json!(5), json!(["r"]), json!({"id": "r"})],
         );
-        (id, body(), 0..24u8).prop_map(|(id, body, shape)| {
+        (id, body(), 0..28u8).prop_map(|(id, body, shape)| {
             let mut line = serde_json::Map::new();
             if shape != 0 {
                 line.insert("recordId".into(), id);
@@ -354,8 +366,18 @@ mod tests {
                     line.insert("modelInput".into(), body);
                 }
             }
-            if shape == 4 {
-                line.insert("metadata".into(), json!({"source": "x"}));
+            match shape {
+                4 => {
+                    line.insert("metadata".into(), json!({"source": "x"}));
+                }
+                // Members before modelInput (keys sort) that hold its name and brackets.
+                10 => {
+                    line.insert("aNote".into(), json!("x \"}] \\\" {\"modelInput\": ["));
+                }
+                11 => {
+                    line.insert("aNested".into(), json!({"modelInput": {"messages": "no"}}));
+                }
+                _ => {}
             }
             let text = Value::Object(line).to_string();
             let body = text.strip_prefix('{').unwrap_or(&text);
@@ -365,6 +387,10 @@ mod tests {
                 7 => format!("\u{feff}{text}"),
                 8 => format!("{text} x"),
                 9 => format!("  {text}  "),
+                12 => serde_json::to_string_pretty(&serde_json::from_str::<Value>(&text).unwrap())
+                    .unwrap(),
+                13 => text.replace(':', " :\t").replace(',', " , "),
+                14 => text.replace("\"modelInput\"", "\"model\\u0049nput\""),
                 _ => text,
             }
         })
@@ -392,6 +418,39 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// The run's one-pass read gives what the two steps give: the id, the modelInput's
+        /// text byte for byte (it is echoed) and the request.
+        #[test]
+        fn the_runs_one_pass_read_agrees_with_the_two_steps(line in line()) {
+            if let Some(quick) = crate::converse::simple_record(&line) {
+                let record = crate::record::parse_record_line(&line);
+                prop_assert!(record.is_ok(), "{}", line);
+                let record = record.unwrap();
+                let id = quick.record_id.map(std::borrow::Cow::into_owned);
+                prop_assert_eq!(record.record_id, id, "{}", line);
+                prop_assert_eq!(record.model_input.get(), quick.model_input.get(), "{}", line);
+                let walked = crate::converse::parse_converse(
+                    record.model_input.get(),
+                    &ConverseOptions::default(),
+                );
+                prop_assert_eq!(walked, Ok(quick.request), "{}", line);
+                prop_assert!(simple_record_line(&line).is_some(), "{}", line);
+            }
+        }
+
+        /// The run's read leaves to the two steps only the lines the validation's one-pass
+        /// read leaves, and those whose modelInput key is written with escapes.
+        #[test]
+        fn the_runs_one_pass_read_takes_every_simple_line(line in line()) {
+            let escaped = line.contains("model\\u0049nput");
+            let run = crate::converse::simple_record(&line).is_some();
+            prop_assert_eq!(run, simple_record_line(&line).is_some() && !escaped, "{}", line);
+        }
+    }
+
     /// Most valid lines take the one-pass read; every one the two steps refuse is left to
     /// them.
     #[test]
@@ -399,16 +458,23 @@ mod tests {
         use proptest::strategy::ValueTree;
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let strategy = line();
-        let (n, mut quick, mut valid) = (2000, 0, 0);
+        let (n, mut quick, mut run, mut valid) = (2000, 0, 0, 0);
         for _ in 0..n {
             let line = strategy.new_tree(&mut runner).unwrap().current();
             quick += usize::from(simple_record_line(&line).is_some());
+            run += usize::from(crate::converse::simple_record(&line).is_some());
             valid += usize::from(two_step(&line).is_some());
         }
-        println!("{quick} of {n} generated lines take the one-pass read, {valid} are valid");
+        println!(
+            "{quick} of {n} generated lines take the one-pass read ({run} in the run), {valid} are valid"
+        );
         assert!(
             quick > n / 20 && quick < valid,
             "{quick} quick, {valid} valid of {n}"
+        );
+        assert!(
+            run > n / 20 && run < quick,
+            "{run} run, {quick} quick of {n}"
         );
     }
 
