@@ -204,6 +204,14 @@ impl Scheduler {
         self.inner.store.as_ref()
     }
 
+    /// Shared mode: how many live instances (this one included) use the backend of the model
+    /// configured as `model_key`, as of this instance's last heartbeat; they split its
+    /// concurrency. `None` when the store is not shared or the backend is this instance's own.
+    pub fn instances_sharing(&self, model_key: &str) -> Option<usize> {
+        let count = self.inner.instances.get(model_key)?;
+        Some(count.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
     }

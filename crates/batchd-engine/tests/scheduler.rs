@@ -324,8 +324,19 @@ fn in_order(n: usize) -> Vec<String> {
 async fn instances_sharing_a_store_split_a_job_and_write_it_once_in_order() {
     let (dir, fake) = dir_and_fake(100, FakeConfig::latency(5, 5)).await;
     let (a, b) = two_instances(dir.path(), &fake).await;
-    // Both have signed in (a heartbeat every pass, 20 ms apart) before the job exists.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both have seen each other sign in (a heartbeat every pass) before the job exists, so
+    // each takes half the model's concurrency from its first chunk.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while [&a, &b]
+        .iter()
+        .any(|s| s.instances_sharing(support::MODEL) != Some(2))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the instances never saw each other"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let job = a.create(create("shared", None)).await.unwrap();
     let done = wait_for(&b, &job.id, |j| j.status.is_terminal()).await;
     assert_eq!(done.status, JobStatus::Completed, "{:?}", done.message);
