@@ -534,7 +534,9 @@ fn start_record(
     (file_index, line_no, line): (usize, u64, Bytes),
 ) {
     let relative = pipeline.relative[file_index].clone();
-    let task = process_record(ctx.clone(), relative, line_no, line.clone());
+    // Boxed: the record's future is large, and tokio moves a task's future (and its output,
+    // in the same slot) several times in its life; a box moves as a pointer.
+    let task = Box::pin(process_record(ctx.clone(), relative, line_no, line.clone()));
     // The record's logs belong to the job's span.
     let task = tokio::spawn(task.instrument(tracing::Span::current()));
     pipeline.dispatch(seq, file_index, line_no, line, task);
