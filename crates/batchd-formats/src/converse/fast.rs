@@ -3,6 +3,8 @@
 //! line (no `Value`, which is most of the full walk's cost). It accepts exactly what the full
 //! walk accepts and builds the same request (a property test compares them); anything else
 //! (another member, block or shape, or any defect) gives `None`, and the full walk reports.
+//! A whole record line around such a body is read the same way, in one pass (validation's
+//! `simple_record_line`, the run's `simple_record`); other lines go to the record reader.
 
 use std::borrow::Cow;
 use std::fmt;
