@@ -18,8 +18,8 @@ use axum::serve::ListenerExt;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::serving::{Live, Stopped};
-use crate::{FakeConfig, FakeState, Shared};
+use crate::serving::{Live, Stopped, admin_routes};
+use crate::{FakeConfig, Shared};
 
 const EMBEDDING_DIMENSIONS: usize = 384;
 const MAX_EMBEDDING_DIMENSIONS: usize = 65_536;
@@ -45,9 +45,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/props", get(props))
-        .route("/fake/stats", get(stats))
-        .route("/fake/stats/reset", post(reset_stats))
-        .route("/fake/config", get(get_config).post(set_config))
+        .merge(admin_routes())
         // Records may carry images; the default 2 MB would refuse them.
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(shared)
@@ -535,35 +533,6 @@ async fn props(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    json(StatusCode::OK, &shared.counters.snapshot())
-}
-
-async fn reset_stats(State(shared): State<Arc<Shared>>) -> Response {
-    shared.counters.reset();
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn get_config(State(shared): State<Arc<Shared>>) -> Response {
-    json(StatusCode::OK, &shared.live().config)
-}
-
-/// Takes raw bytes rather than `Json` so shell users need no `Content-Type` header.
-async fn set_config(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<FakeConfig>(&body) {
-        Ok(config) => {
-            shared.set_config(config.clone());
-            json(StatusCode::OK, &config)
-        }
-        Err(e) => error_response(
-            400,
-            &format!("invalid fake config: {e}"),
-            "invalid_request_error",
-            None,
-        ),
-    }
-}
-
 // ---- failures and helpers ------------------------------------------------------------------
 
 /// The status to fail this request with, if any: `fail_first_n`, then the marker, then
@@ -664,6 +633,11 @@ struct ErrorDetailOut<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     code: u16,
+}
+
+/// A `POST /fake/config` body that is not a config: 400 in OpenAI's error shape.
+pub(crate) fn config_error(message: &str) -> Response {
+    error_response(400, message, "invalid_request_error", None)
 }
 
 fn error_response(status: u16, message: &str, kind: &str, retry_after: Option<u64>) -> Response {

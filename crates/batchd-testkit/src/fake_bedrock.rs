@@ -31,12 +31,12 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, post};
 use batchd_formats::native::ModelFamily as Family;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::serving::{Fake, FakeState, Live, LiveConfig};
+use crate::serving::{Fake, FakeState, Live, LiveConfig, admin_routes};
 
 /// The access key id the fake accepts by default.
 pub const ACCESS_KEY_ID: &str = "AKIDBATCHDFAKE000001";
@@ -202,6 +202,10 @@ impl FakeState for Shared {
     fn reset_stats(&self) {
         self.counters.reset();
     }
+
+    fn config_error(message: &str) -> Response {
+        error_response("ValidationException", message, None)
+    }
 }
 
 #[derive(Default)]
@@ -257,9 +261,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/model/{model_id}/converse", model_route(Api::Converse))
         .route("/model/{model_id}/invoke", model_route(Api::Invoke))
-        .route("/fake/stats", get(stats))
-        .route("/fake/stats/reset", post(reset_stats))
-        .route("/fake/config", get(get_config).post(set_config))
+        .merge(admin_routes())
         .fallback(unknown_operation)
         // Records may carry images; the default 2 MB would refuse them.
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
@@ -365,29 +367,6 @@ async fn handle(
 
 async fn unknown_operation() -> Response {
     error_response("UnknownOperationException", "no such operation", None)
-}
-
-async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    json_response(StatusCode::OK, &shared.counters.snapshot())
-}
-
-async fn reset_stats(State(shared): State<Arc<Shared>>) -> Response {
-    shared.counters.reset();
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn get_config(State(shared): State<Arc<Shared>>) -> Response {
-    json_response(StatusCode::OK, &shared.live().config)
-}
-
-async fn set_config(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<FakeBedrockConfig>(&body) {
-        Ok(config) => {
-            shared.set_config(config);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => error_response("ValidationException", &format!("bad config: {e}"), None),
-    }
 }
 
 // ---- signature check -----------------------------------------------------------------------
@@ -877,6 +856,50 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The shared `/fake/...` routes answer in this fake's error shape.
+    #[tokio::test]
+    async fn config_is_replaced_over_http_and_a_bad_one_is_a_validation_error() {
+        let fake = FakeBedrock::start(FakeBedrockConfig::default())
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let url = format!("{}/fake/config", fake.url());
+        let set = client
+            .post(&url)
+            .body(r#"{"throttle_first_n": 3}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(set.status(), 200);
+        let echoed: FakeBedrockConfig = set.json().await.unwrap();
+        assert_eq!(echoed.throttle_first_n, 3);
+        assert_eq!(fake.config().throttle_first_n, 3);
+        let read: FakeBedrockConfig = client.get(&url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(read.throttle_first_n, 3);
+
+        let bad = client.post(&url).body("{").send().await.unwrap();
+        assert_eq!(bad.status(), 400);
+        let error_type = bad.headers()["x-amzn-errortype"].to_str().unwrap();
+        assert!(
+            error_type.starts_with("ValidationException:"),
+            "{error_type}"
+        );
+        let message: Value = bad.json().await.unwrap();
+        assert!(
+            message["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid fake config"),
+            "{message}"
+        );
+        assert_eq!(
+            fake.config().throttle_first_n,
+            3,
+            "a bad body changes nothing"
+        );
+        fake.shutdown().await;
+    }
 
     #[tokio::test]
     async fn unsigned_or_malformed_requests_are_rejected_and_counted() {

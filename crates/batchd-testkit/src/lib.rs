@@ -201,6 +201,10 @@ impl FakeState for Shared {
     fn reset_stats(&self) {
         self.counters.reset();
     }
+
+    fn config_error(message: &str) -> axum::response::Response {
+        fake::config_error(message)
+    }
 }
 
 impl Shared {

@@ -1,6 +1,6 @@
 //! What both fakes share: [`Fake`], the running server's handle (stopped on drop, or gracefully
-//! by `shutdown`) with the accessors of its config and counters, and the config swapped as one
-//! with its own served-request counter.
+//! by `shutdown`) with the accessors of its config and counters, the config swapped as one
+//! with its own served-request counter, and the `/fake/...` routes that read and change them.
 
 use std::future::Future;
 use std::io;
@@ -10,6 +10,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -53,12 +61,47 @@ impl<C> LiveConfig<C> {
 
 /// What a fake keeps between requests: its config and its counters.
 pub trait FakeState: Send + Sync + 'static {
-    type Config: Clone;
-    type Stats;
+    type Config: Clone + Serialize + DeserializeOwned + Send;
+    type Stats: Serialize;
     fn config(&self) -> Self::Config;
     fn set_config(&self, config: Self::Config);
     fn stats(&self) -> Self::Stats;
     fn reset_stats(&self);
+    /// The answer to a `POST /fake/config` body that is not a config, in the fake's own error
+    /// shape.
+    fn config_error(message: &str) -> Response;
+}
+
+/// `GET /fake/stats`, `POST /fake/stats/reset` and `GET|POST /fake/config`: a new config
+/// answers with itself, as the fake read it (missing fields take their defaults).
+pub(crate) fn admin_routes<S: FakeState>() -> Router<Arc<S>> {
+    Router::new()
+        .route(
+            "/fake/stats",
+            get(|State(state): State<Arc<S>>| async move { Json(state.stats()) }),
+        )
+        .route(
+            "/fake/stats/reset",
+            post(|State(state): State<Arc<S>>| async move {
+                state.reset_stats();
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
+            "/fake/config",
+            get(|State(state): State<Arc<S>>| async move { Json(state.config()) }).post(set_config),
+        )
+}
+
+/// Takes raw bytes rather than `Json` so shell users need no `Content-Type` header.
+async fn set_config<S: FakeState>(State(state): State<Arc<S>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<S::Config>(&body) {
+        Ok(config) => {
+            state.set_config(config.clone());
+            Json(config).into_response()
+        }
+        Err(e) => S::config_error(&format!("invalid fake config: {e}")),
+    }
 }
 
 /// A running fake over its state `S`. Dropping it stops the server too (without waiting).

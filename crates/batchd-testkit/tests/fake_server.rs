@@ -322,6 +322,20 @@ async fn stats_and_config_over_http() {
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(server.server.config().rate_400, 1.0);
     assert_eq!(server.chat(user("hi")).await.0, 400);
+    let response = client
+        .post(format!("{root}/fake/config"))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+    assert_eq!(
+        server.server.config().rate_400,
+        1.0,
+        "a bad body changes nothing"
+    );
 
     let response = client
         .post(format!("{root}/fake/stats/reset"))
