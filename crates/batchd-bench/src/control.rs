@@ -2,7 +2,6 @@
 //! `calls` concurrent GetModelInvocationJob calls and as many ListModelInvocationJobs calls,
 //! each on a fresh connection, all released together; p50/p99 of connect-to-last-byte.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::http::{Conn, addr_of, get_request, once, post_request};
+use crate::http::{Conn, addr_of, announced_url, get_request, once, post_request};
 use crate::usage::{process_cpu_fine, self_cpu};
 use crate::{Env, Fake, Figure, write_input};
 
@@ -286,14 +285,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start batchd serve")?;
-        let stdout = child.stdout.take().context("serve has no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .with_context(|| format!("serve did not report its address: {line:?}"))?;
-        let addr = addr_of(url)?;
+        let addr = addr_of(&announced_url(&mut child, "batchd serve")?)?;
         Ok(Self {
             child: Some(child),
             addr,

@@ -143,6 +143,22 @@ pub fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("not host:port in {url}"))
 }
 
+/// The URL a child server (`batchd serve`, `batchd-fake`) prints as its first line,
+/// `listening on <url>`; `what` names it in the error.
+pub fn announced_url(child: &mut std::process::Child, what: &str) -> anyhow::Result<String> {
+    use std::io::BufRead;
+    let stdout = child
+        .stdout
+        .take()
+        .with_context(|| format!("{what} has no stdout"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    line.trim()
+        .strip_prefix("listening on ")
+        .map(str::to_owned)
+        .with_context(|| format!("{what} did not report its address: {line:?}"))
+}
+
 /// One request on a fresh connection.
 pub async fn once(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Answer> {
     Conn::connect(addr).await?.call(request).await

@@ -23,7 +23,7 @@ mod llama;
 mod loadgen;
 mod usage;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -482,14 +482,7 @@ impl Fake {
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", env.fake_bin.display()))?;
-        let stdout = child.stdout.take().context("fake has no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .context("fake did not report its address")?
-            .to_owned();
+        let url = http::announced_url(&mut child, "the fake")?;
         let addr = http::addr_of(&url)?;
         Ok(Self { child, url, addr })
     }

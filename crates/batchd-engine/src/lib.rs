@@ -428,6 +428,16 @@ fn job_file(file: &InputFile) -> JobFile {
     }
 }
 
+/// One job as a caller hands it to [`Engine::run_job`] or [`Engine::execute_job`]: what it
+/// is, where its state is kept, where its progress goes and how it is told to stop.
+#[derive(Clone, Copy)]
+pub struct JobContext<'a> {
+    pub spec: &'a JobSpec,
+    pub store: &'a dyn JobStore,
+    pub progress: &'a watch::Sender<Progress>,
+    pub stop: &'a StopSignal,
+}
+
 /// What every step of one job's execution needs: the engine, the job, where its status goes
 /// and how it is told to stop.
 pub(crate) struct JobRun<'a> {
@@ -476,22 +486,17 @@ impl Engine {
     /// Runs a `Submitted` job to its end in this process: validation, then execution.
     pub async fn run_job(
         &self,
-        spec: &JobSpec,
+        job: JobContext<'_>,
         backend: Arc<dyn ModelBackend>,
-        store: &dyn JobStore,
-        progress: &watch::Sender<Progress>,
-        stop: &StopSignal,
     ) -> Result<JobOutcome, EngineError> {
         let started = Instant::now();
-        if let Some(failed) = self.validate_job(spec, store, progress).await? {
+        if let Some(failed) = self.validate_job(job.spec, job.store, job.progress).await? {
             return Ok(JobOutcome {
                 elapsed: started.elapsed(),
                 ..failed
             });
         }
-        let outcome = self
-            .execute_job(spec, backend, store, progress, stop)
-            .await?;
+        let outcome = self.execute_job(job, backend).await?;
         Ok(JobOutcome {
             elapsed: started.elapsed(),
             ..outcome
@@ -631,13 +636,16 @@ impl Engine {
     /// shutdown stop leaves it `InProgress` with a fresh checkpoint.
     pub async fn execute_job(
         &self,
-        spec: &JobSpec,
+        context: JobContext<'_>,
         backend: Arc<dyn ModelBackend>,
-        store: &dyn JobStore,
-        progress: &watch::Sender<Progress>,
-        stop: &StopSignal,
     ) -> Result<JobOutcome, EngineError> {
         let started = Instant::now();
+        let JobContext {
+            spec,
+            store,
+            progress,
+            stop,
+        } = context;
         let job = JobRun {
             engine: self,
             spec,

@@ -29,7 +29,9 @@ use tracing::Instrument;
 
 pub use shared::ClusterConfig;
 
-use crate::{Engine, EngineError, JobSpec, Progress, RecordOptions, StopReason, StopSignal};
+use crate::{
+    Engine, EngineError, JobContext, JobSpec, Progress, RecordOptions, StopReason, StopSignal,
+};
 
 /// A model jobs may name, with the backend that serves it.
 #[derive(Clone)]
@@ -790,11 +792,13 @@ impl Scheduler {
             .inner
             .engine
             .execute_job(
-                spec,
+                JobContext {
+                    spec,
+                    store: self.inner.store.as_ref(),
+                    progress: &progress,
+                    stop: signal,
+                },
                 model.backend.clone(),
-                self.inner.store.as_ref(),
-                &progress,
-                signal,
             )
             .await;
         lock(&self.inner.live).remove(&job.id);

@@ -11,8 +11,8 @@ use batchd_backends::openai::{OpenAiBackend, OpenAiConfig};
 use batchd_core::{Counters, InvocationType, JobId, JobStatus};
 use batchd_engine::analysis::analyze_output;
 use batchd_engine::{
-    Engine, EngineConfig, EngineError, JobOutcome, JobSpec, Progress, RecordOptions, RetryPolicy,
-    StopReason, StopSignal,
+    Engine, EngineConfig, EngineError, JobContext, JobOutcome, JobSpec, Progress, RecordOptions,
+    RetryPolicy, StopReason, StopSignal,
 };
 
 use batchd_core::{JobOrigin, JobRequest, NewJob};
@@ -118,7 +118,7 @@ impl Harness {
     ) -> JobOutcome {
         let spec = self.spec(concurrency);
         self.engine
-            .run_job(&spec, self.backend.clone(), &self.store, tx, stop)
+            .run_job(self.context(&spec, tx, stop), self.backend.clone())
             .await
             .unwrap()
     }
@@ -131,8 +131,22 @@ impl Harness {
         stop: &StopSignal,
     ) -> Result<JobOutcome, EngineError> {
         self.engine
-            .execute_job(spec, self.backend.clone(), &self.store, tx, stop)
+            .execute_job(self.context(spec, tx, stop), self.backend.clone())
             .await
+    }
+
+    fn context<'a>(
+        &'a self,
+        spec: &'a JobSpec,
+        progress: &'a watch::Sender<Progress>,
+        stop: &'a StopSignal,
+    ) -> JobContext<'a> {
+        JobContext {
+            spec,
+            store: &self.store,
+            progress,
+            stop,
+        }
     }
 
     /// The job's output folder.

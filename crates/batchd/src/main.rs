@@ -22,7 +22,8 @@ use batchd_backends::bedrock::{AwsEnvironment, BedrockBackend, BedrockConfig};
 use batchd_backends::openai::{OpenAiBackend, OpenAiConfig, server_slots};
 use batchd_core::{InvocationType, Job, JobArn, JobId, JobOrigin, JobRequest, JobStatus, NewJob};
 use batchd_engine::{
-    Engine, JobOutcome, JobSpec, Progress, RecordOptions, RetryPolicy, StopReason, StopSignal,
+    Engine, JobContext, JobOutcome, JobSpec, Progress, RecordOptions, RetryPolicy, StopReason,
+    StopSignal,
 };
 use batchd_formats::native::ModelFamily;
 use batchd_storage::{Storage, StorageUri};
@@ -593,14 +594,16 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         model_id,
         concurrency
     );
+    let job_context = JobContext {
+        spec: &spec,
+        store: &store,
+        progress: &progress_tx,
+        stop: &stop,
+    };
     let outcome = if validated {
-        engine
-            .execute_job(&spec, backend, &store, &progress_tx, &stop)
-            .await
+        engine.execute_job(job_context, backend).await
     } else {
-        engine
-            .run_job(&spec, backend, &store, &progress_tx, &stop)
-            .await
+        engine.run_job(job_context, backend).await
     };
     drop(progress_tx);
     let _ = bar_task.await;

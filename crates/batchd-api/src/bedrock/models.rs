@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::ApiConfig;
 use super::error::ApiError;
 use super::routes::query_pairs;
+use super::validate::last_param;
 
 /// What the model listing says about one model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,13 +76,7 @@ pub(super) async fn list(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let pairs = query_pairs(query)?;
-    let param = |name: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let param = |name: &str| last_param(&pairs, name);
     for (name, allowed) in [
         ("byOutputModality", &["TEXT", "IMAGE", "EMBEDDING"][..]),
         ("byInferenceType", &["ON_DEMAND", "PROVISIONED"][..]),

@@ -715,16 +715,19 @@ const STATUS_NAMES: [&str; 10] = [
     "Scheduled",
 ];
 
+/// The value of query parameter `name`: the last one when it is repeated, as AWS reads it.
+pub(crate) fn last_param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// Validates the query parameters (percent-decoded pairs; for a repeated name the last one
 /// counts; unknown names are ignored).
 pub fn parse_list_query(pairs: &[(String, String)]) -> Result<ListQuery, ApiError> {
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name: &str| last_param(pairs, name);
     let mut v = Violations::default();
 
     let mut time = |name: &str, round_up: bool| {
